@@ -1,0 +1,29 @@
+"""The ``driftloop`` command line.
+
+Each concern registers its commands from its own module; this module only
+assembles them. Every read command takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="driftloop",
+    help="Event-driven online learning with recoverable, auditable checkpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _register() -> None:
+    from services.cli import stack_commands
+
+    stack_commands.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()
