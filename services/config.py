@@ -83,7 +83,8 @@ class KafkaConfig(BaseSettings):
     def _check(self) -> None:
         if not self.bootstrap_servers:
             raise ConfigError("no Kafka bootstrap servers configured (DRIFTLOOP_KAFKA_BOOTSTRAP)")
-        if self.uses_sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+        sasl_complete = self.sasl_mechanism and self.sasl_username and self.sasl_password
+        if self.uses_sasl and not sasl_complete:
             raise ConfigError(
                 "SASL needs DRIFTLOOP_KAFKA_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD",
                 security_protocol=self.security_protocol,
@@ -225,7 +226,11 @@ class RedisConfig(BaseSettings):
 
     def describe(self) -> dict[str, Any]:
         """Settings safe to print or log: any password in the URL is masked."""
-        return {"url": redact_url(self.url), "username": self.username, "key_prefix": self.key_prefix}
+        return {
+            "url": redact_url(self.url),
+            "username": self.username,
+            "key_prefix": self.key_prefix,
+        }
 
 
 def redact_url(url: str) -> str:
