@@ -1,0 +1,81 @@
+"""Where checkpoints live on disk and what their directory names mean.
+
+::
+
+    {root}/{model}/{model}-{seq:06d}/manifest.json   a committed checkpoint
+    {root}/{model}/.tmp-{pid}-{rand}/                 a local save in progress
+    {root}/{model}/.trash-{pid}-{rand}/               a local checkpoint being removed
+    {root}/{model}/.seq                               the per-model version high-water mark
+    {root}/{model}/.pins.json                         milestone labels (the truth for pins)
+
+Version ids are ``{model}-{seq:06d}``: unique, ordered by their sequence
+number, never reused (see :mod:`services.checkpoints.versions`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+
+from schemas.errors import SchemaError
+from schemas.manifest import MODEL_PATTERN
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+#: Marker a writer on an object store leaves in a version dir until its manifest is written.
+WRITER_MARKER = ".writer"
+
+_WORK_DIR = re.compile(r"^\.(tmp|trash)-(\d+)-")
+
+
+def check_model(model: str) -> str:
+    """Return ``model`` if it is a valid model name, else raise :class:`SchemaError`."""
+    if not re.match(MODEL_PATTERN, model):
+        raise SchemaError(f"model name {model!r} does not match {MODEL_PATTERN}", field="model")
+    return model
+
+
+def version_id(model: str, seq: int) -> str:
+    """``fraud``, 42 -> ``fraud-000042``."""
+    return f"{model}-{seq:06d}"
+
+
+def parse_seq(model: str, name: str) -> int | None:
+    """The sequence number of a version directory name of ``model``, or None."""
+    prefix = model + "-"
+    if not name.startswith(prefix):
+        return None
+    digits = name[len(prefix) :]
+    if not (6 <= len(digits) <= 12 and digits.isdigit()):
+        return None
+    return int(digits)
+
+
+def temp_name() -> str:
+    """A fresh name for a local save in progress, carrying this process's pid."""
+    return f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def trash_name() -> str:
+    """A fresh name for a local checkpoint being removed, carrying this process's pid."""
+    return f"{TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def work_dir_pid(name: str) -> int | None:
+    """The writer pid in a ``.tmp-``/``.trash-`` directory name, else None."""
+    match = _WORK_DIR.match(name)
+    return int(match.group(2)) if match else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,357 @@
+"""The storage seam: where checkpoint bytes go, and how a save commits.
+
+:class:`CheckpointStorage` is the narrow protocol the store writes through;
+two implementations sit beside it:
+
+- :class:`LocalStorage` — a local directory. A save writes into a temporary
+  directory ``{model}/.tmp-{pid}-{rand}`` inside the model directory, fsyncs
+  every file and directory, writes ``manifest.json`` last, renames the
+  directory to ``{model}/{version}`` and fsyncs the parent: the rename is the
+  commit.
+- :class:`FsspecStorage` — any fsspec URL (``file://``, ``s3://``,
+  ``memory://`` in tests). Rename is not atomic there, so files are written
+  straight into ``{model}/{version}/`` and ``manifest.json``, written last, is
+  the commit marker. Until then a ``.writer`` marker names the writing
+  process so GC leaves a live save alone.
+
+A save is two explicit steps: :meth:`CheckpointStorage.begin` returns a
+:class:`PendingCheckpoint`, its ``write`` calls add files, ``finalize`` commits
+and ``abort`` throws the partial save away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import fsspec
+import orjson
+
+from schemas.errors import CheckpointError
+from schemas.manifest import MANIFEST_NAME, check_file_name
+from services.checkpoints import layout
+
+
+class PendingCheckpoint(Protocol):
+    """A save in progress, returned by :meth:`CheckpointStorage.begin`."""
+
+    def write(self, name: str, data: bytes) -> None:
+        """Store one file (``name`` is a relative posix path)."""
+
+    def finalize(self, manifest: bytes) -> None:
+        """Write ``manifest.json`` last and commit; the checkpoint is visible after."""
+
+    def abort(self) -> None:
+        """Remove whatever was written; safe to call after a failed write."""
+
+
+class CheckpointStorage(Protocol):
+    """Where the files of committed checkpoints live (one tier)."""
+
+    @property
+    def url(self) -> str:
+        """The root of this storage, as a path or URL (for messages and the catalog)."""
+
+    def location(self, model: str, version: str) -> str:
+        """Path or URL of a checkpoint directory."""
+
+    def begin(self, model: str, version: str) -> PendingCheckpoint:
+        """Start writing checkpoint ``version`` of ``model``."""
+
+    def read_file(self, model: str, version: str, name: str) -> bytes:
+        """The bytes of one file; raises FileNotFoundError when absent."""
+
+    def read_manifest(self, model: str, version: str) -> bytes | None:
+        """The ``manifest.json`` bytes, or None when the checkpoint is not committed."""
+
+    def models(self) -> list[str]:
+        """Names of model directories."""
+
+    def entries(self, model: str) -> list[str]:
+        """Every directory name under ``model``: committed, uncommitted and work dirs."""
+
+    def in_flight(self, model: str, name: str) -> bool:
+        """Whether ``name`` is being written (or removed) by a live process on this host."""
+
+    def remove_manifest(self, model: str, version: str) -> None:
+        """Delete ``manifest.json``: the checkpoint becomes uncommitted (first GC step)."""
+
+    def remove_entry(self, model: str, name: str) -> None:
+        """Delete a directory under ``model`` with everything in it."""
+
+    def read_meta(self, model: str, name: str) -> bytes | None:
+        """A small per-model bookkeeping file (``.seq``, ``.pins.json``), or None."""
+
+    def write_meta(self, model: str, name: str, data: bytes) -> None:
+        """Replace a bookkeeping file (atomically where the storage can)."""
+
+    def lock(self, model: str) -> contextlib.AbstractContextManager[None]:
+        """Exclusive lock across processes for version assignment (no-op where impossible)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalPending:
+    def __init__(self, storage: LocalStorage, model: str, version: str) -> None:
+        self._storage = storage
+        self._version = version
+        self._model_dir = storage.root / model
+        self._model_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = self._model_dir / layout.temp_name()
+        self._tmp.mkdir()
+        self._dirs: set[Path] = {self._tmp}
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self._tmp / check_file_name(name)
+        if path.parent != self._tmp:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.update(p for p in path.parents if p.is_relative_to(self._tmp))
+        with open(path, "xb") as fh:
+            fh.write(data)
+            if self._storage.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def finalize(self, manifest: bytes) -> None:
+        with open(self._tmp / MANIFEST_NAME, "xb") as fh:
+            fh.write(manifest)
+            if self._storage.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if self._storage.fsync:
+            for d in sorted(self._dirs, key=lambda p: len(p.parts), reverse=True):
+                _fsync_dir(d)
+        final = self._model_dir / self._version
+        if final.exists():
+            raise CheckpointError(
+                "checkpoint directory already exists", version=self._version, path=str(final)
+            )
+        os.rename(self._tmp, final)
+        if self._storage.fsync:
+            _fsync_dir(self._model_dir)
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class LocalStorage:
+    """Checkpoints in a local directory, committed by an atomic rename."""
+
+    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def location(self, model: str, version: str) -> str:
+        return str(self.root / model / version)
+
+    def begin(self, model: str, version: str) -> PendingCheckpoint:
+        return _LocalPending(self, model, version)
+
+    def read_file(self, model: str, version: str, name: str) -> bytes:
+        return (self.root / model / version / check_file_name(name)).read_bytes()
+
+    def read_manifest(self, model: str, version: str) -> bytes | None:
+        try:
+            return (self.root / model / version / MANIFEST_NAME).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_model(p.name))
+
+    def entries(self, model: str) -> list[str]:
+        model_dir = self.root / model
+        if not model_dir.is_dir():
+            return []
+        return sorted(p.name for p in model_dir.iterdir() if p.is_dir())
+
+    def in_flight(self, model: str, name: str) -> bool:
+        pid = layout.work_dir_pid(name)
+        return pid is not None and layout.pid_alive(pid)
+
+    def remove_manifest(self, model: str, version: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / model / version / MANIFEST_NAME).unlink()
+            if self.fsync:
+                _fsync_dir(self.root / model / version)
+
+    def remove_entry(self, model: str, name: str) -> None:
+        path = self.root / model / name
+        if not path.exists():
+            return
+        if layout.work_dir_pid(name) is None:
+            # Rename first so a half-removed directory never looks like a version.
+            trash = self.root / model / layout.trash_name()
+            os.rename(path, trash)
+            if self.fsync:
+                _fsync_dir(self.root / model)
+            path = trash
+        shutil.rmtree(path, ignore_errors=True)
+
+    def read_meta(self, model: str, name: str) -> bytes | None:
+        try:
+            return (self.root / model / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_meta(self, model: str, name: str, data: bytes) -> None:
+        model_dir = self.root / model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f"{name}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, model_dir / name)
+        if self.fsync:
+            _fsync_dir(model_dir)
+
+    @contextlib.contextmanager
+    def lock(self, model: str) -> Iterator[None]:
+        model_dir = self.root / model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        with open(model_dir / ".lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _is_model(name: str) -> bool:
+    try:
+        layout.check_model(name)
+    except Exception:
+        return False
+    return True
+
+
+class _FsspecPending:
+    def __init__(self, storage: FsspecStorage, model: str, version: str) -> None:
+        self._fs = storage.fs
+        self._dir = storage.location(model, version)
+        if self._fs.exists(f"{self._dir}/{MANIFEST_NAME}"):
+            raise CheckpointError("checkpoint already committed", version=version, path=self._dir)
+        self._fs.makedirs(self._dir, exist_ok=True)
+        marker = {"pid": os.getpid(), "host": socket.gethostname()}
+        self._fs.pipe_file(f"{self._dir}/{layout.WRITER_MARKER}", orjson.dumps(marker))
+
+    def write(self, name: str, data: bytes) -> None:
+        path = f"{self._dir}/{check_file_name(name)}"
+        if "/" in name:
+            self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._fs.pipe_file(path, data)
+
+    def finalize(self, manifest: bytes) -> None:
+        self._fs.pipe_file(f"{self._dir}/{MANIFEST_NAME}", manifest)
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(f"{self._dir}/{layout.WRITER_MARKER}")
+
+    def abort(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm(self._dir, recursive=True)
+
+
+class FsspecStorage:
+    """Checkpoints under any fsspec URL; ``manifest.json`` written last is the commit marker."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        fs, root = fsspec.core.url_to_fs(url)
+        self.fs = fs
+        self.root = str(root).rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def location(self, model: str, version: str) -> str:
+        return f"{self.root}/{model}/{version}"
+
+    def begin(self, model: str, version: str) -> PendingCheckpoint:
+        return _FsspecPending(self, model, version)
+
+    def read_file(self, model: str, version: str, name: str) -> bytes:
+        data: bytes = self.fs.cat_file(f"{self.location(model, version)}/{check_file_name(name)}")
+        return data
+
+    def read_manifest(self, model: str, version: str) -> bytes | None:
+        try:
+            data: bytes = self.fs.cat_file(f"{self.location(model, version)}/{MANIFEST_NAME}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return data
+
+    def _dirs(self, path: str) -> list[str]:
+        try:
+            found = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in found if e["type"] == "directory"
+        )
+
+    def models(self) -> list[str]:
+        return [name for name in self._dirs(self.root) if _is_model(name)]
+
+    def entries(self, model: str) -> list[str]:
+        return self._dirs(f"{self.root}/{model}")
+
+    def in_flight(self, model: str, name: str) -> bool:
+        try:
+            raw = self.fs.cat_file(f"{self.root}/{model}/{name}/{layout.WRITER_MARKER}")
+            marker = orjson.loads(raw)
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return False
+        return bool(
+            marker.get("host") == socket.gethostname()
+            and layout.pid_alive(int(marker.get("pid", 0)))
+        )
+
+    def remove_manifest(self, model: str, version: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(f"{self.location(model, version)}/{MANIFEST_NAME}")
+
+    def remove_entry(self, model: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(f"{self.root}/{model}/{name}", recursive=True)
+
+    def read_meta(self, model: str, name: str) -> bytes | None:
+        try:
+            data: bytes = self.fs.cat_file(f"{self.root}/{model}/{name}")
+        except FileNotFoundError:
+            return None
+        return data
+
+    def write_meta(self, model: str, name: str, data: bytes) -> None:
+        self.fs.makedirs(f"{self.root}/{model}", exist_ok=True)
+        self.fs.pipe_file(f"{self.root}/{model}/{name}", data)
+
+    def lock(self, model: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+def open_storage(url: str, *, fsync: bool = True) -> CheckpointStorage:
+    """A plain path gives :class:`LocalStorage`; a URL with a scheme :class:`FsspecStorage`."""
+    if "://" not in url:
+        return LocalStorage(url, fsync=fsync)
+    return FsspecStorage(url)
