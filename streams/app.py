@@ -1,0 +1,104 @@
+"""The faust app factory every driftloop worker uses.
+
+:func:`make_app` turns :class:`~services.config.KafkaConfig` (and optionally
+:class:`~services.config.TopicsConfig`) into a configured ``faust.App``:
+
+- brokers, client id and security: SASL (PLAIN / SCRAM, with or without TLS)
+  as ``faust.SASLCredentials``, TLS alone as ``faust.SSLCredentials``;
+- group timeouts: ``session_timeout_ms``, ``heartbeat_interval_ms`` and
+  ``max_poll_interval_ms`` map to faust's ``broker_session_timeout``,
+  ``broker_heartbeat_interval``, ``broker_max_poll_interval`` and
+  ``broker_rebalance_timeout`` (the last two from ``max_poll_interval_ms``,
+  as kafka-python does). The embedded Tansu broker makes a group's first join
+  wait for the rebalance timeout, so keep it short there (see
+  ``services.stack.EMBEDDED_GROUP_TIMEOUTS``);
+- the web server is off and the table store is ``memory://`` unless asked;
+- the data directory is always explicit: faust would otherwise write
+  ``<app id>-data`` into the current directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from services.config import KafkaConfig, TopicsConfig
+
+
+def faust_credentials(kafka: KafkaConfig) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """faust's credentials object for the security settings of ``kafka``, or None."""
+    if kafka.uses_sasl:
+        kafka.kafka_python_options()  # raises ConfigError when SASL settings are incomplete
+        assert kafka.sasl_password is not None
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=kafka.ssl_context(),  # None for SASL_PLAINTEXT
+        )
+    if kafka.uses_ssl:
+        return faust.SSLCredentials(kafka.ssl_context())
+    return None
+
+
+def broker_urls(kafka: KafkaConfig) -> list[str]:
+    """``kafka://host:port`` for every bootstrap server."""
+    kafka.kafka_python_options()  # raises ConfigError without bootstrap servers
+    return [f"kafka://{server}" for server in kafka.bootstrap_servers]
+
+
+def make_app(
+    app_id: str,
+    kafka: KafkaConfig,
+    *,
+    datadir: str | Path,
+    topics: TopicsConfig | None = None,
+    store: str = "memory://",
+    web_enabled: bool = False,
+    autodiscover: bool = False,
+    **settings: Any,
+) -> faust.App:
+    """A faust app connected and tuned from driftloop settings.
+
+    Parameters
+    ----------
+    app_id:
+        The faust app id; also the consumer group id and the prefix of
+        changelog topics, so it must be unique per logical worker.
+    kafka:
+        Brokers, security options and group timeouts.
+    datadir:
+        Where faust keeps local state (tables' stores). Required: without it
+        faust writes into the current directory.
+    topics:
+        Partition count and replication factor for topics faust creates
+        (changelogs, repartition topics). Default: ``TopicsConfig()``.
+    store:
+        Table store URL: ``memory://`` (changelog-backed tables rebuild from
+        Kafka on start) or ``rocksdb://`` when installed.
+    web_enabled:
+        Run faust's web server (off: workers expose metrics elsewhere).
+    settings:
+        Any other faust setting; these win over the ones derived above.
+    """
+    topics = topics if topics is not None else TopicsConfig()
+    derived: dict[str, Any] = {
+        "broker": broker_urls(kafka),
+        "broker_client_id": kafka.client_id,
+        "broker_credentials": faust_credentials(kafka),
+        "broker_session_timeout": kafka.session_timeout_ms / 1000,
+        "broker_heartbeat_interval": kafka.heartbeat_interval_ms / 1000,
+        "broker_max_poll_interval": kafka.max_poll_interval_ms / 1000,
+        "broker_rebalance_timeout": kafka.max_poll_interval_ms / 1000,
+        "broker_request_timeout": kafka.request_timeout_ms / 1000,
+        "consumer_auto_offset_reset": "earliest",
+        "topic_partitions": topics.partitions,
+        "topic_replication_factor": topics.replication_factor,
+        "store": store,
+        "datadir": str(datadir),
+        "web_enabled": web_enabled,
+        "autodiscover": autodiscover,
+    }
+    return faust.App(app_id, **(derived | settings))
