@@ -1,0 +1,407 @@
+"""The six event types that travel on driftloop's topics (ARCHITECTURE.md, "Topics").
+
+Each model is frozen, strict and closed:
+
+- strict: no coercion; ``"1"`` is not an int, ``1`` is not a bool, ``1.0`` is
+  not an int (an int is accepted where a float is expected);
+- finite: NaN and infinities are rejected wherever a number is expected;
+- closed: an unknown field is an error, so a typo never passes silently;
+- bounded: every string, map and number has a limit from :mod:`schemas.limits`.
+
+Every event carries ``schema_version`` (only versions in
+:data:`~schemas.limits.KNOWN_SCHEMA_VERSIONS`), ``event_id`` (unique per
+event) and ``ts`` (epoch milliseconds). :meth:`Event.new` fills those three
+for producers; :mod:`schemas.codec` turns events into bytes and back.
+
+Model and version names match :data:`~schemas.limits.NAME_PATTERN`, so they
+are safe as a directory name and inside a Redis key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from schemas import limits as L
+
+Route: TypeAlias = Literal["live", "canary", "shadow"]
+"""Which pointer slot served an inference."""
+FeedbackKind: TypeAlias = Literal["explicit", "implicit"]
+"""Explicit feedback (a human or system verdict) or implicit (a click, a dwell time)."""
+CheckpointTrigger: TypeAlias = Literal[
+    "count", "drift", "interval", "metric", "shutdown", "manual", "config_change", "initial"
+]
+"""Why a checkpoint was taken."""
+VersionAction: TypeAlias = Literal[
+    "promote", "rollback", "canary", "shadow", "clear_canary", "clear_shadow"
+]
+"""A change of the Redis version pointer."""
+
+#: Dead-letter kinds driftloop itself emits; ``DeadLetter.error_kind`` accepts
+#: any short snake_case word so agents can add their own.
+KNOWN_ERROR_KINDS: frozenset[str] = frozenset(
+    {"decode", "validation", "too_large", "late", "duplicate", "orphan", "processing"}
+)
+
+SchemaVersion = Annotated[
+    int,
+    Field(
+        ge=min(L.KNOWN_SCHEMA_VERSIONS),
+        le=max(L.KNOWN_SCHEMA_VERSIONS),
+        json_schema_extra={"enum": sorted(L.KNOWN_SCHEMA_VERSIONS)},
+    ),
+]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_ID_CHARS)]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=L.MAX_NAME_CHARS, pattern=L.NAME_PATTERN)
+]
+Text = Annotated[str, StringConstraints(max_length=L.MAX_TEXT_CHARS)]
+TimestampMs = Annotated[int, Field(ge=0, le=L.MAX_TS_MS)]
+Count = Annotated[int, Field(ge=0, le=L.MAX_INT)]
+Int64 = Annotated[int, Field(ge=L.MIN_INT, le=L.MAX_INT)]
+ValueStr = Annotated[str, StringConstraints(max_length=L.MAX_VALUE_CHARS)]
+Scalar: TypeAlias = bool | Int64 | float | ValueStr
+"""A feature value, prediction or label: finite number, bounded string or boolean."""
+FeatureKey = Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_FEATURE_KEY_CHARS)]
+Features = Annotated[dict[FeatureKey, Scalar], Field(max_length=L.MAX_FEATURES)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+ScoreLabel = Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_SCORE_LABEL_CHARS)]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_METRIC_NAME_CHARS)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Base64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+_CONFIG = ConfigDict(
+    strict=True,
+    frozen=True,
+    extra="forbid",
+    allow_inf_nan=False,
+    use_attribute_docstrings=True,
+    validate_default=False,
+)
+
+
+class Event(BaseModel):
+    """Fields common to every event, and the strict, frozen, closed configuration.
+
+    ``topic`` names the contract topic key (as in ``services.config.TOPIC_NAMES``)
+    the event travels on; ``max_payload_bytes`` is the largest encoded size
+    :func:`schemas.codec.decode` accepts for the type.
+    """
+
+    model_config = _CONFIG
+
+    topic: ClassVar[str] = ""
+    max_payload_bytes: ClassVar[int] = L.MAX_EVENT_BYTES
+
+    schema_version: SchemaVersion
+    """Version of this event's schema; only versions this build knows are accepted."""
+    event_id: EventId
+    """Unique per event (a UUID is a good choice); consumers use it to drop duplicates."""
+    ts: TimestampMs
+    """When the event was produced, epoch milliseconds."""
+
+    @classmethod
+    def new(cls, **fields: Any) -> Self:
+        """Validate ``fields`` into a new event, filling the common fields when absent.
+
+        ``schema_version`` defaults to the current version, ``event_id`` to a
+        random UUID (hex) and ``ts`` to now. Raises pydantic's
+        ``ValidationError`` on invalid fields, like the constructor.
+        """
+        fields.setdefault("schema_version", L.CURRENT_SCHEMA_VERSION)
+        fields.setdefault("event_id", uuid.uuid4().hex)
+        fields.setdefault("ts", time.time_ns() // 1_000_000)
+        return cls.model_validate(fields)
+
+
+class InferenceLog(Event):
+    """One prediction a model server made, with the version that made it.
+
+    Keyed by ``request_id`` on the ``inference-logs`` topic.
+    """
+
+    topic: ClassVar[str] = "inference_logs"
+
+    request_id: EventId
+    """The request this prediction answered; feedback refers to it."""
+    model: Name
+    """Model name."""
+    model_version: Name
+    """The checkpoint version that served the request."""
+    features: Features
+    """The model's input: feature name -> number, string or boolean."""
+    prediction: Scalar
+    """The model's output."""
+    scores: Annotated[dict[ScoreLabel, Probability], Field(max_length=L.MAX_SCORES)] | None = None
+    """Class label -> probability in [0, 1], for classifiers."""
+    route: Route | None = None
+    """Which pointer slot served the request: live, canary or shadow."""
+    server: EventId | None = None
+    """The server instance that answered (host name, pod name)."""
+
+
+class FeedbackEvent(Event):
+    """The true outcome for an earlier request, from a feedback producer.
+
+    Keyed by ``request_id`` on the ``feedback`` topic. May arrive before its
+    inference log, late, or twice.
+    """
+
+    topic: ClassVar[str] = "feedback"
+
+    request_id: EventId
+    """The request this feedback is about."""
+    model: Name
+    """Model name."""
+    label: Scalar
+    """The true outcome."""
+    kind: FeedbackKind = "explicit"
+    """Explicit feedback (a verdict) or implicit (a click, a dwell time)."""
+    weight: Annotated[float, Field(ge=0.0)] = 1.0
+    """Importance of this example in training; 0 keeps it out of the update."""
+
+
+def training_example_id(request_id: str, feedback_event_id: str | None) -> str:
+    """The deterministic ``example_id`` of the example joining a request and its feedback.
+
+    The same pair always gives the same id, so a replayed or duplicated join
+    produces the same example and consumers can drop it. ``None`` stands for
+    the default-label example of a request that got no feedback in time.
+    """
+    # Length-prefixed so that no two different pairs share an input.
+    fid = "" if feedback_event_id is None else feedback_event_id
+    marker = "-" if feedback_event_id is None else "+"
+    material = f"{len(request_id)}:{request_id}{marker}{len(fid)}:{fid}"
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class TrainingExample(Event):
+    """An inference joined with its feedback (or a default label): one training example.
+
+    Emitted by the attribution joiner, keyed by ``model`` on the
+    ``training-examples`` topic. Two rules are checked: ``example_id`` equals
+    :func:`training_example_id` of ``request_id`` and ``feedback_event_id``;
+    a default-label example has no feedback fields and any other has both.
+    """
+
+    topic: ClassVar[str] = "training_examples"
+
+    example_id: EventId
+    """``training_example_id(request_id, feedback_event_id)``."""
+    request_id: EventId
+    """The request that was joined."""
+    model: Name
+    """Model name."""
+    model_version: Name
+    """The version that served the request (the attribution)."""
+    features: Features
+    """The features the model saw when it served the request."""
+    label: Scalar
+    """The feedback's label, or the default label."""
+    weight: Annotated[float, Field(ge=0.0)] = 1.0
+    """Importance of this example in training."""
+    label_is_default: bool = False
+    """True when no feedback came in the join window and the default label was used."""
+    inference_event_id: EventId
+    """event_id of the InferenceLog."""
+    feedback_event_id: EventId | None = None
+    """event_id of the FeedbackEvent; absent for a default label."""
+    inference_ts: TimestampMs
+    """ts of the InferenceLog."""
+    feedback_ts: TimestampMs | None = None
+    """ts of the FeedbackEvent; absent for a default label."""
+    join_latency_ms: Count
+    """Milliseconds from the first half of the pair reaching the joiner to this example."""
+
+    @model_validator(mode="after")
+    def _check_attribution(self) -> Self:
+        has_feedback = self.feedback_event_id is not None
+        if has_feedback != (self.feedback_ts is not None):
+            raise ValueError(
+                "feedback_event_id and feedback_ts must be both present or both absent"
+            )
+        if self.label_is_default == has_feedback:
+            raise ValueError(
+                "label_is_default must be true exactly when there is no feedback_event_id"
+            )
+        expected = training_example_id(self.request_id, self.feedback_event_id)
+        if self.example_id != expected:
+            raise ValueError(
+                f"example_id must be training_example_id(request_id, feedback_event_id) "
+                f"= {expected!r}"
+            )
+        return self
+
+
+class CheckpointEvent(Event):
+    """A checkpoint was committed (its manifest is written). Keyed by ``model``."""
+
+    topic: ClassVar[str] = "checkpoint_events"
+
+    model: Name
+    """Model name."""
+    version: Name
+    """The new checkpoint's version."""
+    parent_version: Name | None = None
+    """The version it was trained from; absent for the first checkpoint."""
+    step: Count
+    """Optimizer steps (online updates) taken up to this checkpoint."""
+    examples_seen: Count
+    """Training examples consumed up to this checkpoint."""
+    trigger: CheckpointTrigger
+    """Why the checkpoint was taken."""
+    metrics: Annotated[dict[MetricName, float], Field(max_length=L.MAX_METRICS)] = Field(
+        default_factory=dict
+    )
+    """Metric name -> finite value at checkpoint time."""
+    location: Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_TEXT_CHARS)]
+    """Where the checkpoint lives: a path or a URI such as ``s3://bucket/model/version``."""
+    manifest_sha256: Sha256Hex
+    """sha256 (lowercase hex) of the checkpoint's ``manifest.json``."""
+
+
+class VersionEvent(Event):
+    """A change of a model's Redis version pointer; the topic is its durable log.
+
+    The version fields and ``epoch`` describe the pointer *after* the change,
+    so the pointer can be rebuilt from the last event of each model.
+    """
+
+    topic: ClassVar[str] = "version_events"
+
+    model: Name
+    """Model name."""
+    action: VersionAction
+    """What changed."""
+    live: Name | None = None
+    """Version serving live traffic after the change."""
+    previous: Name | None = None
+    """Version a rollback would return to."""
+    canary: Name | None = None
+    """Version serving the canary share, if any."""
+    canary_percent: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
+    """Share of traffic, in percent, routed to the canary."""
+    shadow: Name | None = None
+    """Version receiving shadow traffic (predictions logged, not returned), if any."""
+    epoch: Count
+    """The pointer's epoch after the change (+1 on every change)."""
+    actor: EventId
+    """Who made the change (a user, ``cli``, ``trainer``)."""
+    reason: Text = ""
+    """Why, in words."""
+
+
+class DeadLetter(Event):
+    """A message an agent could not process, kept raw with the reason.
+
+    Keyed by the source topic on the ``dead-letters`` topic. Build one with
+    :meth:`capture`, which base64-encodes and truncates the raw bytes.
+    """
+
+    topic: ClassVar[str] = "dead_letters"
+    max_payload_bytes: ClassVar[int] = L.MAX_DEAD_LETTER_BYTES
+
+    source_topic: Annotated[
+        str, StringConstraints(min_length=1, max_length=L.MAX_TOPIC_CHARS, pattern=L.TOPIC_PATTERN)
+    ]
+    """Topic the message was read from."""
+    source_partition: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    """Its partition."""
+    source_offset: Count
+    """Its offset."""
+    key_b64: (
+        Annotated[
+            str,
+            StringConstraints(
+                max_length=L.base64_chars(L.MAX_DEAD_LETTER_KEY_BYTES), pattern=Base64
+            ),
+        ]
+        | None
+    ) = None
+    """The message key, base64; absent when the message had none."""
+    value_b64: Annotated[
+        str,
+        StringConstraints(max_length=L.base64_chars(L.MAX_DEAD_LETTER_RAW_BYTES), pattern=Base64),
+    ]
+    """The message value, base64 (standard alphabet, padded)."""
+    truncated: bool = False
+    """True when the key or value was longer than the limits and only its start is kept."""
+    error: Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_TEXT_CHARS)]
+    """Why the message was rejected, for a human."""
+    error_kind: Annotated[str, StringConstraints(pattern=L.ERROR_KIND_PATTERN)]
+    """Machine-readable kind, e.g. decode, validation, late, duplicate."""
+    field: Annotated[str, StringConstraints(max_length=L.MAX_FIELD_PATH_CHARS)] | None = None
+    """Dotted path of the offending field, when one is known."""
+
+    @classmethod
+    def capture(
+        cls,
+        *,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+        value: bytes,
+        key: bytes | None,
+        error: str,
+        error_kind: str,
+        field: str | None = None,
+        **common: Any,
+    ) -> Self:
+        """A dead letter for a raw Kafka message, cutting anything over the limits.
+
+        ``value`` and ``key`` are kept up to :data:`~schemas.limits.MAX_DEAD_LETTER_RAW_BYTES`
+        and :data:`~schemas.limits.MAX_DEAD_LETTER_KEY_BYTES` (``truncated`` says
+        when they were cut); ``error`` and ``field`` are shortened to their limits
+        and made valid UTF-8. ``common`` may set ``event_id`` / ``ts``.
+        """
+        truncated = len(value) > L.MAX_DEAD_LETTER_RAW_BYTES or (
+            key is not None and len(key) > L.MAX_DEAD_LETTER_KEY_BYTES
+        )
+        key_b64 = None
+        if key is not None:
+            key_b64 = base64.b64encode(key[: L.MAX_DEAD_LETTER_KEY_BYTES]).decode("ascii")
+        return cls.new(
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            key_b64=key_b64,
+            value_b64=base64.b64encode(value[: L.MAX_DEAD_LETTER_RAW_BYTES]).decode("ascii"),
+            truncated=truncated,
+            error=_clean_text(error, L.MAX_TEXT_CHARS) or "unknown error",
+            error_kind=error_kind,
+            field=None if field is None else _clean_text(field, L.MAX_FIELD_PATH_CHARS),
+            **common,
+        )
+
+    def raw_value(self) -> bytes:
+        """The captured message value (its first bytes when ``truncated``)."""
+        return base64.b64decode(self.value_b64, validate=True)
+
+    def raw_key(self) -> bytes | None:
+        """The captured message key, or None when the message had none."""
+        return None if self.key_b64 is None else base64.b64decode(self.key_b64, validate=True)
+
+
+def _clean_text(text: str, limit: int) -> str:
+    """``text`` as valid UTF-8 (lone surrogates replaced), cut to ``limit`` characters."""
+    cleaned = text.encode("utf-8", "replace").decode("utf-8")
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+#: Contract topic key -> the event type its values hold.
+EVENT_TYPES: dict[str, type[Event]] = {
+    t.topic: t
+    for t in (
+        InferenceLog,
+        FeedbackEvent,
+        TrainingExample,
+        CheckpointEvent,
+        VersionEvent,
+        DeadLetter,
+    )
+}
