@@ -277,6 +277,24 @@ class EmbeddedStack:
             exit_code=last.exit_code(),
         )
 
+    def exited(self) -> dict[str, int]:
+        """Exit codes of children that ended while the stack was meant to run.
+
+        Long-running callers (``driftloop up``, workers) poll this to notice a
+        crashed server instead of serving a dead address.
+        """
+        exited: dict[str, int] = {}
+        for name, child in self._children.items():
+            code = child.exit_code()
+            if code is not None:
+                exited[name] = code
+        return exited
+
+    def output_tail(self, name: str, max_lines: int = 20) -> str:
+        """The last lines server ``name`` (``"kafka"``, ``"redis"``) wrote, or ``""``."""
+        child = self._children.get(name)
+        return child.output_tail(max_lines) if child is not None else ""
+
     def stop(self) -> None:
         """Stop every child we started (SIGTERM, grace, SIGKILL). Idempotent."""
         atexit.unregister(self.stop)
