@@ -1,0 +1,356 @@
+"""Model adapters: one seam over river and torch models.
+
+The trainer never touches a model directly; it calls a :class:`ModelAdapter`:
+
+- :meth:`ModelAdapter.test_then_train` scores every example of a micro-batch
+  *before* the model learns from it and returns the :class:`Score` of each;
+- :meth:`ModelAdapter.live_objects` / :meth:`ModelAdapter.export_state` /
+  :meth:`ModelAdapter.import_state` expose the state the checkpointer saves.
+
+River (:class:`RiverAdapter`): inside a micro-batch each example is scored and
+then learned (``learn_one``) in turn, which is exactly
+``river.evaluate.progressive_val_score`` whatever the batch size.
+
+Torch (:class:`TorchAdapter`): the batch is scored with the parameters as they
+were before the batch, then one optimizer step is taken on the batch loss
+(example weights as loss weights). Scoring reuses the training forward pass.
+
+Labels are converted by :mod:`services.learning.labels`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import math
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from schemas.errors import ConfigError
+from services.learning.config import EncodingConfig, ModelConfig
+from services.learning.factory import build, resolve
+from services.learning.hashing import FeatureHasher, FeatureValue
+from services.learning.labels import Label, binary_target, class_label, regression_target
+
+_EPS = 1e-15
+
+
+class Example(Protocol):
+    """What an adapter reads from a training example (``schemas.events.TrainingExample``)."""
+
+    @property
+    def example_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def features(self) -> Mapping[str, FeatureValue]: ...
+    @property
+    def label(self) -> Label: ...
+    @property
+    def weight(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One example scored before learning.
+
+    Attributes
+    ----------
+    y_true
+        The label as the model sees it (class or float target).
+    y_pred
+        Predicted class or value; None while a classifier knows no class.
+    proba
+        Class probabilities (classifiers), else None.
+    loss
+        Per-example loss: log loss of the true class (clamped at 1e-15) for
+        classifiers, absolute error for regressors.
+    error
+        1.0 for a wrong class and 0.0 for a right one (classifiers); the
+        absolute error (regressors).
+    """
+
+    y_true: Label
+    y_pred: Label | None
+    proba: dict[Label, float] | None
+    loss: float
+    error: float
+
+
+class ModelAdapter(Protocol):
+    """The trainer's view of a model, river or torch."""
+
+    name: str
+    kind: str
+    task: str
+
+    def score(self, example: Example) -> Score:
+        """Score one example without learning from it."""
+        ...
+
+    def learn(self, batch: Sequence[Example]) -> None:
+        """Learn from one micro-batch (river: learn_one each; torch: one step)."""
+        ...
+
+    def test_then_train(self, batch: Sequence[Example]) -> list[Score]:
+        """Score each example of ``batch`` before learning from it, then learn."""
+        ...
+
+    def live_objects(self) -> dict[str, Any]:
+        """The live objects a checkpointer captures: river ``{"model"}``;
+        torch ``{"module", "optimizer"}``."""
+        ...
+
+    def export_state(self) -> dict[str, Any]:
+        """A detached copy of the model state (later training does not change it)."""
+        ...
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Replace the model state with one from :meth:`export_state`."""
+        ...
+
+    def state_digest(self) -> str:
+        """sha256 over the full model state: equal digests, bitwise-equal state."""
+        ...
+
+
+def _classification_score(
+    y_true: Label, y_pred: Label | None, proba: Mapping[Label, float]
+) -> Score:
+    p_true = proba.get(y_true, 0.0)
+    loss = -math.log(min(max(p_true, _EPS), 1.0 - _EPS)) if proba else -math.log(_EPS)
+    error = 0.0 if y_pred is not None and y_pred == y_true else 1.0
+    return Score(y_true, y_pred, dict(proba), loss, error)
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+class RiverAdapter:
+    """A river classifier or regressor (any ``river.base.Estimator`` by dotted path)."""
+
+    kind = "river"
+
+    def __init__(self, config: ModelConfig, model: Any | None = None) -> None:
+        from river import base
+
+        self.name = config.name
+        self.model = (
+            model
+            if model is not None
+            else build(config.factory.path, config.factory.params, config.allowed_prefixes)
+        )
+        if isinstance(self.model, base.Classifier):
+            task = "classification"
+        elif isinstance(self.model, base.Regressor):
+            task = "regression"
+        else:
+            raise ConfigError(
+                "river factory built neither a classifier nor a regressor",
+                model=config.name,
+                path=config.factory.path,
+            )
+        if config.task is not None and config.task != task:
+            raise ConfigError(
+                f"config says task={config.task} but the river model is a {task} model",
+                model=config.name,
+            )
+        self.task: str = task
+        params = inspect.signature(self.model.learn_one).parameters
+        self._accepts_w = "w" in params or any(
+            p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()
+        )
+
+    def _target(self, example: Example) -> Label:
+        if self.task == "classification":
+            return class_label(example.label)
+        return regression_target(example.label, model=self.name)
+
+    def score(self, example: Example) -> Score:
+        x = dict(example.features)
+        y_true = self._target(example)
+        if self.task == "classification":
+            proba = self.model.predict_proba_one(x)
+            return _classification_score(y_true, self.model.predict_one(x), proba)
+        y_pred = float(self.model.predict_one(x))
+        err = abs(y_pred - float(y_true))
+        return Score(y_true, y_pred, None, err, err)
+
+    def _learn_one(self, example: Example, y: Label) -> None:
+        x = dict(example.features)
+        if self._accepts_w and example.weight != 1.0:
+            self.model.learn_one(x, y, w=example.weight)
+        else:
+            self.model.learn_one(x, y)
+
+    def learn(self, batch: Sequence[Example]) -> None:
+        for example in batch:
+            self._learn_one(example, self._target(example))
+
+    def test_then_train(self, batch: Sequence[Example]) -> list[Score]:
+        scores = []
+        for example in batch:
+            s = self.score(example)
+            self._learn_one(example, s.y_true)
+            scores.append(s)
+        return scores
+
+    def live_objects(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+    def export_state(self) -> dict[str, Any]:
+        return {"model": copy.deepcopy(self.model)}
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        self.model = copy.deepcopy(state["model"])
+
+    def state_digest(self) -> str:
+        # Only ever hashed, never loaded: pickle here is a canonical byte form.
+        return hashlib.sha256(pickle.dumps(self.model, protocol=5)).hexdigest()
+
+
+_LOSSES: dict[str, type[nn.Module]] = {
+    "bce": nn.BCEWithLogitsLoss,
+    "mse": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "huber": nn.HuberLoss,
+}
+
+
+class TorchAdapter:
+    """A torch module over hashed features (see :mod:`services.learning.torch_models`)."""
+
+    kind = "torch"
+
+    def __init__(self, config: ModelConfig) -> None:
+        # ModelConfig guarantees both for torch models.
+        assert config.task is not None
+        assert config.optimizer is not None
+        self.name = config.name
+        self.task: str = config.task
+        self._positive = config.positive_label
+        enc = config.encoding or EncodingConfig()
+        self.hasher = FeatureHasher(enc.buckets, enc.hash_seed)
+        params = {**config.factory.params, "buckets": enc.buckets, "sparse": enc.sparse}
+        params.setdefault("seed", config.seed)
+        module = build(config.factory.path, params, config.allowed_prefixes)
+        if not isinstance(module, nn.Module):
+            raise ConfigError(
+                "torch factory did not build a torch.nn.Module",
+                model=config.name,
+                path=config.factory.path,
+            )
+        self.module: nn.Module = module
+        opt_factory = resolve(config.optimizer.path, config.allowed_prefixes)
+        try:
+            self.optimizer: torch.optim.Optimizer = opt_factory(
+                self.module.parameters(), **config.optimizer.params
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"optimizer rejected its parameters: {exc}",
+                model=config.name,
+                path=config.optimizer.path,
+            ) from exc
+        self.loss_name = config.torch_loss
+        self._loss = _LOSSES[self.loss_name](reduction="none")
+
+    def _target(self, example: Example) -> Label:
+        if self.task == "classification":
+            return binary_target(example.label, positive_label=self._positive, model=self.name)
+        return regression_target(example.label, model=self.name)
+
+    def _scores(self, out: torch.Tensor, targets: Sequence[Label]) -> list[Score]:
+        scores = []
+        values = out.detach().tolist()
+        for raw, y_true in zip(values, targets, strict=True):
+            if self.task == "classification":
+                p = _sigmoid(raw)
+                proba: dict[Label, float] = {False: 1.0 - p, True: p}
+                scores.append(_classification_score(y_true, p >= 0.5, proba))
+            else:
+                err = abs(raw - float(y_true))
+                scores.append(Score(y_true, raw, None, err, err))
+        return scores
+
+    def _forward(self, batch: Sequence[Example]) -> torch.Tensor:
+        indices, offsets, weights = self.hasher.encode_batch([e.features for e in batch])
+        out: torch.Tensor = self.module(indices, offsets, weights)
+        return out
+
+    def score(self, example: Example) -> Score:
+        with torch.no_grad():
+            out = self._forward([example])
+        return self._scores(out, [self._target(example)])[0]
+
+    def _step(self, out: torch.Tensor, targets: Sequence[Label], batch: Sequence[Example]) -> None:
+        y = torch.tensor([float(t) for t in targets], dtype=torch.float32)
+        w = torch.tensor([float(e.weight) for e in batch], dtype=torch.float32)
+        loss = (self._loss(out, y) * w).sum() / w.sum().clamp_min(_EPS)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def learn(self, batch: Sequence[Example]) -> None:
+        if batch:
+            targets = [self._target(e) for e in batch]
+            self._step(self._forward(batch), targets, batch)
+
+    def test_then_train(self, batch: Sequence[Example]) -> list[Score]:
+        if not batch:
+            return []
+        targets = [self._target(e) for e in batch]
+        out = self._forward(batch)
+        scores = self._scores(out, targets)
+        self._step(out, targets, batch)
+        return scores
+
+    def live_objects(self) -> dict[str, Any]:
+        return {"module": self.module, "optimizer": self.optimizer}
+
+    def export_state(self) -> dict[str, Any]:
+        return {
+            "module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+
+    def state_digest(self) -> str:
+        h = hashlib.sha256()
+        for key, tensor in sorted(self.module.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().contiguous().numpy().tobytes())
+        for pid, pstate in sorted(self.optimizer.state_dict()["state"].items()):
+            for key, value in sorted(pstate.items()):
+                h.update(f"{pid}.{key}".encode())
+                if isinstance(value, torch.Tensor):
+                    h.update(value.detach().contiguous().numpy().tobytes())
+                else:
+                    h.update(repr(value).encode())
+        return h.hexdigest()
+
+
+def build_adapter(config: ModelConfig) -> ModelAdapter:
+    """The adapter for ``config``: :class:`RiverAdapter` or :class:`TorchAdapter`.
+
+    Raises
+    ------
+    ConfigError
+        When the factory is not allowed, fails, or builds the wrong kind of model.
+    """
+    if config.kind == "river":
+        return RiverAdapter(config)
+    return TorchAdapter(config)

@@ -1,0 +1,281 @@
+"""Model configuration: one TOML file declares every model driftloop trains.
+
+Each ``[[model]]`` table becomes a frozen :class:`ModelConfig`; the file as a
+whole is a :class:`LearningConfig`. Nothing here imports a model: factories
+are resolved later by :mod:`services.learning.factory` under the allow-list
+``allowed_prefixes`` (``river.``, ``torch.``, ``services.learning.`` unless the
+model's table widens it explicitly).
+
+A minimal river model::
+
+    [[model]]
+    name = "churn"
+    kind = "river"
+    factory = { path = "river.linear_model.LogisticRegression" }
+
+See ``services/learning/examples/*.toml`` for complete, commented examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import ConfigError
+from services.learning.factory import DEFAULT_ALLOWED_PREFIXES
+
+Label = bool | int | float | str
+TriggerName = Literal[
+    "count", "drift", "interval", "metric", "shutdown", "manual", "config_change", "initial"
+]
+DETECTOR_KINDS = ("ADWIN", "PageHinkley", "KSWIN", "DDM", "EDDM", "HDDM_A", "HDDM_W", "FHDDM")
+METRIC_NAMES = ("accuracy", "log_loss", "cross_entropy", "mae", "rmse")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FactoryConfig(_Frozen):
+    """A callable by dotted path and the keyword parameters it is called with."""
+
+    path: str = Field(min_length=3)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EncodingConfig(_Frozen):
+    """How a torch model sees the feature map: hashed into ``buckets`` rows.
+
+    ``name=value`` for strings and ``name`` for numbers (the value is the
+    row's weight; bools count as 1.0 / 0.0) pick a row by a keyed BLAKE2b
+    hash salted with ``hash_seed``. ``sparse`` makes embedding gradients
+    sparse so a step touches only the rows of the batch.
+    """
+
+    buckets: int = Field(default=1 << 18, ge=2, le=1 << 26)
+    hash_seed: int = Field(default=0, ge=0)
+    sparse: bool = True
+
+
+class MetricsConfig(_Frozen):
+    """Prequential metrics: names, sliding window length, the key metric.
+
+    Defaults by task: classification ``accuracy`` + ``log_loss`` (binary
+    labels; use ``cross_entropy`` for multiclass), regression ``mae`` +
+    ``rmse``. ``key`` defaults to the first name.
+    """
+
+    names: tuple[Literal["accuracy", "log_loss", "cross_entropy", "mae", "rmse"], ...] = ()
+    window: int = Field(default=1000, ge=1)
+    key: str | None = None
+
+
+class AdaptiveConfig(_Frozen):
+    """Adaptive count interval: shrink after drift, relax back once settled.
+
+    After a drift the count interval becomes ``max(min_every_n, interval *
+    shrink)``; at each later count checkpoint with no drift since the last one
+    and the windowed key error moved by at most ``settle_tolerance``, it
+    becomes ``min(every_n, ceil(interval * relax))``.
+    """
+
+    min_every_n: int = Field(default=100, ge=1)
+    shrink: float = Field(default=0.25, gt=0, le=1)
+    relax: float = Field(default=2.0, ge=1)
+    settle_tolerance: float = Field(default=0.01, ge=0)
+
+
+class MetricTriggerConfig(_Frozen):
+    """Checkpoint when ``metric`` improved by ``min_delta`` since the last checkpoint."""
+
+    metric: str
+    min_delta: float = Field(gt=0)
+    relative: bool = False
+    min_examples: int = Field(default=0, ge=0)
+
+
+class TriggersConfig(_Frozen):
+    """Which checkpoint triggers are on; any combination."""
+
+    every_n: int | None = Field(default=10_000, ge=1)
+    adaptive: AdaptiveConfig | None = None
+    on_drift: bool = True
+    interval_s: float | None = Field(default=None, gt=0)
+    metric: MetricTriggerConfig | None = None
+    on_shutdown: bool = True
+    manual: bool = True
+    on_config_change: bool = True
+
+
+class DetectorConfig(_Frozen):
+    """One river drift detector and what it is fed.
+
+    ``input = "error"`` feeds 1 for a wrong prediction and 0 for a right one
+    (classification; for regression the absolute error). ``"loss"`` feeds the
+    per-example loss (log loss or absolute error). The DDM family (DDM, EDDM,
+    HDDM_A, HDDM_W, FHDDM) accepts only ``"error"`` on classification.
+    """
+
+    kind: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM", "EDDM", "HDDM_A", "HDDM_W", "FHDDM"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    input: Literal["error", "loss"] = "error"
+
+
+class PolicyConfig(_Frozen):
+    """One retention policy by the checkpoint store's name, with its parameters."""
+
+    policy: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetentionConfig(_Frozen):
+    """Retention policies by the checkpoint store's names, kept as data.
+
+    :func:`services.learning.retention.build_retention` turns them into the
+    store's policy objects; a checkpoint is kept when any policy keeps it.
+    """
+
+    policies: tuple[PolicyConfig, ...] = ()
+
+
+class PromotionConfig(_Frozen):
+    """When a new checkpoint may become live: by hand, or automatically when
+    ``metric`` improved by ``min_improvement`` over the live version after at
+    least ``min_examples`` examples (``canary_percent`` > 0 routes a share first).
+    """
+
+    mode: Literal["manual", "auto"] = "manual"
+    metric: str | None = None
+    min_improvement: float = 0.0
+    min_examples: int = Field(default=0, ge=0)
+    canary_percent: int = Field(default=0, ge=0, le=100)
+
+
+class ModelConfig(_Frozen):
+    """Everything driftloop needs to train and checkpoint one model."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    kind: Literal["river", "torch"]
+    task: Literal["classification", "regression"] | None = None
+    factory: FactoryConfig
+    allowed_prefixes: tuple[str, ...] = DEFAULT_ALLOWED_PREFIXES
+    encoding: EncodingConfig | None = None
+    loss: Literal["bce", "mse", "l1", "huber"] | None = None
+    optimizer: FactoryConfig | None = None
+    positive_label: Label | None = None
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    seed: int = 0
+    metrics: MetricsConfig = MetricsConfig()
+    triggers: TriggersConfig = TriggersConfig()
+    drift: tuple[DetectorConfig, ...] = ()
+    dedup_horizon: int = Field(default=100_000, ge=0)
+    retention: RetentionConfig = RetentionConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.kind == "torch":
+            if self.task is None:
+                raise ValueError("torch models need task = 'classification' or 'regression'")
+            if self.optimizer is None:
+                raise ValueError("torch models need an [optimizer] table")
+        elif self.encoding is not None or self.loss is not None or self.optimizer is not None:
+            raise ValueError("encoding, loss and optimizer apply to torch models only")
+        if self.loss == "bce" and self.task == "regression":
+            raise ValueError("loss 'bce' needs task = 'classification'")
+        key = self.metrics.key
+        if key is not None and key not in self.metric_names:
+            raise ValueError(f"metrics.key {key!r} is not one of {list(self.metric_names)}")
+        return self
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        if self.metrics.names:
+            return tuple(self.metrics.names)
+        if self.task == "regression":
+            return ("mae", "rmse")
+        return ("accuracy", "log_loss")
+
+    @property
+    def key_metric(self) -> str:
+        return self.metrics.key or self.metric_names[0]
+
+    @property
+    def torch_loss(self) -> str:
+        """The torch loss in force: configured, or ``bce`` / ``mse`` by task."""
+        if self.loss is not None:
+            return self.loss
+        return "mse" if self.task == "regression" else "bce"
+
+    def as_json(self) -> dict[str, Any]:
+        """The configuration as JSON-able data (recorded in each manifest)."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: equal digests, equal settings."""
+        blob = orjson.dumps(self.as_json(), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(blob).hexdigest()
+
+
+class LearningConfig(_Frozen):
+    """A configuration file: its models by name."""
+
+    models: tuple[ModelConfig, ...] = Field(alias="model", default=())
+
+    @model_validator(mode="after")
+    def _unique(self) -> LearningConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {dupes}")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        """The model called ``name``; ConfigError when there is none."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError("no such model in the learning config", model=name)
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "<data>") -> LearningConfig:
+    """Validate already-parsed TOML data; ConfigError names the bad field."""
+    try:
+        return LearningConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid learning config: {where}: {first['msg']}", path=source) from exc
+
+
+def load_config(path: str | Path) -> LearningConfig:
+    """Read and validate a TOML learning configuration file.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, not TOML, or does not validate.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("learning config file not found", path=str(p)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"learning config is not valid TOML: {exc}", path=str(p)) from exc
+    return parse_config(data, source=str(p))
+
+
+def example_path(name: str) -> Path:
+    """Path of a shipped example configuration (``river_logreg`` or ``torch_fm``)."""
+    p = Path(__file__).parent / "examples" / f"{name}.toml"
+    if not p.is_file():
+        raise ConfigError("no such example learning config", path=str(p))
+    return p
