@@ -1,0 +1,108 @@
+"""Garbage collection: delete what no retention policy keeps, and remove leftovers.
+
+GC works one model at a time in two steps: :func:`plan` decides (pure, no
+I/O), and the store executes the plan. What is kept:
+
+- whatever the retention policy keeps, plus pinned checkpoints and what the
+  version pointer references, whatever the policy says;
+- the newest checkpoint, always;
+- every checkpoint a kept one depends on (files it reuses, a delta's base
+  and parent chain), transitively.
+
+Deletion order keeps catalog and storage consistent if GC is killed at any
+point: the catalog row is marked ``deleting`` (listings hide it), then
+``manifest.json`` is removed (the directory becomes uncommitted, so nothing
+loads it), then the files, then the row. Versions are deleted newest first,
+so a surviving checkpoint never lacks a dependency. The next GC or reindex
+heals whatever an interrupted run left.
+
+Leftovers are directories without a valid manifest (interrupted saves,
+interrupted deletions, corrupt manifests) and duplicate copies left by an
+interrupted tier move; a directory a live process on this host is still
+writing is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from services.checkpoints.catalog import CheckpointRecord, Tier
+from services.checkpoints.retention import (
+    KeepPinned,
+    KeepReferenced,
+    ReferenceSource,
+    RetentionPolicy,
+)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A directory GC removes: not a committed checkpoint the catalog knows."""
+
+    tier: Tier
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    """What one GC run on one model keeps, deletes and cleans up."""
+
+    model: str
+    kept: dict[str, str]
+    delete: list[CheckpointRecord]
+    leftovers: list[Leftover] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "kept": self.kept,
+            "delete": [r.version for r in self.delete],
+            "leftovers": [
+                {"tier": x.tier, "name": x.name, "reason": x.reason} for x in self.leftovers
+            ],
+        }
+
+
+def plan(
+    model: str,
+    checkpoints: Sequence[CheckpointRecord],
+    policy: RetentionPolicy,
+    *,
+    now_ms: int,
+    references: ReferenceSource | None = None,
+    history_depth: int = 3,
+    leftovers: Sequence[Leftover] = (),
+) -> GcPlan:
+    """Decide what to keep and delete among the committed ``checkpoints`` of ``model``."""
+    if not checkpoints:
+        return GcPlan(model, {}, [], list(leftovers))
+    by_version = {c.version: c for c in checkpoints}
+    kept: dict[str, str] = {}
+
+    def add(found: dict[str, str]) -> None:
+        for version, reason in found.items():
+            if version in by_version:
+                kept[version] = f"{kept[version]}; {reason}" if version in kept else reason
+
+    newest = max(checkpoints, key=lambda c: c.seq)
+    add({newest.version: "newest"})
+    add(policy.keep(model, checkpoints, now_ms))
+    add(KeepPinned().keep(model, checkpoints, now_ms))
+    if references is not None:
+        add(KeepReferenced(references, history_depth).keep(model, checkpoints, now_ms))
+    # Dependencies of kept checkpoints are kept, transitively.
+    todo = list(kept)
+    while todo:
+        version = todo.pop()
+        for dep in sorted(by_version[version].dependencies):
+            if dep in by_version and dep not in kept:
+                kept[dep] = f"needed by {version}"
+                todo.append(dep)
+            elif dep in by_version and "needed by" not in kept[dep]:
+                kept[dep] += f"; needed by {version}"
+    delete = sorted(
+        (c for c in checkpoints if c.version not in kept), key=lambda c: c.seq, reverse=True
+    )
+    return GcPlan(model, kept, delete, list(leftovers))

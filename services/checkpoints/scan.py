@@ -1,0 +1,87 @@
+"""Compare what the tiers hold with what the catalog says (used by sync, GC and reindex).
+
+A version directory is committed when its ``manifest.json`` validates and
+names that model and version; anything else under a model directory that
+looks like ours is a leftover for GC, unless a live process on this host is
+still writing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.errors import SchemaError
+from schemas.manifest import CheckpointManifest, decode_manifest
+from services.checkpoints import layout
+from services.checkpoints.catalog import Catalog, Tier
+from services.checkpoints.gc import Leftover
+from services.checkpoints.storage import CheckpointStorage
+
+
+@dataclass
+class ScanResult:
+    """What the catalog must change to match the tiers, and what GC should remove."""
+
+    upserts: list[tuple[CheckpointManifest, Tier]] = field(default_factory=list)
+    stale_rows: list[str] = field(default_factory=list)
+    leftovers: list[Leftover] = field(default_factory=list)
+
+
+def scan_model(
+    model: str, tiers: Mapping[Tier, CheckpointStorage], catalog: Catalog, *, deep: bool
+) -> ScanResult:
+    """Scan every tier's directories of ``model``.
+
+    Without ``deep``, a directory whose committed catalog row points at this
+    tier is trusted without reading its manifest.
+    """
+    result = ScanResult()
+    rows = {r.version: r for r in catalog.query(model, include_deleting=True)}
+    copies: dict[str, dict[Tier, CheckpointManifest | None]] = {}
+    for tier, storage in tiers.items():
+        for name in storage.entries(model):
+            if layout.parse_seq(model, name) is None:
+                if layout.work_dir_pid(name) is not None and not storage.in_flight(model, name):
+                    result.leftovers.append(Leftover(tier, name, "interrupted save or removal"))
+                continue
+            row = rows.get(name)
+            if not deep and row is not None and row.status == "committed" and row.tier == tier:
+                copies.setdefault(name, {})[tier] = None
+                continue
+            raw = storage.read_manifest(model, name)
+            if raw is None:
+                if not storage.in_flight(model, name):
+                    result.leftovers.append(
+                        Leftover(tier, name, "no manifest (interrupted save or deletion)")
+                    )
+                continue
+            try:
+                manifest = decode_manifest(raw, model=model, version=name)
+            except SchemaError as exc:
+                result.leftovers.append(Leftover(tier, name, f"manifest does not validate: {exc}"))
+                continue
+            if manifest.model != model or manifest.version != name:
+                result.leftovers.append(
+                    Leftover(tier, name, f"manifest names {manifest.model}/{manifest.version}")
+                )
+                continue
+            copies.setdefault(name, {})[tier] = manifest
+    for version, by_tier in copies.items():
+        row = rows.get(version)
+        if row is not None and row.status == "committed" and row.tier in by_tier:
+            chosen: Tier = row.tier
+        else:
+            chosen = "cold" if "cold" in by_tier else "hot"
+        for tier in by_tier:
+            if tier != chosen:
+                result.leftovers.append(
+                    Leftover(tier, version, f"duplicate of the {chosen} copy (interrupted move)")
+                )
+        found = by_tier[chosen]
+        if found is not None and (
+            row is None or row.status != "committed" or row.tier != chosen or deep
+        ):
+            result.upserts.append((found, chosen))
+    result.stale_rows = [v for v in rows if v not in copies]
+    return result

@@ -1,0 +1,520 @@
+"""The checkpoint store: commit, open, list, pin, GC, reindex and tier moves.
+
+:class:`CheckpointStore` is what the state layer and the CLI call. It writes
+through the storage seam (hot :class:`LocalStorage`, optional cold
+:class:`FsspecStorage`), records checkpoints in the SQLite :class:`Catalog`
+and applies retention and tiering after each commit when configured. The
+manifests are the truth; the catalog is synced from them lazily and rebuilt
+by :meth:`CheckpointStore.reindex`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+from schemas.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from schemas.manifest import (
+    CheckpointManifest,
+    FileEntry,
+    ManifestDraft,
+    decode_manifest,
+    encode_manifest,
+    make_label,
+)
+from services.checkpoints import layout
+from services.checkpoints.catalog import Catalog, CheckpointRecord, Tier
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.gc import GcPlan, Leftover, plan
+from services.checkpoints.pins import PinBook
+from services.checkpoints.retention import ReferenceSource, RetentionPolicy, policy_from_config
+from services.checkpoints.scan import scan_model
+from services.checkpoints.storage import CheckpointStorage, LocalStorage, open_storage
+from services.checkpoints.tiering import TierPolicy, move_to_cold
+
+log = logging.getLogger(__name__)
+
+#: Called with (done, total) while long work proceeds.
+Progress = Callable[[int, int], None]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class CheckpointReader:
+    """Read access to one committed checkpoint; every read is verified.
+
+    Obtained from :meth:`CheckpointStore.open`. ``read`` returns a file's
+    bytes after checking size and sha256 against the manifest, wherever the
+    bytes live (this checkpoint, an older one it reuses them from, hot or
+    cold tier).
+    """
+
+    def __init__(self, store: CheckpointStore, manifest: CheckpointManifest, tier: Tier) -> None:
+        self.manifest = manifest
+        self.tier = tier
+        self._store = store
+
+    @property
+    def location(self) -> str:
+        return self._store.storage(self.tier).location(self.manifest.model, self.manifest.version)
+
+    def names(self) -> list[str]:
+        """Names of the files of this checkpoint, in manifest order."""
+        return [f.name for f in self.manifest.files]
+
+    def read(self, name: str) -> bytes:
+        """The verified bytes of file ``name``.
+
+        Raises
+        ------
+        CheckpointNotFoundError
+            No file of that name in the manifest.
+        CheckpointCorruptError
+            The bytes are missing or their size or sha256 differ from the manifest.
+        """
+        m = self.manifest
+        entry = m.file(name)
+        if entry is None:
+            raise CheckpointNotFoundError(
+                f"no file {name!r} in checkpoint", model=m.model, version=m.version
+            )
+        if entry.ref_version is None:
+            return self._store._read_verified(m.model, m.version, self.tier, entry.name, entry)
+        holder, tier = self._store._manifest(m.model, entry.ref_version)
+        stored = next(
+            (f for f in holder.files if f.sha256 == entry.sha256 and not f.ref_version), None
+        )
+        if stored is None:
+            raise CheckpointCorruptError(
+                f"referenced checkpoint holds no file with the sha256 of {name!r}",
+                model=m.model,
+                version=m.version,
+                ref_version=entry.ref_version,
+                expected_sha256=entry.sha256,
+            )
+        return self._store._read_verified(m.model, holder.version, tier, stored.name, entry)
+
+    def verify(self) -> None:
+        """Read and check every file; raises :class:`CheckpointCorruptError` on a bad one."""
+        for name in self.names():
+            self.read(name)
+
+
+class CheckpointStore:
+    """Atomic, verified, catalogued checkpoints of many models.
+
+    Thread-safe per object: commits, GC and tier moves of one store object
+    are serialised by a lock; version assignment is also locked across
+    processes on the hot tier.
+    """
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        *,
+        references: ReferenceSource | None = None,
+        retention: RetentionPolicy | None = None,
+        tiering: TierPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.hot = LocalStorage(config.root, fsync=config.fsync)
+        self.cold: CheckpointStorage | None = (
+            open_storage(config.cold_url, fsync=config.fsync) if config.cold_url else None
+        )
+        self.catalog = Catalog(config.catalog_file)
+        self.references = references
+        self.retention = (
+            retention if retention is not None else policy_from_config(config, references)
+        )
+        self.tiering = tiering if tiering is not None else TierPolicy.from_config(config)
+        self.pins = PinBook(self.hot, self.catalog)
+        self._lock = threading.RLock()
+        self._synced: set[str] = set()
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def storage(self, tier: Tier) -> CheckpointStorage:
+        if tier == "cold":
+            if self.cold is None:
+                raise CheckpointError("no cold tier configured (DRIFTLOOP_STORE_COLD_URL)")
+            return self.cold
+        return self.hot
+
+    def _tiers(self) -> dict[Tier, CheckpointStorage]:
+        tiers: dict[Tier, CheckpointStorage] = {"hot": self.hot}
+        if self.cold is not None:
+            tiers["cold"] = self.cold
+        return tiers
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def commit(
+        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+    ) -> CheckpointManifest:
+        """Write a new checkpoint of ``model`` and return its manifest.
+
+        Assigns the next version id, writes ``files`` then ``manifest.json``
+        atomically, records it in the catalog, then runs GC and tier moves
+        when configured (their failures are logged, the commit stands).
+
+        Raises
+        ------
+        CheckpointError
+            The write failed (nothing was committed), or ``draft`` refers to a
+            checkpoint that does not exist.
+        """
+        layout.check_model(model)
+        with self._lock:
+            self.sync(model)
+            entries = self._resolve_refs(model, files, draft)
+            version = self._reserve_version(model)
+            created = now_ms()
+            fields = draft.model_dump(exclude={"file_refs"})
+            entries = [
+                FileEntry(name=n, sha256=hashlib.sha256(d).hexdigest(), size=len(d))
+                for n, d in files.items()
+            ] + entries
+            manifest = CheckpointManifest(
+                model=model,
+                version=version,
+                label=make_label(
+                    version, draft.step, draft.trigger, draft.metrics, draft.key_metric
+                ),
+                created_ts=created,
+                files=entries,
+                **fields,
+            )
+            pending = self.hot.begin(model, version)
+            try:
+                for name, data in files.items():
+                    pending.write(name, data)
+                pending.finalize(encode_manifest(manifest))
+            except BaseException as exc:
+                pending.abort()
+                if isinstance(exc, CheckpointError | KeyboardInterrupt | SystemExit):
+                    raise
+                raise CheckpointError(
+                    f"checkpoint write failed: {exc}", model=model, version=version
+                ) from exc
+            self.catalog.upsert(manifest, tier="hot", location=self.hot.location(model, version))
+            self._after_commit(model)
+            return manifest
+
+    def _after_commit(self, model: str) -> None:
+        try:
+            if self.config.gc_after_commit:
+                self.gc(model)
+            if self.tiering is not None and self.cold is not None:
+                self.move_tiers(model)
+        except Exception:
+            log.exception("retention/tiering after commit failed (model=%s)", model)
+
+    def _resolve_refs(
+        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+    ) -> list[FileEntry]:
+        for dep in (draft.base_version, draft.parent_version if draft.kind == "delta" else None):
+            if dep is not None and self.catalog.get(model, dep) is None:
+                raise CheckpointNotFoundError(
+                    "delta depends on a missing checkpoint", model=model, version=dep
+                )
+        resolved: list[FileEntry] = []
+        for name, ref in draft.file_refs.items():
+            if name in files:
+                raise CheckpointError(f"file {name!r} is both written and referenced", model=model)
+            assert ref.ref_version is not None
+            holder, _ = self._manifest(model, ref.ref_version)
+            found = next((f for f in holder.files if f.sha256 == ref.sha256), None)
+            if found is None or found.size != ref.size:
+                raise CheckpointNotFoundError(
+                    f"referenced checkpoint holds no file with the sha256 of {name!r}",
+                    model=model,
+                    version=ref.ref_version,
+                )
+            resolved.append(
+                FileEntry(
+                    name=name,
+                    sha256=ref.sha256,
+                    size=ref.size,
+                    ref_version=found.ref_version or holder.version,
+                )
+            )
+        return resolved
+
+    def _reserve_version(self, model: str) -> str:
+        """The next version id, recorded durably before anything is written (never reused)."""
+        with self.hot.lock(model):
+            high = 0
+            raw = self.hot.read_meta(model, ".seq")
+            if raw is not None and raw.strip().isdigit():
+                high = int(raw)
+            for storage in self._tiers().values():
+                for name in storage.entries(model):
+                    high = max(high, layout.parse_seq(model, name) or 0)
+            for record in self.catalog.query(model, include_deleting=True)[-1:]:
+                high = max(high, record.seq)
+            self.hot.write_meta(model, ".seq", str(high + 1).encode())
+            return layout.version_id(model, high + 1)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def open(self, model: str, version: str | None = None) -> CheckpointReader:
+        """A verified reader for ``version`` (None: the newest committed checkpoint).
+
+        Raises
+        ------
+        CheckpointNotFoundError
+            No such committed checkpoint (or its manifest does not validate).
+        """
+        layout.check_model(model)
+        self.sync(model)
+        if version is not None:
+            manifest, tier = self._manifest(model, version)
+            return CheckpointReader(self, manifest, tier)
+        for record in reversed(self.catalog.query(model)):
+            try:
+                manifest, tier = self._manifest(model, record.version)
+            except CheckpointNotFoundError:
+                continue
+            return CheckpointReader(self, manifest, tier)
+        raise CheckpointNotFoundError("no committed checkpoint", model=model)
+
+    def manifests(self, model: str) -> list[CheckpointManifest]:
+        """Manifests of the committed checkpoints of ``model``, oldest first."""
+        self.sync(model)
+        out = []
+        for record in self.catalog.query(model):
+            try:
+                out.append(self._manifest(model, record.version)[0])
+            except CheckpointNotFoundError:
+                continue
+        return out
+
+    def latest(self, model: str) -> CheckpointManifest | None:
+        """The newest committed checkpoint's manifest, or None."""
+        try:
+            return self.open(model).manifest
+        except CheckpointNotFoundError:
+            return None
+
+    def query(
+        self,
+        model: str | None = None,
+        *,
+        trigger: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        best_by: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        limit: int | None = None,
+    ) -> list[CheckpointRecord]:
+        """Catalogued checkpoints matching the filters (see :meth:`Catalog.query`)."""
+        for m in [model] if model is not None else self.models():
+            self.sync(m)
+        return self.catalog.query(
+            model,
+            trigger=trigger,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            best_by=best_by,
+            mode=mode,
+            limit=limit,
+        )
+
+    def record(self, model: str, version: str) -> CheckpointRecord:
+        """The catalog row of one committed checkpoint."""
+        self.sync(model)
+        record = self.catalog.get(model, version)
+        if record is None or record.status != "committed":
+            raise CheckpointNotFoundError("no committed checkpoint", model=model, version=version)
+        return record
+
+    def lineage(self, model: str, version: str) -> list[CheckpointRecord]:
+        """``version`` and its ancestors still in the store, newest first."""
+        self.record(model, version)
+        return self.catalog.lineage(model, version)
+
+    def models(self) -> list[str]:
+        """Models with a directory in any tier or a row in the catalog."""
+        names = set(self.catalog.models())
+        for storage in self._tiers().values():
+            names.update(storage.models())
+        return sorted(names)
+
+    def _manifest(self, model: str, version: str) -> tuple[CheckpointManifest, Tier]:
+        """The validated manifest of a committed version and the tier it was read from."""
+        record = self.catalog.get(model, version)
+        if record is None or record.status != "committed":
+            raise CheckpointNotFoundError("no committed checkpoint", model=model, version=version)
+        order: list[Tier] = [record.tier] + [t for t in self._tiers() if t != record.tier]
+        for tier in order:
+            raw = self.storage(tier).read_manifest(model, version)
+            if raw is None:
+                continue
+            try:
+                return decode_manifest(raw, model=model, version=version), tier
+            except CheckpointError as exc:
+                raise CheckpointNotFoundError(
+                    f"manifest does not validate: {exc}", model=model, version=version
+                ) from None
+        raise CheckpointNotFoundError("checkpoint has no manifest", model=model, version=version)
+
+    def _read_verified(
+        self, model: str, version: str, tier: Tier, stored_name: str, entry: FileEntry
+    ) -> bytes:
+        order: list[Tier] = [tier] + [t for t in self._tiers() if t != tier]
+        path = f"{self.storage(tier).location(model, version)}/{stored_name}"
+        data: bytes | None = None
+        for t in order:
+            try:
+                data = self.storage(t).read_file(model, version, stored_name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            path = f"{self.storage(t).location(model, version)}/{stored_name}"
+            break
+        if data is None:
+            raise CheckpointCorruptError(
+                "file listed in the manifest is missing",
+                model=model,
+                version=version,
+                path=path,
+                expected_sha256=entry.sha256,
+                actual_sha256="missing",
+            )
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry.sha256 or len(data) != entry.size:
+            raise CheckpointCorruptError(
+                "file does not match its manifest",
+                model=model,
+                version=version,
+                path=path,
+                expected_sha256=entry.sha256,
+                actual_sha256=actual,
+                expected_size=entry.size,
+                actual_size=len(data),
+            )
+        return data
+
+    # -- catalog upkeep ------------------------------------------------------------------------
+
+    def sync(self, model: str, *, deep: bool = False) -> None:
+        """Bring the catalog rows of ``model`` in line with the committed manifests.
+
+        Done once per store object per model (and by GC and reindex); ``deep``
+        re-reads every manifest instead of trusting rows that match a directory.
+        """
+        if model in self._synced and not deep:
+            return
+        with self._lock:
+            scan = scan_model(model, self._tiers(), self.catalog, deep=deep)
+            with self.catalog.transaction() as db:
+                for version in scan.stale_rows:
+                    db.execute(
+                        "DELETE FROM checkpoints WHERE model=? AND version=?", (model, version)
+                    )
+                for manifest, tier in scan.upserts:
+                    self.catalog.upsert(
+                        manifest,
+                        tier=tier,
+                        location=self.storage(tier).location(model, manifest.version),
+                        db=db,
+                    )
+                self.catalog.replace_pins(model, self.pins.read(model), db=db)
+            self._synced.add(model)
+
+    def invalid(self, model: str) -> list[Leftover]:
+        """Directories of ``model`` that are not committed checkpoints (GC would remove them)."""
+        return scan_model(model, self._tiers(), self.catalog, deep=True).leftovers
+
+    def reindex(self, progress: Progress | None = None) -> int:
+        """Rebuild the catalog from the manifests; returns the number of checkpoints found."""
+        with self._lock:
+            models = self.models()
+            with self.catalog.transaction() as db:
+                db.execute("DELETE FROM checkpoints")
+                db.execute("DELETE FROM pins")
+            self._synced.clear()
+            for i, model in enumerate(models, start=1):
+                self.sync(model, deep=True)
+                if progress is not None:
+                    progress(i, len(models))
+            return len(self.catalog.query(None))
+
+    # -- pins ------------------------------------------------------------------------------
+
+    def pin(self, model: str, version: str, label: str) -> str | None:
+        """Pin ``version`` under milestone ``label``; returns the version the label left, if any."""
+        with self._lock:
+            self.record(model, version)
+            return self.pins.pin(model, version, label)
+
+    def unpin(
+        self, model: str, *, label: str | None = None, version: str | None = None
+    ) -> list[str]:
+        """Remove the pin ``label``, or every pin of ``version``; returns the labels removed."""
+        with self._lock:
+            return self.pins.unpin(model, label=label, version=version)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def gc(self, model: str | None = None, *, dry_run: bool = False) -> list[GcPlan]:
+        """Apply retention and remove leftovers, for one model or all; returns the plans."""
+        plans = []
+        with self._lock:
+            for m in [model] if model is not None else self.models():
+                self.sync(m, deep=True)
+                scan = scan_model(m, self._tiers(), self.catalog, deep=False)
+                p = plan(
+                    m,
+                    self.catalog.query(m),
+                    self.retention,
+                    now_ms=now_ms(),
+                    references=self.references,
+                    history_depth=self.config.rollback_depth,
+                    leftovers=scan.leftovers,
+                )
+                plans.append(p)
+                if not dry_run:
+                    self._execute(p)
+        return plans
+
+    def _execute(self, p: GcPlan) -> None:
+        for record in p.delete:
+            self.catalog.set_status(p.model, record.version, "deleting")
+            for storage in self._tiers().values():
+                storage.remove_manifest(p.model, record.version)
+            for storage in self._tiers().values():
+                storage.remove_entry(p.model, record.version)
+            self.catalog.remove(p.model, record.version)
+        for leftover in p.leftovers:
+            storage = self.storage(leftover.tier)
+            storage.remove_manifest(p.model, leftover.name)
+            storage.remove_entry(p.model, leftover.name)
+
+    def move_tiers(self, model: str | None = None, progress: Progress | None = None) -> list[str]:
+        """Move checkpoints the tier policy selects to the cold tier; returns their versions."""
+        if self.cold is None or self.tiering is None:
+            return []
+        moved: list[str] = []
+        with self._lock:
+            for m in [model] if model is not None else self.models():
+                self.sync(m)
+                todo = self.tiering.to_move(self.catalog.query(m), now_ms())
+                for i, record in enumerate(todo, start=1):
+                    move_to_cold(record, self.hot, self.cold, self.catalog)
+                    moved.append(record.version)
+                    if progress is not None:
+                        progress(i, len(todo))
+        return moved
