@@ -1,0 +1,38 @@
+"""The attribution joiner: pairs inference logs with their feedback.
+
+The logic is plain and synchronous (:class:`AttributionJoiner`) over a
+storage seam (:class:`PendingStore`); ``streams/joiner.py`` runs it as a
+faust agent on changelog-backed tables.
+"""
+
+from __future__ import annotations
+
+from services.attribution.config import FeedbackPolicy, JoinerConfig, NoFeedbackPolicy
+from services.attribution.expiry import ExpiryIndex, Watermarks
+from services.attribution.joiner import AttributionJoiner, Emit, Outcome, Reject
+from services.attribution.state import (
+    InMemoryPendingStore,
+    PendingFeedback,
+    PendingRequest,
+    PendingStore,
+    SourceRef,
+)
+from services.attribution.stats import JoinStats
+
+__all__ = [
+    "AttributionJoiner",
+    "Emit",
+    "ExpiryIndex",
+    "FeedbackPolicy",
+    "InMemoryPendingStore",
+    "JoinStats",
+    "JoinerConfig",
+    "NoFeedbackPolicy",
+    "Outcome",
+    "PendingFeedback",
+    "PendingRequest",
+    "PendingStore",
+    "Reject",
+    "SourceRef",
+    "Watermarks",
+]

@@ -1,0 +1,152 @@
+"""Pending join state: what the joiner remembers per request, and where.
+
+Each ``request_id`` the joiner has seen and not yet forgotten has one
+:class:`PendingRequest`: the inference log (once it came), the feedback events
+(that came first, or that wait for the window to close), every ``event_id``
+seen for it, and its lifecycle ``status``:
+
+``open``     waiting: for feedback, for its inference, or for the window to close;
+``emitted``  under ``feedback_policy="first"`` the example went out; the entry
+             stays until the window closes so that repeats are recognised;
+``closed``   the window closed; only the ids are kept (a tombstone) so that late
+             feedback and duplicates are told apart from new requests, until the
+             retention runs out.
+
+:class:`PendingStore` is the seam between the join logic and the storage:
+the faust agent implements it on a changelog-backed table
+(``streams/joiner.py``); :class:`InMemoryPendingStore` backs the unit tests.
+Values cross the seam as models and are stored as JSON (never pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import FeedbackEvent, InferenceLog
+
+Status = Literal["open", "emitted", "closed"]
+
+
+class SourceRef(BaseModel):
+    """Where a record came from: enough to find it again or dead-letter it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class PendingFeedback(BaseModel):
+    """One accepted feedback event and the record it came from."""
+
+    event: FeedbackEvent
+    source: SourceRef
+
+
+class PendingRequest(BaseModel):
+    """Everything the joiner keeps for one ``request_id``.
+
+    ``partition`` is the input partition the request belongs to (inference
+    logs and feedback are co-partitioned by request_id), so state can be
+    indexed and handed over per partition. ``deadline`` is the event time at
+    which the entry next changes on its own: the window close for ``open`` and
+    ``emitted`` entries, the end of retention for ``closed`` ones.
+    """
+
+    request_id: str
+    partition: int
+    status: Status = "open"
+    deadline: int
+    inference: InferenceLog | None = None
+    inference_source: SourceRef | None = None
+    feedback: list[PendingFeedback] = Field(default_factory=list)
+    seen_event_ids: list[str] = Field(default_factory=list)
+    example_id: str | None = None
+    first_seen_ms: int = 0
+
+    def has_seen(self, event_id: str) -> bool:
+        return event_id in self.seen_event_ids
+
+    def to_bytes(self) -> bytes:
+        """JSON bytes for the changelog-backed table."""
+        return self.model_dump_json(exclude_defaults=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PendingRequest:
+        """Read back what :meth:`to_bytes` wrote."""
+        return cls.model_validate_json(data)
+
+
+class PendingStore(Protocol):
+    """Keyed storage of :class:`PendingRequest` entries and per-partition watermarks.
+
+    The joiner calls these synchronously while it handles one input record;
+    every write must be durable (or made durable with the record's offset
+    commit) for a handover to carry the state. A failure raised here stops
+    the handling of that record and propagates to the agent.
+    """
+
+    def get(self, request_id: str) -> PendingRequest | None:
+        """The entry for ``request_id``, or None."""
+        ...
+
+    def put(self, entry: PendingRequest) -> None:
+        """Insert or replace the entry for ``entry.request_id``."""
+        ...
+
+    def delete(self, request_id: str) -> None:
+        """Forget ``request_id``; a missing key is not an error."""
+        ...
+
+    def entries(self, partitions: frozenset[int]) -> Iterator[PendingRequest]:
+        """Every stored entry whose ``partition`` is in ``partitions``."""
+        ...
+
+    def get_watermark(self, partition: int) -> int | None:
+        """The last persisted watermark of ``partition``, or None."""
+        ...
+
+    def put_watermark(self, partition: int, ts: int) -> None:
+        """Persist the watermark of ``partition``."""
+        ...
+
+
+class InMemoryPendingStore:
+    """A :class:`PendingStore` in plain dicts, for unit tests and the benchmark.
+
+    Entries are kept as bytes, as the table keeps them, so a test exercises
+    the same serialisation the faust store does.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.watermarks: dict[int, int] = {}
+
+    def get(self, request_id: str) -> PendingRequest | None:
+        raw = self.data.get(request_id)
+        return None if raw is None else PendingRequest.from_bytes(raw)
+
+    def put(self, entry: PendingRequest) -> None:
+        self.data[entry.request_id] = entry.to_bytes()
+
+    def delete(self, request_id: str) -> None:
+        self.data.pop(request_id, None)
+
+    def entries(self, partitions: frozenset[int]) -> Iterator[PendingRequest]:
+        for raw in list(self.data.values()):
+            entry = PendingRequest.from_bytes(raw)
+            if entry.partition in partitions:
+                yield entry
+
+    def get_watermark(self, partition: int) -> int | None:
+        return self.watermarks.get(partition)
+
+    def put_watermark(self, partition: int, ts: int) -> None:
+        self.watermarks[partition] = ts
+
+    def __len__(self) -> int:
+        return len(self.data)
