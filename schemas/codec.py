@@ -41,8 +41,11 @@ _MAP_FIELDS: Final[frozenset[str]] = frozenset({"features", "scores", "metrics"}
 def encode(event: Event) -> bytes:
     """The UTF-8 JSON bytes of ``event``, as written to its topic.
 
-    Raises SchemaError only for an event that bypassed validation (built with
-    ``model_construct``) and holds something JSON cannot carry.
+    Trusts that ``event`` was validated (models are frozen, so it stays
+    valid unless one of its maps is mutated in place or it was built with
+    ``model_construct``; orjson then writes a NaN as ``null``, which
+    :func:`decode` rejects). Raises SchemaError for a value JSON cannot
+    carry at all.
     """
     try:
         return orjson.dumps(event.model_dump())
