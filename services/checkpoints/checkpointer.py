@@ -1,0 +1,377 @@
+"""The object users and the online trainer call to save and load model state.
+
+:class:`Checkpointer` ties the state layer to the store: it captures state
+through an adapter (:class:`~.state.torch_state.TorchAdapter`,
+:class:`~.state.river_state.RiverAdapter`, or a ready
+:class:`~.state.state.CheckpointState`), snapshots it, encodes it (full or
+differential, plus the int8 / EMA variants) and commits it — on a background
+thread when ``async_saves`` is on — and loads it back, verified.
+
+Memory: a snapshot per in-flight save (``max_in_flight``), plus, with
+differential saves on, the parent's snapshot kept for diffing — i.e. about
+two copies of the tensor state with the defaults. After a restart the parent
+is read back from the store on the first save.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import CheckpointError, CheckpointNotFoundError, SchemaError
+from schemas.manifest import CheckpointManifest, ManifestDraft, Trigger
+from services.checkpoints.async_saver import AsyncSaver
+from services.checkpoints.state.delta import ParentState
+from services.checkpoints.state.reader import load_state, load_variant
+from services.checkpoints.state.snapshot import SnapshotPool
+from services.checkpoints.state.state import CheckpointState
+from services.checkpoints.state.writer import EncodedSave, EncodeOptions, encode_save
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointerConfig(BaseSettings):
+    """How checkpoints are saved (``DRIFTLOOP_CHECKPOINTER_*``).
+
+    ``async_saves``: encode and commit on a background thread, at most
+    ``max_in_flight`` saves pending. ``delta``: differential saves, a full one
+    every ``full_every`` deltas, rows stored while cheaper than
+    ``delta_max_fraction`` of the tensor. ``int8``: also write the row-wise
+    int8 variant of ``int8_groups``. ``snapshot``: ``copy`` into reused
+    buffers or ``clone``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_CHECKPOINTER_", frozen=True, extra="ignore"
+    )
+
+    async_saves: bool = True
+    max_in_flight: int = Field(default=1, ge=1)
+    delta: bool = True
+    full_every: int = Field(default=8, ge=0)
+    delta_max_fraction: float = Field(default=0.5, gt=0, le=1)
+    int8: bool = False
+    int8_groups: tuple[str, ...] = ("model",)
+    int8_symmetric: bool = False
+    snapshot: Literal["copy", "clone"] = "copy"
+    verify_on_load: bool = True
+
+    def encode_options(self) -> EncodeOptions:
+        return EncodeOptions(
+            delta=self.delta,
+            full_every=self.full_every,
+            delta_max_fraction=self.delta_max_fraction,
+            int8=self.int8,
+            int8_groups=self.int8_groups,
+            int8_symmetric=self.int8_symmetric,
+        )
+
+
+class StateAdapter(Protocol):
+    """Something whose state can be captured into, and restored from, a checkpoint."""
+
+    def capture(self) -> CheckpointState: ...
+
+    def restore(self, state: CheckpointState) -> Any: ...
+
+
+class Store(Protocol):
+    """The part of :class:`~services.checkpoints.store.CheckpointStore` the checkpointer uses."""
+
+    def commit(
+        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+    ) -> CheckpointManifest: ...
+
+    def open(self, model: str, version: str | None = None) -> Any: ...
+
+    def latest(self, model: str) -> CheckpointManifest | None: ...
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A loaded (and verified) state with its manifest."""
+
+    state: CheckpointState
+    manifest: CheckpointManifest
+
+    def restore(self, adapter: StateAdapter) -> Any:
+        """Restore into ``adapter`` (a TorchAdapter, RiverAdapter, ...); returns what it returns."""
+        return adapter.restore(self.state)
+
+
+@functools.cache
+def code_version() -> dict[str, str]:
+    """driftloop's package version and, when available, the git commit (read once)."""
+    out = {"driftloop": _package_version()}
+    commit = os.environ.get("DRIFTLOOP_GIT_COMMIT") or _git_commit(Path(__file__).resolve())
+    if commit:
+        out["git_commit"] = commit
+    return out
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("driftloop")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git_commit(start: Path) -> str | None:
+    """The commit HEAD points at, read from ``.git`` files (no subprocess)."""
+    for folder in start.parents:
+        git = folder / ".git"
+        if not git.is_dir():
+            continue
+        try:
+            head = (git / "HEAD").read_text().strip()
+            if not head.startswith("ref: "):
+                return head
+            ref = head[5:]
+            if (git / ref).is_file():
+                return (git / ref).read_text().strip()
+            for line in (git / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0]
+        except OSError:
+            return None
+        return None
+    return None
+
+
+class Checkpointer:
+    """Saves and loads the full state of models into a checkpoint store.
+
+    Parameters
+    ----------
+    store:
+        A :class:`~services.checkpoints.store.CheckpointStore` (or anything
+        with its ``commit`` / ``open`` / ``latest``).
+    config:
+        Save policy; defaults from ``DRIFTLOOP_CHECKPOINTER_*``.
+    """
+
+    def __init__(self, store: Store, config: CheckpointerConfig | None = None) -> None:
+        self.store = store
+        self.config = config if config is not None else CheckpointerConfig()
+        self.options = self.config.encode_options()
+        self.pool = SnapshotPool(self.config.snapshot, keep=self.config.max_in_flight + 1)
+        self.saver = (
+            AsyncSaver(max_in_flight=self.config.max_in_flight) if self.config.async_saves else None
+        )
+        self._parents: dict[str, ParentState | None] = {}
+        self._lock = threading.Lock()
+        #: Bytes written by the last committed save (what a differential save saved).
+        self.last_bytes_written = 0
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def save(
+        self,
+        model: str,
+        state_or_adapter: CheckpointState | StateAdapter,
+        *,
+        step: int,
+        examples_seen: int = 0,
+        trigger: Trigger = "manual",
+        metrics: Mapping[str, float] | None = None,
+        key_metric: str | None = None,
+        offsets: Mapping[str, Mapping[str, int]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        example_digest: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Future[CheckpointManifest]:
+        """Save a checkpoint of ``model``; returns a future of its manifest.
+
+        The caller pays for capturing and snapshotting the state; with
+        ``async_saves`` encoding and committing happen on the saver thread
+        and the future completes when the checkpoint is committed (without,
+        it is already done). Blocks while ``max_in_flight`` saves are pending.
+
+        Raises
+        ------
+        CheckpointError
+            An earlier asynchronous save failed (raised once, chained), or
+            this save failed (synchronous mode).
+        """
+        meta: dict[str, Any] = {
+            "step": step,
+            "examples_seen": examples_seen,
+            "trigger": trigger,
+            "metrics": dict(metrics or {}),
+            "key_metric": key_metric,
+            "offsets": {
+                t: {str(p): o for p, o in parts.items()} for t, parts in (offsets or {}).items()
+            },
+            "config": dict(config or {}),
+            "code_version": code_version(),
+            "example_digest": example_digest,
+            "extra": dict(extra or {}),
+        }
+        try:  # fail on the caller's thread, not later on the saver's
+            ManifestDraft(**meta)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise SchemaError(first["msg"], field=field, model=model, step=step) from None
+        if self.saver is not None:
+
+            def prepare() -> Callable[[], CheckpointManifest]:
+                snapshot = self.pool.take(self._capture(state_or_adapter))
+                return functools.partial(self._commit, model, snapshot, meta, pooled=True)
+
+            return self.saver.submit(prepare, model=model, step=step, trigger=trigger)
+        future: Future[CheckpointManifest] = Future()
+        captured = self._capture(state_or_adapter)
+        snapshot = self.pool.take(captured) if self.options.delta else captured
+        try:
+            future.set_result(self._commit(model, snapshot, meta, pooled=self.options.delta))
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint save failed: {exc}", model=model, step=step) from exc
+        return future
+
+    @staticmethod
+    def _capture(state_or_adapter: CheckpointState | StateAdapter) -> CheckpointState:
+        if isinstance(state_or_adapter, CheckpointState):
+            return state_or_adapter
+        return state_or_adapter.capture()
+
+    def _parent(self, model: str) -> ParentState | None:
+        """The parent of the next save of ``model``; read back from the store after a restart."""
+        if model in self._parents:
+            return self._parents[model]
+        parent: ParentState | None = None
+        latest = self.store.latest(model)
+        if latest is not None:
+            parent = ParentState(latest.version, latest.version, 0, CheckpointState(), {})
+            if self.options.delta:
+                try:
+                    state, manifest, index = load_state(self.store, model, latest.version)
+                    parent = ParentState(
+                        version=manifest.version,
+                        base_version=manifest.base_version or manifest.version,
+                        chain=int(index.get("chain", 0)),
+                        state=state,
+                        index=index,
+                        files={f.name: f for f in manifest.files},
+                    )
+                except CheckpointError:
+                    log.warning(
+                        "newest checkpoint cannot be read back; next save is full (model=%s, "
+                        "version=%s)",
+                        model,
+                        latest.version,
+                        exc_info=True,
+                    )
+                    parent.chain = self.options.full_every  # forces a full save
+        self._parents[model] = parent
+        return parent
+
+    def _commit(
+        self, model: str, snapshot: CheckpointState, meta: dict[str, Any], *, pooled: bool
+    ) -> CheckpointManifest:
+        """Encode ``snapshot`` against the parent and commit it (saver thread when async)."""
+        with self._lock:
+            parent = self._parent(model)
+            encoded: EncodedSave = encode_save(
+                snapshot,
+                parent=parent,
+                options=self.options,
+            )
+            draft = ManifestDraft(
+                parent_version=parent.version if parent else None,
+                rng=snapshot.rng,
+                state_digest=encoded.state_digest,
+                kind=encoded.kind,
+                base_version=encoded.base_version,
+                variants=encoded.variants,
+                file_refs=encoded.file_refs,
+                **meta,
+            )
+            manifest = self.store.commit(model, encoded.files, draft)
+            self.last_bytes_written = encoded.bytes_written
+            if self.options.delta:
+                if parent is not None and pooled:
+                    self.pool.give_back(parent.state)
+                self._parents[model] = ParentState(
+                    version=manifest.version,
+                    base_version=encoded.base_version or manifest.version,
+                    chain=encoded.chain,
+                    state=snapshot,
+                    index=encoded.index,
+                    files={f.name: f for f in manifest.files},
+                )
+            else:
+                self._parents[model] = ParentState(
+                    manifest.version, manifest.version, 0, CheckpointState(), {}
+                )
+                if pooled:
+                    self.pool.give_back(snapshot)
+            return manifest
+
+    def wait(self) -> None:
+        """Block until pending saves are committed; raise an earlier failure if any."""
+        if self.saver is not None:
+            self.saver.wait()
+
+    def close(self) -> None:
+        """Flush pending saves and stop the saver thread."""
+        if self.saver is not None:
+            self.saver.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(
+        self, model: str, version: str | None = None, variant: str | None = None
+    ) -> LoadedCheckpoint:
+        """Load and verify a checkpoint (``version=None``: the newest committed one).
+
+        ``variant`` ``"int8"`` or ``"ema"`` loads that variant as the
+        ``"model"`` group instead of the exact training state.
+
+        Raises
+        ------
+        CheckpointNotFoundError
+            No such checkpoint or variant.
+        CheckpointCorruptError
+            A file fails verification, or the rebuilt state's digest differs
+            from the one recorded at save time.
+        """
+        if variant is not None:
+            state, manifest = load_variant(self.store, model, version, variant)
+        else:
+            state, manifest, _ = load_state(
+                self.store, model, version, verify=self.config.verify_on_load
+            )
+        return LoadedCheckpoint(state, manifest)
+
+    def restore(
+        self, model: str, adapter: StateAdapter, version: str | None = None
+    ) -> CheckpointManifest | None:
+        """Load the checkpoint into ``adapter``; None (nothing restored) when the store is empty."""
+        try:
+            loaded = self.load(model, version)
+        except CheckpointNotFoundError:
+            if version is not None:
+                raise
+            return None
+        adapter.restore(loaded.state)
+        return loaded.manifest

@@ -1,0 +1,108 @@
+"""Differential saves: what changed in a tensor since the parent checkpoint.
+
+A differential (``kind="delta"``) checkpoint stores, per tensor, only what
+changed since its parent: nothing when the tensor is bitwise unchanged (its
+file is referenced, or the parent's value is taken), the changed rows
+(indices + values) when few rows changed — an embedding table under sparse
+updates — or the full value otherwise. Every ``full_every`` deltas a full
+checkpoint starts a new chain, bounding the reads a load needs.
+
+Memory cost: to diff without reading the store, the checkpointer keeps the
+parent's tensor snapshot in memory (:class:`ParentState`) — one extra copy
+of the tensor state (``CheckpointState.nbytes()``). After a restart it is read
+back from the store once, on the first save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from schemas.manifest import FileEntry
+from services.checkpoints.state.state import CheckpointState, rows_view
+
+#: Bytes of one row index in a rows file (int64).
+INDEX_BYTES = 8
+
+
+@dataclass
+class ParentState:
+    """The newest committed checkpoint, as the next differential save diffs against it."""
+
+    version: str
+    base_version: str
+    chain: int
+    state: CheckpointState
+    index: dict[str, Any]
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    def reference(self, name: str) -> FileEntry | None:
+        """A ``file_refs`` entry reusing the parent's file ``name`` (wherever its bytes live)."""
+        entry = self.files.get(name)
+        if entry is None:
+            return None
+        return FileEntry(
+            name=name,
+            sha256=entry.sha256,
+            size=entry.size,
+            ref_version=entry.ref_version or self.version,
+        )
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """How one tensor differs from its parent value."""
+
+    mode: Literal["full", "rows", "same"]
+    indices: torch.Tensor | None = None
+
+
+def _wide_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Rows of ``tensor`` reinterpreted as the widest integer type dividing the row size."""
+    raw = rows_view(tensor)
+    width = raw.shape[1]
+    for dtype, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)):
+        if width % size == 0 and width > 0:
+            return raw.view(dtype)
+    return raw
+
+
+def diff_tensor(
+    current: torch.Tensor, parent: torch.Tensor | None, *, max_fraction: float
+) -> TensorChange:
+    """Compare ``current`` with its parent value, bitwise.
+
+    Rows are compared for tensors of two or more dimensions; storing the
+    changed rows is chosen when their bytes (values plus an int64 index each)
+    are below ``max_fraction`` of the full tensor's bytes.
+    """
+    if parent is None or parent.shape != current.shape or parent.dtype != current.dtype:
+        return TensorChange("full")
+    if current.dim() < 2 or current.numel() == 0:
+        same = (
+            torch.equal(
+                current.reshape(-1).contiguous().view(torch.uint8),
+                parent.reshape(-1).contiguous().view(torch.uint8),
+            )
+            if current.numel()
+            else True
+        )
+        return TensorChange("same" if same else "full")
+    changed = (_wide_rows(current) != _wide_rows(parent)).any(dim=1).nonzero().reshape(-1)
+    count = int(changed.numel())
+    if count == 0:
+        return TensorChange("same")
+    row_bytes = current[0].numel() * current.element_size()
+    full_bytes = current.shape[0] * row_bytes
+    if count * (row_bytes + INDEX_BYTES) < max_fraction * full_bytes:
+        return TensorChange("rows", changed)
+    return TensorChange("full")
+
+
+def apply_rows(base: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Return ``base`` with rows ``indices`` replaced by ``values`` (``base`` is modified)."""
+    if indices.numel():
+        base.index_copy_(0, indices.to(torch.int64), values.to(base.dtype))
+    return base

@@ -1,0 +1,192 @@
+"""Loading a checkpoint back into a :class:`CheckpointState`, walking delta chains.
+
+A full checkpoint holds every tensor; a delta holds, per tensor, a full file,
+the rows changed since its parent, or nothing (unchanged). :func:`load_state`
+opens the checkpoint and its parents back to the chain's base, and rebuilds
+each tensor from the newest full file at or below the requested version plus
+the rows stored above it, oldest first. The rebuilt state's digest must equal
+the one recorded at save time, else :class:`CheckpointCorruptError`.
+
+Every byte is read through the storage layer's reader, which verifies size
+and sha256 (for referenced files too); blobs are additionally checked against
+the manifest here before anyone unpickles them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+import torch
+
+from schemas.errors import CheckpointCorruptError, CheckpointNotFoundError
+from schemas.manifest import CheckpointManifest
+from services.checkpoints.state.delta import apply_rows
+from services.checkpoints.state.encoding import StateReader, decode_tensors, read_index
+from services.checkpoints.state.quantize import dequantize
+from services.checkpoints.state.state import CheckpointState, state_digest
+
+#: Longest delta chain a load follows before calling the lineage broken.
+MAX_CHAIN = 1024
+
+
+class StateSource(Protocol):
+    """The part of the storage layer's ``CheckpointStore`` a load needs."""
+
+    def open(self, model: str, version: str | None = None) -> Any: ...
+
+
+class _Level:
+    """One checkpoint of a chain: its reader and index."""
+
+    def __init__(self, reader: StateReader) -> None:
+        self.reader = reader
+        self.manifest: CheckpointManifest = reader.manifest
+        self.index = read_index(reader)
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        return decode_tensors(self.reader.read(name), name=name, manifest=self.manifest)
+
+
+def _chain(store: StateSource, model: str, version: str | None) -> list[_Level]:
+    levels = [_Level(store.open(model, version))]
+    while levels[-1].manifest.kind == "delta":
+        top = levels[-1].manifest
+        if top.parent_version is None or len(levels) > MAX_CHAIN:
+            raise CheckpointCorruptError(
+                "delta checkpoint has a broken parent chain", model=model, version=top.version
+            )
+        levels.append(_Level(store.open(model, top.parent_version)))
+    return levels
+
+
+def _resolve(levels: list[_Level], namespace: str, qualified: str) -> dict[str, torch.Tensor]:
+    """The parts of one tensor at the top of the chain."""
+    pending: list[dict[str, torch.Tensor]] = []
+    for level in levels:
+        entry = level.index.get(namespace, {}).get(qualified)
+        if entry is None:
+            break
+        if "file" in entry:
+            parts = level.tensors(entry["file"])
+            for rows in reversed(pending):
+                indices = rows["indices"]
+                for key, part in parts.items():
+                    apply_rows(part, indices, rows[key])
+            return parts
+        if "rows" in entry:
+            pending.append(level.tensors(entry["rows"]))
+    top = levels[0].manifest
+    raise CheckpointCorruptError(
+        "tensor cannot be reconstructed: no full value in its delta chain",
+        model=top.model,
+        version=top.version,
+        tensor=qualified,
+    )
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    group, _, name = qualified.partition("/")
+    return group, name
+
+
+def load_state(
+    store: StateSource, model: str, version: str | None = None, *, verify: bool = True
+) -> tuple[CheckpointState, CheckpointManifest, dict[str, Any]]:
+    """Rebuild the exact state of a checkpoint (``version=None``: the newest).
+
+    Returns the state, its manifest and its ``state/index.json``.
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        When the store has no such checkpoint.
+    CheckpointCorruptError
+        When a file fails verification, the chain is broken, or the rebuilt
+        state's digest differs from the manifest's ``state_digest``.
+    """
+    levels = _chain(store, model, version)
+    top = levels[0]
+    state = CheckpointState(
+        documents=dict(top.index.get("documents", {})), rng=dict(top.manifest.rng)
+    )
+    for qualified in top.index.get("tensors", {}):
+        group, name = _split(qualified)
+        state.groups.setdefault(group, {})[name] = _resolve(levels, "tensors", qualified)["value"]
+    for name, fname in top.index.get("blobs", {}).items():
+        state.blobs[name] = read_verified(top.reader, fname)
+    expected = top.manifest.state_digest
+    if verify and expected is not None:
+        actual = state_digest(state)
+        if actual != expected:
+            raise CheckpointCorruptError(
+                "reconstructed state does not match the state digest recorded at save time",
+                model=model,
+                version=top.manifest.version,
+                expected=expected,
+                actual=actual,
+            )
+    return state, top.manifest, top.index
+
+
+def read_verified(reader: StateReader, name: str) -> bytes:
+    """Read a file and check its sha256 against the manifest (before e.g. unpickling)."""
+    manifest = reader.manifest
+    entry = manifest.file(name)
+    data = reader.read(name)
+    actual = hashlib.sha256(data).hexdigest()
+    if entry is None or entry.sha256 != actual:
+        raise CheckpointCorruptError(
+            "file does not match the manifest",
+            model=manifest.model,
+            version=manifest.version,
+            path=name,
+            expected=entry.sha256 if entry else None,
+            actual=actual,
+        )
+    return data
+
+
+def load_variant(
+    store: StateSource, model: str, version: str | None, variant: str
+) -> tuple[CheckpointState, CheckpointManifest]:
+    """Load a named variant as a module-shaped state (group ``"model"`` and its document).
+
+    ``"int8"``: the dequantized row-wise int8 copy (approximate; the manifest
+    records its maximum absolute error). ``"ema"``: the EMA shadow weights.
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        When the checkpoint has no such variant.
+    """
+    levels = _chain(store, model, version)
+    top = levels[0]
+    info = top.manifest.variants.get(variant)
+    if info is None:
+        raise CheckpointNotFoundError(
+            f"checkpoint has no variant {variant!r}",
+            model=model,
+            version=top.manifest.version,
+            variant=variant,
+            available=",".join(sorted(top.manifest.variants)) or "none",
+        )
+    documents = top.index.get("documents", {})
+    state = CheckpointState(rng=dict(top.manifest.rng))
+    if variant == "ema":
+        full, _, _ = load_state(store, model, top.manifest.version)
+        weights = full.groups.get(info.get("group", "ema"), {})
+        state.groups["model"] = {k.removeprefix("weights."): v for k, v in weights.items()}
+        state.documents["model"] = documents.get("model")
+        return state, top.manifest
+    symmetric = info.get("scheme") == "symmetric"
+    for qualified, entry in top.index.get(variant, {}).items():
+        group, name = _split(qualified)
+        parts = _resolve(levels, variant, qualified)
+        dtype = getattr(torch, entry["dtype"])
+        state.groups.setdefault(group, {})[name] = dequantize(
+            parts, tuple(entry["shape"]), dtype, symmetric=symmetric
+        )
+        if group in documents:
+            state.documents[group] = documents[group]
+    return state, top.manifest
