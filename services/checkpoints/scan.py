@@ -83,5 +83,6 @@ def scan_model(
             row is None or row.status != "committed" or row.tier != chosen or deep
         ):
             result.upserts.append((found, chosen))
-    result.stale_rows = [v for v in rows if v not in copies]
+    # Rows of a tier this store was not configured with are left alone, not dropped.
+    result.stale_rows = [v for v, r in rows.items() if v not in copies and r.tier in tiers]
     return result

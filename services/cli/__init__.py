@@ -20,6 +20,9 @@ def _register() -> None:
     from services.cli import stack_commands
 
     stack_commands.register(app)
+    from services.cli import checkpoint_commands
+
+    checkpoint_commands.register(app)
 
 
 _register()
