@@ -66,7 +66,11 @@ Count = Annotated[int, Field(ge=0, le=L.MAX_INT)]
 Int64 = Annotated[int, Field(ge=L.MIN_INT, le=L.MAX_INT)]
 ValueStr = Annotated[str, StringConstraints(max_length=L.MAX_VALUE_CHARS)]
 Scalar: TypeAlias = bool | Int64 | float | ValueStr
-"""A feature value, prediction or label: finite number, bounded string or boolean."""
+"""A feature value, prediction or label: finite number, bounded string or boolean.
+
+An integer outside signed 64 bits is kept as the nearest float, as most JSON
+readers would.
+"""
 FeatureKey = Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_FEATURE_KEY_CHARS)]
 Features = Annotated[dict[FeatureKey, Scalar], Field(max_length=L.MAX_FEATURES)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
