@@ -17,7 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from schemas.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+from pydantic import ValidationError
+
+from schemas.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    SchemaError,
+)
 from schemas.manifest import (
     CheckpointManifest,
     FileEntry,
@@ -179,14 +186,17 @@ class CheckpointStore:
         layout.check_model(model)
         with self._lock:
             self.sync(model)
-            entries = self._resolve_refs(model, files, draft)
+            try:
+                written = [
+                    FileEntry(name=n, sha256=hashlib.sha256(d).hexdigest(), size=len(d))
+                    for n, d in files.items()
+                ]
+            except ValidationError as exc:
+                raise SchemaError(exc.errors()[0]["msg"], field="files", model=model) from None
+            entries = written + self._resolve_refs(model, files, draft)
             version = self._reserve_version(model)
             created = now_ms()
             fields = draft.model_dump(exclude={"file_refs"})
-            entries = [
-                FileEntry(name=n, sha256=hashlib.sha256(d).hexdigest(), size=len(d))
-                for n, d in files.items()
-            ] + entries
             manifest = CheckpointManifest(
                 model=model,
                 version=version,
@@ -252,6 +262,14 @@ class CheckpointStore:
                 )
             )
         return resolved
+
+    def _raise_high_water(self, model: str, seq: int) -> None:
+        """Make sure ``.seq`` is at least ``seq`` before a directory with that seq is removed."""
+        with self.hot.lock(model):
+            raw = self.hot.read_meta(model, ".seq")
+            high = int(raw) if raw is not None and raw.strip().isdigit() else 0
+            if seq > high:
+                self.hot.write_meta(model, ".seq", str(seq).encode())
 
     def _reserve_version(self, model: str) -> str:
         """The next version id, recorded durably before anything is written (never reused)."""
@@ -491,7 +509,15 @@ class CheckpointStore:
         return plans
 
     def _execute(self, p: GcPlan) -> None:
+        seqs = [r.seq for r in p.delete] + [
+            layout.parse_seq(p.model, x.name) or 0 for x in p.leftovers
+        ]
+        if seqs:
+            self._raise_high_water(p.model, max(seqs))
+        tiers = self._tiers()
         for record in p.delete:
+            if record.tier not in tiers:
+                continue  # this store was not given that tier: leave its copy alone
             self.catalog.set_status(p.model, record.version, "deleting")
             for storage in self._tiers().values():
                 storage.remove_manifest(p.model, record.version)
