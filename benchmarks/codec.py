@@ -11,7 +11,8 @@ measures, in the same run and on the same bytes:
 
 Each figure is the best of ``--rounds`` rounds of ``--n`` calls (these
 machines are shared and noisy; the best round is the least disturbed one).
-``ratio`` is decode throughput over the orjson.loads baseline.
+``ratio`` is decode throughput over the orjson.loads baseline; ``dec/two`` is
+decode over the two-step orjson path.
 
 Run: ``python benchmarks/codec.py [--json] [--n N] [--rounds R]``.
 """

@@ -14,7 +14,7 @@ The round-trip law holds for every valid event ``e``::
 Decoding parses and validates in one pass with pydantic-core
 (``model_validate_json``); :func:`decode_via_orjson` does the same in two
 steps (``orjson.loads``, then validation). ``benchmarks/codec.py`` measures
-both: the one-pass path was 1.2-1.5x faster on every event type, and the
+both: the one-pass path was 1.05-1.5x faster on every event type, and the
 tests check that both accept and reject the same payloads, naming the same
 field.
 """
