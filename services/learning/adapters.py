@@ -4,8 +4,8 @@ The trainer never touches a model directly; it calls a :class:`ModelAdapter`:
 
 - :meth:`ModelAdapter.test_then_train` scores every example of a micro-batch
   *before* the model learns from it and returns the :class:`Score` of each;
-- :meth:`ModelAdapter.live_objects` / :meth:`ModelAdapter.export_state` /
-  :meth:`ModelAdapter.import_state` expose the state the checkpointer saves.
+- :meth:`ModelAdapter.live_objects` / :meth:`ModelAdapter.load_objects`
+  expose the state the checkpointer saves and restores.
 
 River (:class:`RiverAdapter`): inside a micro-batch each example is scored and
 then learned (``learn_one``) in turn, which is exactly
@@ -107,12 +107,14 @@ class ModelAdapter(Protocol):
         torch ``{"module", "optimizer"}``."""
         ...
 
-    def export_state(self) -> dict[str, Any]:
-        """A detached copy of the model state (later training does not change it)."""
+    def load_objects(self, objects: Mapping[str, Any]) -> None:
+        """Take the state of objects shaped like :meth:`live_objects` (e.g. copies
+        restored from a checkpoint): river replaces its model, torch loads the
+        module's and optimizer's state dicts in place."""
         ...
 
-    def import_state(self, state: Mapping[str, Any]) -> None:
-        """Replace the model state with one from :meth:`export_state`."""
+    def target(self, example: Example) -> Label:
+        """The label as the model learns it; SchemaError when it cannot be one."""
         ...
 
     def state_digest(self) -> str:
@@ -171,14 +173,14 @@ class RiverAdapter:
             p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()
         )
 
-    def _target(self, example: Example) -> Label:
+    def target(self, example: Example) -> Label:
         if self.task == "classification":
             return class_label(example.label)
         return regression_target(example.label, model=self.name)
 
     def score(self, example: Example) -> Score:
         x = dict(example.features)
-        y_true = self._target(example)
+        y_true = self.target(example)
         if self.task == "classification":
             proba = self.model.predict_proba_one(x)
             return _classification_score(y_true, self.model.predict_one(x), proba)
@@ -195,7 +197,7 @@ class RiverAdapter:
 
     def learn(self, batch: Sequence[Example]) -> None:
         for example in batch:
-            self._learn_one(example, self._target(example))
+            self._learn_one(example, self.target(example))
 
     def test_then_train(self, batch: Sequence[Example]) -> list[Score]:
         scores = []
@@ -208,11 +210,8 @@ class RiverAdapter:
     def live_objects(self) -> dict[str, Any]:
         return {"model": self.model}
 
-    def export_state(self) -> dict[str, Any]:
-        return {"model": copy.deepcopy(self.model)}
-
-    def import_state(self, state: Mapping[str, Any]) -> None:
-        self.model = copy.deepcopy(state["model"])
+    def load_objects(self, objects: Mapping[str, Any]) -> None:
+        self.model = objects["model"]
 
     def state_digest(self) -> str:
         # Only ever hashed, never loaded: pickle here is a canonical byte form.
@@ -265,7 +264,7 @@ class TorchAdapter:
         self.loss_name = config.torch_loss
         self._loss = _LOSSES[self.loss_name](reduction="none")
 
-    def _target(self, example: Example) -> Label:
+    def target(self, example: Example) -> Label:
         if self.task == "classification":
             return binary_target(example.label, positive_label=self._positive, model=self.name)
         return regression_target(example.label, model=self.name)
@@ -291,7 +290,7 @@ class TorchAdapter:
     def score(self, example: Example) -> Score:
         with torch.no_grad():
             out = self._forward([example])
-        return self._scores(out, [self._target(example)])[0]
+        return self._scores(out, [self.target(example)])[0]
 
     def _step(self, out: torch.Tensor, targets: Sequence[Label], batch: Sequence[Example]) -> None:
         y = torch.tensor([float(t) for t in targets], dtype=torch.float32)
@@ -303,13 +302,13 @@ class TorchAdapter:
 
     def learn(self, batch: Sequence[Example]) -> None:
         if batch:
-            targets = [self._target(e) for e in batch]
+            targets = [self.target(e) for e in batch]
             self._step(self._forward(batch), targets, batch)
 
     def test_then_train(self, batch: Sequence[Example]) -> list[Score]:
         if not batch:
             return []
-        targets = [self._target(e) for e in batch]
+        targets = [self.target(e) for e in batch]
         out = self._forward(batch)
         scores = self._scores(out, targets)
         self._step(out, targets, batch)
@@ -318,15 +317,11 @@ class TorchAdapter:
     def live_objects(self) -> dict[str, Any]:
         return {"module": self.module, "optimizer": self.optimizer}
 
-    def export_state(self) -> dict[str, Any]:
-        return {
-            "module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-        }
-
-    def import_state(self, state: Mapping[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+    def load_objects(self, objects: Mapping[str, Any]) -> None:
+        if objects["module"] is not self.module:
+            self.module.load_state_dict(objects["module"].state_dict())
+        if objects["optimizer"] is not self.optimizer:
+            self.optimizer.load_state_dict(copy.deepcopy(objects["optimizer"].state_dict()))
 
     def state_digest(self) -> str:
         h = hashlib.sha256()

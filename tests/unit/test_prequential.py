@@ -1,0 +1,71 @@
+"""The trainer's prequential metrics equal river's progressive_val_score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from river import datasets, evaluate, metrics, preprocessing, utils
+from river.linear_model import LogisticRegression
+
+from services.learning.config import ModelConfig, parse_config
+from services.learning.sink import InMemorySink
+from services.learning.synthetic import examples_from
+from services.learning.trainer import OnlineTrainer
+
+
+def _config(batch_size: int, window: int) -> ModelConfig:
+    steps = [
+        {"factory": "river.preprocessing.StandardScaler"},
+        {"factory": "river.linear_model.LogisticRegression"},
+    ]
+    data = {
+        "model": [
+            {
+                "name": "phish",
+                "kind": "river",
+                "factory": {
+                    "path": "services.learning.factory.pipeline",
+                    "params": {"steps": steps},
+                },
+                "batch_size": batch_size,
+                "metrics": {"names": ["accuracy", "log_loss"], "window": window},
+                "triggers": {"every_n": None},
+            }
+        ]
+    }
+    return parse_config(data).model("phish")
+
+
+@pytest.mark.parametrize("batch_size", [1, 25, 50])
+def test_prequential_metrics_equal_progressive_val_score_exactly(batch_size: int) -> None:
+    trainer = OnlineTrainer(_config(batch_size, window=200), InMemorySink())
+    for i, ex in enumerate(examples_from(datasets.Phishing(), "phish")):
+        trainer.process(ex, topic="training-examples", partition=0, offset=i)
+    assert trainer.pending == 0
+    assert trainer.examples_seen == 1250
+
+    def model() -> object:
+        return preprocessing.StandardScaler() | LogisticRegression()
+
+    values = trainer.metrics.values()
+    accuracy: Any = metrics.Accuracy
+    log_loss: Any = metrics.LogLoss
+    checks: list[tuple[str, Any]] = [
+        ("accuracy_total", accuracy()),
+        ("log_loss_total", log_loss()),
+        ("accuracy", utils.Rolling(accuracy, window_size=200)),
+        ("log_loss", utils.Rolling(log_loss, window_size=200)),
+    ]
+    for name, metric in checks:
+        expected = evaluate.progressive_val_score(datasets.Phishing(), model(), metric)
+        assert values[name] == expected.get(), name
+
+
+def test_window_metric_follows_recent_examples_only() -> None:
+    trainer = OnlineTrainer(_config(10, window=50), InMemorySink())
+    for i, ex in enumerate(examples_from(datasets.Phishing(), "phish", limit=400)):
+        trainer.process(ex, topic="t", partition=0, offset=i)
+    values = trainer.metrics.values()
+    # The model improves: its recent accuracy is above its all-time accuracy.
+    assert values["accuracy"] > values["accuracy_total"]
