@@ -44,6 +44,9 @@ class PendingCheckpoint(Protocol):
     def write(self, name: str, data: bytes) -> None:
         """Store one file (``name`` is a relative posix path)."""
 
+    def read(self, name: str) -> bytes:
+        """Read back a file written so far (to verify a copy before committing it)."""
+
     def finalize(self, manifest: bytes) -> None:
         """Write ``manifest.json`` last and commit; the checkpoint is visible after."""
 
@@ -123,6 +126,9 @@ class _LocalPending:
             if self._storage.fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+
+    def read(self, name: str) -> bytes:
+        return (self._tmp / check_file_name(name)).read_bytes()
 
     def finalize(self, manifest: bytes) -> None:
         with open(self._tmp / MANIFEST_NAME, "xb") as fh:
@@ -260,6 +266,10 @@ class _FsspecPending:
         if "/" in name:
             self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         self._fs.pipe_file(path, data)
+
+    def read(self, name: str) -> bytes:
+        data: bytes = self._fs.cat_file(f"{self._dir}/{check_file_name(name)}")
+        return data
 
     def finalize(self, manifest: bytes) -> None:
         self._fs.pipe_file(f"{self._dir}/{MANIFEST_NAME}", manifest)

@@ -78,7 +78,7 @@ def move_to_cold(
                 pending.write(entry.name, data)
             for entry in manifest.files:
                 if entry.ref_version is None:
-                    copy = cold.read_file(model, version, entry.name)
+                    copy = pending.read(entry.name)
                     _check(
                         copy, entry.sha256, entry.size, cold.location(model, version), entry.name
                     )
