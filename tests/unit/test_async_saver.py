@@ -1,0 +1,166 @@
+"""Async saves: consistent snapshots, back-pressure, loud failures, flush on close/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+
+from schemas.errors import CheckpointError
+from schemas.manifest import CheckpointManifest, ManifestDraft
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.state.torch_state import TorchAdapter
+from services.checkpoints.store import CheckpointStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class GatedStore(CheckpointStore):
+    """A real store whose commits wait for ``gate`` and can be told to fail."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(StoreConfig(root=root, fsync=False, keep_latest=100))
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    def commit(
+        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+    ) -> CheckpointManifest:
+        self.gate.wait(timeout=30)
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("disk full")
+        return super().commit(model, files, draft)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> GatedStore:
+    return GatedStore(tmp_path / "store")
+
+
+def test_save_returns_before_commit_and_captures_the_state_of_that_moment(
+    store: GatedStore,
+) -> None:
+    module = torch.nn.Linear(8, 8)
+    before = module.weight.detach().clone()
+    store.gate.clear()
+    with Checkpointer(store, CheckpointerConfig()) as checkpointer:
+        future = checkpointer.save("net", TorchAdapter(module), step=1)
+        assert not future.done()
+        with torch.no_grad():
+            module.weight.add_(1.0)  # training goes on while the save is pending
+        store.gate.set()
+        manifest = future.result(timeout=30)
+    saved = Checkpointer(store).load("net", manifest.version).state.groups["model"]["weight"]
+    assert torch.equal(saved, before)
+
+
+def test_next_save_blocks_while_in_flight_saves_are_at_the_bound(store: GatedStore) -> None:
+    adapter = TorchAdapter(torch.nn.Linear(4, 4))
+    store.gate.clear()
+    checkpointer = Checkpointer(store, CheckpointerConfig(max_in_flight=1))
+    first = checkpointer.save("net", adapter, step=1)
+    second: list[object] = []
+    blocked = threading.Thread(
+        target=lambda: second.append(checkpointer.save("net", adapter, step=2))
+    )
+    blocked.start()
+    blocked.join(timeout=0.3)
+    assert blocked.is_alive(), "a second save must wait for the first to be committed"
+    store.gate.set()
+    blocked.join(timeout=30)
+    checkpointer.close()
+    assert first.result().step == 1
+    assert [m.step for m in store.manifests("net")] == [1, 2]
+
+
+def test_failed_save_raises_on_next_save_and_is_logged_with_context(
+    store: GatedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    adapter = TorchAdapter(torch.nn.Linear(4, 4))
+    checkpointer = Checkpointer(store, CheckpointerConfig())
+    store.fail_next = True
+    with caplog.at_level(logging.ERROR):
+        failed = checkpointer.save("net", adapter, step=3)
+        assert isinstance(failed.exception(timeout=30), OSError)
+        with pytest.raises(CheckpointError, match="disk full") as info:
+            checkpointer.save("net", adapter, step=4)
+    assert info.value.context["model"] == "net"
+    assert info.value.context["step"] == 3
+    assert "model=net" in caplog.text
+    assert "step=3" in caplog.text
+    checkpointer.save("net", adapter, step=5)  # reported once; saving goes on
+    checkpointer.close()
+    assert [m.step for m in store.manifests("net")] == [5]
+
+
+def test_failed_save_raises_on_wait(store: GatedStore) -> None:
+    checkpointer = Checkpointer(store, CheckpointerConfig())
+    store.fail_next = True
+    checkpointer.save("net", TorchAdapter(torch.nn.Linear(4, 4)), step=1)
+    with pytest.raises(CheckpointError, match="disk full"):
+        checkpointer.wait()
+    checkpointer.close()
+
+
+def test_close_flushes_every_pending_save(store: GatedStore) -> None:
+    adapter = TorchAdapter(torch.nn.Linear(4, 4))
+    checkpointer = Checkpointer(store, CheckpointerConfig(max_in_flight=2))
+    futures = [checkpointer.save("net", adapter, step=s) for s in range(4)]
+    checkpointer.close()
+    assert all(f.done() for f in futures)
+    assert [m.step for m in store.manifests("net")] == [0, 1, 2, 3]
+    with pytest.raises(CheckpointError, match="closed"):
+        checkpointer.save("net", adapter, step=9)
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    from services.checkpoints.async_saver import install_sigterm_flush
+    from services.checkpoints.checkpointer import Checkpointer
+    from services.checkpoints.config import StoreConfig
+    from services.checkpoints.state.torch_state import TorchAdapter
+    from services.checkpoints.store import CheckpointStore
+
+    class SlowStore(CheckpointStore):
+        def commit(self, model, files, draft):
+            print("committing", flush=True)
+            time.sleep(1.0)
+            return super().commit(model, files, draft)
+
+    checkpointer = Checkpointer(SlowStore(StoreConfig(root=sys.argv[1])))
+    install_sigterm_flush(checkpointer)
+    checkpointer.save("net", TorchAdapter(torch.nn.Linear(64, 64)), step=7, trigger="interval")
+    while True:
+        time.sleep(0.05)
+    """
+)
+
+
+def test_sigterm_mid_save_flushes_the_checkpoint_then_exits(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "committing"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        child.kill()
+    manifest = CheckpointStore(StoreConfig(root=root)).latest("net")
+    assert manifest is not None
+    assert (manifest.step, manifest.trigger) == (7, "interval")

@@ -1,0 +1,128 @@
+"""Differential saves: few bytes for sparse updates, exact reconstruction, bounded chains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from schemas.errors import CheckpointCorruptError
+from schemas.manifest import ManifestDraft
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.state.delta import diff_tensor
+from services.checkpoints.state.reader import load_state
+from services.checkpoints.state.state import CheckpointState, state_digest
+from services.checkpoints.state.torch_state import TorchAdapter
+from services.checkpoints.state.writer import EncodeOptions, encode_save
+from services.checkpoints.store import CheckpointStore
+
+ROWS, DIM = 2_000, 16
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CheckpointStore:
+    return CheckpointStore(StoreConfig(root=tmp_path / "store", fsync=False, keep_latest=100))
+
+
+class EmbeddingModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(ROWS, DIM, sparse=True)
+        self.head = torch.nn.Linear(DIM, 1)
+
+
+def sparse_step(model: EmbeddingModel, sparse_opt: torch.optim.Optimizer, rows: int) -> None:
+    idx = torch.randint(0, ROWS, (rows,))
+    model.emb(idx).sum().backward()
+    sparse_opt.step()
+    sparse_opt.zero_grad()
+
+
+def setup(seed: int = 0) -> tuple[EmbeddingModel, torch.optim.Optimizer, TorchAdapter]:
+    torch.manual_seed(seed)
+    model = EmbeddingModel()
+    opt = torch.optim.SparseAdam(list(model.emb.parameters()))
+    return model, opt, TorchAdapter(model, opt)
+
+
+def test_every_delta_in_a_chain_reconstructs_its_exact_state(store: CheckpointStore) -> None:
+    model, opt, adapter = setup()
+    checkpointer = Checkpointer(store, CheckpointerConfig(full_every=3))
+    expected: dict[str, str] = {}
+    for step in range(9):
+        sparse_step(model, opt, rows=20)
+        manifest = checkpointer.save("emb", adapter, step=step).result()
+        expected[manifest.version] = state_digest(adapter.capture())
+    checkpointer.close()
+    kinds = [m.kind for m in store.manifests("emb")]
+    assert kinds == ["full", "delta", "delta", "delta"] * 2 + ["full"]
+    for version, digest in expected.items():
+        state, manifest, _ = load_state(store, "emb", version)
+        assert state_digest(state) == digest == manifest.state_digest
+    newest = Checkpointer(store).load("emb").state
+    assert torch.equal(newest.groups["model"]["emb.weight"], model.emb.weight)
+
+
+def test_sparse_update_writes_a_small_fraction_and_references_unchanged_tensors(
+    store: CheckpointStore,
+) -> None:
+    model, opt, adapter = setup()
+    checkpointer = Checkpointer(store, CheckpointerConfig(async_saves=False))
+    sparse_step(model, opt, rows=ROWS // 100)  # optimizer state exists from here on
+    checkpointer.save("emb", adapter, step=0)
+    full_bytes = checkpointer.last_bytes_written
+    sparse_step(model, opt, rows=ROWS // 100)
+    manifest = checkpointer.save("emb", adapter, step=1).result()
+    assert manifest.kind == "delta"
+    assert checkpointer.last_bytes_written < full_bytes / 10
+    head = next(f for f in manifest.files if "head.weight" in f.name and "tensors/" in f.name)
+    assert head.ref_version == store.manifests("emb")[0].version
+
+
+def test_a_restarted_process_continues_the_chain_from_the_store(store: CheckpointStore) -> None:
+    model, opt, adapter = setup()
+    Checkpointer(store, CheckpointerConfig(async_saves=False)).save("emb", adapter, step=0)
+    sparse_step(model, opt, rows=10)
+    restarted = Checkpointer(store, CheckpointerConfig(async_saves=False))
+    manifest = restarted.save("emb", adapter, step=1).result()
+    assert manifest.kind == "delta"
+    assert manifest.parent_version == store.manifests("emb")[0].version
+    assert torch.equal(restarted.load("emb").state.groups["model"]["emb.weight"], model.emb.weight)
+
+
+def test_delta_disabled_writes_full_checkpoints_with_lineage(store: CheckpointStore) -> None:
+    model, opt, adapter = setup()
+    checkpointer = Checkpointer(store, CheckpointerConfig(async_saves=False, delta=False))
+    first = checkpointer.save("emb", adapter, step=0).result()
+    sparse_step(model, opt, rows=10)
+    second = checkpointer.save("emb", adapter, step=1).result()
+    assert (second.kind, second.parent_version) == ("full", first.version)
+
+
+def test_state_digest_mismatch_is_refused_as_corrupt(store: CheckpointStore) -> None:
+    state = CheckpointState(groups={"model": {"w": torch.ones(3, 2)}})
+    encoded = encode_save(state, parent=None, options=EncodeOptions())
+    draft = ManifestDraft(state_digest="0" * 64, kind="full")
+    manifest = store.commit("emb", encoded.files, draft)
+    with pytest.raises(CheckpointCorruptError, match="state digest") as info:
+        Checkpointer(store).load("emb", manifest.version)
+    assert info.value.context["version"] == manifest.version
+
+
+def test_diff_is_bitwise_rows_or_full() -> None:
+    base = torch.zeros(100, 4)
+    same = diff_tensor(base.clone(), base, max_fraction=0.5)
+    assert same.mode == "same"
+    few = base.clone()
+    few[[3, 70]] = 1.0
+    rows = diff_tensor(few, base, max_fraction=0.5)
+    assert rows.mode == "rows"
+    assert rows.indices is not None
+    assert rows.indices.tolist() == [3, 70]
+    assert diff_tensor(base + 1, base, max_fraction=0.5).mode == "full"
+    negative_zero = base.clone()
+    negative_zero[5, 0] = -0.0  # equal as floats, different bits
+    assert diff_tensor(negative_zero, base, max_fraction=0.5).mode == "rows"
+    assert diff_tensor(torch.zeros(100, 5), base, max_fraction=0.5).mode == "full"
