@@ -1,0 +1,242 @@
+"""The attribution joiner as a faust agent on changelog-backed tables.
+
+One agent reads ``inference-logs`` and ``feedback`` together (they are
+co-partitioned by request_id, so partition ``p`` of both holds the same
+requests), decodes each raw record, hands it to
+:class:`~services.attribution.AttributionJoiner` and sends what comes back:
+examples to ``training-examples`` (key: model), refusals and undecodable
+records to ``dead-letters`` (key: source topic). Nothing a producer sends
+stops the agent.
+
+Pending state lives in one faust ``Table`` (``join-pending``: request_id ->
+JSON bytes, plus one watermark key per partition), whose changelog is
+written to the partition of the record being processed. When a worker dies
+or a second one joins, the group rebalances, faust restores each assigned
+partition's table state from the changelog, and
+:meth:`JoinerWorker.on_rebalance` rebuilds the expiry index from it.
+
+Delivery: faust flushes the producer (examples, dead letters, changelog)
+before it commits input offsets. A worker killed after sending an example but
+before that commit has its records replayed by the next owner, which may send
+the example again with the same ``example_id``; the trainer drops repeats.
+
+Run a worker with ``python -m streams.joiner`` (settings from
+``DRIFTLOOP_KAFKA_*``, ``DRIFTLOOP_TOPIC_*``, ``DRIFTLOOP_JOIN_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import faust
+
+from schemas.codec import encode
+from schemas.events import DeadLetter, FeedbackEvent, InferenceLog
+from services.attribution import (
+    AttributionJoiner,
+    Emit,
+    JoinerConfig,
+    JoinStats,
+    Outcome,
+    PendingRequest,
+    SourceRef,
+)
+from services.config import KafkaConfig, TopicsConfig
+from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
+from streams.app import make_app
+
+log = logging.getLogger(__name__)
+
+#: Table keys that are not request ids start with this character.
+_META = "\x00"
+TABLE_NAME = "join-pending"
+
+
+class TablePendingStore:
+    """:class:`~services.attribution.PendingStore` on a faust table of JSON bytes.
+
+    Parsed entries are cached; the cache is dropped on every rebalance, when
+    the table's contents change under it. Must be used from inside the agent
+    (faust writes each change to the changelog partition of the record
+    being processed).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._cache: dict[str, PendingRequest] = {}
+
+    def get(self, request_id: str) -> PendingRequest | None:
+        cached = self._cache.get(request_id)
+        if cached is not None:
+            return cached
+        raw = self.table.get(request_id)
+        if raw is None:
+            return None
+        entry = PendingRequest.from_bytes(raw)
+        self._cache[request_id] = entry
+        return entry
+
+    def put(self, entry: PendingRequest) -> None:
+        self.table[entry.request_id] = entry.to_bytes()
+        self._cache[entry.request_id] = entry
+
+    def delete(self, request_id: str) -> None:
+        self._cache.pop(request_id, None)
+        if request_id in self.table:
+            del self.table[request_id]
+
+    def entries(self, partitions: frozenset[int]) -> Iterator[PendingRequest]:
+        self._cache.clear()
+        for key, raw in list(self.table.items()):
+            if isinstance(key, str) and key.startswith(_META):
+                continue
+            entry = PendingRequest.from_bytes(raw)
+            if entry.partition in partitions:
+                yield entry
+
+    def get_watermark(self, partition: int) -> int | None:
+        raw = self.table.get(f"{_META}watermark:{partition}")
+        return None if raw is None else int(raw)
+
+    def put_watermark(self, partition: int, ts: int) -> None:
+        self.table[f"{_META}watermark:{partition}"] = str(ts).encode()
+
+
+class JoinerWorker:
+    """The joiner's agent, table and topics on one faust app.
+
+    Parameters
+    ----------
+    app
+        The faust app (its id is the consumer group and changelog prefix).
+    topics
+        Topic names; the inputs must have ``topics.partitions`` partitions.
+    config
+        Window, grace and policies.
+    """
+
+    def __init__(self, app: faust.App, topics: TopicsConfig, config: JoinerConfig) -> None:
+        self.app = app
+        self.topics = topics
+        self.config = config
+        self.stats = JoinStats()
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
+        self.source = app.topic(
+            topics.inference_logs, topics.feedback, value_serializer="raw", **raw
+        )
+        self.examples_topic = app.topic(topics.training_examples, value_serializer="raw", **raw)
+        self.dead_letters_topic = app.topic(topics.dead_letters, value_serializer="raw", **raw)
+        self.table = app.Table(
+            TABLE_NAME,
+            key_type=str,
+            value_type=bytes,  # serialised "raw": the values are our own JSON
+            partitions=topics.partitions,
+        )
+        self.store = TablePendingStore(self.table)
+        self.joiner = AttributionJoiner(config, self.store, stats=self.stats)
+        app.agent(self.source, name="attribution-joiner")(self._agent)
+        app.on_rebalance_complete.connect(self.on_rebalance)
+
+    async def on_rebalance(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Called by faust once a rebalance's table recovery is complete and
+        before streams resume: rebuild the joiner's index for the partitions
+        now owned. A failure here is logged by faust and fails the worker."""
+        owned = {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.topics.inference_logs
+        }
+        self.joiner.rebalance(owned)
+        log.info("joiner owns partitions %s: %s", sorted(owned), self.stats.snapshot())
+
+    async def _agent(self, stream: Any) -> AsyncIterator[None]:
+        async for event in stream.events():
+            record = RawRecord.of(event.message)
+            for topic, key, value in self.handle(record):
+                target = self.examples_topic if topic == "examples" else self.dead_letters_topic
+                await target.send(key=key, value=value)
+            yield None
+
+    def handle(self, record: RawRecord) -> list[tuple[str, bytes, bytes]]:
+        """Decode one input record and join it: ``(kind, key, value)`` to send,
+        kind ``examples`` or ``dead_letters``. Never raises for bad input; an
+        unexpected failure of the join itself is dead-lettered as ``processing``."""
+        source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
+        try:
+            if record.topic == self.topics.inference_logs:
+                log_event = decode_or_dead_letter(InferenceLog, record)
+                if isinstance(log_event, DeadLetter):
+                    return [self._dead(log_event)]
+                outcomes = self.joiner.on_inference(log_event, source)
+            else:
+                feedback = decode_or_dead_letter(FeedbackEvent, record)
+                if isinstance(feedback, DeadLetter):
+                    return [self._dead(feedback)]
+                outcomes = self.joiner.on_feedback(feedback, source)
+        except Exception as exc:  # a bug or a store failure must not stop the agent
+            log.exception(
+                "joiner failed on %s[%d]@%d", record.topic, record.partition, record.offset
+            )
+            return [self._dead(dead_letter(record, exc))]
+        return [self._send(outcome) for outcome in outcomes]
+
+    def _dead(self, letter: DeadLetter) -> tuple[str, bytes, bytes]:
+        self.stats.dead_letters[letter.error_kind] += 1
+        return ("dead_letters", letter.source_topic.encode(), encode(letter))
+
+    def _send(self, outcome: Outcome) -> tuple[str, bytes, bytes]:
+        if isinstance(outcome, Emit):
+            example = outcome.example
+            return ("examples", example.model.encode(), encode(example))
+        record = RawRecord(
+            topic=outcome.source.topic,
+            partition=outcome.source.partition,
+            offset=outcome.source.offset,
+            key=outcome.key,
+            value=outcome.value,
+        )
+        letter = dead_letter(record, outcome.reason, kind=outcome.kind, field=outcome.field)
+        return ("dead_letters", letter.source_topic.encode(), encode(letter))
+
+
+def build_worker(
+    app_id: str,
+    kafka: KafkaConfig,
+    topics: TopicsConfig,
+    config: JoinerConfig,
+    *,
+    datadir: str,
+    **settings: Any,
+) -> JoinerWorker:
+    """A faust app with the joiner on it, ready for ``faust.Worker(worker.app)``."""
+    app = make_app(app_id, kafka, datadir=datadir, topics=topics, **settings)
+    return JoinerWorker(app, topics, config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one joiner worker until SIGTERM/SIGINT (``python -m streams.joiner [APP_ID]``).
+
+    The app id (consumer group) defaults to ``DRIFTLOOP_JOIN_APP_ID`` or
+    ``<topic prefix>driftloop-joiner``; the faust data directory to
+    ``DRIFTLOOP_JOIN_DATADIR`` or a fresh temporary directory.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    topics = TopicsConfig()
+    app_id = (
+        args[0]
+        if args
+        else os.environ.get("DRIFTLOOP_JOIN_APP_ID", f"{topics.prefix}driftloop-joiner")
+    )
+    datadir = os.environ.get("DRIFTLOOP_JOIN_DATADIR") or tempfile.mkdtemp(prefix="joiner-")
+    worker = build_worker(app_id, KafkaConfig(), topics, JoinerConfig(), datadir=datadir)
+    level = os.environ.get("DRIFTLOOP_LOG_LEVEL", "info")
+    faust.Worker(worker.app, loglevel=level).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
