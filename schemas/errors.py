@@ -57,7 +57,8 @@ class SchemaError(DriftloopError):
         self.field = field
         self.reason = reason
         where = f"{field}: " if field else ""
-        super().__init__(f"{where}{reason}", field=field or None, **context)
+        # The field leads the message, so it is not repeated among the context facts.
+        super().__init__(f"{where}{reason}", **context)
 
 
 class StackError(DriftloopError):
