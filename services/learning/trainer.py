@@ -137,6 +137,11 @@ class OnlineTrainer:
     # -- input -----------------------------------------------------------------
 
     @property
+    def digest(self) -> str:
+        """Order-independent digest of the ids of every example trained so far."""
+        return example_digest(self._digest)
+
+    @property
     def pending(self) -> int:
         """Examples in the open micro-batch (not yet trained, not in any checkpoint)."""
         return len(self._batch)
