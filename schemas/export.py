@@ -33,6 +33,7 @@ from schemas.events import (
     VersionEvent,
 )
 from schemas.limits import CURRENT_SCHEMA_VERSION
+from schemas.manifest import MANIFEST_SCHEMA_VERSION, CheckpointManifest
 
 #: Where the exports live, inside the installed package.
 JSON_DIR = Path(__file__).resolve().parent / "json"
@@ -45,6 +46,7 @@ EXPORTED: tuple[tuple[type[BaseModel], int], ...] = (
     (CheckpointEvent, CURRENT_SCHEMA_VERSION),
     (VersionEvent, CURRENT_SCHEMA_VERSION),
     (DeadLetter, CURRENT_SCHEMA_VERSION),
+    (CheckpointManifest, MANIFEST_SCHEMA_VERSION),
 )
 
 
