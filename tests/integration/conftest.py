@@ -8,6 +8,8 @@
   ``KafkaConfig`` / ``TopicsConfig`` / ``RedisConfig`` objects. Its Kafka
   config carries short group timeouts: Tansu makes a group's first join wait
   for the full rebalance timeout (``max_poll_interval_ms``).
+- ``wait_until_gone``: poll until processes have exited (for tests about
+  child servers not outliving their parent).
 - ``redis_client``: a redis-py client for the sandbox; the sandbox's keys are
   deleted after the test.
 
@@ -16,8 +18,10 @@ Every test in this directory is marked ``integration``.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,3 +113,34 @@ def redis_client(sandbox: Sandbox) -> Iterator[redis.Redis[str]]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (exited, or a zombie awaiting its reaper)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def wait_until_gone() -> Callable[[list[int]], list[int]]:
+    """``wait(pids)`` polls (deadline 60 s) until all exited; returns those still running.
+
+    A generous wait, not a timing assertion: the test asserts the result is empty.
+    """
+
+    def wait(pids: list[int]) -> list[int]:
+        deadline = time.monotonic() + 60.0
+        alive = [pid for pid in pids if not process_gone(pid)]
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [pid for pid in alive if not process_gone(pid)]
+        return alive
+
+    return wait
