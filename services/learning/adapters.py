@@ -214,8 +214,14 @@ class RiverAdapter:
         self.model = objects["model"]
 
     def state_digest(self) -> str:
-        # Only ever hashed, never loaded: pickle here is a canonical byte form.
-        return hashlib.sha256(pickle.dumps(self.model, protocol=5)).hexdigest()
+        # Pickle bytes depend on object sharing (a feature-name string shared
+        # with the input vs. one rebuilt by unpickling), so hash the bytes
+        # after one round trip through the restricted unpickler: equal state,
+        # equal bytes, whether the model was trained or restored.
+        from services.checkpoints.state.safe_pickle import safe_loads
+
+        canonical = pickle.dumps(safe_loads(pickle.dumps(self.model, protocol=5)), protocol=5)
+        return hashlib.sha256(canonical).hexdigest()
 
 
 _LOSSES: dict[str, type[nn.Module]] = {

@@ -1,0 +1,70 @@
+"""The trainer through the real Checkpointer and CheckpointStore (local directories)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from river import datasets
+
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.store import CheckpointStore
+from services.learning.config import ModelConfig, example_path, load_config
+from services.learning.store_sink import CheckpointerSink
+from services.learning.synthetic import examples_from
+from services.learning.trainer import OnlineTrainer
+
+TOPIC = "training-examples"
+
+
+def _config(kind: str) -> ModelConfig:
+    name = "river_logreg" if kind == "river" else "torch_fm"
+    cfg = load_config(example_path(name)).models[0]
+    update: dict[str, Any] = {
+        "name": "m",
+        "batch_size": 10,
+        "triggers": cfg.triggers.model_copy(update={"every_n": 50, "interval_s": None}),
+    }
+    if cfg.encoding is not None:
+        update["encoding"] = cfg.encoding.model_copy(update={"buckets": 4096})
+    return cfg.model_copy(update=update)
+
+
+def _sink(root: Path) -> CheckpointerSink:
+    store = CheckpointStore(StoreConfig(root=root, fsync=False))
+    return CheckpointerSink(Checkpointer(store, CheckpointerConfig(async_saves=False)))
+
+
+@pytest.mark.parametrize("kind", ["river", "torch"])
+def test_checkpoints_round_trip_through_the_store(kind: str, tmp_path: Path) -> None:
+    config = _config(kind)
+    exs = list(examples_from(datasets.Phishing(), "m", limit=260))
+    clean = OnlineTrainer(config, _sink(tmp_path / "clean"))
+    for i, ex in enumerate(exs):
+        clean.process(ex, topic=TOPIC, partition=0, offset=i)
+
+    sink = _sink(tmp_path / "store")
+    first = OnlineTrainer(config, sink)
+    for i, ex in enumerate(exs[:137]):
+        first.process(ex, topic=TOPIC, partition=0, offset=i)
+    manifest = sink.last_manifest
+    assert manifest.trigger == "count"
+    assert manifest.offsets == {TOPIC: {"0": 100}}
+    assert manifest.examples_seen == 100
+    assert manifest.extra["schedule"]["interval"] == 50
+    assert set(manifest.metrics) >= {"accuracy", "accuracy_total", "log_loss"}
+
+    # A new process: restore from the store and seek to the recorded offset.
+    second = OnlineTrainer(config, _sink(tmp_path / "store"))
+    assert second.restore() == manifest.version
+    assert second.digest == manifest.example_digest
+    assert second.examples_seen == 100
+    start = second.position(TOPIC, 0)
+    assert start == 100
+    for i in range(start, len(exs)):
+        second.process(exs[i], topic=TOPIC, partition=0, offset=i)
+    assert second.adapter.state_digest() == clean.adapter.state_digest()
+    assert second.digest == clean.digest
+    assert second.metrics.values() == clean.metrics.values()
