@@ -83,8 +83,12 @@ def plan(
 
     def add(found: dict[str, str]) -> None:
         for version, reason in found.items():
-            if version in by_version:
-                kept[version] = f"{kept[version]}; {reason}" if version in kept else reason
+            if version not in by_version:
+                continue
+            if version not in kept:
+                kept[version] = reason
+            elif reason not in kept[version].split("; "):
+                kept[version] += f"; {reason}"
 
     newest = max(checkpoints, key=lambda c: c.seq)
     add({newest.version: "newest"})

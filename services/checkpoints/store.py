@@ -337,10 +337,15 @@ class CheckpointStore:
         best_by: str | None = None,
         mode: Literal["min", "max"] = "min",
         limit: int | None = None,
+        deep: bool = False,
     ) -> list[CheckpointRecord]:
-        """Catalogued checkpoints matching the filters (see :meth:`Catalog.query`)."""
+        """Catalogued checkpoints matching the filters (see :meth:`Catalog.query`).
+
+        ``deep`` re-reads every manifest first, so a checkpoint whose manifest
+        was damaged since it was catalogued is dropped from the answer.
+        """
         for m in [model] if model is not None else self.models():
-            self.sync(m)
+            self.sync(m, deep=deep)
         return self.catalog.query(
             model,
             trigger=trigger,

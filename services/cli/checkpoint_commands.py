@@ -160,6 +160,7 @@ def list_(
             best_by=best_by,
             mode=ranking,
             limit=limit,
+            deep=True,
         )
         if best_by is not None and not records and not s.query(model, best_by=best_by, limit=1):
             _fail(f"no checkpoint{' of ' + model if model else ''} has metric {best_by!r}")
