@@ -23,6 +23,7 @@ from schemas.errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointNotFoundError,
+    ConfigError,
     SchemaError,
 )
 from schemas.manifest import (
@@ -42,6 +43,7 @@ from services.checkpoints.retention import ReferenceSource, RetentionPolicy, pol
 from services.checkpoints.scan import scan_model
 from services.checkpoints.storage import CheckpointStorage, LocalStorage, open_storage
 from services.checkpoints.tiering import TierPolicy, move_to_cold
+from services.config import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +133,14 @@ class CheckpointStore:
     ) -> None:
         self.config = config
         self.hot = LocalStorage(config.root, fsync=config.fsync)
-        self.cold: CheckpointStorage | None = (
-            open_storage(config.cold_url, fsync=config.fsync) if config.cold_url else None
-        )
+        self.cold: CheckpointStorage | None = None
+        if config.cold_url:
+            try:
+                self.cold = open_storage(config.cold_url, fsync=config.fsync)
+            except (ValueError, ImportError, OSError) as exc:
+                raise ConfigError(
+                    f"cannot open the cold tier: {exc}", url=redact_url(config.cold_url)
+                ) from exc
         self.catalog = Catalog(config.catalog_file)
         self.references = references
         self.retention = (

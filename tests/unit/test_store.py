@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas.errors import CheckpointCorruptError, CheckpointNotFoundError, SchemaError
+from schemas.errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    ConfigError,
+    SchemaError,
+)
 from schemas.manifest import FileEntry, ManifestDraft
 from services.checkpoints import CheckpointStore, StoreConfig
 from tests.unit.store_helpers import make_store, save
@@ -201,3 +206,21 @@ def test_cold_tier_on_an_fsspec_url_is_read_transparently(tmp_path: Path) -> Non
     assert rec.location == str(tmp_path / "cold" / "fraud" / a.version)
     assert not (tmp_path / "hot" / "fraud" / a.version).exists()
     assert store.open("fraud", a.version).read("model.safetensors") == b"weights-1" * 10
+
+
+def test_config_comes_from_driftloop_store_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_STORE_ROOT", str(tmp_path / "from-env"))
+    monkeypatch.setenv("DRIFTLOOP_STORE_KEEP_LATEST", "2")
+    config = StoreConfig()
+    assert config.catalog_file == tmp_path / "from-env" / "catalog.sqlite3"
+    store = CheckpointStore(config.model_copy(update={"fsync": False}))
+    for step in range(4):
+        save(store, step=step)
+    assert [m.version for m in store.manifests("fraud")] == ["fraud-000003", "fraud-000004"]
+
+
+def test_an_unusable_cold_url_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cold tier"):
+        CheckpointStore(StoreConfig(root=tmp_path, cold_url="nosuchscheme://bucket/x"))
