@@ -9,7 +9,9 @@
     {root}/{model}/.pins.json                         milestone labels (the truth for pins)
 
 Version ids are ``{model}-{seq:06d}``: unique, ordered by their sequence
-number, never reused (see :mod:`services.checkpoints.versions`).
+number, never reused: the store raises the ``.seq`` high-water mark (under a
+file lock) before writing a version and before GC removes one, and also counts
+every directory present in either tier.
 """
 
 from __future__ import annotations
