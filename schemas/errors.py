@@ -8,6 +8,7 @@ partition, offset, path) in attributes, not only in its message::
     ├── ConfigError            settings that cannot work (bad URL, missing binary)
     ├── SchemaError            an event or manifest that does not validate
     ├── StackError             an embedded server that would not start or answer
+    ├── BrokerError            a Kafka cluster that did not answer or refused a request
     └── CheckpointError        anything about stored model state
         ├── CheckpointNotFoundError
         ├── CheckpointCorruptError   a file whose hash or size does not match
@@ -63,6 +64,10 @@ class SchemaError(DriftloopError):
 
 class StackError(DriftloopError):
     """An embedded server that would not start, or did not answer in time."""
+
+
+class BrokerError(DriftloopError):
+    """A Kafka cluster that did not answer in time or refused a request."""
 
 
 class CheckpointError(DriftloopError):

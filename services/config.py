@@ -193,7 +193,8 @@ class RedisConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_REDIS_", frozen=True, extra="ignore")
 
-    url: str = ""
+    # repr=False: a password written into the URL must not reach logs; describe() redacts it.
+    url: str = Field(default="", repr=False)
     username: str | None = None
     password: SecretStr | None = None
     key_prefix: str = Field(default="driftloop:", max_length=120)

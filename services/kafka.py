@@ -28,7 +28,7 @@ from typing import Any
 import kafka.errors
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from schemas.errors import StackError
+from schemas.errors import BrokerError
 from services.config import KafkaConfig, TopicsConfig
 
 
@@ -92,7 +92,7 @@ def ensure_topics(
 
     Raises
     ------
-    StackError
+    BrokerError
         The broker refused a topic (other than "already exists"), or the
         topics did not get a leader for every partition within ``timeout_s``.
     """
@@ -110,7 +110,7 @@ def ensure_topics(
     try:
         admin = make_admin(config)
     except kafka.errors.KafkaError as exc:
-        raise StackError(f"cannot reach Kafka: {exc}", bootstrap=config.bootstrap) from exc
+        raise BrokerError(f"cannot reach Kafka: {exc}", bootstrap=config.bootstrap) from exc
     created: list[str] = []
     try:
         existing = set(admin.list_topics())
@@ -124,7 +124,7 @@ def ensure_topics(
                 if error is kafka.errors.NoError:
                     created.append(result["name"])
                 elif error is not kafka.errors.TopicAlreadyExistsError:
-                    raise StackError(
+                    raise BrokerError(
                         f"Kafka refused to create the topic: {error.__name__}"
                         f" {result.get('error_message') or ''}".rstrip(),
                         topic=result["name"],
@@ -132,7 +132,7 @@ def ensure_topics(
                     )
         admin.wait_for_topics(wanted, timeout_ms=int(timeout_s * 1000))
     except kafka.errors.KafkaTimeoutError as exc:
-        raise StackError(
+        raise BrokerError(
             f"topics not ready in time: {exc}", topics=wanted, bootstrap=config.bootstrap
         ) from exc
     finally:
@@ -158,7 +158,7 @@ def high_watermarks(
 
     Raises
     ------
-    StackError
+    BrokerError
         A topic does not exist, or some partition did not answer a fetch
         within ``timeout_s``.
     """
@@ -184,7 +184,7 @@ def high_watermarks(
             pending = {tp for tp in pending if consumer.highwater(tp) is None}
             if pending and time.monotonic() > deadline:
                 tp = min(pending)
-                raise StackError(
+                raise BrokerError(
                     "no fetch answer carrying the high watermark in time",
                     topic=tp.topic,
                     partition=tp.partition,
@@ -201,5 +201,5 @@ def _partitions_for(consumer: KafkaConsumer, topic: str, deadline: float) -> set
         if ids:
             return set(ids)
         if time.monotonic() > deadline:
-            raise StackError("topic not found", topic=topic)
+            raise BrokerError("topic not found", topic=topic)
         time.sleep(0.1)

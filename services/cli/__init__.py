@@ -16,12 +16,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Event-driven online learning with recoverable, auditable checkpoints."""
+
+
 def _register() -> None:
-    from services.cli import stack_commands
+    from services.cli import checkpoint_commands, stack_commands
 
     stack_commands.register(app)
-    from services.cli import checkpoint_commands
-
     checkpoint_commands.register(app)
 
 

@@ -134,14 +134,4 @@ def up(
 
 def register(app: typer.Typer) -> None:
     """Add the stack commands to the root ``driftloop`` app."""
-    if app.registered_callback is None:
-        # With a single command and no callback, typer makes that command the
-        # root (``driftloop --json`` instead of ``driftloop up --json``). A
-        # no-op root callback keeps ``driftloop <command>`` stable however
-        # many commands are registered.
-        app.callback()(_root)
     app.command("up")(up)
-
-
-def _root() -> None:
-    """Event-driven online learning with recoverable, auditable checkpoints."""

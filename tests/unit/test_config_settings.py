@@ -107,11 +107,6 @@ def test_a_password_inside_the_redis_url_is_masked_in_describe() -> None:
     assert redis.describe()["url"] == "redis://user:***@r:6379/0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/config.py: RedisConfig.url is a plain str, so repr() prints a password "
-    "written into the URL; proposed fix: Field(repr=False) on url (describe() already redacts)",
-)
 def test_a_password_inside_the_redis_url_is_not_in_repr() -> None:
     redis = RedisConfig(url=f"redis://user:{SECRET}@r:6379/0")
     assert SECRET not in repr(redis)
