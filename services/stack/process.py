@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -134,6 +134,8 @@ class ChildProcess:
     stop_signal:
         The signal that asks the server to shut down cleanly (Tansu ignores
         SIGTERM and stops on SIGINT; Redis stops on SIGTERM).
+    env:
+        The child's environment (default: this process's).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class ChildProcess:
         port: int,
         *,
         stop_signal: signal.Signals = signal.SIGTERM,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.stop_signal = stop_signal
@@ -162,6 +165,7 @@ class ChildProcess:
                     stderr=subprocess.STDOUT,
                     preexec_fn=_die_with_parent(parent),
                     close_fds=True,
+                    env=None if env is None else dict(env),
                 )
             )
         except BaseException:
