@@ -1,0 +1,1 @@
+"""The demo: synthetic production traffic through the whole loop on the embedded stack."""
