@@ -39,7 +39,7 @@ def test_same_seed_same_records_other_seed_other_records() -> None:
 def test_records_arrive_in_order_and_every_request_is_logged_once() -> None:
     records, summary = generate(CONFIG)
     assert [r.arrives_ms for r in records] == sorted(r.arrives_ms for r in records)
-    logs, feedback, bad = _decoded(CONFIG)
+    logs, _, bad = _decoded(CONFIG)
     assert len(logs) == len({log.request_id for log in logs}) == summary.requests == 3000
     assert bad == summary.malformed
     assert summary.records == len(records)
@@ -66,5 +66,6 @@ def test_feedback_is_messy_as_described() -> None:
 
 @pytest.mark.parametrize("drift_at", [1, 1500, 2999])
 def test_drift_point_anywhere_in_the_stream(drift_at: int) -> None:
-    records, summary = generate(TrafficConfig(requests=3000, drift_at=drift_at))
+    _, summary = generate(TrafficConfig(requests=3000, drift_at=drift_at))
     assert summary.requests == 3000
+    assert summary.labels.keys() == {"True", "False"}
