@@ -1,0 +1,200 @@
+"""Training pause per checkpoint: driftloop's async save vs a synchronous ``torch.save``.
+
+For MLPs of about 1M, 10M and 50M parameters trained with Adam, each
+checkpoint of model + optimizer state is taken after training for at least
+``--min-interval`` seconds and ``--interval-factor`` (5) times a synchronous
+save's time (real checkpoint intervals are long against a save), and the time
+the training loop is stopped is measured for:
+
+- ``torch.save``: a synchronous ``torch.save`` of ``{"model", "optimizer"}``
+  state dicts to a file (no fsync), the baseline;
+- ``async copy``: :meth:`Checkpointer.save` with the default config (async,
+  snapshot by ``copy_`` into reused buffers, differential saves on, fsync on);
+  the pause includes any wait for the previous save (back-pressure);
+- ``async clone``: the same with snapshots by ``clone()``;
+- ``memcpy``: a plain in-memory copy of the same tensors into preallocated
+  buffers — the floor any consistent snapshot pays.
+
+Printed per size: p50 and p99 pause of each, the ratio torch.save / async
+(p50 and p99), and the async pause as a multiple of the memcpy. Also the mean
+background time per async save (snapshot to committed).
+
+Run: ``python benchmarks/checkpoint_pause.py [--sizes 1,10,50] [--reps 12] [--json]``;
+the default sizes are 1M and 10M (50M takes several minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+from _common import emit, mlp, n_params, pct, store, train_step
+
+from schemas.manifest import CheckpointManifest
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
+from services.checkpoints.state.torch_state import TorchAdapter
+
+
+def state_tensors(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    out = list(module.state_dict().values())
+    for values in optimizer.state.values():
+        out += [t for t in values.values() if isinstance(t, torch.Tensor)]
+    return out
+
+
+def measure_size(
+    millions: float,
+    reps: int,
+    between: int,
+    min_interval: float,
+    factor: float,
+    root: str | None,
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    module = mlp(millions)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+    train_step(module, optimizer)
+    pauses: dict[str, list[float]] = {
+        "memcpy": [],
+        "torch.save": [],
+        "async copy": [],
+        "async clone": [],
+    }
+    tensors = state_tensors(module, optimizer)
+    buffers = [torch.empty_like(t) for t in tensors]
+    background: dict[str, list[float]] = {"async copy": [], "async clone": []}
+
+    interval = [0.0]
+
+    def loop(name: str, checkpoint: Any) -> None:
+        for _ in range(reps + 1):  # the first round warms up, not counted
+            t_end = time.perf_counter() + interval[0]
+            for _ in range(between):
+                train_step(module, optimizer)
+            while time.perf_counter() < t_end:
+                train_step(module, optimizer)
+            t0 = time.perf_counter()
+            checkpoint()
+            pauses[name].append(time.perf_counter() - t0)
+        del pauses[name][0]
+
+    def memcpy() -> None:
+        for buf, t in zip(buffers, tensors, strict=True):
+            buf.copy_(t)
+
+    loop("memcpy", memcpy)
+    bench_store, tmp = store(root)
+    try:
+        target = tmp / "torch.pt"
+        loop(
+            "torch.save",
+            lambda: torch.save(
+                {"model": module.state_dict(), "optimizer": optimizer.state_dict()}, target
+            ),
+        )
+        # Checkpoint intervals are long against a save: train >= factor x a sync save's time.
+        interval[0] = max(min_interval, factor * pct(pauses["torch.save"], 0.5))
+        adapter = TorchAdapter(module, optimizer)
+        for mode in ("copy", "clone"):
+            name = f"async {mode}"
+            checkpointer = Checkpointer(bench_store, CheckpointerConfig(snapshot=mode))
+            started: list[float] = []
+
+            def done(
+                _: Future[CheckpointManifest], name: str = name, started: list[float] = started
+            ) -> None:
+                background[name].append(time.perf_counter() - started[-1])
+
+            def save(
+                checkpointer: Checkpointer = checkpointer, started: list[float] = started
+            ) -> None:
+                started.append(time.perf_counter())
+                checkpointer.save("bench", adapter, step=0, trigger="interval").add_done_callback(
+                    done
+                )
+
+            loop(name, save)
+            checkpointer.close()
+            del checkpointer
+            gc.collect()
+    finally:
+        bench_store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    state_mb = sum(t.numel() * t.element_size() for t in tensors) / 1e6
+    result: dict[str, Any] = {
+        "params": n_params(module),
+        "state_mb": round(state_mb, 1),
+        "interval_s": round(interval[0], 3),
+    }
+    for name, values in pauses.items():
+        result[name] = {"p50_ms": pct(values, 0.5) * 1e3, "p99_ms": pct(values, 0.99) * 1e3}
+    for name, values in background.items():
+        result[name]["background_mean_ms"] = sum(values) / max(1, len(values)) * 1e3
+    base = result["torch.save"]
+    for name in ("async copy", "async clone"):
+        r = result[name]
+        r["speedup_p50_vs_torch_save"] = base["p50_ms"] / r["p50_ms"]
+        r["speedup_p99_vs_torch_save"] = base["p99_ms"] / r["p99_ms"]
+        r["pause_p50_vs_memcpy"] = r["p50_ms"] / result["memcpy"]["p50_ms"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--sizes", default="1,10", help="model sizes, millions of params (50: slow)"
+    )
+    parser.add_argument("--reps", type=int, default=12, help="checkpoints measured per mode")
+    parser.add_argument("--steps-between", type=int, default=5, help="min training steps between")
+    parser.add_argument(
+        "--min-interval",
+        type=float,
+        default=0.25,
+        help="min seconds of training between checkpoints",
+    )
+    parser.add_argument(
+        "--interval-factor",
+        type=float,
+        default=5.0,
+        help="train at least this many torch.save times between checkpoints",
+    )
+    parser.add_argument("--dir", default=None, help="where the store and torch.save file go")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    results = {}
+    table = [
+        f"checkpoint pause, {args.reps} checkpoints per mode, Adam steps for >= max("
+        f"{args.min_interval}s, {args.interval_factor:g}x torch.save) between",
+        f"{'size':>6} {'state MB':>9} {'mode':<12} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'save/async p50':>15} {'p99':>7} {'x memcpy':>9} {'bg ms':>8}",
+    ]
+    for size in (float(s) for s in args.sizes.split(",")):
+        r = measure_size(
+            size, args.reps, args.steps_between, args.min_interval, args.interval_factor, args.dir
+        )
+        results[f"{size:g}M"] = r
+        for name in ("memcpy", "torch.save", "async copy", "async clone"):
+            m = r[name]
+            extra = ""
+            if name.startswith("async"):
+                extra = (
+                    f"{m['speedup_p50_vs_torch_save']:>14.1f}x "
+                    f"{m['speedup_p99_vs_torch_save']:>6.1f}x "
+                    f"{m['pause_p50_vs_memcpy']:>8.2f}x {m['background_mean_ms']:>8.0f}"
+                )
+            table.append(
+                f"{size:>5g}M {r['state_mb']:>9.0f} {name:<12} {m['p50_ms']:>9.2f} "
+                f"{m['p99_ms']:>9.2f} {extra}"
+            )
+    emit(results, args.json, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
