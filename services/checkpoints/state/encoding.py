@@ -2,15 +2,17 @@
 
 Layout inside a checkpoint directory::
 
-    state/index.json                      what every file holds (written every save)
-    tensors/{group}/{name}.safetensors    one tensor per file, full value
-    rows/{group}/{name}.safetensors       changed rows of a tensor ("indices", "values")
-    blobs/{name}                          opaque bytes (river pickles)
-    variants/int8/{group}/{name}.safetensors   row-wise int8 copy ("q", "scale", "zero")
+    state/index.json                        what every file holds (written every save)
+    tensors/{group}/{name}.safetensors      one tensor per file, full value ("value")
+    rows/tensors/{group}/{name}.safetensors changed rows of a tensor ("indices", "value")
+    int8/{group}/{name}.safetensors         row-wise int8 copy ("q", "scale", "zero" | "raw")
+    rows/int8/{group}/{name}.safetensors    changed rows of that copy
+    blobs/{name}                            opaque bytes (river pickles)
 
-``state/index.json`` holds the JSON documents inline and, per tensor
-(``"{group}/{name}"``), one of: ``{"file": ...}`` (the full value, stored here
-or referenced from an older checkpoint), ``{"rows": ..., "count": k}`` (the
+``state/index.json`` holds the JSON documents inline and, per namespace
+(``"tensors"``, ``"int8"``) and tensor (``"{group}/{name}"``), one of:
+``{"file": ...}`` (the full value, stored here or referenced from an older
+checkpoint), ``{"rows": ..., "count": k}`` (the
 parent's value with ``k`` rows replaced) or ``{"same": true}`` (the parent's
 value unchanged). One file per tensor makes "unchanged tensor" mean
 "unchanged file", which differential saves reference instead of rewriting.
