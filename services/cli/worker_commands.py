@@ -1,0 +1,82 @@
+"""``driftloop worker``: run the streaming agents in this process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from schemas.errors import DriftloopError
+
+RoleOpt = Annotated[
+    str, typer.Option("--role", help="Which agents to run: joiner, trainer or all.")
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Model configuration (TOML); default DRIFTLOOP_WORKER_MODELS."),
+]
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="Checkpoint store root; default DRIFTLOOP_STORE_ROOT."),
+]
+ModelsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", help="Train only this model of the configuration (repeatable)."),
+]
+AppIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--app-id", help="Consumer group (faust app id); default <prefix>driftloop-<role>."
+    ),
+]
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option("--log-level", help="debug, info, warning; default DRIFTLOOP_WORKER_LOG_LEVEL."),
+]
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def worker(
+    role: RoleOpt = "all",
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    model: ModelsOpt = None,
+    app_id: AppIdOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run the attribution joiner and/or the online trainer until SIGINT/SIGTERM.
+
+    Connection settings come from DRIFTLOOP_KAFKA_* and DRIFTLOOP_TOPIC_*
+    (``driftloop up`` prints them). On SIGTERM the trainer checkpoints
+    unsaved progress before the process exits.
+    """
+    from services.checkpoints.config import StoreConfig
+    from streams.worker import ROLES, WorkerConfig, build, run
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"--role must be one of {', '.join(ROLES)}")
+    settings = WorkerConfig()
+    if app_id is not None:
+        settings = settings.model_copy(update={"app_id": app_id})
+    level = log_level or settings.log_level
+    logging.basicConfig(level=level.upper(), format=_LOG_FORMAT)
+    try:
+        built = build(
+            role,  # type: ignore[arg-type]  # checked against ROLES above
+            worker=settings,
+            models_path=config,
+            model_names=model or (),
+            store=StoreConfig(root=store) if store is not None else None,
+        )
+    except DriftloopError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    run(built, log_level=level)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``worker`` to the ``driftloop`` command line."""
+    app.command("worker")(worker)

@@ -1,0 +1,164 @@
+"""One faust worker running the joiner, the trainer, or both (``driftloop worker``).
+
+:func:`build` assembles the app: the attribution joiner
+(:class:`streams.joiner.JoinerWorker`) and/or the online trainer
+(:class:`streams.trainer.TrainerAgent` over a :class:`~streams.trainer.TrainerPool`
+writing to the checkpoint store with the retention of the model
+configuration). :func:`run` starts it with ``faust.Worker``, which stops it
+cleanly on SIGINT/SIGTERM (the trainer takes its shutdown checkpoints) and
+exits the process.
+
+Settings come from the environment: ``DRIFTLOOP_KAFKA_*``, ``DRIFTLOOP_TOPIC_*``,
+``DRIFTLOOP_STORE_*``, ``DRIFTLOOP_CHECKPOINTER_*``, ``DRIFTLOOP_JOIN_*`` and
+:class:`WorkerConfig` (``DRIFTLOOP_WORKER_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import faust
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.store import CheckpointStore
+from services.config import KafkaConfig, TopicsConfig
+from services.kafka import ensure_topics
+from services.learning.config import LearningConfig, ModelConfig, load_config
+from services.learning.retention import build_retention
+from streams.app import make_app
+from streams.trainer import TrainerAgent, TrainerPool
+
+log = logging.getLogger(__name__)
+
+Role = Literal["joiner", "trainer", "all"]
+ROLES: tuple[str, ...] = ("joiner", "trainer", "all")
+
+
+class WorkerConfig(BaseSettings):
+    """How a worker runs (``DRIFTLOOP_WORKER_*``).
+
+    ``app_id`` is the consumer group (default ``<topic prefix>driftloop-<role>``);
+    ``models`` the TOML model configuration the trainer reads when no
+    ``--config`` is given; ``datadir`` faust's local directory (default: a
+    fresh temporary one). ``tick_interval_s`` is how often the trainer checks
+    its wall-clock triggers; ``chunk`` / ``chunk_wait_s`` how many records it
+    hands to the model thread at once and how long it waits to fill a chunk.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_WORKER_", frozen=True, extra="ignore")
+
+    app_id: str | None = None
+    models: Path | None = None
+    datadir: Path | None = None
+    tick_interval_s: float = Field(default=1.0, gt=0)
+    chunk: int = Field(default=500, ge=1)
+    chunk_wait_s: float = Field(default=0.05, gt=0)
+    log_level: str = "info"
+
+
+@dataclass
+class BuiltWorker:
+    """A ready app and the parts on it (None when the role does not run them)."""
+
+    app: faust.App
+    role: Role
+    trainer: TrainerAgent | None
+    joiner: object | None
+
+
+def select_models(learning: LearningConfig, names: Sequence[str]) -> list[ModelConfig]:
+    """The models of ``learning`` named in ``names`` (all of them when empty)."""
+    if not names:
+        return list(learning.models)
+    return [learning.model(name) for name in names]
+
+
+def build(
+    role: Role,
+    *,
+    kafka: KafkaConfig | None = None,
+    topics: TopicsConfig | None = None,
+    worker: WorkerConfig | None = None,
+    models_path: Path | None = None,
+    model_names: Sequence[str] = (),
+    store: StoreConfig | None = None,
+    checkpointer: CheckpointerConfig | None = None,
+) -> BuiltWorker:
+    """Assemble the app for ``role`` from settings (environment when omitted).
+
+    Raises
+    ------
+    ConfigError
+        Unknown role, a trainer without a model configuration or models,
+        a bad model configuration or retention table.
+    """
+    if role not in ROLES:
+        raise ConfigError(f"unknown worker role {role!r}; one of {list(ROLES)}")
+    kafka = kafka if kafka is not None else KafkaConfig()
+    topics = topics if topics is not None else TopicsConfig()
+    worker = worker if worker is not None else WorkerConfig()
+    app_id = worker.app_id or f"{topics.prefix}driftloop-{role}"
+    datadir = worker.datadir or Path(tempfile.mkdtemp(prefix=f"driftloop-{role}-"))
+    app = make_app(app_id, kafka, datadir=datadir, topics=topics)
+    wanted = [topics.training_examples, topics.dead_letters]
+    trainer: TrainerAgent | None = None
+    joiner: object | None = None
+    if role in ("joiner", "all"):
+        from services.attribution import JoinerConfig
+        from streams.joiner import JoinerWorker
+
+        joiner = JoinerWorker(app, topics, JoinerConfig())
+        wanted += [topics.inference_logs, topics.feedback]
+        log.info("joiner on %s + %s", topics.inference_logs, topics.feedback)
+    if role in ("trainer", "all"):
+        path = models_path or worker.models
+        if path is None:
+            raise ConfigError(
+                "the trainer needs a model configuration (--config or DRIFTLOOP_WORKER_MODELS)"
+            )
+        learning = load_config(path)
+        chosen = select_models(learning, model_names)
+        if not chosen:
+            raise ConfigError("the model configuration declares no model", path=str(path))
+        store_config = store if store is not None else StoreConfig()
+        checkpoint_store = CheckpointStore(
+            store_config, retention=build_retention(learning, store_config)
+        )
+        pool = TrainerPool(
+            chosen,
+            checkpoint_store,
+            topic=topics.training_examples,
+            partitions=topics.partitions,
+            checkpointer=Checkpointer(checkpoint_store, checkpointer),
+        )
+        trainer = TrainerAgent(
+            app,
+            topics,
+            pool,
+            tick_interval_s=worker.tick_interval_s,
+            chunk=worker.chunk,
+            chunk_wait_s=worker.chunk_wait_s,
+        )
+        wanted.append(topics.checkpoint_events)
+        log.info(
+            "trainer for %s (store %s) on %s",
+            {m.name: pool.lanes[m.name].partition for m in chosen},
+            store_config.root,
+            topics.training_examples,
+        )
+    ensure_topics(kafka, wanted, topics)
+    return BuiltWorker(app=app, role=role, trainer=trainer, joiner=joiner)
+
+
+def run(built: BuiltWorker, *, log_level: str = "info") -> None:
+    """Run the worker until SIGINT/SIGTERM, then exit the process (faust's Worker does)."""
+    faust.Worker(built.app, loglevel=log_level).execute_from_commandline()
