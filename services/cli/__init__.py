@@ -26,6 +26,9 @@ def _register() -> None:
 
     stack_commands.register(app)
     checkpoint_commands.register(app)
+    from services.cli import worker_commands
+
+    worker_commands.register(app)
 
 
 _register()
