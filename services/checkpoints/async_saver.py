@@ -64,7 +64,8 @@ class AsyncSaver:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._failure: tuple[BaseException, dict[str, Any]] | None = None
         self._pending: set[Future[Any]] = set()
-        self._lock = threading.Lock()
+        # Re-entrant: the SIGTERM handler may run close() on a thread that holds it.
+        self._lock = threading.RLock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
