@@ -1,0 +1,286 @@
+"""Exactly-once model state: kill -9 the trainer at random moments, compare with a clean run.
+
+A fixed log of TrainingExamples (with duplicates) is appended slice by slice
+while a ``driftloop worker --role trainer`` subprocess consumes it; the
+process is killed with SIGKILL at >= 20 random moments (during start-up,
+restore, training and checkpointing) and restarted each time, always in the
+same consumer group, so faust finds committed offsets that may be ahead of
+the newest checkpoint. A second, uninterrupted worker (another group, another
+store) then consumes the same log. Both must end in the same state bit for
+bit: state digest, example digest, step, examples seen, offsets, metrics —
+and every checkpoint the killed runs committed must equal the clean run's
+checkpoint at the same input position.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from kafka import TopicPartition
+from river.datasets import synth
+
+from schemas.codec import encode
+from schemas.events import TrainingExample, training_example_id
+from schemas.manifest import CheckpointManifest, decode_manifest
+from services.kafka import make_admin, make_producer
+from streams.trainer import partition_of
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Sandbox
+
+WORKER = [sys.executable, "-m", "services.cli", "worker", "--role", "trainer"]
+MODEL = "eo-logreg"
+BATCH = 10
+EVERY_N = 50
+
+MODEL_TOML = f"""
+[[model]]
+name = "{MODEL}"
+kind = "river"
+seed = 3
+batch_size = {BATCH}
+dedup_horizon = 100000
+factory = {{ path = "river.linear_model.LogisticRegression" }}
+
+[model.triggers]
+every_n = {EVERY_N}
+on_drift = true
+on_shutdown = true
+adaptive = {{ min_every_n = 20, shrink = 0.5, relax = 2.0, settle_tolerance = 0.05 }}
+
+[[model.drift]]
+kind = "ADWIN"
+input = "error"
+"""
+
+
+def make_examples(model: str, n: int, *, seed: int = 11) -> list[TrainingExample]:
+    """``n`` distinct TrainingExamples of ``model`` from a drifting synthetic stream."""
+    stream = synth.ConceptDriftStream(
+        stream=synth.SEA(seed=seed, variant=0),
+        drift_stream=synth.SEA(seed=seed, variant=2),
+        position=n // 2,
+        width=50,
+        seed=seed,
+    )
+    out: list[TrainingExample] = []
+    for i, (x, y) in enumerate(stream.take(n)):
+        rid, fid = f"{model}-r{i}", f"{model}-f{i}"
+        out.append(
+            TrainingExample.new(
+                event_id=f"{model}-e{i}",
+                ts=1_700_000_000_000 + i,
+                example_id=training_example_id(rid, fid),
+                request_id=rid,
+                model=model,
+                model_version="v0",
+                features={str(k): float(v) for k, v in x.items()},
+                label=bool(y),
+                inference_event_id=f"{model}-i{i}",
+                feedback_event_id=fid,
+                inference_ts=1_700_000_000_000 + i,
+                feedback_ts=1_700_000_000_500 + i,
+                join_latency_ms=500,
+            )
+        )
+    return out
+
+
+def with_duplicates(examples: list[TrainingExample], every: int, rng: random.Random) -> list[bytes]:
+    """The log: each example once, plus a repeat of a recent one after every ``every``-th;
+    it ends with a first occurrence, so the last batch completes on the last record."""
+    log: list[bytes] = []
+    for i, ex in enumerate(examples):
+        log.append(encode(ex))
+        if i % every == every - 1 and i < len(examples) - 1:
+            log.append(encode(examples[rng.randrange(max(0, i - 30), i + 1)]))
+    return log
+
+
+def produce(sandbox: Sandbox, key: str, values: list[bytes]) -> None:
+    producer = make_producer(sandbox.kafka, linger_ms=5)
+    for value in values:
+        producer.send(sandbox.topics.training_examples, key=key.encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def worker_env(sandbox: Sandbox, *, store: Path, app_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(sandbox.stack.env())
+    env.update(
+        {
+            "DRIFTLOOP_KAFKA_BOOTSTRAP": sandbox.kafka.bootstrap,
+            "DRIFTLOOP_KAFKA_SESSION_TIMEOUT_MS": "2000",
+            "DRIFTLOOP_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+            # Tansu makes every join wait (about half the session timeout): keep them short.
+            "DRIFTLOOP_KAFKA_MAX_POLL_INTERVAL_MS": "1000",
+            "DRIFTLOOP_TOPIC_PREFIX": sandbox.topics.prefix,
+            "DRIFTLOOP_TOPIC_PARTITIONS": str(sandbox.topics.partitions),
+            "DRIFTLOOP_STORE_ROOT": str(store),
+            "DRIFTLOOP_STORE_KEEP_LATEST": "100000",
+            "DRIFTLOOP_WORKER_APP_ID": app_id,
+            "DRIFTLOOP_WORKER_CHUNK": "100",
+        }
+    )
+    return env
+
+
+class TrainerProcess:
+    """A ``driftloop worker --role trainer`` subprocess writing its log to a file."""
+
+    def __init__(self, env: dict[str, str], config: Path, log: Path) -> None:
+        self.log = log
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen(
+            [*WORKER, "--config", str(config)],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        self._start = log.stat().st_size
+
+    def text(self) -> str:
+        with self.log.open("rb") as f:
+            f.seek(self._start)
+            return f.read().decode(errors="replace")
+
+    def wait_assigned(self, timeout_s: float = 60.0) -> bool:
+        """Until the worker has restored and sought its partitions (False: it died)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "trainer owns partitions" in self.text():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        raise AssertionError(f"trainer not assigned in time:\n{self.text()[-3000:]}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._out.close()
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self._out.close()
+        return code
+
+
+def manifests(store: Path, model: str) -> list[CheckpointManifest]:
+    """Committed manifests of ``model`` (``manifest.json`` is written last), oldest first."""
+    found = [decode_manifest(path.read_bytes()) for path in (store / model).glob("*/manifest.json")]
+    return sorted(found, key=lambda m: m.seq)
+
+
+def newest(store: Path, model: str) -> CheckpointManifest | None:
+    found = manifests(store, model)
+    return found[-1] if found else None
+
+
+def wait_caught_up(sandbox: Sandbox, group: str, records: int, proc: TrainerProcess) -> None:
+    """Until ``group`` has committed every one of the ``records`` of its model's partition
+    (faust commits what the agent has handled, every few seconds)."""
+    partition = partition_of(MODEL, sandbox.topics.partitions)
+    tp = TopicPartition(sandbox.topics.training_examples, partition)
+    admin = make_admin(sandbox.kafka)
+    try:
+        deadline = time.monotonic() + 90.0
+        while time.monotonic() < deadline:
+            committed = admin.list_group_offsets(group).get(group, {})
+            if tp in committed and committed[tp].offset >= records:
+                return
+            assert proc.proc.poll() is None, proc.text()[-3000:]
+            time.sleep(0.3)
+    finally:
+        admin.close()
+    raise AssertionError(f"trainer did not catch up:\n{proc.text()[-3000:]}")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[TrainerProcess]]:
+    started: list[TrainerProcess] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.kill()
+
+
+def facts(m: CheckpointManifest) -> dict[str, object]:
+    return {
+        "state_digest": m.state_digest,
+        "example_digest": m.example_digest,
+        "step": m.step,
+        "examples_seen": m.examples_seen,
+        "offsets": m.offsets,
+        "metrics": m.metrics,
+        "trigger": m.trigger,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_kill_9_at_random_moments_ends_bitwise_equal_to_a_clean_run(
+    sandbox: Sandbox, tmp_path: Path, processes: list[TrainerProcess]
+) -> None:
+    rng = random.Random(20261127)
+    unique = 2000
+    examples = make_examples(MODEL, unique)
+    log = with_duplicates(examples, 8, rng)
+    slices = 24
+    cut = [len(log) * i // slices for i in range(slices + 1)]
+    config = tmp_path / "models.toml"
+    config.write_text(MODEL_TOML)
+
+    killed_store = tmp_path / "killed"
+    env = worker_env(sandbox, store=killed_store, app_id=f"trainer-{sandbox.name}")
+    kills, produced = 0, 0
+    while produced < slices or kills < 20:
+        proc = TrainerProcess(env, config, tmp_path / "killed.log")
+        processes.append(proc)
+        if rng.random() < 0.15:  # now and then, during start-up / restore / join
+            time.sleep(rng.uniform(0.2, 3.0))
+        else:
+            assert proc.wait_assigned(), proc.text()[-3000:]
+            if produced < slices:
+                produce(sandbox, MODEL, log[cut[produced] : cut[produced + 1]])
+                produced += 1
+            time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        kills += 1
+    assert kills >= 20
+
+    # The last start runs to the end and stops on SIGTERM.
+    last = TrainerProcess(env, config, tmp_path / "killed.log")
+    processes.append(last)
+    wait_caught_up(sandbox, f"trainer-{sandbox.name}", len(log), last)
+    assert last.terminate() == 0
+
+    clean_store = tmp_path / "clean"
+    clean_env = worker_env(sandbox, store=clean_store, app_id=f"clean-{sandbox.name}")
+    clean = TrainerProcess(clean_env, config, tmp_path / "clean.log")
+    processes.append(clean)
+    wait_caught_up(sandbox, f"clean-{sandbox.name}", len(log), clean)
+    assert clean.terminate() == 0
+
+    final_killed, final_clean = newest(killed_store, MODEL), newest(clean_store, MODEL)
+    assert final_killed is not None
+    assert final_clean is not None
+    assert final_clean.examples_seen == unique
+    assert facts(final_killed) == facts(final_clean)
+    # Every checkpoint the interrupted runs committed is the clean run's at that position.
+    clean_at = {m.examples_seen: facts(m) for m in manifests(clean_store, MODEL)}
+    for m in manifests(killed_store, MODEL):
+        assert facts(m) == clean_at.get(m.examples_seen), m.version
+    duplicates = len(log) - unique
+    assert final_clean.extra["duplicates"] == duplicates
