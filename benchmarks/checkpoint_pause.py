@@ -13,7 +13,8 @@ the training loop is stopped is measured for:
   the pause includes any wait for the previous save (back-pressure);
 - ``async clone``: the same with snapshots by ``clone()``;
 - ``memcpy``: a plain in-memory copy of the same tensors into preallocated
-  buffers — the floor any consistent snapshot pays.
+  buffers — the floor any consistent snapshot pays; timed right before every
+  checkpoint of every mode, so it sees the same machine load.
 
 Printed per size: p50 and p99 pause of each, the ratio torch.save / async
 (p50 and p99), and the async pause as a multiple of the memcpy. Also the mean
@@ -71,23 +72,25 @@ def measure_size(
 
     interval = [0.0]
 
+    def memcpy() -> None:
+        for buf, t in zip(buffers, tensors, strict=True):
+            buf.copy_(t)
+
     def loop(name: str, checkpoint: Any) -> None:
-        for _ in range(reps + 1):  # the first round warms up, not counted
+        for i in range(reps + 1):  # the first round warms up, not counted
             t_end = time.perf_counter() + interval[0]
             for _ in range(between):
                 train_step(module, optimizer)
             while time.perf_counter() < t_end:
                 train_step(module, optimizer)
             t0 = time.perf_counter()
+            memcpy()  # the baseline, measured next to every checkpoint (the machine drifts)
+            t1 = time.perf_counter()
             checkpoint()
-            pauses[name].append(time.perf_counter() - t0)
-        del pauses[name][0]
+            if i:
+                pauses["memcpy"].append(t1 - t0)
+                pauses[name].append(time.perf_counter() - t1)
 
-    def memcpy() -> None:
-        for buf, t in zip(buffers, tensors, strict=True):
-            buf.copy_(t)
-
-    loop("memcpy", memcpy)
     bench_store, tmp = store(root)
     try:
         target = tmp / "torch.pt"

@@ -126,3 +126,14 @@ def test_diff_is_bitwise_rows_or_full() -> None:
     negative_zero[5, 0] = -0.0  # equal as floats, different bits
     assert diff_tensor(negative_zero, base, max_fraction=0.5).mode == "rows"
     assert diff_tensor(torch.zeros(100, 5), base, max_fraction=0.5).mode == "full"
+
+
+def test_dense_change_of_a_large_tensor_is_stored_full_and_a_sparse_one_as_rows() -> None:
+    base = torch.zeros(1_000, 8)
+    assert diff_tensor(base + 1, base, max_fraction=0.5).mode == "full"
+    one = base.clone()
+    one[999, 7] = 2.0  # a row the sample does not look at is still found
+    change = diff_tensor(one, base, max_fraction=0.5)
+    assert change.mode == "rows"
+    assert change.indices is not None
+    assert change.indices.tolist() == [999]
