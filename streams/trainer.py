@@ -129,6 +129,7 @@ class _Lane:
     partition: int
     sink: _RecordingSink
     trainer: OnlineTrainer | None = None
+    trained_since_start: bool = False
 
 
 @dataclass
@@ -230,6 +231,7 @@ class TrainerPool:
         return dict(self.expected)
 
     def _restore(self, lane: _Lane) -> None:
+        lane.trained_since_start = False
         trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
         version = trainer.restore()
         lane.trainer = trainer
@@ -315,6 +317,9 @@ class TrainerPool:
             self.stats.duplicates += 1
         elif outcome.status == "trained":
             self.stats.trained += lane.config.batch_size
+            if not lane.trained_since_start:
+                lane.trained_since_start = True
+                log.info("model %s: learning (step %d)", lane.config.name, trainer.step)
         self._collect(lane, outcome.checkpoints)
 
     def _collect(self, lane: _Lane, records: Iterable[CheckpointRecord]) -> None:
@@ -438,6 +443,7 @@ class TrainerAgent:
         self.chunk_wait_s = chunk_wait_s
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer")
         self._stopping = False
+        self._caught_up: set[int] = set()
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
         self.source = app.topic(topics.training_examples, value_serializer="raw", **raw)
         self.checkpoints_topic = app.topic(topics.checkpoint_events, value_serializer="raw", **raw)
@@ -482,6 +488,7 @@ class TrainerAgent:
         targets = await self._run(self.pool.assign, owned)
         for part, offset in sorted(targets.items()):
             await consumer.seek(TP(topic, part), offset)
+        self._caught_up = set()
         log.info("trainer owns partitions %s; seek %s", sorted(owned), targets)
         await self._send(self.pool.drain())
 
@@ -491,7 +498,20 @@ class TrainerAgent:
                 continue
             records = [RawRecord.of(event.message) for event in events]
             await self._send(await self._run(self.pool.handle, records))
+            self._report_caught_up()
             yield None
+
+    def _report_caught_up(self) -> None:
+        """Log once per assignment when a model partition reaches its high watermark
+        (as carried by fetch responses; ``end_offsets`` is wrong on Tansu)."""
+        for part, nxt in self.pool.expected.items():
+            if part in self._caught_up:
+                continue
+            tp = TP(self.topics.training_examples, part)
+            highwater = self.app.consumer.highwater(tp)
+            if highwater is not None and nxt >= highwater:
+                self._caught_up.add(part)
+                log.info("trainer caught up: partition %d at offset %d", part, nxt)
 
     async def _tick(self, *_app: Any) -> None:
         """Timer (faust passes the app): wall-clock / manual triggers, on the model thread."""

@@ -37,7 +37,15 @@ from streams.trainer import partition_of
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
 
-WORKER = [sys.executable, "-m", "services.cli", "worker", "--role", "trainer"]
+#: ``driftloop worker --role trainer`` with this interpreter and source tree.
+WORKER = [
+    sys.executable,
+    "-c",
+    "from services.cli import main; main()",
+    "worker",
+    "--role",
+    "trainer",
+]
 MODEL = "eo-logreg"
 BATCH = 10
 EVERY_N = 50

@@ -1,0 +1,189 @@
+"""Recovery time of the trainer after kill -9, on the embedded broker.
+
+A ``driftloop worker --role trainer`` subprocess trains the river example
+model on a fixed log of examples; once it has committed a few checkpoints it
+is killed with SIGKILL at a random moment and restarted in the same consumer
+group. Measured, per kill, in seconds from the kill:
+
+- ``learning``: until the restarted worker trains its first batch (process
+  start, imports, group join, restore of the newest checkpoint, seek, fetch);
+- ``caught_up``: until it has consumed up to the high watermark of the
+  model's partition (read with ``services.kafka.high_watermarks``, from fetch
+  responses: ``end_offsets`` is wrong on Tansu).
+
+Baseline, measured in the same run: a cold start (empty store) of the same
+worker until it learns, so ``learning`` is also printed as a ratio to it.
+
+Run: ``python -m benchmarks.recovery [--examples N] [--kills K] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+
+from benchmarks.train import make_examples, produce
+from schemas.codec import encode
+from services.config import TopicsConfig
+from services.kafka import ensure_topics, high_watermarks
+from services.learning.config import example_path
+from services.stack import EmbeddedStack
+from streams.trainer import partition_of
+
+MODEL = "river-logreg"
+WORKER = [sys.executable, "-c", "from services.cli import main; main()", "worker"]
+_CAUGHT_UP = re.compile(r"trainer caught up: partition (\d+) at offset (\d+)")
+
+
+class Worker:
+    """A trainer subprocess; its log is polled for the marker lines."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.offset = log.stat().st_size if log.exists() else 0
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen(
+            [*WORKER, "--role", "trainer", "--config", str(example_path("river_logreg"))],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def text(self) -> str:
+        with self.log.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout_s: float = 120.0) -> float:
+        """perf_counter() when ``pattern`` first appears in this process's log."""
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            if re.search(pattern, self.text()):
+                return time.perf_counter()
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.text()[-2000:]}")
+            time.sleep(0.005)
+        raise RuntimeError(f"no {pattern!r} in time:\n{self.text()[-2000:]}")
+
+    def kill(self) -> float:
+        self.proc.send_signal(signal.SIGKILL)
+        at = time.perf_counter()
+        self.proc.wait(timeout=30)
+        self._out.close()
+        return at
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self._out.close()
+
+
+def run(n: int, kills: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    with EmbeddedStack(create_topics=False) as info, tempfile.TemporaryDirectory() as tmp:
+        topics = TopicsConfig(prefix=f"recovery-{uuid.uuid4().hex[:6]}.", partitions=3)
+        kafka = info.kafka_config(
+            session_timeout_ms=2000, heartbeat_interval_ms=300, max_poll_interval_ms=1000
+        )
+        ensure_topics(kafka, topics.all_names(), topics)
+        produce(
+            kafka, topics.training_examples, MODEL, [encode(e) for e in make_examples(MODEL, n)]
+        )
+        tp = TopicPartition(topics.training_examples, partition_of(MODEL, topics.partitions))
+        target = high_watermarks(kafka, [topics.training_examples])[tp]
+        env = (
+            dict(os.environ)
+            | info.env()
+            | {
+                "DRIFTLOOP_KAFKA_SESSION_TIMEOUT_MS": "2000",
+                "DRIFTLOOP_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+                "DRIFTLOOP_KAFKA_MAX_POLL_INTERVAL_MS": "1000",
+                "DRIFTLOOP_TOPIC_PREFIX": topics.prefix,
+                "DRIFTLOOP_TOPIC_PARTITIONS": str(topics.partitions),
+                "DRIFTLOOP_STORE_ROOT": str(Path(tmp) / "store"),
+                "DRIFTLOOP_WORKER_APP_ID": f"recovery-{uuid.uuid4().hex[:6]}",
+            }
+        )
+        log = Path(tmp) / "worker.log"
+        started = time.perf_counter()
+        worker = Worker(env, log)
+        cold_learning = worker.wait_for(r"model \S+: learning") - started
+        samples: list[dict[str, float]] = []
+        for _ in range(kills):
+            # Kill mid-stream, after it has committed at least one checkpoint.
+            worker.wait_for(r"checkpoint \S+ trigger=")
+            time.sleep(rng.uniform(0.0, 0.5))
+            killed_at = worker.kill()
+            worker = Worker(env, log)
+            learning = worker.wait_for(r"model \S+: learning") - killed_at
+            caught = worker.wait_for(_CAUGHT_UP.pattern) - killed_at
+            match = _CAUGHT_UP.search(worker.text())
+            if match is None or int(match.group(2)) != target:
+                raise RuntimeError(f"caught up at {match and match.group(2)}, not at {target}")
+            samples.append({"learning_s": learning, "caught_up_s": caught})
+            produce(
+                kafka,
+                topics.training_examples,
+                MODEL,
+                [encode(e) for e in make_examples(MODEL, n // 4, seed=rng.randrange(10**6))],
+            )
+            target = high_watermarks(kafka, [topics.training_examples])[tp]
+        worker.stop()
+    learning_s = [s["learning_s"] for s in samples]
+    caught_s = [s["caught_up_s"] for s in samples]
+    return {
+        "examples": n,
+        "kills": kills,
+        "cold_start_learning_s": round(cold_learning, 3),
+        "learning_s_median": round(statistics.median(learning_s), 3),
+        "learning_s_max": round(max(learning_s), 3),
+        "caught_up_s_median": round(statistics.median(caught_s), 3),
+        "caught_up_s_max": round(max(caught_s), 3),
+        "ratio_learning_to_cold_start": round(statistics.median(learning_s) / cold_learning, 3),
+        "samples": [{k: round(v, 3) for k, v in s.items()} for s in samples],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--examples", type=int, default=20_000)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = run(args.examples, args.kills, args.seed)
+    if args.json:
+        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        return
+    print(
+        f"trainer recovery after kill -9 ({results['kills']} kills, {results['examples']} examples)"
+    )
+    print(f"  cold start until learning: {results['cold_start_learning_s']:.2f} s (baseline)")
+    print(
+        f"  kill -9 -> learning again: median {results['learning_s_median']:.2f} s, "
+        f"max {results['learning_s_max']:.2f} s "
+        f"(ratio to cold start {results['ratio_learning_to_cold_start']:.2f})"
+    )
+    print(
+        f"  kill -9 -> caught up to the high watermark: median "
+        f"{results['caught_up_s_median']:.2f} s, max {results['caught_up_s_max']:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Training throughput through Kafka, against two baselines measured in the same run.
+
+For each shipped example model (river logistic regression, torch hashed FM):
+
+- ``kafka``: examples/s of the trainer agent (faust, in this process) consuming
+  ``training-examples`` from the embedded broker, decoding, test-then-train,
+  checkpointing to a local store as configured;
+- ``memory``: the same model (the same ``OnlineTrainer`` code path, in-memory
+  sink) learning in a tight loop on the same examples: the model's limit;
+- ``transport``: a bare kafka-python consumer reading the same topic and
+  decoding each value with orjson: the transport's limit.
+
+Prints absolute numbers and the ratios kafka/memory and kafka/transport
+(``--json`` for machine-readable output). Anchors (issue 4): Microsoft's
+Decision Service learner did 2,000 events/s per core; river's
+LogisticRegression alone does about 200k examples/s here; kafka-python
+consumes about 60k small messages/s from the embedded broker.
+
+Run: ``python -m benchmarks.train [--examples N] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+from river.datasets import synth
+
+from schemas.codec import encode
+from schemas.events import TrainingExample, training_example_id
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.store import CheckpointStore
+from services.config import KafkaConfig, TopicsConfig
+from services.kafka import ensure_topics, make_consumer, make_producer
+from services.learning.config import ModelConfig, example_path, load_config
+from services.learning.sink import InMemorySink
+from services.learning.trainer import OnlineTrainer
+from services.stack import EMBEDDED_GROUP_TIMEOUTS, EmbeddedStack
+from streams.app import make_app
+from streams.trainer import TrainerAgent, TrainerPool, partition_of
+
+MODELS = {"river": ("river_logreg", "river-logreg"), "torch": ("torch_fm", "torch-fm")}
+
+
+def make_examples(model: str, n: int, *, seed: int = 5) -> list[TrainingExample]:
+    """``n`` TrainingExamples of ``model`` from river's Agrawal generator (9 features)."""
+    out: list[TrainingExample] = []
+    for i, (x, y) in enumerate(synth.Agrawal(seed=seed).take(n)):
+        rid, fid = f"r{i}", f"f{i}"
+        features: dict[str, Any] = {
+            str(k): (float(v) if isinstance(v, int | float) else str(v)) for k, v in x.items()
+        }
+        out.append(
+            TrainingExample.new(
+                event_id=f"e{i}",
+                ts=1_700_000_000_000 + i,
+                example_id=training_example_id(rid, fid),
+                request_id=rid,
+                model=model,
+                model_version="v0",
+                features=features,
+                label=bool(y),
+                inference_event_id=f"i{i}",
+                feedback_event_id=fid,
+                inference_ts=1_700_000_000_000 + i,
+                feedback_ts=1_700_000_000_100 + i,
+                join_latency_ms=100,
+            )
+        )
+    return out
+
+
+def produce(kafka: KafkaConfig, topic: str, model: str, values: list[bytes]) -> None:
+    producer = make_producer(kafka, linger_ms=20, batch_size=256 * 1024)
+    for value in values:
+        producer.send(topic, key=model.encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def memory_rate(config: ModelConfig, examples: list[TrainingExample]) -> float:
+    """Examples/s of OnlineTrainer on the examples in a tight loop (in-memory sink)."""
+    trainer = OnlineTrainer(config, InMemorySink())
+    start = time.perf_counter()
+    for offset, example in enumerate(examples):
+        trainer.process(example, topic="memory", partition=0, offset=offset)
+    return len(examples) / (time.perf_counter() - start)
+
+
+def transport_rate(kafka: KafkaConfig, tp: TopicPartition, n: int) -> float:
+    """Messages/s of a bare kafka-python consumer + orjson decode of ``n`` records."""
+    consumer = make_consumer(kafka)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    seen = 0
+    start = time.perf_counter()
+    while seen < n:
+        for batch in consumer.poll(timeout_ms=200, max_records=5000).values():
+            for record in batch:
+                orjson.loads(record.value)
+                seen += 1
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return n / elapsed
+
+
+async def kafka_rate(
+    kafka: KafkaConfig, topics: TopicsConfig, config: ModelConfig, n: int, root: Path
+) -> tuple[float, dict[str, Any]]:
+    """Examples/s of the trainer agent from its first record to its ``n``-th."""
+    store = CheckpointStore(StoreConfig(root=root / "store"))
+    pool = TrainerPool(
+        [config], store, topic=topics.training_examples, partitions=topics.partitions
+    )
+    app = make_app(f"bench-{uuid.uuid4().hex[:8]}", kafka, datadir=root / "faust", topics=topics)
+    TrainerAgent(app, topics, pool, chunk=1000, chunk_wait_s=0.02)
+    await app.start()
+    try:
+        while pool.stats.records == 0:
+            await asyncio.sleep(0.002)
+        start = time.perf_counter()
+        while pool.stats.records < n:
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - start
+    finally:
+        await app.stop()
+        store.close()
+    checkpoints = [c.trigger for c in pool.stats.checkpoints]
+    return n / elapsed, {"checkpoints": checkpoints}
+
+
+def run(n: int, kinds: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {"examples": n, "models": {}}
+    with EmbeddedStack(create_topics=False) as info, tempfile.TemporaryDirectory() as tmp:
+        kafka = info.kafka_config(**EMBEDDED_GROUP_TIMEOUTS.as_kafka_fields())
+        for kind in kinds:
+            file, name = MODELS[kind]
+            config = load_config(example_path(file)).model(name)
+            topics = TopicsConfig(prefix=f"bench-{kind}-{uuid.uuid4().hex[:6]}.", partitions=3)
+            ensure_topics(kafka, topics.all_names(), topics)
+            examples = make_examples(name, n)
+            values = [encode(e) for e in examples]
+            produce(kafka, topics.training_examples, name, values)
+            tp = TopicPartition(topics.training_examples, partition_of(name, topics.partitions))
+            transport = transport_rate(kafka, tp, n)
+            memory = memory_rate(config, examples)
+            through, extra = asyncio.run(kafka_rate(kafka, topics, config, n, Path(tmp) / kind))
+            results["models"][name] = {
+                "kafka_examples_per_s": round(through, 1),
+                "memory_examples_per_s": round(memory, 1),
+                "transport_messages_per_s": round(transport, 1),
+                "ratio_to_memory": round(through / memory, 3),
+                "ratio_to_transport": round(through / transport, 3),
+                "mean_message_bytes": round(sum(map(len, values)) / n, 1),
+                **extra,
+            }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--examples", type=int, default=20_000)
+    parser.add_argument("--model", choices=sorted(MODELS), action="append")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    results = run(args.examples, args.model or sorted(MODELS))
+    if args.json:
+        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        return
+    print(f"training throughput, {results['examples']} examples per model")
+    for name, r in results["models"].items():
+        print(
+            f"{name:>13}: kafka {r['kafka_examples_per_s']:>9,.0f}/s | "
+            f"in-memory {r['memory_examples_per_s']:>9,.0f}/s (ratio {r['ratio_to_memory']:.3f}) | "
+            f"transport {r['transport_messages_per_s']:>9,.0f}/s "
+            f"(ratio {r['ratio_to_transport']:.3f}) | checkpoints {r['checkpoints']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
