@@ -5,13 +5,25 @@
 
 - brokers, client id and security: SASL (PLAIN / SCRAM, with or without TLS)
   as ``faust.SASLCredentials``, TLS alone as ``faust.SSLCredentials``;
-- group timeouts: ``session_timeout_ms``, ``heartbeat_interval_ms`` and
-  ``max_poll_interval_ms`` map to faust's ``broker_session_timeout``,
-  ``broker_heartbeat_interval``, ``broker_max_poll_interval`` and
-  ``broker_rebalance_timeout`` (the last two from ``max_poll_interval_ms``,
-  as kafka-python does). The embedded Tansu broker makes a group's first join
-  wait for the rebalance timeout, so keep it short there (see
-  ``services.stack.EMBEDDED_GROUP_TIMEOUTS``);
+- group timeouts: ``session_timeout_ms`` and ``heartbeat_interval_ms`` map
+  to faust's ``broker_session_timeout`` and ``broker_heartbeat_interval``;
+  ``max_poll_interval_ms`` to ``broker_rebalance_timeout`` (the time the
+  broker gives members to rejoin, as kafka-python uses it). The embedded Tansu
+  broker makes a group's first join wait for the rebalance timeout, so keep it
+  short there (see ``services.stack.EMBEDDED_GROUP_TIMEOUTS``);
+- ``broker_max_poll_interval`` is *not* that short value: in aiokafka it is a
+  client-side idle timer, and a consumer that has not been asked for records
+  for that long leaves the group. A faust worker does not ask while it joins
+  and while it recovers tables after every rebalance, so with a few seconds
+  each member of a two-worker group kept leaving (at generation 0 without
+  even a LeaveGroup, leaving a ghost member behind that Tansu then elected
+  leader) and re-joining, which made the other rebalance too: a livelock in
+  which neither processed a record. It is at least faust's default, 1000 s
+  (:data:`FAUST_MIN_MAX_POLL_INTERVAL_S`); a stuck agent is faust's own
+  stall detection's business;
+- the transport corrects faust's changelog highwaters, which Tansu's
+  ``ListOffsets`` undercounts, with the Fetch high watermark
+  (:mod:`streams.kafka_compat`; harmless on Apache Kafka);
 - the web server is off and the table store is ``memory://`` unless asked;
 - the data directory is always explicit: faust would otherwise write
   ``<app id>-data`` into the current directory.
@@ -25,6 +37,10 @@ from typing import Any
 import faust
 
 from services.config import KafkaConfig, TopicsConfig
+from streams import kafka_compat
+
+#: The smallest client-side poll interval (seconds) a faust worker gets: faust's default.
+FAUST_MIN_MAX_POLL_INTERVAL_S = 1000.0
 
 
 def faust_credentials(kafka: KafkaConfig) -> faust.SASLCredentials | faust.SSLCredentials | None:
@@ -47,6 +63,12 @@ def broker_urls(kafka: KafkaConfig) -> list[str]:
     """``kafka://host:port`` for every bootstrap server."""
     kafka.kafka_python_options()  # raises ConfigError without bootstrap servers
     return [f"kafka://{server}" for server in kafka.bootstrap_servers]
+
+
+def faust_max_poll_interval(kafka: KafkaConfig) -> float:
+    """faust's ``broker_max_poll_interval`` for ``kafka``: its
+    ``max_poll_interval_ms`` but never below :data:`FAUST_MIN_MAX_POLL_INTERVAL_S`."""
+    return max(kafka.max_poll_interval_ms / 1000, FAUST_MIN_MAX_POLL_INTERVAL_S)
 
 
 def make_app(
@@ -90,7 +112,7 @@ def make_app(
         "broker_credentials": faust_credentials(kafka),
         "broker_session_timeout": kafka.session_timeout_ms / 1000,
         "broker_heartbeat_interval": kafka.heartbeat_interval_ms / 1000,
-        "broker_max_poll_interval": kafka.max_poll_interval_ms / 1000,
+        "broker_max_poll_interval": faust_max_poll_interval(kafka),
         "broker_rebalance_timeout": kafka.max_poll_interval_ms / 1000,
         "broker_request_timeout": kafka.request_timeout_ms / 1000,
         "consumer_auto_offset_reset": "earliest",
@@ -101,4 +123,6 @@ def make_app(
         "web_enabled": web_enabled,
         "autodiscover": autodiscover,
     }
-    return faust.App(app_id, **(derived | settings))
+    app = faust.App(app_id, **(derived | settings))
+    kafka_compat.install(app)
+    return app

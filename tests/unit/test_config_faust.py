@@ -11,7 +11,8 @@ import pytest
 
 from schemas.errors import ConfigError
 from services.config import KafkaConfig, TopicsConfig
-from streams.app import faust_credentials, make_app
+from streams.app import FAUST_MIN_MAX_POLL_INTERVAL_S, faust_credentials, make_app
+from streams.kafka_compat import HighwaterConsumer, HighwaterTransport
 
 SHORT: dict[str, Any] = {
     "session_timeout_ms": 6000,
@@ -28,8 +29,10 @@ def test_app_takes_brokers_timeouts_and_topic_settings(tmp_path: Path) -> None:
     assert conf.broker_client_id == "worker-7"
     assert conf.broker_session_timeout == 6.0
     assert conf.broker_heartbeat_interval == 1.0
-    assert conf.broker_max_poll_interval == 4.0
     assert conf.broker_rebalance_timeout == 4.0
+    # not 4 s: aiokafka leaves the group after that long without a fetch,
+    # which a faust worker recovering its tables routinely exceeds
+    assert conf.broker_max_poll_interval == FAUST_MIN_MAX_POLL_INTERVAL_S
     assert conf.topic_partitions == 6
     assert conf.web_enabled is False
     assert str(conf.store) == "memory:"
@@ -95,3 +98,16 @@ def test_incomplete_settings_fail_before_faust_starts(tmp_path: Path) -> None:
         make_app("x", KafkaConfig(), datadir=tmp_path)
     with pytest.raises(ConfigError, match="SASL"):
         faust_credentials(KafkaConfig(bootstrap="a:1", security_protocol="SASL_SSL"))
+
+
+def test_a_long_configured_poll_interval_is_kept(tmp_path: Path) -> None:
+    kafka = KafkaConfig(bootstrap="a:9092", max_poll_interval_ms=3_600_000)
+    app = make_app("slow", kafka, datadir=tmp_path)
+    assert app.conf.broker_max_poll_interval == 3600.0
+    assert app.conf.broker_rebalance_timeout == 3600.0
+
+
+def test_kafka_apps_get_the_highwater_correcting_transport(tmp_path: Path) -> None:
+    app = make_app("joiner", KafkaConfig(bootstrap="a:9092"), datadir=tmp_path)
+    assert isinstance(app.transport, HighwaterTransport)
+    assert app.transport.Consumer is HighwaterConsumer

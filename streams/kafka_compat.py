@@ -1,0 +1,140 @@
+"""faust's Kafka transport with table recovery that also works on Tansu.
+
+faust decides that a changelog partition is recovered when it has read up to
+the partition's *end offset*, which it asks for with ``ListOffsets(latest)``
+(aiokafka ``end_offsets``). Tansu 0.6 answers that with the base offset of
+the partition's last record batch + 1, not the high watermark, so whenever the
+last changelog batch holds more than one record faust stops recovering after
+its first record: the rest of the batch is never applied to the table, and a
+worker that takes over a partition silently loses pending state.
+
+The high watermark in Fetch responses is right on Tansu. This transport
+corrects faust's highwaters with it: for every partition it sends one Fetch
+(at most one byte) from the reported end offset's last record and takes
+``max(end_offsets, fetch high watermark)``. On Apache Kafka both agree,
+so there it costs one small request per rebalance and changes nothing. When
+the Fetch fails for a partition the reported end offset is kept (the
+behaviour of plain faust), and a warning is logged.
+
+:func:`install` puts the transport on a faust app; :func:`streams.app.make_app`
+does that for every ``kafka://`` app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from aiokafka import errors as aiokafka_errors
+from aiokafka.protocol.fetch import FetchRequest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+#: How long the broker may hold the Fetch: it answers at once when the
+#: partition has a record at the fetch offset. Not 0: Tansu answers a Fetch
+#: with ``max_wait_ms=0`` with no partitions at all.
+_FETCH_MAX_WAIT_MS = 100
+
+#: Broker URL schemes served by faust's aiokafka driver.
+KAFKA_SCHEMES = frozenset({"kafka", "aiokafka"})
+
+
+async def fetch_high_watermarks(consumer: Any, ends: Mapping[TP, int]) -> dict[TP, int]:
+    """High watermarks of ``ends``' partitions, read from Fetch responses.
+
+    Parameters
+    ----------
+    consumer
+        A started ``aiokafka.AIOKafkaConsumer``; its client (and so its
+        connections and security settings) sends the requests.
+    ends
+        The end offset ``ListOffsets`` reported per partition; each Fetch
+        starts one record before it (inside the last batch on Tansu, at the
+        last record on Kafka), so the broker has something to answer with.
+
+    Returns
+    -------
+    dict
+        Partition -> high watermark, for the partitions whose Fetch succeeded.
+    """
+    client = consumer._client  # the consumer's own client: same brokers, auth, TLS
+    by_leader: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for tp, end in ends.items():
+        leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader == -1:
+            continue
+        by_leader[leader][tp.topic].append((tp.partition, max(end - 1, 0), 1))
+    found: dict[TP, int] = {}
+    for leader, topics in by_leader.items():
+        request = FetchRequest(_FETCH_MAX_WAIT_MS, 1, 1, 0, list(topics.items()))
+        try:
+            response = await client.send(leader, request)
+        except aiokafka_errors.KafkaError as exc:
+            log.warning("high watermark fetch from node %s failed: %r", leader, exc)
+            continue
+        for topic, partitions in response.topics:
+            for partition, error_code, highwater, *_ in partitions:
+                if error_code == 0 and highwater >= 0:
+                    found[TP(topic, partition)] = highwater
+                else:
+                    log.warning(
+                        "high watermark fetch for %s[%d]: error code %d",
+                        topic,
+                        partition,
+                        error_code,
+                    )
+    return found
+
+
+class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread whose highwaters are never below the fetch
+    high watermark (see the module docstring)."""
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        reported = dict(await super()._highwaters(partitions))
+        if self.consumer.in_transaction:  # last stable offsets: not affected
+            return reported
+        starts = {tp: end for tp, end in reported.items() if end is not None}
+        fetched = await fetch_high_watermarks(self._ensure_consumer(), starts)
+        corrected = {tp: max(end, fetched.get(tp, end)) for tp, end in starts.items()}
+        for tp, highwater in corrected.items():
+            if highwater != reported[tp]:
+                log.info(
+                    "end offset of %s[%d] is %d, not %d as ListOffsets said",
+                    tp.topic,
+                    tp.partition,
+                    highwater,
+                    reported[tp],
+                )
+        return reported | corrected
+
+
+class HighwaterConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer running :class:`HighwaterConsumerThread`."""
+
+    def _new_consumer_thread(self) -> HighwaterConsumerThread:
+        return HighwaterConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class HighwaterTransport(faust_aiokafka.Transport):
+    """faust's aiokafka transport whose consumers report true high watermarks."""
+
+    Consumer = HighwaterConsumer
+
+
+def install(app: faust.App) -> None:
+    """Give ``app`` the :class:`HighwaterTransport`, when it talks Kafka.
+
+    Call before the app starts (before anything creates its consumer). Apps
+    on other transports (e.g. ``memory://``) are left alone.
+    """
+    urls = app.conf.broker_consumer
+    if urls and urls[0].scheme in KAFKA_SCHEMES:
+        app.transport = HighwaterTransport(urls, app)
