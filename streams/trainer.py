@@ -310,6 +310,10 @@ class TrainerPool:
             self._announce(lane.sink.committed)
             lane.sink.committed.clear()
             return
+        except Exception as exc:  # a model that chokes on a record must not stop the agent
+            log.exception("model %s: failed on offset %d", lane.config.name, record.offset)
+            self._dead(dead_letter(record, exc, kind="processing"))
+            return
         if outcome.status == "rejected":
             reason = outcome.reason or "label the model cannot use"
             self._dead(dead_letter(record, reason, kind="validation", field="label"))
