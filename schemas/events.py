@@ -220,7 +220,9 @@ class TrainingExample(Event):
     feedback_ts: TimestampMs | None = None
     """ts of the FeedbackEvent; absent for a default label."""
     join_latency_ms: Count
-    """Milliseconds from the first half of the pair reaching the joiner to this example."""
+    """Event-time feedback delay in ms: ``feedback_ts - inference_ts``, clamped at 0;
+    for a default label, ``ts - inference_ts`` (when the window closed). Derived
+    from the events only, so a replayed example is byte-identical."""
 
     @model_validator(mode="after")
     def _check_attribution(self) -> Self:

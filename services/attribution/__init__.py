@@ -17,7 +17,7 @@ from services.attribution.state import (
     PendingStore,
     SourceRef,
 )
-from services.attribution.stats import JoinStats
+from services.attribution.stats import JoinStats, LatencyStats
 
 __all__ = [
     "AttributionJoiner",
@@ -27,6 +27,7 @@ __all__ = [
     "InMemoryPendingStore",
     "JoinStats",
     "JoinerConfig",
+    "LatencyStats",
     "NoFeedbackPolicy",
     "Outcome",
     "PendingFeedback",

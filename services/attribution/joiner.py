@@ -27,8 +27,12 @@ Rules (``JoinerConfig`` names the knobs):
   its own window (from its ``ts``) closes.
 - ``example_id = training_example_id(request_id, feedback_event_id)``; the
   example's ``event_id`` is the example_id and its ``ts`` the watermark at
-  emission, so a replay emits byte-for-byte the same example except
-  ``join_latency_ms`` (wall-clock ms since the first half reached the joiner).
+  emission, so a replay emits byte-for-byte the same example.
+- ``join_latency_ms`` is event time too: feedback ``ts`` minus inference
+  ``ts``, clamped at 0 (the feedback delay, part of the loop's latency); for a
+  default label, the example's ``ts`` minus inference ``ts`` (when the window
+  closed). The wall-clock time from the first half reaching the joiner to the
+  example is only a metric (:attr:`JoinStats.wall_latency`).
 
 Where duplicates can still arise: the agent sends an example, then dies
 before the store write and the input offset are committed. The replacement
@@ -106,7 +110,8 @@ class AttributionJoiner:
     stats
         Counters to update; a fresh :class:`JoinStats` by default.
     clock
-        Wall clock in epoch ms, used only for ``join_latency_ms``.
+        Wall clock in epoch ms, used only for the wall-latency metric
+        (:attr:`JoinStats.wall_latency`), never in an example.
     """
 
     def __init__(
@@ -374,10 +379,12 @@ class AttributionJoiner:
         assert inference is not None
         feedback_id = feedback.event_id if feedback is not None else None
         example_id = training_example_id(entry.request_id, feedback_id)
-        latency = max(0, self.clock() - entry.first_seen_ms)
+        ts = max(mark, inference.ts)
+        decided_at = feedback.ts if feedback is not None else ts
+        delay = max(0, decided_at - inference.ts)
         example = TrainingExample.new(
             event_id=example_id,
-            ts=max(mark, inference.ts),
+            ts=ts,
             example_id=example_id,
             request_id=entry.request_id,
             model=inference.model,
@@ -390,12 +397,12 @@ class AttributionJoiner:
             feedback_event_id=feedback_id,
             inference_ts=inference.ts,
             feedback_ts=feedback.ts if feedback is not None else None,
-            join_latency_ms=latency,
+            join_latency_ms=delay,
         )
         entry.example_id = example_id
         if feedback is not None:
             self.stats.joins += 1
-        self.stats.record_latency(latency)
+        self.stats.record_join(delay, max(0, self.clock() - entry.first_seen_ms))
         return Emit(example)
 
     # -- helpers ------------------------------------------------------------

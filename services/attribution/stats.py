@@ -14,6 +14,38 @@ from typing import Any
 
 
 @dataclass
+class LatencyStats:
+    """Count, sum, max and recent quantiles of one latency, in ms."""
+
+    count: int = 0
+    sum_ms: int = 0
+    max_ms: int = 0
+    recent_ms: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
+
+    def record(self, latency_ms: int) -> None:
+        self.count += 1
+        self.sum_ms += latency_ms
+        self.max_ms = max(self.max_ms, latency_ms)
+        self.recent_ms.append(latency_ms)
+
+    def quantile(self, q: float) -> int | None:
+        """The ``q`` quantile of the last 4096 values, or None before any."""
+        if not self.recent_ms:
+            return None
+        ordered = sorted(self.recent_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "mean": self.sum_ms / self.count if self.count else None,
+            "max": self.max_ms if self.count else None,
+            "p50": self.quantile(0.5),
+            "p99": self.quantile(0.99),
+        }
+
+
+@dataclass
 class JoinStats:
     """What the joiner did since it started (per process).
 
@@ -26,7 +58,12 @@ class JoinStats:
     inference never came); ``dead_letters`` by ``error_kind``.
     Gauges: ``pending_inferences`` and ``pending_feedback`` (open requests
     waiting with an inference / with feedback only) and ``closed_remembered``.
-    Join latency: feedback ``ts`` minus inference ``ts`` of each join, in ms.
+    Latencies of every emitted example, in ms: ``feedback_delay`` in event
+    time (the example's ``join_latency_ms``: feedback ``ts`` minus inference
+    ``ts``, or the window close for a default label) and ``wall_latency``, the
+    wall-clock time from the first half of the pair reaching this process to
+    the example (depends on when records are processed, so it is only a
+    metric, never part of an example).
     """
 
     inferences: int = 0
@@ -42,27 +79,16 @@ class JoinStats:
     pending_inferences: int = 0
     pending_feedback: int = 0
     closed_remembered: int = 0
-    latency_count: int = 0
-    latency_sum_ms: int = 0
-    latency_max_ms: int = 0
-    recent_latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
+    feedback_delay: LatencyStats = field(default_factory=LatencyStats)
+    wall_latency: LatencyStats = field(default_factory=LatencyStats)
 
-    def record_latency(self, latency_ms: int) -> None:
-        self.latency_count += 1
-        self.latency_sum_ms += latency_ms
-        self.latency_max_ms = max(self.latency_max_ms, latency_ms)
-        self.recent_latencies_ms.append(latency_ms)
-
-    def latency_quantile(self, q: float) -> int | None:
-        """The ``q`` quantile of the last 4096 join latencies, or None before any join."""
-        if not self.recent_latencies_ms:
-            return None
-        ordered = sorted(self.recent_latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    def record_join(self, feedback_delay_ms: int, wall_latency_ms: int) -> None:
+        """Count the latencies of one emitted example."""
+        self.feedback_delay.record(feedback_delay_ms)
+        self.wall_latency.record(wall_latency_ms)
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter and gauge as a JSON-ready dict."""
-        mean = self.latency_sum_ms / self.latency_count if self.latency_count else None
         return {
             "inferences": self.inferences,
             "feedback": self.feedback,
@@ -78,13 +104,8 @@ class JoinStats:
             "pending_inferences": self.pending_inferences,
             "pending_feedback": self.pending_feedback,
             "closed_remembered": self.closed_remembered,
-            "join_latency_ms": {
-                "count": self.latency_count,
-                "mean": mean,
-                "max": self.latency_max_ms if self.latency_count else None,
-                "p50": self.latency_quantile(0.5),
-                "p99": self.latency_quantile(0.99),
-            },
+            "feedback_delay_ms": self.feedback_delay.snapshot(),
+            "wall_latency_ms": self.wall_latency.snapshot(),
         }
 
     def prometheus_text(self, prefix: str = "driftloop_join") -> str:
@@ -113,6 +134,10 @@ class JoinStats:
             metric("dead_letters_total", "counter", count, f'{{error_kind="{kind}"}}')
         for name in ("pending_inferences", "pending_feedback", "closed_remembered"):
             metric(name, "gauge", getattr(self, name))
-        metric("latency_ms_count", "counter", self.latency_count)
-        metric("latency_ms_sum", "counter", self.latency_sum_ms)
+        for name, latency in (
+            ("feedback_delay_ms", self.feedback_delay),
+            ("wall_latency_ms", self.wall_latency),
+        ):
+            metric(f"{name}_count", "counter", latency.count)
+            metric(f"{name}_sum", "counter", latency.sum_ms)
         return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from schemas.codec import encode
 from schemas.events import FeedbackEvent, InferenceLog, training_example_id
 from services.attribution import (
     AttributionJoiner,
@@ -233,15 +234,50 @@ def test_too_much_feedback_for_one_request_overflows() -> None:
     assert kinds == ["overflow"]
 
 
-def test_join_latency_is_wall_time_since_the_first_half_arrived() -> None:
+def test_join_latency_is_the_event_time_feedback_delay_and_wall_time_only_a_metric() -> None:
     now = [1_000]
     store = InMemoryPendingStore()
     joiner = AttributionJoiner(JoinerConfig(), store, clock=lambda: now[0])
-    feed(joiner, inference("r1", 0))
+    feed(joiner, inference("r1", 10_000))
     now[0] = 1_250
-    (ex,) = examples(feed(joiner, feedback("r1", 5, eid="f1")))
-    assert ex.join_latency_ms == 250
-    assert joiner.stats.snapshot()["join_latency_ms"]["max"] == 250
+    (ex,) = examples(feed(joiner, feedback("r1", 13_500, eid="f1")))
+    assert ex.join_latency_ms == 3_500
+    snapshot = joiner.stats.snapshot()
+    assert snapshot["feedback_delay_ms"]["max"] == 3_500
+    assert snapshot["wall_latency_ms"]["max"] == 250
+
+
+def test_feedback_stamped_before_its_inference_has_zero_latency() -> None:
+    joiner, _ = make()
+    feed(joiner, feedback("r1", 900, eid="f1"))
+    (ex,) = examples(feed(joiner, inference("r1", 1_000)))
+    assert ex.join_latency_ms == 0
+
+
+def test_a_default_label_has_the_window_close_as_its_latency() -> None:
+    joiner, _ = make(no_feedback_policy="default")
+    feed(joiner, inference("r1", 1_000))
+    (ex,) = examples(feed(joiner, inference("r2", 1_000 + 12 * MIN)))
+    assert ex.label_is_default
+    assert ex.join_latency_ms == ex.ts - 1_000 >= 10 * MIN
+
+
+def test_the_same_input_gives_byte_identical_examples_whatever_the_wall_clock() -> None:
+    events: list[InferenceLog | FeedbackEvent] = [
+        inference("r1", 1_000),
+        feedback("r2", 2_000, eid="f2"),
+        feedback("r1", 4_000, eid="f1"),
+        inference("r2", 2_500),
+    ]
+    runs = []
+    for start, step in ((5, 1), (10**12, 60_000)):  # processing fast, or slow and later
+        store = InMemoryPendingStore()
+        joiner = AttributionJoiner(
+            JoinerConfig(), store, clock=itertools.count(start, step).__next__
+        )
+        runs.append([encode(ex) for e in events for ex in examples(feed(joiner, e))])
+    assert len(runs[0]) == 2
+    assert runs[0] == runs[1]
 
 
 def test_windows_close_per_partition() -> None:
