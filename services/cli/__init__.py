@@ -22,13 +22,12 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from services.cli import checkpoint_commands, stack_commands
+    from services.cli import checkpoint_commands, demo_commands, stack_commands, worker_commands
 
     stack_commands.register(app)
-    checkpoint_commands.register(app)
-    from services.cli import worker_commands
-
+    demo_commands.register(app)
     worker_commands.register(app)
+    checkpoint_commands.register(app)
 
 
 _register()

@@ -12,14 +12,13 @@ and a feedback producer would write, in the order they would reach Kafka:
   as ``late``);
 - a few malformed records (the joiner dead-letters them with the reason).
 
-The concept changes at ``drift_at`` (river's ``ConceptDriftStream`` over two
-SEA concepts), which the trainer's drift detectors should notice. Everything
+The concept changes abruptly at ``drift_at`` (a SEA stream whose relevant
+feature changes), which the trainer's drift detectors should notice. Everything
 is derived from ``seed``: the same settings give the same records.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +44,9 @@ class TrafficConfig:
     start_ts: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z, fixed for repeatable runs
     interval_ms: int = 20
     feedback_delay_ms: tuple[int, int] = (50, 3_000)
-    late_after_ms: int = 90_000
+    late_after_ms: int = 45_000
+    """Delay of late feedback: past the demo joiner's window + grace (32 s) but
+    within the time it remembers closed requests, so it is told ``late``."""
     p_feedback_first: float = 0.05
     p_duplicate: float = 0.05
     p_missing: float = 0.03
@@ -82,18 +83,17 @@ class TrafficSummary:
 
 
 def _stream(config: TrafficConfig) -> Iterator[tuple[dict[str, float], bool]]:
-    before = synth.SEA(variant=0, seed=config.seed)
-    after = synth.SEA(variant=3, seed=config.seed + 1)
-    # river computes exp(4 * distance / width) for the switch probability: a
-    # width below distance/175 overflows a float, so the drift is as abrupt as
-    # the stream's length allows (at least 50 requests wide).
-    span = max(config.drift_at, config.requests - config.drift_at)
-    width = max(50, math.ceil(span / 175) + 1)
-    drifting = synth.ConceptDriftStream(
-        stream=before, drift_stream=after, position=config.drift_at, width=width, seed=config.seed
-    )
-    for x, y in drifting.take(config.requests):
-        yield {f"x{k}": float(v) for k, v in x.items()}, bool(y)
+    """SEA examples whose concept changes abruptly at ``drift_at``.
+
+    SEA labels ``x0 + x1 <= threshold``; from ``drift_at`` on, ``x0`` and
+    ``x2`` trade names, so the label depends on a feature that did not
+    matter before (a real concept drift, not a shift of the inputs).
+    """
+    for i, (x, y) in enumerate(synth.SEA(variant=0, seed=config.seed).take(config.requests)):
+        features = {f"x{k}": float(v) for k, v in x.items()}
+        if i >= config.drift_at:
+            features["x0"], features["x2"] = features["x2"], features["x0"]
+        yield features, bool(y)
 
 
 def generate(config: TrafficConfig) -> tuple[list[TrafficRecord], TrafficSummary]:

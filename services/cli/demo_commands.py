@@ -1,0 +1,80 @@
+"""``driftloop demo``: the learning loop on the embedded stack, shown live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.errors import DriftloopError
+from services.demo.runner import DemoOptions, run_demo
+from services.demo.traffic import TrafficConfig
+
+
+def demo(
+    requests: Annotated[int, typer.Option(min=200, help="Inference requests to simulate.")] = 6000,
+    drift_at: Annotated[
+        int | None, typer.Option(help="Request index where the concept drifts (default: half).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic traffic.")] = 7,
+    model: Annotated[
+        str, typer.Option(help="Shipped example model config: river_logreg or torch_fm.")
+    ] = "river_logreg",
+    checkpoint_every: Annotated[
+        int, typer.Option(min=10, help="Feedback-count checkpoint interval.")
+    ] = 1000,
+    store: Annotated[
+        Path | None, typer.Option(help="Keep checkpoints here (default: a temporary directory).")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print only the summary, as JSON.")] = False,
+) -> None:
+    """Run the whole loop on an embedded broker and Redis: synthetic traffic with
+    delayed, out-of-order, duplicated and late feedback from a drifting stream goes
+    through the attribution joiner and the online trainer; joins, prequential
+    metrics, drift detections and checkpoints are shown as they happen."""
+    console = Console(stderr=json)
+    traffic = TrafficConfig(
+        requests=requests, drift_at=drift_at if drift_at is not None else requests // 2, seed=seed
+    )
+    options = DemoOptions(
+        model_config=model, traffic=traffic, store=store, checkpoint_every=checkpoint_every
+    )
+    try:
+        summary = run_demo(options, console, quiet=json)
+    except DriftloopError as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if json:
+        typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    _print_summary(console, summary)
+
+
+def _print_summary(console: Console, summary: dict[str, object]) -> None:
+    table = Table(title="demo summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in (
+        "model",
+        "seconds",
+        "traffic",
+        "joined_examples",
+        "default_label_examples",
+        "mean_join_latency_ms",
+        "dead_letters",
+        "drift_checkpoints",
+        "final",
+    ):
+        value = summary.get(key)
+        shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+        table.add_row(key, shown)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to the root ``driftloop`` app."""
+    app.command("demo")(demo)
