@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -54,24 +54,29 @@ def demo(
     _print_summary(console, summary)
 
 
-def _print_summary(console: Console, summary: dict[str, object]) -> None:
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="demo summary", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    for key in (
-        "model",
-        "seconds",
-        "traffic",
-        "joined_examples",
-        "default_label_examples",
-        "mean_join_latency_ms",
-        "dead_letters",
-        "drift_checkpoints",
-        "final",
-    ):
-        value = summary.get(key)
-        shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
-        table.add_row(key, shown)
+    table.add_row("model", str(summary["model"]))
+    table.add_row("seconds", str(summary["seconds"]))
+    for key, value in summary["traffic"].items():
+        table.add_row(f"traffic: {key.replace('_', ' ')}", f"{value:,}")
+    table.add_row("joined examples", f"{summary['joined_examples']:,}")
+    table.add_row("default-label examples", f"{summary['default_label_examples']:,}")
+    table.add_row("mean feedback delay", f"{summary['mean_join_latency_ms']} ms")
+    letters = summary["dead_letters"]
+    table.add_row("dead letters", ", ".join(f"{k}={v}" for k, v in letters.items()) or "none")
+    table.add_row("checkpoints", str(len(summary["checkpoints"])))
+    table.add_row("drift checkpoints", ", ".join(summary["drift_checkpoints"]) or "none")
+    final = summary["final"]
+    if final is not None:
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(final["metrics"].items()))
+        seen = f"{final['examples_seen']:,} examples"
+        table.add_row("final checkpoint", f"{final['version']} ({seen})")
+        table.add_row("final metrics", metrics)
+    if summary.get("store"):
+        table.add_row("store", str(summary["store"]))
     console.print(table)
 
 
