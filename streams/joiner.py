@@ -14,6 +14,14 @@ written to the partition of the record being processed. When a worker dies
 or a second one joins, the group rebalances, faust restores each assigned
 partition's table state from the changelog, and
 :meth:`JoinerWorker.on_rebalance` rebuilds the expiry index from it.
+Two things make that hand-over work on the embedded Tansu broker, both in
+:func:`streams.app.make_app`: the client-side poll interval is long (a short
+one made the members of a two-worker group leave and rejoin in turn, for
+ever), and the recovery reads each changelog partition up to its Fetch high
+watermark, not Tansu's undercounted ``ListOffsets`` end
+(:mod:`streams.kafka_compat`). With faust's default of one standby replica,
+a surviving worker already follows the other's changelog partitions, so a
+take-over has little left to read.
 
 Delivery: faust flushes the producer (examples, dead letters, changelog)
 before it commits input offsets. A worker killed after sending an example but
