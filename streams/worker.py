@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import faust
 from pydantic import Field
@@ -52,6 +52,9 @@ class WorkerConfig(BaseSettings):
     fresh temporary one). ``tick_interval_s`` is how often the trainer checks
     its wall-clock triggers; ``chunk`` / ``chunk_wait_s`` how many records it
     hands to the model thread at once and how long it waits to fill a chunk.
+    ``commit_interval_s`` how often faust commits consumed offsets to the group
+    (faust's default when unset); they serve lag monitoring only, the trainer
+    resumes from its checkpoints' offsets.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_WORKER_", frozen=True, extra="ignore")
@@ -62,6 +65,7 @@ class WorkerConfig(BaseSettings):
     tick_interval_s: float = Field(default=1.0, gt=0)
     chunk: int = Field(default=500, ge=1)
     chunk_wait_s: float = Field(default=0.05, gt=0)
+    commit_interval_s: float | None = Field(default=None, gt=0)
     log_level: str = "info"
 
 
@@ -108,7 +112,10 @@ def build(
     worker = worker if worker is not None else WorkerConfig()
     app_id = worker.app_id or f"{topics.prefix}driftloop-{role}"
     datadir = worker.datadir or Path(tempfile.mkdtemp(prefix=f"driftloop-{role}-"))
-    app = make_app(app_id, kafka, datadir=datadir, topics=topics)
+    extra: dict[str, Any] = {}
+    if worker.commit_interval_s is not None:
+        extra["broker_commit_interval"] = worker.commit_interval_s
+    app = make_app(app_id, kafka, datadir=datadir, topics=topics, **extra)
     wanted = [topics.training_examples, topics.dead_letters]
     trainer: TrainerAgent | None = None
     joiner: object | None = None

@@ -138,6 +138,9 @@ def worker_env(sandbox: Sandbox, *, store: Path, app_id: str) -> dict[str, str]:
             "DRIFTLOOP_STORE_KEEP_LATEST": "100000",
             "DRIFTLOOP_WORKER_APP_ID": app_id,
             "DRIFTLOOP_WORKER_CHUNK": "100",
+            # Offsets committed to the group run ahead of the checkpoints: a worker
+            # that resumed from them instead of its checkpoint would skip examples.
+            "DRIFTLOOP_WORKER_COMMIT_INTERVAL_S": "0.05",
         }
     )
     return env
