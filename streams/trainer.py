@@ -230,6 +230,18 @@ class TrainerPool:
             self.expected[part] = min(p or 0 for p in positions)
         return dict(self.expected)
 
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Stop training the models homed on ``partitions`` (another worker takes
+        them over from their newest checkpoint). Called when faust revokes them,
+        before any new assignment; nothing is checkpointed: progress since the
+        last checkpoint is redone, identically, by the next owner."""
+        gone = set(partitions)
+        for lane in self.lanes.values():
+            if lane.partition in gone:
+                lane.trainer = None
+        self.expected = {p: o for p, o in self.expected.items() if p not in gone}
+        self.assigned = self.assigned - gone
+
     def _restore(self, lane: _Lane) -> None:
         lane.trained_since_start = False
         trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
@@ -455,6 +467,7 @@ class TrainerAgent:
         app.agent(self.source, name="online-trainer")(self._agent)
         app.timer(tick_interval_s, name="trainer-tick")(self._tick)
         app.on_partitions_assigned.connect(self._install_seek)
+        app.on_partitions_revoked.connect(self._on_revoked)
         app.on_before_shutdown.connect(self._on_shutdown)
         self._seek_installed = False
 
@@ -479,6 +492,16 @@ class TrainerAgent:
 
         consumer.perform_seek = perform_seek  # type: ignore[method-assign]  # instance override
         self._seek_installed = True
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        """Called by faust when partitions are revoked (after in-flight records were
+        handled): the models homed there stop here. A failure crashes the worker."""
+        revoked = args[0] if args else kwargs.get("revoked", set())
+        topic = self.topics.training_examples
+        parts = {tp.partition for tp in revoked if tp.topic == topic}
+        if parts and not self._stopping:
+            await self._run(self.pool.revoke, parts)
+            log.info("trainer released partitions %s", sorted(parts))
 
     async def _seek_to_checkpoints(self) -> None:
         """Restore the owned models and seek their partitions to the recorded offsets.

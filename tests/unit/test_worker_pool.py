@@ -175,3 +175,15 @@ def test_shutdown_checkpoints_unsaved_progress_once(tmp_path: Path, home: int) -
     latest = pool.store.latest("m")
     assert latest is not None
     assert latest.offsets == {TOPIC: {str(home): 12}}  # the open batch is re-read next time
+
+
+def test_revoked_models_stop_and_a_later_assignment_restores_them(
+    tmp_path: Path, home: int
+) -> None:
+    pool = make_pool(tmp_path)
+    pool.assign([home])
+    pool.handle(records([encode(example(i)) for i in range(11)], home))  # checkpoint at 8
+    pool.revoke([home])
+    assert pool.active() == []
+    assert pool.tick() == []  # nothing may checkpoint a model another worker now trains
+    assert pool.assign([home]) == {home: 8}
