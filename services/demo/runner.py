@@ -145,6 +145,20 @@ def _group_lag(kafka: KafkaConfig, topics: list[str], group: str) -> int:
     return lag
 
 
+def _read_to_end(
+    consumer: KafkaConsumer, kafka: KafkaConfig, topics: TopicsConfig, view: DemoView
+) -> None:
+    """Drain the output topics up to their high watermarks as of now."""
+    ends = high_watermarks(
+        kafka, [topics.training_examples, topics.dead_letters, topics.checkpoint_events]
+    )
+    deadline = time.monotonic() + 30.0
+    while any(consumer.position(tp) < end for tp, end in ends.items()):
+        if time.monotonic() > deadline:
+            raise StackError("could not read the demo's output to its end", timeout_s=30.0)
+        _drain(consumer, topics, view, 200)
+
+
 @contextlib.contextmanager
 def _live(console: Console, view: DemoView, quiet: bool) -> Iterator[Live | None]:
     if quiet or not console.is_terminal:
@@ -234,11 +248,10 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
                     )
             view.phase = "stopping the worker (shutdown checkpoint)"
             refresh()
-            before = len(view.checkpoints)
             worker.stop(30.0)
-            stop_deadline = time.monotonic() + 15.0
-            while len(view.checkpoints) == before and time.monotonic() < stop_deadline:
-                _drain(consumer, info.topics, view, 500)
+            # The worker has exited, so whatever it published (the shutdown
+            # checkpoint's event included) is in the log: read up to the end.
+            _read_to_end(consumer, kafka, info.topics, view)
             view.phase = "done"
             if live is not None:
                 live.update(view.render())

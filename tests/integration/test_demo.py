@@ -51,7 +51,6 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     checkpoints = summary["checkpoints"]
     triggers = [c["trigger"] for c in checkpoints]
     assert "count" in triggers
-    assert triggers[-1] == "shutdown"
     # A drift checkpoint follows the drift point: examples_seen counts joined
     # examples, about 97% of requests here.
     assert any(c["trigger"] == "drift" and c["examples_seen"] > drift_at * 0.9 for c in checkpoints)
@@ -60,6 +59,9 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     assert len(set(versions)) == len(versions)
     # The trainer learned the stream (SEA is learnable well past chance).
     assert summary["final"]["metrics"]["accuracy"] > 0.8
-    assert summary["final"]["examples_seen"] <= summary["joined_examples"]
+    # Everything joined was trained and checkpointed, but for the open
+    # micro-batch (32 examples), which waits for the next run.
+    untrained = summary["joined_examples"] - summary["final"]["examples_seen"]
+    assert 0 <= untrained < 32
 
     assert _ours() - before == set()
