@@ -256,6 +256,7 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
             if live is not None:
                 live.update(view.render())
         summary = view.summary()
+        summary["processes"] = info.pids | {"worker": worker.pid}
         summary["store"] = str(store) if options.store else None
         summary["model"] = model
         return summary
