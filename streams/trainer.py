@@ -326,9 +326,19 @@ class TrainerPool:
             log.exception("model %s: failed on offset %d", lane.config.name, record.offset)
             self._dead(dead_letter(record, exc, kind="processing"))
             return
+        for failed in outcome.failed:
+            source = RawRecord(
+                failed.topic,
+                failed.partition,
+                failed.offset,
+                lane.config.name.encode(),
+                encode(failed.example) if isinstance(failed.example, TrainingExample) else None,
+            )
+            self._dead(dead_letter(source, failed.reason, kind="processing"))
         if outcome.status == "rejected":
-            reason = outcome.reason or "label the model cannot use"
-            self._dead(dead_letter(record, reason, kind="validation", field="label"))
+            reason = outcome.reason or "example the model cannot learn from"
+            field = outcome.field or "label"
+            self._dead(dead_letter(record, reason, kind="validation", field=field))
         elif outcome.status == "duplicate":
             self.stats.duplicates += 1
         elif outcome.status == "trained":

@@ -169,6 +169,7 @@ class ModelConfig(_Frozen):
     loss: Literal["bce", "mse", "l1", "huber"] | None = None
     optimizer: FactoryConfig | None = None
     positive_label: Label | None = None
+    feature_values: Literal["auto", "numeric", "any"] = "auto"
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     seed: int = 0
     metrics: MetricsConfig = MetricsConfig()

@@ -3,10 +3,11 @@
 =================  ==============================================================
 task / kind        label -> what the model learns and the metrics compare
 =================  ==============================================================
-classification,    the label as given (``True``, ``"spam"``, ``3``). river
-river              classifiers take any hashable class. Integral floats become
-                   ints (``1.0`` -> ``1``) so JSON round trips do not split a
-                   class in two.
+classification,    multiclass river classifiers: the label as given (``True``,
+river              ``"spam"``, ``3``); integral floats become ints (``1.0`` ->
+                   ``1``) so JSON round trips do not split a class in two.
+                   Binary river classifiers (``LogisticRegression``...): as
+                   for torch below.
 classification,    binary: a bool. ``positive_label`` set: ``label ==
 torch              positive_label``. Otherwise bools as given, numbers 0 / 1,
                    strings ``"true"/"1"/"yes"`` and ``"false"/"0"/"no"`` (any

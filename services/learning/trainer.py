@@ -5,13 +5,21 @@ offset order and publishes what it returns. For one model it:
 
 1. skips records already reflected in its state (offset below the recorded
    next offset), records of other models, duplicates (example_id seen within
-   the dedup horizon, or already in the open batch) and examples whose label
-   the model cannot use (returned as ``rejected`` for the dead-letter topic);
+   the dedup horizon, or already in the open batch) and examples the model
+   cannot learn from (:meth:`ModelAdapter.validate`: label or feature values;
+   returned as ``rejected`` with the field, for the dead-letter topic);
 2. forms micro-batches by count, so a replay forms the same batches;
 3. scores each example before learning from it (prequential metrics), feeds
    the drift detectors, then learns (one optimizer step / ``learn_one`` each);
 4. after each batch asks the triggers and, when one fires, hands a snapshot to
    its :class:`~services.learning.sink.CheckpointSink`.
+
+A batch is learned whole or not at all. Should learning still fail on an
+example that passed validation, the adapter restores the pre-batch model and
+raises :class:`~services.learning.adapters.LearnError`; the trainer drops that
+example (reported in :attr:`Outcome.failed`, for the dead-letter topic) and
+learns the rest of the batch. The failure is a function of the model state and
+the input, so a replay drops the same example and stays bitwise identical.
 
 State only changes at micro-batch boundaries: the model, metrics, detectors,
 seen-set, digest and the consumed offsets ``{topic: {partition: next_offset}}``
@@ -23,6 +31,7 @@ offsets reproduces the uninterrupted run bit for bit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,16 +39,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.errors import ConfigError, SchemaError
-from services.learning.adapters import Example, ModelAdapter, build_adapter
+from services.learning.adapters import Example, LearnError, ModelAdapter, build_adapter
 from services.learning.config import ModelConfig
 from services.learning.drift import DriftMonitor
 from services.learning.metrics import PrequentialMetrics
 from services.learning.sink import CheckpointSink, TrainerSnapshot
 from services.learning.triggers import AdaptiveSchedule, AnyOf, TriggerContext, build_triggers
 
+log = logging.getLogger(__name__)
+
 _DIGEST_MOD = 1 << 256
 #: Settings that define the model itself: changing them needs a new model.
-_MODEL_DEFINING = ("kind", "task", "factory", "allowed_prefixes", "encoding", "loss", "optimizer")
+_MODEL_DEFINING = (
+    "kind",
+    "task",
+    "factory",
+    "allowed_prefixes",
+    "encoding",
+    "loss",
+    "optimizer",
+    "positive_label",
+    "feature_values",
+)
 
 
 def example_digest(acc: int) -> str:
@@ -67,14 +88,29 @@ class CheckpointRecord:
 
 
 @dataclass(frozen=True)
+class FailedExample:
+    """An example of a batch the model failed to learn (dropped from the batch)."""
+
+    example: Example
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What happened to one record: ``status`` is ``buffered``, ``trained``
     (it completed a batch), ``duplicate``, ``replayed``, ``other_model`` or
-    ``rejected`` (``reason`` says why)."""
+    ``rejected`` (``reason`` says why, ``field`` which field: ``label`` or
+    ``features.<name>``). ``failed`` lists examples of the batch just trained
+    that learning failed on and that were left out of it."""
 
     status: str
     reason: str | None = None
     checkpoints: tuple[CheckpointRecord, ...] = field(default_factory=tuple)
+    failed: tuple[FailedExample, ...] = field(default_factory=tuple)
+    field: str | None = None  # shadows dataclasses.field from here on: keep last
 
 
 class OnlineTrainer:
@@ -113,7 +149,9 @@ class OnlineTrainer:
         self._pending_offsets: dict[str, dict[str, int]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._batch: list[Example] = []
+        self._batch_at: list[tuple[str, int, int]] = []
         self._batch_ids: set[str] = set()
+        self.failed = 0
         self._digest = 0
         self.step = 0
         self.examples_seen = 0
@@ -160,28 +198,33 @@ class OnlineTrainer:
         if done is not None and offset < done:
             return Outcome("replayed")
         self._pending_offsets.setdefault(topic, {})[str(partition)] = offset + 1
-        status, reason = self._admit(example)
+        status, reason, bad_field = self._admit(example, (topic, partition, offset))
         if status == "buffered" and len(self._batch) >= self.config.batch_size:
-            return Outcome("trained", None, tuple(self._train_batch()))
+            failed: list[FailedExample] = []
+            records = self._train_batch(failed)
+            return Outcome("trained", None, tuple(records), failed=tuple(failed))
         if not self._batch:
             self._advance_offsets()
-        return Outcome(status, reason)
+        return Outcome(status, reason, field=bad_field)
 
-    def _admit(self, example: Example) -> tuple[str, str | None]:
+    def _admit(
+        self, example: Example, at: tuple[str, int, int]
+    ) -> tuple[str, str | None, str | None]:
         if example.model != self.config.name:
-            return "other_model", None
+            return "other_model", None, None
         eid = example.example_id
         if eid in self._batch_ids or eid in self._seen:
             self.duplicates += 1
-            return "duplicate", None
+            return "duplicate", None, None
         try:
-            self.adapter.target(example)
+            self.adapter.validate(example)
         except SchemaError as exc:
             self.rejected += 1
-            return "rejected", exc.reason
+            return "rejected", exc.reason, exc.field or None
         self._batch.append(example)
+        self._batch_at.append(at)
         self._batch_ids.add(eid)
-        return "buffered", None
+        return "buffered", None, None
 
     def _advance_offsets(self) -> None:
         for topic, parts in self._pending_offsets.items():
@@ -194,9 +237,26 @@ class OnlineTrainer:
 
     # -- training --------------------------------------------------------------
 
-    def _train_batch(self) -> list[CheckpointRecord]:
-        batch, self._batch, self._batch_ids = self._batch, [], set()
-        scores = self.adapter.test_then_train(batch)
+    def _train_batch(self, failed: list[FailedExample] | None = None) -> list[CheckpointRecord]:
+        batch, at = self._batch, self._batch_at
+        self._batch, self._batch_at, self._batch_ids = [], [], set()
+        while True:
+            try:
+                scores = self.adapter.test_then_train(batch)
+                break
+            except LearnError as exc:  # the model is as it was before the batch
+                bad = exc.index
+                self.failed += 1
+                log.warning(
+                    "model %s: learning failed on example %s (%s); batch rolled back and"
+                    " learned without it",
+                    self.config.name,
+                    batch[bad].example_id,
+                    exc.reason,
+                )
+                if failed is not None:
+                    failed.append(FailedExample(batch[bad], *at[bad], exc.reason))
+                batch, at = batch[:bad] + batch[bad + 1 :], at[:bad] + at[bad + 1 :]
         drifted = False
         for example, score in zip(batch, scores, strict=True):
             self.metrics.update(score)
@@ -319,6 +379,7 @@ class OnlineTrainer:
             "batch_size": self.config.batch_size,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "failed": self.failed,
             "config_digest": self.config.digest(),
         }
 
@@ -332,6 +393,7 @@ class OnlineTrainer:
             "schedule": self.schedule.describe(),
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "failed": self.failed,
             "since_checkpoint": self._since_checkpoint,
             "checkpoint_metrics": dict(self._checkpoint_metrics),
             "config_digest": self.config.digest(),
@@ -360,7 +422,9 @@ class OnlineTrainer:
         self._checkpoint_metrics = dict(state["checkpoint_metrics"])
         self._since_checkpoint = 0
         self._dirty = False
-        self._batch, self._batch_ids, self._pending_offsets = [], set(), {}
+        self.failed = int(state.get("failed", 0))
+        self._batch, self._batch_at, self._batch_ids = [], [], set()
+        self._pending_offsets = {}
         self.last_version = restored.version
         return restored.version
 

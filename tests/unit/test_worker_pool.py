@@ -112,6 +112,33 @@ def test_bad_records_become_dead_letters_and_training_goes_on(tmp_path: Path, ho
     assert [decode(CheckpointEvent, v).examples_seen for v in sent(out, "checkpoints")] == [8]
 
 
+def test_examples_a_binary_river_model_cannot_take_are_refused_before_the_batch(
+    tmp_path: Path, home: int
+) -> None:
+    pool = make_pool(tmp_path)  # river LogisticRegression: bool labels, numeric features
+    pool.assign([home])
+    values = [encode(example(i)) for i in range(8)]
+    values.insert(2, encode(example(100, label="maybe")))
+    bad_feature = example(101).model_copy(update={"features": {"x": "high", "y": 1.0}})
+    values.insert(5, encode(bad_feature))
+    out = pool.handle(records(values, home))
+    letters = [decode(DeadLetter, v) for v in sent(out, "dead_letters")]
+    assert [(d.source_offset, d.error_kind, d.field) for d in letters] == [
+        (2, "validation", "label"),
+        (5, "validation", "features.x"),
+    ]
+    (event,) = [decode(CheckpointEvent, v) for v in sent(out, "checkpoints")]
+    assert (event.examples_seen, event.step) == (8, 2)
+
+    clean = make_pool(tmp_path / "clean")
+    clean.assign([home])
+    clean.handle(records([encode(example(i)) for i in range(8)], home))
+    a, b = pool.store.latest("m"), clean.store.latest("m")
+    assert a is not None
+    assert b is not None
+    assert (a.state_digest, a.example_digest) == (b.state_digest, b.example_digest)
+
+
 def test_an_example_on_another_partition_is_misrouted(tmp_path: Path, home: int) -> None:
     other = (home + 1) % PARTS
     pool = make_pool(tmp_path, config("m"), config("n"))
