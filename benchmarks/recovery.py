@@ -41,8 +41,8 @@ from schemas.codec import encode
 from services.config import TopicsConfig
 from services.kafka import ensure_topics, high_watermarks
 from services.learning.config import example_path
+from services.learning.pool import partition_of
 from services.stack import EmbeddedStack
-from streams.trainer import partition_of
 
 MODEL = "river-logreg"
 WORKER = [sys.executable, "-c", "from services.cli import main; main()", "worker"]

@@ -41,11 +41,12 @@ from services.checkpoints.store import CheckpointStore
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics, make_consumer, make_producer
 from services.learning.config import ModelConfig, example_path, load_config
+from services.learning.pool import TrainerPool, partition_of
 from services.learning.sink import InMemorySink
 from services.learning.trainer import OnlineTrainer
 from services.stack import EMBEDDED_GROUP_TIMEOUTS, EmbeddedStack
 from streams.app import make_app
-from streams.trainer import TrainerAgent, TrainerPool, partition_of
+from streams.trainer import TrainerAgent
 
 MODELS = {"river": ("river_logreg", "river-logreg"), "torch": ("torch_fm", "torch-fm")}
 

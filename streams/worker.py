@@ -2,7 +2,7 @@
 
 :func:`build` assembles the app: the attribution joiner
 (:class:`streams.joiner.JoinerWorker`) and/or the online trainer
-(:class:`streams.trainer.TrainerAgent` over a :class:`~streams.trainer.TrainerPool`
+(:class:`streams.trainer.TrainerAgent` over a :class:`~services.learning.pool.TrainerPool`
 writing to the checkpoint store with the retention of the model
 configuration). :func:`run` starts it with ``faust.Worker``, which stops it
 cleanly on SIGINT/SIGTERM (the trainer takes its shutdown checkpoints) and
@@ -33,9 +33,10 @@ from services.checkpoints.store import CheckpointStore
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics
 from services.learning.config import LearningConfig, ModelConfig, load_config
+from services.learning.pool import TrainerPool
 from services.learning.retention import build_retention
 from streams.app import make_app
-from streams.trainer import TrainerAgent, TrainerPool
+from streams.trainer import TrainerAgent
 
 log = logging.getLogger(__name__)
 

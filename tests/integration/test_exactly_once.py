@@ -31,7 +31,7 @@ from schemas.codec import encode
 from schemas.events import TrainingExample, training_example_id
 from schemas.manifest import CheckpointManifest, decode_manifest
 from services.kafka import make_producer
-from streams.trainer import partition_of
+from services.learning.pool import partition_of
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox

@@ -22,8 +22,9 @@ from services.checkpoints.config import StoreConfig
 from services.checkpoints.store import CheckpointStore
 from services.kafka import make_consumer, make_producer
 from services.learning.config import parse_config
+from services.learning.pool import TrainerPool
 from streams.app import make_app
-from streams.trainer import TrainerAgent, TrainerPool
+from streams.trainer import TrainerAgent
 from tests.integration.test_exactly_once import make_examples
 
 if TYPE_CHECKING:

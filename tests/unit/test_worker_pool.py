@@ -14,7 +14,7 @@ from services.checkpoints.config import StoreConfig
 from services.checkpoints.store import CheckpointStore
 from services.deadletters import RawRecord
 from services.learning.config import ModelConfig, parse_config
-from streams.trainer import TrainerPool, partition_of
+from services.learning.pool import TrainerPool, partition_of
 
 TOPIC = "training-examples"
 PARTS = 3
@@ -214,3 +214,15 @@ def test_revoked_models_stop_and_a_later_assignment_restores_them(
     assert pool.active() == []
     assert pool.tick() == []  # nothing may checkpoint a model another worker now trains
     assert pool.assign([home]) == {home: 8}
+
+
+def test_the_pool_is_plain_python_without_faust() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import services.learning.pool as p; "
+        "assert p.TrainerPool and 'faust' not in sys.modules, sorted(sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,0 +1,422 @@
+"""The trainers of one worker: :class:`TrainerPool`, plain Python, no faust.
+
+:class:`TrainerPool` owns one :class:`~services.learning.trainer.OnlineTrainer`
+per configured model, the checkpoint store behind them, and the bookkeeping of
+which input offset comes next. It decodes raw records, feeds the trainers, and
+queues what has to be sent: dead letters and CheckpointEvents. The faust agent
+(:mod:`streams.trainer`) hands it records and sends what it returns.
+One trainer per model, one partition per model
+----------------------------------------------
+Micro-batches are formed by count in input order, so a replay must present a
+model's examples in the same order. Order exists only within a partition, so
+a model's whole key space is one partition: ``training-examples`` is keyed by
+model and Kafka's default partitioner (murmur2, the same in kafka-python,
+aiokafka and the Java client) puts every example of model ``m`` on partition
+:func:`partition_of` ``(m)``. The worker that owns that partition trains
+``m``; several models may share a partition (each trainer sees every record of
+it and skips the others' examples). An example of ``m`` found on another
+partition was produced with the wrong key; it goes to ``dead-letters``
+(``misrouted``) instead of silently breaking replay determinism.
+
+Exactly-once model state
+------------------------
+Model state only changes at micro-batch boundaries, and every checkpoint
+records the next input offset of each partition as of that boundary. On each
+assignment the pool restores every owned model from its newest checkpoint
+(:meth:`TrainerPool.assign`) and the agent seeks each owned partition to the
+smallest offset its models recorded (faust itself first seeks to the consumer
+group's committed offsets; we seek again right after, before the fetcher
+resumes). Records below a model's recorded offset are skipped by its trainer,
+duplicates by ``example_id`` within the checkpointed horizon too. A worker
+killed at any moment therefore resumes to the same state an uninterrupted run
+has at the same input position: the progress since its last checkpoint is
+redone, identically. The consumer group's committed offsets only serve lag
+monitoring.
+
+CheckpointEvents are published after the manifest is committed (the sink
+returns only then) with ``event_id = "checkpoint:<version>"``. A kill between
+commit and publish loses the event; on restore the pool publishes the event
+of the checkpoint it restored from again, so every checkpoint's event is sent
+at least once and repeats carry the same event_id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka.partitioner.default import murmur2
+
+from schemas.codec import encode
+from schemas.errors import DriftloopError
+from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
+from schemas.manifest import CheckpointManifest, encode_manifest
+from services.checkpoints.checkpointer import Checkpointer
+from services.checkpoints.store import CheckpointStore
+from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
+from services.learning.adapters import ModelAdapter
+from services.learning.config import ModelConfig
+from services.learning.sink import RestoredTrainer, TrainerSnapshot
+from services.learning.store_sink import CheckpointerSink
+from services.learning.trainer import CheckpointRecord, OnlineTrainer
+
+log = logging.getLogger(__name__)
+
+
+#: What the pool asks the agent to send: (``"checkpoints"`` | ``"dead_letters"``, key, value).
+Send = tuple[str, bytes, bytes]
+
+
+def partition_of(model: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the key ``model``."""
+    hashed: int = murmur2(model.encode("utf-8"))
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+def checkpoint_event(manifest: CheckpointManifest, location: str) -> CheckpointEvent:
+    """The CheckpointEvent announcing a committed ``manifest`` (deterministic event_id)."""
+    return CheckpointEvent.new(
+        event_id=f"checkpoint:{manifest.version}",
+        ts=manifest.created_ts,
+        model=manifest.model,
+        version=manifest.version,
+        parent_version=manifest.parent_version,
+        step=manifest.step,
+        examples_seen=manifest.examples_seen,
+        trigger=manifest.trigger,
+        metrics=dict(manifest.metrics),
+        location=location,
+        manifest_sha256=hashlib.sha256(encode_manifest(manifest)).hexdigest(),
+    )
+
+
+class _RecordingSink:
+    """A CheckpointerSink that also remembers each committed manifest until drained."""
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self.inner = CheckpointerSink(checkpointer)
+        self.committed: list[CheckpointManifest] = []
+
+    def save(self, snapshot: TrainerSnapshot) -> str:
+        version = self.inner.save(snapshot)  # returns once the manifest is committed
+        self.committed.append(self.inner.last_manifest)
+        return version
+
+    def restore_latest(self, model: str, adapter: ModelAdapter) -> RestoredTrainer | None:
+        return self.inner.restore_latest(model, adapter)
+
+
+@dataclass
+class _Lane:
+    """One model: its config, trainer, sink and home partition."""
+
+    config: ModelConfig
+    partition: int
+    sink: _RecordingSink
+    trainer: OnlineTrainer | None = None
+    trained_since_start: bool = False
+
+
+@dataclass
+class PoolStats:
+    """Counters since the worker started (for logs and benchmarks)."""
+
+    records: int = 0
+    trained: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    dead_letters: int = 0
+    gaps: int = 0
+    checkpoints: list[CheckpointRecord] = field(default_factory=list)
+
+
+class TrainerPool:
+    """The trainers of one worker and the input positions they need.
+
+    Not thread-safe: the agent calls every method from one executor thread,
+    in order, so model work never runs on the event loop.
+
+    Parameters
+    ----------
+    models
+        The models to train (each needs its own home partition owned to train).
+    store
+        The checkpoint store; retention is the store's business.
+    topic
+        The full name of the ``training-examples`` topic.
+    partitions
+        Its partition count (for :func:`partition_of`).
+    checkpointer
+        The checkpointer writing to ``store``; one is built when omitted.
+    clock
+        Milliseconds since the epoch, for the interval trigger (tests).
+    """
+
+    def __init__(
+        self,
+        models: Iterable[ModelConfig],
+        store: CheckpointStore,
+        *,
+        topic: str,
+        partitions: int,
+        checkpointer: Checkpointer | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.store = store
+        self.topic = topic
+        self.partitions = partitions
+        self.checkpointer = checkpointer if checkpointer is not None else Checkpointer(store)
+        self.clock = clock
+        self.lanes = {
+            m.name: _Lane(m, partition_of(m.name, partitions), _RecordingSink(self.checkpointer))
+            for m in models
+        }
+        self.assigned: frozenset[int] = frozenset()
+        #: Next offset to hand to the trainers, per owned partition with models.
+        self.expected: dict[int, int] = {}
+        self.outbox: list[Send] = []
+        self.stats = PoolStats()
+
+    # -- assignment ------------------------------------------------------------------------
+
+    def home_partitions(self) -> set[int]:
+        """Partitions holding at least one configured model."""
+        return {lane.partition for lane in self.lanes.values()}
+
+    def active(self, partition: int | None = None) -> list[tuple[_Lane, OnlineTrainer]]:
+        """Lanes whose trainer runs here (optionally: those homed on ``partition``)."""
+        return [
+            (lane, lane.trainer)
+            for lane in self.lanes.values()
+            if lane.trainer is not None and (partition is None or lane.partition == partition)
+        ]
+
+    def assign(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Take ownership of ``partitions``; return the offset to seek each one to.
+
+        Called on every assignment. When the owned set changed, every owned
+        model is rebuilt from its newest checkpoint (in-memory progress since
+        then is dropped and redone identically: another worker may have
+        trained it meanwhile); when it did not, the trainers keep their state
+        and the returned offsets are the next unprocessed ones. Partitions
+        without configured models are absent from the result.
+        """
+        owned = frozenset(partitions)
+        if owned == self.assigned and self.expected:
+            return dict(self.expected)
+        self.assigned = owned
+        self.expected = {}
+        for lane in self.lanes.values():
+            lane.trainer = None
+            if lane.partition in owned:
+                self._restore(lane)
+        for part in sorted(owned & self.home_partitions()):
+            positions = [t.position(self.topic, part) for _, t in self.active(part)]
+            self.expected[part] = min(p or 0 for p in positions)
+        return dict(self.expected)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Stop training the models homed on ``partitions`` (another worker takes
+        them over from their newest checkpoint). Called when faust revokes them,
+        before any new assignment; nothing is checkpointed: progress since the
+        last checkpoint is redone, identically, by the next owner."""
+        gone = set(partitions)
+        for lane in self.lanes.values():
+            if lane.partition in gone:
+                lane.trainer = None
+        self.expected = {p: o for p, o in self.expected.items() if p not in gone}
+        self.assigned = self.assigned - gone
+
+    def _restore(self, lane: _Lane) -> None:
+        lane.trained_since_start = False
+        trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
+        version = trainer.restore()
+        lane.trainer = trainer
+        if version is None:
+            log.info("model %s: no checkpoint yet, training from scratch", lane.config.name)
+            return
+        manifest = self.store.latest(lane.config.name)
+        log.info(
+            "model %s: restored %s (step %d, %d examples), resuming at %s",
+            lane.config.name,
+            version,
+            trainer.step,
+            trainer.examples_seen,
+            trainer.offsets.get(self.topic, {}),
+        )
+        if manifest is not None and manifest.version == version:
+            self._announce([manifest])
+
+    # -- input -----------------------------------------------------------------------------
+
+    def handle(self, records: Sequence[RawRecord]) -> list[Send]:
+        """Feed a chunk of raw records (offset order per partition); return what to send.
+
+        Never raises for bad input: undecodable examples, labels the model
+        cannot use and misrouted examples become dead letters. A checkpoint
+        that fails to save is logged; the trainer keeps its state and the
+        trigger fires again at the next batch boundary.
+        """
+        for record in records:
+            self._handle_one(record)
+        return self.drain()
+
+    def _handle_one(self, record: RawRecord) -> None:
+        part = record.partition
+        expected = self.expected.get(part)
+        if expected is None:  # not owned, or no model lives there
+            return
+        if record.offset < expected:
+            self.stats.replayed += 1
+            return
+        if record.offset > expected:
+            # Records fetched before the last seek: the ones we need are re-fetched.
+            self.stats.gaps += 1
+            log.debug("drop %s[%d]@%d, want %d", self.topic, part, record.offset, expected)
+            return
+        self.expected[part] = record.offset + 1
+        self.stats.records += 1
+        example = decode_or_dead_letter(TrainingExample, record)
+        if isinstance(example, DeadLetter):
+            self._dead(example)
+            return
+        lane = self.lanes.get(example.model)
+        if lane is not None and lane.partition != part:
+            self._dead(
+                dead_letter(
+                    record,
+                    f"example of model {example.model!r} on partition {part}; its key space is"
+                    f" partition {lane.partition} (key training-examples by model)",
+                    kind="misrouted",
+                    field="model",
+                )
+            )
+            return
+        for other, trainer in self.active(part):
+            self._feed(other, trainer, example, record)
+
+    def _feed(
+        self, lane: _Lane, trainer: OnlineTrainer, example: TrainingExample, record: RawRecord
+    ) -> None:
+        try:
+            outcome = trainer.process(
+                example, topic=record.topic, partition=record.partition, offset=record.offset
+            )
+        except DriftloopError:
+            log.exception("model %s: checkpoint failed at %d", lane.config.name, record.offset)
+            self._announce(lane.sink.committed)
+            lane.sink.committed.clear()
+            return
+        except Exception as exc:  # a model that chokes on a record must not stop the agent
+            log.exception("model %s: failed on offset %d", lane.config.name, record.offset)
+            self._dead(dead_letter(record, exc, kind="processing"))
+            return
+        for failed in outcome.failed:
+            source = RawRecord(
+                failed.topic,
+                failed.partition,
+                failed.offset,
+                lane.config.name.encode(),
+                encode(failed.example) if isinstance(failed.example, TrainingExample) else None,
+            )
+            self._dead(dead_letter(source, failed.reason, kind="processing"))
+        if outcome.status == "rejected":
+            reason = outcome.reason or "example the model cannot learn from"
+            bad_field = outcome.field or "label"
+            self._dead(dead_letter(record, reason, kind="validation", field=bad_field))
+        elif outcome.status == "duplicate":
+            self.stats.duplicates += 1
+        elif outcome.status == "trained":
+            self.stats.trained += lane.config.batch_size
+            if not lane.trained_since_start:
+                lane.trained_since_start = True
+                log.info("model %s: learning (step %d)", lane.config.name, trainer.step)
+        self._collect(lane, outcome.checkpoints)
+
+    def _collect(self, lane: _Lane, records: Iterable[CheckpointRecord]) -> None:
+        for rec in records:
+            self.stats.checkpoints.append(rec)
+            log.info(
+                "model %s: checkpoint %s trigger=%s step=%d examples=%d %s",
+                lane.config.name,
+                rec.version,
+                rec.trigger,
+                rec.step,
+                rec.examples_seen,
+                " ".join(f"{k}={v:.4f}" for k, v in rec.metrics.items()),
+            )
+        self._announce(lane.sink.committed)
+        lane.sink.committed.clear()
+
+    def _announce(self, manifests: Iterable[CheckpointManifest]) -> None:
+        for manifest in manifests:
+            location = self.store.hot.location(manifest.model, manifest.version)
+            event = checkpoint_event(manifest, location)
+            self.outbox.append(("checkpoints", manifest.model.encode(), encode(event)))
+
+    def _dead(self, letter: DeadLetter) -> None:
+        self.stats.dead_letters += 1
+        self.outbox.append(("dead_letters", letter.source_topic.encode(), encode(letter)))
+
+    # -- time and stopping ------------------------------------------------------------------
+
+    def tick(self) -> list[Send]:
+        """Evaluate wall-clock and requested triggers of every active model (timer)."""
+        return self._each(lambda t: t.tick())
+
+    def request_checkpoint(self, model: str, reason: str = "manual request") -> None:
+        """Ask ``model``'s trainer for a checkpoint at its next boundary or tick."""
+        lane = self.lanes.get(model)
+        if lane is not None and lane.trainer is not None:
+            lane.trainer.request_checkpoint(reason)
+
+    def shutdown(self) -> list[Send]:
+        """Checkpoint unsaved progress of every active model (SIGTERM), then stop
+        taking input. The open batches are not trained: their records are
+        re-read on the next start."""
+        sends = self._each(lambda t: t.shutdown())
+        self.expected = {}
+        return sends
+
+    def _each(self, call: Callable[[OnlineTrainer], list[CheckpointRecord]]) -> list[Send]:
+        for lane, trainer in self.active():
+            try:
+                self._collect(lane, call(trainer))
+            except DriftloopError:
+                log.exception("model %s: checkpoint failed", lane.config.name)
+        return self.drain()
+
+    def drain(self) -> list[Send]:
+        """Everything queued to send, oldest first (the queue is emptied)."""
+        out, self.outbox = self.outbox, []
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Per-model progress for logs and ``--json`` output."""
+        models: dict[str, Any] = {}
+        for name, lane in self.lanes.items():
+            t = lane.trainer
+            models[name] = {
+                "partition": lane.partition,
+                "active": t is not None,
+                **(
+                    {
+                        "step": t.step,
+                        "examples_seen": t.examples_seen,
+                        "pending": t.pending,
+                        "last_version": t.last_version,
+                        "metrics": t.metrics.values(),
+                        "schedule": t.schedule.describe(),
+                    }
+                    if t is not None
+                    else {}
+                ),
+            }
+        return {"assigned": sorted(self.assigned), "expected": self.expected, "models": models}
+
+    def close(self) -> None:
+        """Flush pending saves and stop the checkpointer's saver thread."""
+        self.checkpointer.close()
