@@ -112,12 +112,24 @@ class TrainerAgent:
     async def _seek_to_checkpoints(self) -> None:
         """Restore the owned models and seek their partitions to the recorded offsets.
 
+        The models' home partitions follow the topic's partition count as the
+        consumer's metadata has it (not ``DRIFTLOOP_TOPIC_PARTITIONS``).
+
         A failure (store unreadable) propagates into faust's rebalance, which
         crashes the worker: training from the wrong position is worse.
         """
         consumer = self.app.consumer
         topic = self.topics.training_examples
         owned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        count = consumer.topic_partitions(topic)  # the group's metadata for the topic
+        if count:
+            await self._run(self.pool.set_partitions, count)
+        else:
+            log.warning(
+                "no partition count for %s in the consumer's metadata; using the configured %d",
+                topic,
+                self.pool.partitions,
+            )
         targets = await self._run(self.pool.assign, owned)
         for part, offset in sorted(targets.items()):
             await consumer.seek(TP(topic, part), offset)

@@ -51,7 +51,7 @@ from typing import Any
 from kafka.partitioner.default import murmur2
 
 from schemas.codec import encode
-from schemas.errors import DriftloopError
+from schemas.errors import ConfigError, DriftloopError
 from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
 from schemas.manifest import CheckpointManifest, encode_manifest
 from services.checkpoints.checkpointer import Checkpointer
@@ -148,7 +148,9 @@ class TrainerPool:
     topic
         The full name of the ``training-examples`` topic.
     partitions
-        Its partition count (for :func:`partition_of`).
+        Its partition count as configured (for :func:`partition_of`); the
+        agent corrects it from broker metadata with :meth:`set_partitions`
+        before each assignment, since an existing topic may have another.
     checkpointer
         The checkpointer writing to ``store``; one is built when omitted.
     clock
@@ -181,6 +183,33 @@ class TrainerPool:
         self.stats = PoolStats()
 
     # -- assignment ------------------------------------------------------------------------
+
+    def set_partitions(self, partitions: int) -> bool:
+        """Use the topic's real partition count (from broker metadata); True if it changed.
+
+        Called before :meth:`assign`. A change moves the models' home
+        partitions, so every trainer is dropped (the next :meth:`assign`
+        restores them from their checkpoints).
+        """
+        if partitions < 1:
+            raise ConfigError(
+                "a topic has at least one partition", topic=self.topic, partitions=partitions
+            )
+        if partitions == self.partitions:
+            return False
+        log.warning(
+            "topic %s has %d partitions, not the %d configured; models placed accordingly",
+            self.topic,
+            partitions,
+            self.partitions,
+        )
+        self.partitions = partitions
+        for lane in self.lanes.values():
+            lane.partition = partition_of(lane.config.name, partitions)
+            lane.trainer = None
+        self.assigned = frozenset()
+        self.expected = {}
+        return True
 
     def home_partitions(self) -> set[int]:
         """Partitions holding at least one configured model."""

@@ -72,14 +72,22 @@ def events(values: list[bytes]) -> list[CheckpointEvent]:
     return [decode(CheckpointEvent, v) for v in values]
 
 
-async def run_agent(sandbox: Sandbox, tmp_path: Path, until: Callable[[TrainerPool], bool]) -> None:
+async def run_agent(
+    sandbox: Sandbox,
+    tmp_path: Path,
+    until: Callable[[TrainerPool], bool],
+    *,
+    partitions: int | None = None,
+) -> TrainerPool:
+    """Run a trainer agent until ``until(pool)``; ``partitions`` is the partition
+    count the pool is *configured* with (default: the topic's real one)."""
     store = CheckpointStore(StoreConfig(root=tmp_path / "store", fsync=False))
     learning = parse_config(tomllib.loads(model_config()))
     pool = TrainerPool(
         learning.models,
         store,
         topic=sandbox.topics.training_examples,
-        partitions=sandbox.topics.partitions,
+        partitions=partitions or sandbox.topics.partitions,
     )
     app = make_app(f"trainer-{sandbox.name}", sandbox.kafka, datadir=tmp_path / "faust")
     TrainerAgent(app, sandbox.topics, pool, chunk=50)
@@ -91,6 +99,24 @@ async def run_agent(sandbox: Sandbox, tmp_path: Path, until: Callable[[TrainerPo
     finally:
         await app.stop()  # takes the shutdown checkpoint
         store.close()
+    return pool
+
+
+async def test_models_are_placed_by_the_topics_real_partition_count(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The topic has 3 partitions; the setting says 7: tr-logreg's examples are on
+    # partition 0 (murmur2 % 3), where the setting would look for them on partition 5.
+    topic = sandbox.topics.training_examples
+    examples = make_examples(MODEL, 40)
+    send(sandbox, topic, [(MODEL.encode(), encode(e)) for e in examples])
+    pool = await run_agent(sandbox, tmp_path, lambda p: p.stats.trained >= 40, partitions=7)
+    assert pool.partitions == sandbox.topics.partitions
+    assert (pool.stats.trained, pool.stats.dead_letters) == (40, 0)
+    (event,) = events(
+        read_until(sandbox, sandbox.topics.checkpoint_events, lambda v: len(v) >= 1, 30)
+    )
+    assert (event.trigger, event.examples_seen) == ("count", 40)
 
 
 async def test_events_follow_commits_bad_records_are_dead_lettered_and_a_restart_resumes(

@@ -139,6 +139,17 @@ def test_examples_a_binary_river_model_cannot_take_are_refused_before_the_batch(
     assert (a.state_digest, a.example_digest) == (b.state_digest, b.example_digest)
 
 
+def test_models_follow_the_topics_real_partition_count(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path)  # configured for 3 partitions
+    real = partition_of("m", 5)
+    assert pool.set_partitions(5) is True
+    assert pool.assign(range(5)) == {real: 0}
+    out = pool.handle(records([encode(example(i)) for i in range(8)], real))
+    assert sent(out, "dead_letters") == []
+    assert [decode(CheckpointEvent, v).examples_seen for v in sent(out, "checkpoints")] == [8]
+    assert pool.set_partitions(5) is False
+
+
 def test_an_example_on_another_partition_is_misrouted(tmp_path: Path, home: int) -> None:
     other = (home + 1) % PARTS
     pool = make_pool(tmp_path, config("m"), config("n"))
