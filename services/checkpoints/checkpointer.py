@@ -30,13 +30,14 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import CheckpointError, CheckpointNotFoundError, SchemaError
-from schemas.manifest import CheckpointManifest, ManifestDraft, Trigger
+from schemas.manifest import CheckpointManifest, FileEntry, ManifestDraft, Trigger
 from services.checkpoints.async_saver import AsyncSaver
 from services.checkpoints.state.delta import ParentState
 from services.checkpoints.state.reader import load_state, load_variant
 from services.checkpoints.state.snapshot import SnapshotPool
 from services.checkpoints.state.state import CheckpointState
 from services.checkpoints.state.writer import EncodedSave, EncodeOptions, encode_save
+from services.checkpoints.storage import Payload
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,12 @@ class Store(Protocol):
     """The part of :class:`~services.checkpoints.store.CheckpointStore` the checkpointer uses."""
 
     def commit(
-        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+        self,
+        model: str,
+        files: Mapping[str, Payload],
+        draft: ManifestDraft,
+        *,
+        finish: Callable[[ManifestDraft, Mapping[str, FileEntry]], ManifestDraft] | None = None,
     ) -> CheckpointManifest: ...
 
     def open(self, model: str, version: str | None = None) -> Any: ...
@@ -293,14 +299,18 @@ class Checkpointer:
             draft = ManifestDraft(
                 parent_version=parent.version if parent else None,
                 rng=snapshot.rng,
-                state_digest=encoded.state_digest,
                 kind=encoded.kind,
                 base_version=encoded.base_version,
                 variants=encoded.variants,
                 file_refs=encoded.file_refs,
                 **meta,
             )
-            manifest = self.store.commit(model, encoded.files, draft)
+
+            def finish(draft: ManifestDraft, written: Mapping[str, FileEntry]) -> ManifestDraft:
+                # The store hashed each file while writing it: the digest reuses those hashes.
+                return draft.model_copy(update={"state_digest": encoded.digest(written)})
+
+            manifest = self.store.commit(model, encoded.files, draft, finish=finish)
             self.last_bytes_written = encoded.bytes_written
             if self.options.delta:
                 if parent is not None and pooled:

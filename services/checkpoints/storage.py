@@ -17,18 +17,26 @@ two implementations sit beside it:
 A save is two explicit steps: :meth:`CheckpointStorage.begin` returns a
 :class:`PendingCheckpoint`, its ``write`` calls add files, ``finalize`` commits
 and ``abort`` throws the partial save away.
+
+``write`` takes a :data:`Payload` — bytes, or a sequence of byte buffers
+written back to back (a safetensors header then a view of the tensor's memory,
+so no joined copy is made) — and returns the sha256 of exactly the bytes it
+wrote, computed in the same pass (chunk by chunk: hash, then write). That hash
+is what the manifest records, so a manifest cannot claim bytes that were not
+written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol, TypeAlias
 
 import fsspec
 import orjson
@@ -37,12 +45,49 @@ from schemas.errors import CheckpointError
 from schemas.manifest import MANIFEST_NAME, check_file_name
 from services.checkpoints import layout
 
+BytesLike: TypeAlias = bytes | bytearray | memoryview
+#: The content of one file: bytes, or buffers written back to back.
+Payload: TypeAlias = BytesLike | Sequence[BytesLike]
+
+#: Hash-then-write granularity: large enough for few calls, small enough to stay in cache.
+CHUNK = 1 << 20
+
+
+def buffers(data: Payload) -> list[memoryview]:
+    """``data`` as flat byte views (no copies)."""
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+    return [memoryview(p).cast("B") for p in parts]
+
+
+def payload_size(data: Payload) -> int:
+    """Bytes in ``data``."""
+    return sum(v.nbytes for v in buffers(data))
+
+
+def payload_sha256(data: Payload) -> str:
+    """sha256 hex of the bytes of ``data`` (for callers that need it without writing)."""
+    h = hashlib.sha256()
+    for view in buffers(data):
+        h.update(view)
+    return h.hexdigest()
+
+
+def _hash_and_write(fh: BinaryIO, data: Payload) -> str:
+    """Write ``data`` to ``fh`` chunk by chunk, hashing each chunk just before it is written."""
+    h = hashlib.sha256()
+    for view in buffers(data):
+        for start in range(0, view.nbytes, CHUNK):
+            chunk = view[start : start + CHUNK]
+            h.update(chunk)
+            fh.write(chunk)
+    return h.hexdigest()
+
 
 class PendingCheckpoint(Protocol):
     """A save in progress, returned by :meth:`CheckpointStorage.begin`."""
 
-    def write(self, name: str, data: bytes) -> None:
-        """Store one file (``name`` is a relative posix path)."""
+    def write(self, name: str, data: Payload) -> str:
+        """Store one file (``name`` is a relative posix path); return the sha256 of its bytes."""
 
     def read(self, name: str) -> bytes:
         """Read back a file written so far (to verify a copy before committing it)."""
@@ -69,6 +114,9 @@ class CheckpointStorage(Protocol):
 
     def read_file(self, model: str, version: str, name: str) -> bytes:
         """The bytes of one file; raises FileNotFoundError when absent."""
+
+    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+        """The bytes of one file in a writable buffer (tensors can view it without a copy)."""
 
     def read_manifest(self, model: str, version: str) -> bytes | None:
         """The ``manifest.json`` bytes, or None when the checkpoint is not committed."""
@@ -116,16 +164,17 @@ class _LocalPending:
         self._tmp.mkdir()
         self._dirs: set[Path] = {self._tmp}
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: Payload) -> str:
         path = self._tmp / check_file_name(name)
         if path.parent != self._tmp:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.update(p for p in path.parents if p.is_relative_to(self._tmp))
         with open(path, "xb") as fh:
-            fh.write(data)
+            digest = _hash_and_write(fh, data)
             if self._storage.fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+        return digest
 
     def read(self, name: str) -> bytes:
         return (self._tmp / check_file_name(name)).read_bytes()
@@ -171,6 +220,19 @@ class LocalStorage:
 
     def read_file(self, model: str, version: str, name: str) -> bytes:
         return (self.root / model / version / check_file_name(name)).read_bytes()
+
+    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+        with open(self.root / model / version / check_file_name(name), "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            buf = bytearray(size)
+            view = memoryview(buf)
+            got = 0
+            while got < size:
+                n = fh.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            return buf if got == size else buf[:got]
 
     def read_manifest(self, model: str, version: str) -> bytes | None:
         try:
@@ -261,11 +323,13 @@ class _FsspecPending:
         marker = {"pid": os.getpid(), "host": socket.gethostname()}
         self._fs.pipe_file(f"{self._dir}/{layout.WRITER_MARKER}", orjson.dumps(marker))
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: Payload) -> str:
         path = f"{self._dir}/{check_file_name(name)}"
         if "/" in name:
             self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self._fs.pipe_file(path, data)
+        blob = data if isinstance(data, bytes) else b"".join(buffers(data))
+        self._fs.pipe_file(path, blob)
+        return hashlib.sha256(blob).hexdigest()
 
     def read(self, name: str) -> bytes:
         data: bytes = self._fs.cat_file(f"{self._dir}/{check_file_name(name)}")
@@ -303,6 +367,9 @@ class FsspecStorage:
     def read_file(self, model: str, version: str, name: str) -> bytes:
         data: bytes = self.fs.cat_file(f"{self.location(model, version)}/{check_file_name(name)}")
         return data
+
+    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+        return bytearray(self.read_file(model, version, name))
 
     def read_manifest(self, model: str, version: str) -> bytes | None:
         try:

@@ -17,19 +17,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from pydantic import ValidationError
-
 from schemas.errors import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointNotFoundError,
     ConfigError,
+    DriftloopError,
     SchemaError,
 )
 from schemas.manifest import (
     CheckpointManifest,
     FileEntry,
     ManifestDraft,
+    check_file_name,
     decode_manifest,
     encode_manifest,
     make_label,
@@ -41,7 +41,13 @@ from services.checkpoints.gc import GcPlan, Leftover, plan
 from services.checkpoints.pins import PinBook
 from services.checkpoints.retention import ReferenceSource, RetentionPolicy, policy_from_config
 from services.checkpoints.scan import scan_model
-from services.checkpoints.storage import CheckpointStorage, LocalStorage, open_storage
+from services.checkpoints.storage import (
+    CheckpointStorage,
+    LocalStorage,
+    Payload,
+    open_storage,
+    payload_size,
+)
 from services.checkpoints.tiering import TierPolicy, move_to_cold
 from services.config import redact_url
 
@@ -49,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Called with (done, total) while long work proceeds.
 Progress = Callable[[int, int], None]
+#: Completes a draft once the files are written, given the entries the store computed.
+Finish = Callable[[ManifestDraft, Mapping[str, FileEntry]], ManifestDraft]
 
 
 def now_ms() -> int:
@@ -87,6 +95,18 @@ class CheckpointReader:
         CheckpointCorruptError
             The bytes are missing or their size or sha256 differ from the manifest.
         """
+        return bytes(self._read(name, buffer=False))
+
+    def read_buffer(self, name: str) -> bytearray:
+        """Like :meth:`read`, in a fresh writable buffer the caller owns.
+
+        For decoders that view the bytes in place (tensors over the buffer)
+        instead of copying them out; raises what :meth:`read` raises.
+        """
+        data = self._read(name, buffer=True)
+        return data if isinstance(data, bytearray) else bytearray(data)
+
+    def _read(self, name: str, *, buffer: bool) -> bytes | bytearray:
         m = self.manifest
         entry = m.file(name)
         if entry is None:
@@ -94,7 +114,9 @@ class CheckpointReader:
                 f"no file {name!r} in checkpoint", model=m.model, version=m.version
             )
         if entry.ref_version is None:
-            return self._store._read_verified(m.model, m.version, self.tier, entry.name, entry)
+            return self._store._read_verified(
+                m.model, m.version, self.tier, entry.name, entry, buffer=buffer
+            )
         holder, tier = self._store._manifest(m.model, entry.ref_version)
         stored = next(
             (f for f in holder.files if f.sha256 == entry.sha256 and not f.ref_version), None
@@ -107,7 +129,9 @@ class CheckpointReader:
                 ref_version=entry.ref_version,
                 expected_sha256=entry.sha256,
             )
-        return self._store._read_verified(m.model, holder.version, tier, stored.name, entry)
+        return self._store._read_verified(
+            m.model, holder.version, tier, stored.name, entry, buffer=buffer
+        )
 
     def verify(self) -> None:
         """Read and check every file; raises :class:`CheckpointCorruptError` on a bad one."""
@@ -176,7 +200,12 @@ class CheckpointStore:
     # -- writing -----------------------------------------------------------------------------
 
     def commit(
-        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+        self,
+        model: str,
+        files: Mapping[str, Payload],
+        draft: ManifestDraft,
+        *,
+        finish: Finish | None = None,
     ) -> CheckpointManifest:
         """Write a new checkpoint of ``model`` and return its manifest.
 
@@ -184,44 +213,59 @@ class CheckpointStore:
         atomically, records it in the catalog, then runs GC and tier moves
         when configured (their failures are logged, the commit stands).
 
+        Each file is hashed while it is written (one pass over its bytes):
+        the manifest's sha256 is always that of the bytes on disk, whatever
+        the caller believes them to be. ``finish``, when given, is called
+        after the files are written and before the manifest is, with the
+        draft and the entries the store computed (name -> :class:`FileEntry`);
+        it returns the draft to commit — the state layer fills in a state
+        digest built from those hashes there instead of hashing the bytes a
+        second time. An exception in ``finish`` aborts the save.
+
         Raises
         ------
         CheckpointError
             The write failed (nothing was committed), or ``draft`` refers to a
             checkpoint that does not exist.
+        SchemaError
+            A file name is not a safe relative path (nothing was written).
         """
         layout.check_model(model)
+        for name in files:
+            try:
+                check_file_name(name)
+            except ValueError as exc:
+                raise SchemaError(str(exc), field="files", model=model) from None
         with self._lock:
             self.sync(model)
-            try:
-                written = [
-                    FileEntry(name=n, sha256=hashlib.sha256(d).hexdigest(), size=len(d))
-                    for n, d in files.items()
-                ]
-            except ValidationError as exc:
-                raise SchemaError(exc.errors()[0]["msg"], field="files", model=model) from None
-            entries = written + self._resolve_refs(model, files, draft)
+            self._resolve_refs(model, files, draft)  # fail before anything is written
             version = self._reserve_version(model)
-            created = now_ms()
-            fields = draft.model_dump(exclude={"file_refs"})
-            manifest = CheckpointManifest(
-                model=model,
-                version=version,
-                label=make_label(
-                    version, draft.step, draft.trigger, draft.metrics, draft.key_metric
-                ),
-                created_ts=created,
-                files=entries,
-                **fields,
-            )
             pending = self.hot.begin(model, version)
             try:
-                for name, data in files.items():
-                    pending.write(name, data)
+                written = {
+                    name: FileEntry(
+                        name=name, sha256=pending.write(name, data), size=payload_size(data)
+                    )
+                    for name, data in files.items()
+                }
+                if finish is not None:
+                    draft = finish(draft, written)
+                entries = list(written.values()) + self._resolve_refs(model, files, draft)
+                fields = draft.model_dump(exclude={"file_refs"})
+                manifest = CheckpointManifest(
+                    model=model,
+                    version=version,
+                    label=make_label(
+                        version, draft.step, draft.trigger, draft.metrics, draft.key_metric
+                    ),
+                    created_ts=now_ms(),
+                    files=entries,
+                    **fields,
+                )
                 pending.finalize(encode_manifest(manifest))
             except BaseException as exc:
                 pending.abort()
-                if isinstance(exc, CheckpointError | KeyboardInterrupt | SystemExit):
+                if isinstance(exc, DriftloopError | KeyboardInterrupt | SystemExit):
                     raise
                 raise CheckpointError(
                     f"checkpoint write failed: {exc}", model=model, version=version
@@ -240,7 +284,7 @@ class CheckpointStore:
             log.exception("retention/tiering after commit failed (model=%s)", model)
 
     def _resolve_refs(
-        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+        self, model: str, files: Mapping[str, Payload], draft: ManifestDraft
     ) -> list[FileEntry]:
         for dep in (draft.base_version, draft.parent_version if draft.kind == "delta" else None):
             if dep is not None and self.catalog.get(model, dep) is None:
@@ -402,14 +446,25 @@ class CheckpointStore:
         raise CheckpointNotFoundError("checkpoint has no manifest", model=model, version=version)
 
     def _read_verified(
-        self, model: str, version: str, tier: Tier, stored_name: str, entry: FileEntry
-    ) -> bytes:
+        self,
+        model: str,
+        version: str,
+        tier: Tier,
+        stored_name: str,
+        entry: FileEntry,
+        *,
+        buffer: bool = False,
+    ) -> bytes | bytearray:
         order: list[Tier] = [tier] + [t for t in self._tiers() if t != tier]
         path = f"{self.storage(tier).location(model, version)}/{stored_name}"
-        data: bytes | None = None
+        data: bytes | bytearray | None = None
         for t in order:
+            storage = self.storage(t)
             try:
-                data = self.storage(t).read_file(model, version, stored_name)
+                if buffer:
+                    data = storage.read_buffer(model, version, stored_name)
+                else:
+                    data = storage.read_file(model, version, stored_name)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             path = f"{self.storage(t).location(model, version)}/{stored_name}"

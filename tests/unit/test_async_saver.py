@@ -10,6 +10,7 @@ import textwrap
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from schemas.manifest import CheckpointManifest, ManifestDraft
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.state.torch_state import TorchAdapter
+from services.checkpoints.storage import Payload
 from services.checkpoints.store import CheckpointStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,13 +36,13 @@ class GatedStore(CheckpointStore):
         self.fail_next = False
 
     def commit(
-        self, model: str, files: Mapping[str, bytes], draft: ManifestDraft
+        self, model: str, files: Mapping[str, Payload], draft: ManifestDraft, **kw: Any
     ) -> CheckpointManifest:
         self.gate.wait(timeout=30)
         if self.fail_next:
             self.fail_next = False
             raise OSError("disk full")
-        return super().commit(model, files, draft)
+        return super().commit(model, files, draft, **kw)
 
 
 @pytest.fixture
@@ -135,10 +137,10 @@ CHILD = textwrap.dedent(
     from services.checkpoints.store import CheckpointStore
 
     class SlowStore(CheckpointStore):
-        def commit(self, model, files, draft):
+        def commit(self, model, files, draft, **kw):
             print("committing", flush=True)
             time.sleep(1.0)
-            return super().commit(model, files, draft)
+            return super().commit(model, files, draft, **kw)
 
     checkpointer = Checkpointer(SlowStore(StoreConfig(root=sys.argv[1])))
     install_sigterm_flush(checkpointer)

@@ -21,6 +21,8 @@ value unchanged). One file per tensor makes "unchanged tensor" mean
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -47,6 +49,10 @@ class StateReader(Protocol):
 
     def read(self, name: str) -> bytes:
         """The verified bytes of a file (raises CheckpointCorruptError on mismatch)."""
+        ...
+
+    def read_buffer(self, name: str) -> bytearray:
+        """The verified bytes of a file in a writable buffer the caller owns."""
         ...
 
 
@@ -81,12 +87,96 @@ def encode_tensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().contiguous() for k, v in tensors.items()})
 
 
+_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_BY_CODE = {code: dtype for dtype, code in _DTYPES.items()}
+
+
+def tensor_payload(tensor: torch.Tensor, key: str = "value") -> list[bytes | memoryview]:
+    """A one-tensor safetensors file as ``[header, view of the tensor's bytes]`` (no copy).
+
+    The concatenation equals ``safetensors.torch.save({key: tensor})``; dtypes
+    this encoder does not know fall back to that (one copy).
+    """
+    flat = tensor.detach().reshape(-1).contiguous()
+    code = _DTYPES.get(flat.dtype)
+    if code is None or flat.device.type != "cpu":
+        return [encode_tensor(tensor, key)]
+    nbytes = flat.numel() * flat.element_size()
+    meta = {key: {"dtype": code, "shape": list(tensor.shape), "data_offsets": [0, nbytes]}}
+    header = json.dumps(meta, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    data = flat.view(torch.uint8).numpy().data if nbytes else memoryview(b"")
+    return [len(header).to_bytes(8, "little") + header, data]
+
+
+def tensor_file_digest(tensor: torch.Tensor) -> str:
+    """sha256 hex of the one-tensor file :func:`tensor_payload` writes for ``tensor``."""
+    h = hashlib.sha256()
+    for part in tensor_payload(tensor):
+        h.update(part)
+    return h.hexdigest()
+
+
+def _view_tensors(data: bytearray) -> dict[str, torch.Tensor] | None:
+    """Tensors viewing ``data`` in place, or None when the file is not plain enough."""
+    if len(data) < 8:
+        return None
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        return None
+    header = json.loads(bytes(data[8 : 8 + size]))
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    start = 8 + size
+    out: dict[str, torch.Tensor] = {}
+    for key, info in header.items():
+        dtype = _BY_CODE.get(str(info.get("dtype"))) if isinstance(info, dict) else None
+        if dtype is None:
+            return None
+        shape = [int(d) for d in info["shape"]]
+        begin, end = (int(x) for x in info["data_offsets"])
+        count = math.prod(shape)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if not 0 <= begin <= end <= len(data) - start or count * itemsize != end - begin:
+            return None
+        if count == 0:
+            out[key] = torch.empty(shape, dtype=dtype)
+            continue
+        if (start + begin) % itemsize:
+            return None
+        out[key] = torch.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(
+            shape
+        )
+    return out
+
+
 def decode_tensors(
-    data: bytes, *, name: str, manifest: CheckpointManifest
+    data: bytes | bytearray, *, name: str, manifest: CheckpointManifest
 ) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; malformed bytes are a corrupt checkpoint."""
+    """Tensors of a safetensors file; malformed bytes are a corrupt checkpoint.
+
+    From a ``bytearray`` (the store's ``read_buffer``) the tensors view the
+    buffer without a copy (the caller must not reuse it); from ``bytes``, or
+    for a file this fast path does not handle, safetensors copies them out.
+    """
     try:
-        return st_load(data)
+        if isinstance(data, bytearray):
+            viewed = _view_tensors(data)
+            if viewed is not None:
+                return viewed
+        return st_load(bytes(data))
     except Exception as exc:  # safetensors raises its own SafetensorError and others
         raise CheckpointCorruptError(
             f"file is not valid safetensors: {exc}",

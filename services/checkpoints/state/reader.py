@@ -24,7 +24,12 @@ from schemas.manifest import CheckpointManifest
 from services.checkpoints.state.delta import apply_rows
 from services.checkpoints.state.encoding import StateReader, decode_tensors, read_index
 from services.checkpoints.state.quantize import dequantize
-from services.checkpoints.state.state import CheckpointState, state_digest
+from services.checkpoints.state.state import (
+    DIGEST_PREFIX,
+    CheckpointState,
+    legacy_state_digest,
+    state_digest,
+)
 
 #: Longest delta chain a load follows before calling the lineage broken.
 MAX_CHAIN = 1024
@@ -117,7 +122,8 @@ def load_state(
         state.blobs[name] = read_verified(top.reader, fname)
     expected = top.manifest.state_digest
     if verify and expected is not None:
-        actual = state_digest(state)
+        digest = state_digest if expected.startswith(DIGEST_PREFIX) else legacy_state_digest
+        actual = digest(state)
         if actual != expected:
             raise CheckpointCorruptError(
                 "reconstructed state does not match the state digest recorded at save time",

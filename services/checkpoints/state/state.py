@@ -13,19 +13,32 @@ encoder turns into named files, and what a load hands back:
   :mod:`.safe_pickle`.
 - ``rng``: RNG states as JSON-able values; they go to the manifest's ``rng``.
 
-The state digest (:func:`state_digest`) is a sha256 over every tensor's
-qualified name, dtype, shape and raw bytes, in sorted order. It is recorded at
-save time and checked after a load reconstructs the state, whatever path the
-bytes took (full file, referenced file, rows applied to a parent).
+The state digest (:func:`state_digest`, ``tf1:<hex>``) is a sha256 over
+every tensor's qualified name and *canonical digest* — the sha256 of the
+one-tensor safetensors file the encoder writes for it (which covers dtype,
+shape and bytes) — in sorted order. It is recorded at save time and checked
+after a load, whatever path the bytes took (full file, referenced file, rows
+applied to a parent). Defined this way it costs no extra pass where a file's
+hash is already known: on save the store hashes each file while writing it
+and the digest is composed from those hashes; on load a tensor decoded from a
+verified file contributes that file's hash, and only tensors rebuilt from rows
+are hashed again. Manifests written before this scheme hold a bare hex digest
+(:func:`legacy_state_digest`: name, dtype, shape and raw bytes), still checked.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from services.checkpoints.state.encoding import tensor_file_digest
+
+#: Marks a state digest composed from canonical tensor-file digests.
+DIGEST_PREFIX = "tf1:"
 
 
 @dataclass
@@ -60,8 +73,21 @@ def tensor_digest(tensor: torch.Tensor, name: str, hasher: Any | None = None) ->
     return h
 
 
+def compose_digest(tensor_digests: Mapping[str, str]) -> str:
+    """The state digest from each qualified tensor name's canonical digest."""
+    h = hashlib.sha256()
+    for name, digest in sorted(tensor_digests.items()):
+        h.update(f"{name}\0{digest}\n".encode())
+    return DIGEST_PREFIX + h.hexdigest()
+
+
 def state_digest(state: CheckpointState) -> str:
-    """sha256 hex over every tensor's qualified name, dtype, shape and bytes, sorted by name."""
+    """The ``tf1:`` digest of ``state``, hashing every tensor (one pass over its bytes)."""
+    return compose_digest({q: tensor_file_digest(t) for q, t in state.tensors().items()})
+
+
+def legacy_state_digest(state: CheckpointState) -> str:
+    """The bare-hex digest of manifests written before ``tf1:`` (name, dtype, shape, bytes)."""
     h = hashlib.sha256()
     for name, tensor in sorted(state.tensors().items()):
         tensor_digest(tensor, name, h)

@@ -11,12 +11,18 @@ parts ``{"value"}``) and ``"int8"`` (the quantized variant, parts ``{"q",
 "scale", "zero"}`` or ``{"raw"}``). Every part has the tensor's rows as its
 first dimension, so a differential save stores the changed rows of every
 part the same way and a load applies them the same way.
+
+No tensor byte is hashed twice: a full tensor's file is written as a header
+plus a view of the snapshot's memory and hashed by the store while it writes
+it; :meth:`EncodedSave.digest` then composes the state digest from those
+hashes, from the hashes of referenced files, and — only for tensors stored as
+changed rows, whose full bytes are not written — from a hash of the tensor.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,9 +37,12 @@ from services.checkpoints.state.encoding import (
     encode_index,
     encode_tensors,
     tensor_file,
+    tensor_file_digest,
+    tensor_payload,
 )
 from services.checkpoints.state.quantize import max_abs_error, quantize
-from services.checkpoints.state.state import CheckpointState, state_digest
+from services.checkpoints.state.state import CheckpointState, compose_digest
+from services.checkpoints.storage import Payload, payload_size
 
 Parts = dict[str, torch.Tensor]
 
@@ -64,21 +73,35 @@ class EncodeOptions:
 
 @dataclass
 class EncodedSave:
-    """The bytes and manifest fields of one checkpoint, ready for ``store.commit``."""
+    """The bytes and manifest fields of one checkpoint, ready for ``store.commit``.
 
-    files: dict[str, bytes]
+    ``files`` may view the snapshot's tensors: commit before the snapshot is
+    reused. ``tensor_digests`` holds the canonical digests known without the
+    store (referenced files, hashed row-stored tensors); ``digest_files`` maps
+    each other tensor to the file whose store-computed sha256 is its digest.
+    """
+
+    files: dict[str, Payload]
     file_refs: dict[str, FileEntry]
     index: dict[str, Any]
     kind: Literal["full", "delta"]
     base_version: str | None
     chain: int
-    state_digest: str
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tensor_digests: dict[str, str] = field(default_factory=dict)
+    digest_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def bytes_written(self) -> int:
         """Bytes of the files this save writes (references excluded)."""
-        return sum(len(b) for b in self.files.values())
+        return sum(payload_size(b) for b in self.files.values())
+
+    def digest(self, written: Mapping[str, FileEntry]) -> str:
+        """The state digest, given the entries the store computed while writing ``files``."""
+        digests = dict(self.tensor_digests)
+        for qualified, name in self.digest_files.items():
+            digests[qualified] = written[name].sha256
+        return compose_digest(digests)
 
 
 def _encode_namespace(
@@ -89,8 +112,13 @@ def _encode_namespace(
     parts_of: Callable[[torch.Tensor], Parts],
     out: EncodedSave,
     symmetric: bool = False,
+    digests: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Encode one namespace's tensors under ``changes``; returns its index entries."""
+    """Encode one namespace's tensors under ``changes``; returns its index entries.
+
+    ``digests``: record each tensor's canonical digest source in ``out`` (the
+    exact-state namespace only).
+    """
     parent_entries: dict[str, Any] = parent.index.get(namespace, {}) if parent else {}
     entries: dict[str, dict[str, Any]] = {}
     for qualified, tensor in tensors.items():
@@ -107,8 +135,12 @@ def _encode_namespace(
             if ref is not None:
                 out.file_refs[ref.name] = ref
                 entry["file"] = ref.name
+                if digests:
+                    out.tensor_digests[qualified] = ref.sha256
             else:
                 entry["same"] = True
+                if digests:
+                    out.tensor_digests[qualified] = tensor_file_digest(tensor)
             entry["meta"] = previous.get("meta", {})
         elif change.mode == "rows" and change.indices is not None:
             name = tensor_file(f"rows/{namespace}", qualified)
@@ -118,10 +150,16 @@ def _encode_namespace(
             entry["meta"] = _merge_meta(
                 previous.get("meta", {}) if previous else {}, tensor, parts, change, symmetric
             )
+            if digests:
+                out.tensor_digests[qualified] = tensor_file_digest(tensor)
         else:
             name = tensor_file(namespace, qualified)
             parts = parts_of(tensor)
-            out.files[name] = encode_tensors(parts)
+            if digests:
+                out.files[name] = tensor_payload(parts["value"])
+                out.digest_files[qualified] = name
+            else:
+                out.files[name] = encode_tensors(parts)
             entry["file"] = name
             entry["meta"] = _merge_meta({}, tensor, parts, change, symmetric)
         entries[qualified] = entry
@@ -160,7 +198,6 @@ def encode_save(
         kind="delta" if as_delta else "full",
         base_version=parent.base_version if as_delta and parent else None,
         chain=parent.chain + 1 if as_delta and parent else 0,
-        state_digest=state_digest(state),
     )
     tensors = dict(sorted(state.tensors().items()))
     changes: dict[str, TensorChange] = {}
@@ -172,7 +209,13 @@ def encode_save(
             )
     index: dict[str, Any] = {"format": INDEX_FORMAT, "chain": out.chain}
     index["tensors"] = _encode_namespace(
-        "tensors", tensors, changes, parent if as_delta else None, lambda t: {"value": t}, out
+        "tensors",
+        tensors,
+        changes,
+        parent if as_delta else None,
+        lambda t: {"value": t},
+        out,
+        digests=True,
     )
     if options.int8:
         chosen = {q: t for q, t in tensors.items() if q.split("/", 1)[0] in options.int8_groups}
