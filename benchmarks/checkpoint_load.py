@@ -3,13 +3,15 @@
 Two states, each saved both ways in the same run:
 
 - an MLP of about ``--size`` (10) million parameters with Adam state, one full
-  checkpoint: :meth:`Checkpointer.load` (every file's sha256 verified, the
-  state digest recomputed) vs ``torch.load`` of a ``torch.save`` file of the
-  same state dicts (no verification), and ``Checkpointer.load`` with
-  ``verify_on_load`` off (file hashes are still checked by the store);
+  checkpoint: :meth:`Checkpointer.load` (every file's sha256 verified; the
+  state digest is composed from those hashes, no second pass) vs ``torch.load``
+  of a ``torch.save`` file of the same state dicts (no verification), and
+  ``Checkpointer.load`` with ``verify_on_load`` off (file hashes are still
+  checked by the store);
 - an embedding model (``--rows`` x 64, SparseAdam) at the end of a delta
   chain of ``--chain`` checkpoints (1% rows touched between): the load walks
-  back to the base and applies rows.
+  back to the base and applies rows, and hashes the rebuilt tensors to check
+  the state digest.
 
 Each figure is the best of ``--rounds`` loads (files in the page cache).
 

@@ -50,7 +50,9 @@ class CheckpointerConfig(BaseSettings):
     every ``full_every`` deltas, rows stored while cheaper than
     ``delta_max_fraction`` of the tensor. ``int8``: also write the row-wise
     int8 variant of ``int8_groups``. ``snapshot``: ``copy`` into reused
-    buffers or ``clone``.
+    buffers or ``clone``. ``verify_on_load``: check the state digest after a
+    load (file hashes are always checked; the digest costs a pass only over
+    tensors rebuilt from a delta chain's rows).
     """
 
     model_config = SettingsConfigDict(

@@ -9,7 +9,16 @@ the one recorded at save time, else :class:`CheckpointCorruptError`.
 
 Every byte is read through the storage layer's reader, which verifies size
 and sha256 (for referenced files too); blobs are additionally checked against
-the manifest here before anyone unpickles them.
+the manifest here before anyone unpickles them. Tensor files are read into a
+buffer the decoded tensors view, so no copy is made out of safetensors.
+
+The state digest check costs a pass only where it proves something new. A
+tensor decoded straight from one verified file is exactly the bytes whose
+sha256 the manifest lists, and that sha256 *is* the tensor's canonical digest
+(see :mod:`.state`), so it is taken from the manifest; a tensor rebuilt by
+applying rows along a delta chain is hashed, because only the digest proves
+the reconstruction. For a full checkpoint that means no tensor byte is hashed
+twice. Manifests with a legacy digest are checked the old way (every tensor).
 """
 
 from __future__ import annotations
@@ -22,13 +31,18 @@ import torch
 from schemas.errors import CheckpointCorruptError, CheckpointNotFoundError
 from schemas.manifest import CheckpointManifest
 from services.checkpoints.state.delta import apply_rows
-from services.checkpoints.state.encoding import StateReader, decode_tensors, read_index
+from services.checkpoints.state.encoding import (
+    StateReader,
+    decode_tensors,
+    read_index,
+    tensor_file_digest,
+)
 from services.checkpoints.state.quantize import dequantize
 from services.checkpoints.state.state import (
     DIGEST_PREFIX,
     CheckpointState,
+    compose_digest,
     legacy_state_digest,
-    state_digest,
 )
 
 #: Longest delta chain a load follows before calling the lineage broken.
@@ -50,7 +64,12 @@ class _Level:
         self.index = read_index(reader)
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        return decode_tensors(self.reader.read(name), name=name, manifest=self.manifest)
+        return decode_tensors(self.reader.read_buffer(name), name=name, manifest=self.manifest)
+
+    def sha256(self, name: str) -> str:
+        entry = self.manifest.file(name)
+        assert entry is not None  # read() refused names the manifest lacks
+        return entry.sha256
 
 
 def _chain(store: StateSource, model: str, version: str | None) -> list[_Level]:
@@ -65,8 +84,11 @@ def _chain(store: StateSource, model: str, version: str | None) -> list[_Level]:
     return levels
 
 
-def _resolve(levels: list[_Level], namespace: str, qualified: str) -> dict[str, torch.Tensor]:
-    """The parts of one tensor at the top of the chain."""
+def _resolve(
+    levels: list[_Level], namespace: str, qualified: str
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The parts of one tensor at the top of the chain, and the verified sha256 of the
+    file they came from when no rows were applied (None when rebuilt)."""
     pending: list[dict[str, torch.Tensor]] = []
     for level in levels:
         entry = level.index.get(namespace, {}).get(qualified)
@@ -78,7 +100,7 @@ def _resolve(levels: list[_Level], namespace: str, qualified: str) -> dict[str, 
                 indices = rows["indices"]
                 for key, part in parts.items():
                     apply_rows(part, indices, rows[key])
-            return parts
+            return parts, None if pending else level.sha256(entry["file"])
         if "rows" in entry:
             pending.append(level.tensors(entry["rows"]))
     top = levels[0].manifest
@@ -115,15 +137,26 @@ def load_state(
     state = CheckpointState(
         documents=dict(top.index.get("documents", {})), rng=dict(top.manifest.rng)
     )
+    file_digests: dict[str, str | None] = {}
     for qualified in top.index.get("tensors", {}):
         group, name = _split(qualified)
-        state.groups.setdefault(group, {})[name] = _resolve(levels, "tensors", qualified)["value"]
+        parts, file_digests[qualified] = _resolve(levels, "tensors", qualified)
+        state.groups.setdefault(group, {})[name] = parts["value"]
     for name, fname in top.index.get("blobs", {}).items():
         state.blobs[name] = read_verified(top.reader, fname)
     expected = top.manifest.state_digest
     if verify and expected is not None:
-        digest = state_digest if expected.startswith(DIGEST_PREFIX) else legacy_state_digest
-        actual = digest(state)
+        if expected.startswith(DIGEST_PREFIX):
+            tensors = state.tensors()
+            # A verified file's sha256 is its tensor's canonical digest; a rebuilt one is hashed.
+            actual = compose_digest(
+                {
+                    q: sha if sha is not None else tensor_file_digest(tensors[q])
+                    for q, sha in file_digests.items()
+                }
+            )
+        else:
+            actual = legacy_state_digest(state)
         if actual != expected:
             raise CheckpointCorruptError(
                 "reconstructed state does not match the state digest recorded at save time",
@@ -188,7 +221,7 @@ def load_variant(
     symmetric = info.get("scheme") == "symmetric"
     for qualified, entry in top.index.get(variant, {}).items():
         group, name = _split(qualified)
-        parts = _resolve(levels, variant, qualified)
+        parts, _ = _resolve(levels, variant, qualified)
         dtype = getattr(torch, entry["dtype"])
         state.groups.setdefault(group, {})[name] = dequantize(
             parts, tuple(entry["shape"]), dtype, symmetric=symmetric
