@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from services.checkpoints.catalog import Catalog, CheckpointRecord
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.gc import GcPlan, Leftover
+from services.checkpoints.gc import GcPlan, Leftover, Quarantined
 from services.checkpoints.retention import (
     InMemoryReferences,
     KeepAny,
@@ -56,6 +56,7 @@ __all__ = [
     "Leftover",
     "LocalStorage",
     "PendingCheckpoint",
+    "Quarantined",
     "ReferenceSource",
     "RetentionPolicy",
     "StoreConfig",

@@ -16,10 +16,16 @@ loads it), then the files, then the row. Versions are deleted newest first,
 so a surviving checkpoint never lacks a dependency. The next GC or reindex
 heals whatever an interrupted run left.
 
-Leftovers are directories without a valid manifest (interrupted saves,
-interrupted deletions, corrupt manifests) and duplicate copies left by an
-interrupted tier move; a directory a live process on this host is still
-writing is left alone.
+Leftovers are directories of interrupted work (temp dirs of dead writers,
+version dirs without a manifest: interrupted saves or deletions) and
+duplicate copies left by an interrupted tier move; a directory a live process
+on this host is still writing is left alone.
+
+A version directory whose manifest exists but does not validate is not
+deleted: it is moved to ``{model}/.quarantine/{version}-{ts}/`` with a note of
+the reason (the evidence, and maybe the only copy of a model). GC never
+deletes quarantined data on its own; ``CheckpointStore.purge_quarantine``
+(``driftloop checkpoints gc --purge-quarantine``) does, when asked.
 """
 
 from __future__ import annotations
@@ -46,6 +52,26 @@ class Leftover:
 
 
 @dataclass(frozen=True)
+class Quarantined:
+    """A version directory moved aside because its manifest did not validate."""
+
+    model: str
+    tier: Tier
+    name: str
+    reason: str
+    quarantined_ts: int | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "tier": self.tier,
+            "name": self.name,
+            "reason": self.reason,
+            "quarantined_ts": self.quarantined_ts,
+        }
+
+
+@dataclass(frozen=True)
 class GcPlan:
     """What one GC run on one model keeps, deletes and cleans up."""
 
@@ -53,6 +79,7 @@ class GcPlan:
     kept: dict[str, str]
     delete: list[CheckpointRecord]
     leftovers: list[Leftover] = field(default_factory=list)
+    quarantine: list[Leftover] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -61,6 +88,9 @@ class GcPlan:
             "delete": [r.version for r in self.delete],
             "leftovers": [
                 {"tier": x.tier, "name": x.name, "reason": x.reason} for x in self.leftovers
+            ],
+            "quarantine": [
+                {"tier": x.tier, "name": x.name, "reason": x.reason} for x in self.quarantine
             ],
         }
 
@@ -74,10 +104,11 @@ def plan(
     references: ReferenceSource | None = None,
     history_depth: int = 3,
     leftovers: Sequence[Leftover] = (),
+    quarantine: Sequence[Leftover] = (),
 ) -> GcPlan:
     """Decide what to keep and delete among the committed ``checkpoints`` of ``model``."""
     if not checkpoints:
-        return GcPlan(model, {}, [], list(leftovers))
+        return GcPlan(model, {}, [], list(leftovers), list(quarantine))
     by_version = {c.version: c for c in checkpoints}
     kept: dict[str, str] = {}
 
@@ -109,4 +140,4 @@ def plan(
     delete = sorted(
         (c for c in checkpoints if c.version not in kept), key=lambda c: c.seq, reverse=True
     )
-    return GcPlan(model, kept, delete, list(leftovers))
+    return GcPlan(model, kept, delete, list(leftovers), list(quarantine))

@@ -5,6 +5,7 @@
     {root}/{model}/{model}-{seq:06d}/manifest.json   a committed checkpoint
     {root}/{model}/.tmp-{pid}-{rand}/                 a local save in progress
     {root}/{model}/.trash-{pid}-{rand}/               a local checkpoint being removed
+    {root}/{model}/.quarantine/{version}-{ts}/        a version whose manifest did not validate
     {root}/{model}/.seq                               the per-model version high-water mark
     {root}/{model}/.pins.json                         milestone labels (the truth for pins)
 
@@ -19,11 +20,16 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 
 from schemas.errors import SchemaError
 from schemas.manifest import MODEL_PATTERN
 
 TMP_PREFIX = ".tmp-"
+#: Directory under a model holding versions moved aside because their manifest is corrupt.
+QUARANTINE_DIR = ".quarantine"
+#: File inside a quarantined directory saying why and when it was moved.
+QUARANTINE_NOTE = ".quarantine.json"
 TRASH_PREFIX = ".trash-"
 #: Marker a writer on an object store leaves in a version dir until its manifest is written.
 WRITER_MARKER = ".writer"
@@ -57,6 +63,11 @@ def parse_seq(model: str, name: str) -> int | None:
 def temp_name() -> str:
     """A fresh name for a local save in progress, carrying this process's pid."""
     return f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def quarantine_name(name: str) -> str:
+    """``fraud-000042`` -> ``fraud-000042-{epoch ms}``: the name of its quarantined copy."""
+    return f"{name}-{time.time_ns() // 1_000_000}"
 
 
 def trash_name() -> str:

@@ -1,9 +1,13 @@
 """Compare what the tiers hold with what the catalog says (used by sync, GC and reindex).
 
 A version directory is committed when its ``manifest.json`` validates and
-names that model and version; anything else under a model directory that
-looks like ours is a leftover for GC, unless a live process on this host is
-still writing it.
+names that model and version. A version directory whose manifest exists but
+does not validate (or names another checkpoint) is *corrupt*: manifests are
+written whole (renamed into place locally, one put on an object store), so it
+is damage, not an interrupted write, and GC moves it to quarantine instead of
+deleting it. Anything else under a model directory that looks like ours
+(temp dirs of dead writers, version dirs without a manifest) is a leftover
+GC removes, unless a live process on this host is still writing it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class ScanResult:
     upserts: list[tuple[CheckpointManifest, Tier]] = field(default_factory=list)
     stale_rows: list[str] = field(default_factory=list)
     leftovers: list[Leftover] = field(default_factory=list)
+    corrupt: list[Leftover] = field(default_factory=list)
 
 
 def scan_model(
@@ -59,10 +64,10 @@ def scan_model(
             try:
                 manifest = decode_manifest(raw, model=model, version=name)
             except SchemaError as exc:
-                result.leftovers.append(Leftover(tier, name, f"manifest does not validate: {exc}"))
+                result.corrupt.append(Leftover(tier, name, f"manifest does not validate: {exc}"))
                 continue
             if manifest.model != model or manifest.version != name:
-                result.leftovers.append(
+                result.corrupt.append(
                     Leftover(tier, name, f"manifest names {manifest.model}/{manifest.version}")
                 )
                 continue

@@ -136,6 +136,15 @@ class CheckpointStorage(Protocol):
     def remove_entry(self, model: str, name: str) -> None:
         """Delete a directory under ``model`` with everything in it."""
 
+    def quarantine(self, model: str, name: str, note: bytes) -> str:
+        """Move ``name`` to ``.quarantine/{name}-{ts}`` with ``note``; return that name."""
+
+    def quarantined(self, model: str) -> list[tuple[str, bytes | None]]:
+        """Quarantined directory names of ``model`` with their notes (None if unreadable)."""
+
+    def purge_quarantined(self, model: str, name: str) -> None:
+        """Delete one quarantined directory for good."""
+
     def read_meta(self, model: str, name: str) -> bytes | None:
         """A small per-model bookkeeping file (``.seq``, ``.pins.json``), or None."""
 
@@ -274,6 +283,30 @@ class LocalStorage:
             path = trash
         shutil.rmtree(path, ignore_errors=True)
 
+    def quarantine(self, model: str, name: str, note: bytes) -> str:
+        folder = self.root / model / layout.QUARANTINE_DIR
+        folder.mkdir(exist_ok=True)
+        dest = layout.quarantine_name(name)
+        os.rename(self.root / model / name, folder / dest)
+        (folder / dest / layout.QUARANTINE_NOTE).write_bytes(note)
+        if self.fsync:
+            _fsync_dir(folder)
+            _fsync_dir(self.root / model)
+        return dest
+
+    def quarantined(self, model: str) -> list[tuple[str, bytes | None]]:
+        folder = self.root / model / layout.QUARANTINE_DIR
+        if not folder.is_dir():
+            return []
+        out: list[tuple[str, bytes | None]] = []
+        for p in sorted(folder.iterdir()):
+            note = p / layout.QUARANTINE_NOTE
+            out.append((p.name, note.read_bytes() if note.is_file() else None))
+        return out
+
+    def purge_quarantined(self, model: str, name: str) -> None:
+        shutil.rmtree(self.root / model / layout.QUARANTINE_DIR / name, ignore_errors=True)
+
     def read_meta(self, model: str, name: str) -> bytes | None:
         try:
             return (self.root / model / name).read_bytes()
@@ -411,6 +444,30 @@ class FsspecStorage:
     def remove_entry(self, model: str, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(f"{self.root}/{model}/{name}", recursive=True)
+
+    def quarantine(self, model: str, name: str, note: bytes) -> str:
+        # Not atomic on an object store: the copy is complete before the original goes.
+        dest = layout.quarantine_name(name)
+        target = f"{self.root}/{model}/{layout.QUARANTINE_DIR}/{dest}"
+        self.fs.copy(f"{self.root}/{model}/{name}", target, recursive=True)
+        self.fs.pipe_file(f"{target}/{layout.QUARANTINE_NOTE}", note)
+        self.fs.rm(f"{self.root}/{model}/{name}", recursive=True)
+        return dest
+
+    def quarantined(self, model: str) -> list[tuple[str, bytes | None]]:
+        out: list[tuple[str, bytes | None]] = []
+        folder = f"{self.root}/{model}/{layout.QUARANTINE_DIR}"
+        for name in self._dirs(folder):
+            try:
+                note: bytes | None = self.fs.cat_file(f"{folder}/{name}/{layout.QUARANTINE_NOTE}")
+            except FileNotFoundError:
+                note = None
+            out.append((name, note))
+        return out
+
+    def purge_quarantined(self, model: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(f"{self.root}/{model}/{layout.QUARANTINE_DIR}/{name}", recursive=True)
 
     def read_meta(self, model: str, name: str) -> bytes | None:
         try:

@@ -10,12 +10,15 @@ by :meth:`CheckpointStore.reindex`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Literal
+
+import orjson
 
 from schemas.errors import (
     CheckpointCorruptError,
@@ -37,7 +40,7 @@ from schemas.manifest import (
 from services.checkpoints import layout
 from services.checkpoints.catalog import Catalog, CheckpointRecord, Tier
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.gc import GcPlan, Leftover, plan
+from services.checkpoints.gc import GcPlan, Leftover, Quarantined, plan
 from services.checkpoints.pins import PinBook
 from services.checkpoints.retention import ReferenceSource, RetentionPolicy, policy_from_config
 from services.checkpoints.scan import scan_model
@@ -520,8 +523,46 @@ class CheckpointStore:
             self._synced.add(model)
 
     def invalid(self, model: str) -> list[Leftover]:
-        """Directories of ``model`` that are not committed checkpoints (GC would remove them)."""
-        return scan_model(model, self._tiers(), self.catalog, deep=True).leftovers
+        """Directories of ``model`` that are not committed checkpoints.
+
+        Leftovers of interrupted work (GC removes them) and version
+        directories with a corrupt manifest (GC quarantines them).
+        """
+        scan = scan_model(model, self._tiers(), self.catalog, deep=True)
+        return scan.leftovers + scan.corrupt
+
+    def quarantined(self, model: str | None = None) -> list[Quarantined]:
+        """Quarantined directories of one model or all, with the reason each was moved."""
+        found: list[Quarantined] = []
+        for m in [model] if model is not None else self.models():
+            for tier, storage in self._tiers().items():
+                for name, note in storage.quarantined(m):
+                    facts: dict[str, object] = {}
+                    with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                        loaded = orjson.loads(note or b"")
+                        facts = loaded if isinstance(loaded, dict) else {}
+                    ts = facts.get("quarantined_ts")
+                    found.append(
+                        Quarantined(
+                            m,
+                            tier,
+                            name,
+                            str(facts.get("reason", "no note (reason unknown)")),
+                            ts if isinstance(ts, int) else None,
+                        )
+                    )
+        return found
+
+    def purge_quarantine(
+        self, model: str | None = None, *, dry_run: bool = False
+    ) -> list[Quarantined]:
+        """Delete quarantined directories for good (only ever on request); returns them."""
+        with self._lock:
+            found = self.quarantined(model)
+            if not dry_run:
+                for q in found:
+                    self.storage(q.tier).purge_quarantined(q.model, q.name)
+            return found
 
     def reindex(self, progress: Progress | None = None) -> int:
         """Rebuild the catalog from the manifests; returns the number of checkpoints found."""
@@ -555,7 +596,10 @@ class CheckpointStore:
     # -- lifecycle --------------------------------------------------------------------------
 
     def gc(self, model: str | None = None, *, dry_run: bool = False) -> list[GcPlan]:
-        """Apply retention and remove leftovers, for one model or all; returns the plans."""
+        """Apply retention, remove leftovers and quarantine corrupt versions; returns the plans.
+
+        Quarantined data is never deleted here (see :meth:`purge_quarantine`).
+        """
         plans = []
         with self._lock:
             for m in [model] if model is not None else self.models():
@@ -569,6 +613,7 @@ class CheckpointStore:
                     references=self.references,
                     history_depth=self.config.rollback_depth,
                     leftovers=scan.leftovers,
+                    quarantine=scan.corrupt,
                 )
                 plans.append(p)
                 if not dry_run:
@@ -577,7 +622,7 @@ class CheckpointStore:
 
     def _execute(self, p: GcPlan) -> None:
         seqs = [r.seq for r in p.delete] + [
-            layout.parse_seq(p.model, x.name) or 0 for x in p.leftovers
+            layout.parse_seq(p.model, x.name) or 0 for x in p.leftovers + p.quarantine
         ]
         if seqs:
             self._raise_high_water(p.model, max(seqs))
@@ -591,6 +636,17 @@ class CheckpointStore:
             for storage in self._tiers().values():
                 storage.remove_entry(p.model, record.version)
             self.catalog.remove(p.model, record.version)
+        for corrupt in p.quarantine:
+            note = {"reason": corrupt.reason, "version": corrupt.name, "quarantined_ts": now_ms()}
+            moved = self.storage(corrupt.tier).quarantine(p.model, corrupt.name, orjson.dumps(note))
+            log.warning(
+                "quarantined %s/%s (%s): %s; delete it with `driftloop checkpoints gc "
+                "--purge-quarantine`",
+                p.model,
+                moved,
+                corrupt.tier,
+                corrupt.reason,
+            )
         for leftover in p.leftovers:
             storage = self.storage(leftover.tier)
             storage.remove_manifest(p.model, leftover.name)

@@ -144,7 +144,11 @@ def list_(
     store: StoreOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """List committed checkpoints (oldest first, or best first with --best-by)."""
+    """List committed checkpoints (oldest first, or best first with --best-by).
+
+    With --all, also directories that are not committed checkpoints and those
+    GC quarantined because their manifest did not validate, with the reason.
+    """
     if trigger is not None and trigger not in TRIGGERS:
         _fail(f"unknown trigger {trigger!r}; one of {', '.join(TRIGGERS)}")
     if mode not in ("min", "max"):
@@ -169,16 +173,24 @@ def list_(
             for m in ([model] if model else s.models())
             for x in (s.invalid(m) if all_ else [])
         ]
+        quarantined = [q.as_json() for q in (s.quarantined(model) if all_ else [])]
     if json:
         payload: dict[str, Any] = {"checkpoints": [r.as_json() for r in records]}
         if all_:
             payload["not_committed"] = invalid
+            payload["quarantined"] = quarantined
         _print_json(payload)
         return
     out.print(_table(records))
     for x in invalid:
         out.print(
             f"[yellow]not committed[/yellow] {x['model']}/{x['name']} ({x['tier']}): {x['reason']}"
+        )
+    for q in quarantined:
+        out.print(
+            f"[red]quarantined[/red] {q['model']}/.quarantine/{q['name']} ({q['tier']}): "
+            f"{q['reason']}",
+            highlight=False,
         )
 
 
@@ -255,17 +267,38 @@ def unpin(
 def gc(
     model: ModelOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go.")] = False,
+    purge_quarantine: Annotated[
+        bool,
+        typer.Option(
+            "--purge-quarantine", help="Only delete quarantined directories (nothing else)."
+        ),
+    ] = False,
     store: StoreOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Delete checkpoints no retention policy keeps, and leftovers of interrupted work."""
+    """Delete checkpoints no retention policy keeps, and leftovers of interrupted work.
+
+    A version whose manifest does not validate is moved to quarantine, never
+    deleted; --purge-quarantine deletes what is in quarantine.
+    """
+    verb = "would delete" if dry_run else "deleted"
+    if purge_quarantine:
+        with _store(store) as s:
+            _check_model(s, model)
+            purged = s.purge_quarantine(model, dry_run=dry_run)
+        if json:
+            _print_json({"dry_run": dry_run, "purged": [q.as_json() for q in purged]})
+            return
+        out.print(f"{verb} {len(purged)} quarantined directories", highlight=False)
+        for q in purged:
+            out.print(f"  {q.model}/.quarantine/{q.name} ({q.tier}): {q.reason}", highlight=False)
+        return
     with _store(store) as s:
         _check_model(s, model)
         plans = s.gc(model, dry_run=dry_run)
     if json:
         _print_json({"dry_run": dry_run, "models": [p.as_json() for p in plans]})
         return
-    verb = "would delete" if dry_run else "deleted"
     for p in plans:
         table = Table(title=p.model)
         table.add_column("version")
@@ -276,6 +309,9 @@ def gc(
             table.add_row(version, f"kept: {reason}")
         for x in p.leftovers:
             table.add_row(f"{x.name} ({x.tier})", f"[red]{verb}[/red]: {x.reason}")
+        moved = "would quarantine" if dry_run else "quarantined"
+        for x in p.quarantine:
+            table.add_row(f"{x.name} ({x.tier})", f"[yellow]{moved}[/yellow]: {x.reason}")
         out.print(table)
 
 
@@ -297,7 +333,10 @@ def reindex(store: StoreOpt = None, json: JsonOpt = False) -> None:
 
 @app.command()
 def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False) -> None:
-    """Read every file of every committed checkpoint and check its hash; exit 1 on a problem."""
+    """Read every file of every committed checkpoint and check its hash; exit 1 on a problem.
+
+    Directories that are not committed and quarantined ones are problems too.
+    """
     problems: list[dict[str, Any]] = []
     checked = 0
     with _store(store) as s:
@@ -306,6 +345,15 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
             problems += [
                 {"model": m, "version": x.name, "tier": x.tier, "problem": x.reason}
                 for x in s.invalid(m)
+            ]
+            problems += [
+                {
+                    "model": m,
+                    "version": f".quarantine/{q.name}",
+                    "tier": q.tier,
+                    "problem": f"quarantined: {q.reason}",
+                }
+                for q in s.quarantined(m)
             ]
             for r in s.query(m):
                 checked += 1
