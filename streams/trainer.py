@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import faust
 from faust.types import TP
 
+from schemas.errors import DriftloopError
 from services.config import TopicsConfig
 from services.deadletters import RawRecord
+from services.learning.config import ModelConfig
 from services.learning.pool import Send, TrainerPool
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,16 @@ class TrainerAgent:
     chunk
         Records handed to the model thread at once (at most); the agent waits
         at most ``chunk_wait_s`` to fill a chunk.
+    reload
+        Reads the model configuration again; called on SIGHUP, after which
+        every model whose settings changed checkpoints under its old
+        settings (trigger ``config_change``) and switches. None: SIGHUP is
+        ignored.
+
+    Signals, once the worker runs: SIGUSR1 asks every model for a
+    checkpoint (trigger ``manual``, taken at the next tick or batch end);
+    SIGHUP reloads the configuration as above. (mode's own SIGUSR1 handler,
+    a stack dump, is replaced.)
     """
 
     def __init__(
@@ -57,8 +70,11 @@ class TrainerAgent:
         tick_interval_s: float = 1.0,
         chunk: int = 500,
         chunk_wait_s: float = 0.05,
+        reload: Callable[[], Iterable[ModelConfig]] | None = None,
     ) -> None:
         self.app = app
+        self.reload = reload
+        self._reload_task: asyncio.Future[None] | None = None
         self.topics = topics
         self.pool = pool
         self.chunk = chunk
@@ -75,7 +91,33 @@ class TrainerAgent:
         app.on_partitions_assigned.connect(self._install_seek)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_before_shutdown.connect(self._on_shutdown)
+        app.task(self._install_signals)
         self._seek_installed = False
+
+    async def _install_signals(self, *_app: Any) -> None:
+        """Started with the app (after mode installed its own handlers)."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, self._on_manual_request)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_request)
+
+    def _on_manual_request(self) -> None:
+        log.info("SIGUSR1: checkpoint requested for every model")
+        self.pool.request_all("SIGUSR1")  # taken on the model thread at the next tick
+
+    def _on_reload_request(self) -> None:
+        if self.reload is None:
+            log.warning("SIGHUP: no configuration file to reload")
+            return
+        self._reload_task = asyncio.ensure_future(self._reconfigure(self.reload))
+
+    async def _reconfigure(self, reload: Callable[[], Iterable[ModelConfig]]) -> None:
+        try:
+            models = list(await self._run(reload))
+        except DriftloopError:
+            log.exception("SIGHUP: the configuration does not load; settings kept")
+            return
+        log.info("SIGHUP: applying %d model configuration(s)", len(models))
+        await self._send(await self._run(self.pool.reconfigure, models))
 
     async def _run(self, call: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

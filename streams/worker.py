@@ -155,6 +155,7 @@ def build(
             tick_interval_s=worker.tick_interval_s,
             chunk=worker.chunk,
             chunk_wait_s=worker.chunk_wait_s,
+            reload=lambda: select_models(load_config(path), model_names),
         )
         wanted.append(topics.checkpoint_events)
         log.info(

@@ -402,6 +402,38 @@ class TrainerPool:
         if lane is not None and lane.trainer is not None:
             lane.trainer.request_checkpoint(reason)
 
+    def request_all(self, reason: str = "manual request") -> None:
+        """Ask every model's trainer for a checkpoint (SIGUSR1 on the worker)."""
+        for name in self.lanes:
+            self.request_checkpoint(name, reason)
+
+    def reconfigure(self, models: Iterable[ModelConfig]) -> list[Send]:
+        """Apply new settings to the models this pool trains (SIGHUP on the worker).
+
+        Each active trainer whose settings changed checkpoints first, under
+        the old settings (trigger ``config_change``), then switches. A model
+        the new configuration drops or redefines (kind, factory, encoding,
+        loss, optimizer) keeps its old settings and the refusal is logged:
+        a redefined model is a new model, not a new setting.
+        """
+        given = {m.name: m for m in models}
+        for name, lane in self.lanes.items():
+            new = given.get(name)
+            if new is None:
+                log.warning("model %s: not in the new configuration; settings kept", name)
+                continue
+            try:
+                if lane.trainer is not None:
+                    self._collect(lane, lane.trainer.reconfigure(new))
+                else:
+                    # Not trained here now: the next restore builds it with `new`.
+                    OnlineTrainer.check_reconfigure(lane.config, new)
+                lane.config = new
+                log.info("model %s: settings %s applied", name, new.digest()[:12])
+            except DriftloopError:
+                log.exception("model %s: new settings refused; old ones kept", name)
+        return self.drain()
+
     def shutdown(self) -> list[Send]:
         """Checkpoint unsaved progress of every active model (SIGTERM), then stop
         taking input. The open batches are not trained: their records are

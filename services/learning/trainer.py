@@ -430,6 +430,16 @@ class OnlineTrainer:
 
     # -- configuration ---------------------------------------------------------
 
+    @staticmethod
+    def check_reconfigure(old: ModelConfig, new: ModelConfig) -> None:
+        """Raise ConfigError when ``new`` is not a new setting of the model ``old``
+        describes but another model (renamed, or a model-defining field changed)."""
+        if new.name != old.name:
+            raise ConfigError("reconfigure cannot rename a model", model=old.name)
+        changed = [k for k in _MODEL_DEFINING if getattr(new, k) != getattr(old, k)]
+        if changed:
+            raise ConfigError(f"{changed} define the model; train a new model", model=old.name)
+
     def reconfigure(self, config: ModelConfig) -> list[CheckpointRecord]:
         """Apply new settings: checkpoint under the old ones first (trigger
         ``config_change``), then switch batch size, triggers, metrics window
@@ -442,11 +452,7 @@ class OnlineTrainer:
             the model (kind, task, factory, encoding, loss, optimizer).
         """
         old = self.config
-        if config.name != old.name:
-            raise ConfigError("reconfigure cannot rename a model", model=old.name)
-        changed = [k for k in _MODEL_DEFINING if getattr(config, k) != getattr(old, k)]
-        if changed:
-            raise ConfigError(f"{changed} define the model; train a new model", model=old.name)
+        self.check_reconfigure(old, config)
         if config.digest() == old.digest():
             return []
         records = self._maybe_checkpoint(config_change=True)

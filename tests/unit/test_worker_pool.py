@@ -237,3 +237,30 @@ def test_the_pool_is_plain_python_without_faust() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_new_settings_checkpoint_first_and_a_redefined_model_is_refused(
+    tmp_path: Path, home: int
+) -> None:
+    pool = make_pool(tmp_path)
+    pool.assign({home})
+    pool.handle(records([encode(example(i)) for i in range(6)], home))  # one batch of 4 trained
+    out = pool.reconfigure([config(triggers={"every_n": 2})])
+    published = [decode(CheckpointEvent, v) for v in sent(out, "checkpoints")]
+    assert [(e.trigger, e.examples_seen) for e in published] == [("config_change", 4)]
+    assert pool.lanes["m"].config.triggers.every_n == 2
+
+    # Another factory is another model, not a new setting: the old settings stay.
+    other = config(factory={"path": "river.tree.HoeffdingTreeClassifier"})
+    assert sent(pool.reconfigure([other]), "checkpoints") == []
+    assert pool.lanes["m"].config.factory.path == "river.linear_model.LogisticRegression"
+
+
+def test_a_manual_request_is_taken_at_the_next_tick(tmp_path: Path, home: int) -> None:
+    pool = make_pool(tmp_path)
+    pool.assign({home})
+    pool.handle(records([encode(example(i)) for i in range(4)], home))
+    assert sent(pool.tick(), "checkpoints") == []
+    pool.request_all("SIGUSR1")
+    published = [decode(CheckpointEvent, v) for v in sent(pool.tick(), "checkpoints")]
+    assert [(e.trigger, e.examples_seen) for e in published] == [("manual", 4)]
