@@ -24,7 +24,10 @@ a surviving worker already follows the other's changelog partitions, so a
 take-over has little left to read.
 
 Delivery: faust flushes the producer (examples, dead letters, changelog)
-before it commits input offsets. A worker killed after sending an example but
+before it commits input offsets, and the app's producer
+(:class:`streams.kafka_compat.DurableProducer`) makes that flush wait until the
+broker acknowledged every one of those records (plain faust's flush may
+return with changelog writes still buffered). A worker killed after sending an example but
 before that commit has its records replayed by the next owner, which may send
 the example again with the same ``example_id``; the trainer drops repeats.
 

@@ -22,6 +22,7 @@ does that for every ``kafka://`` app.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -123,10 +124,50 @@ class HighwaterConsumer(faust_aiokafka.Consumer):
         return HighwaterConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class DurableProducer(faust_aiokafka.Producer):
+    """faust's aiokafka producer whose ``flush()`` waits for every buffered message.
+
+    Table writes (changelog records) go through faust's ``ProducerBuffer``,
+    and faust flushes the producer before it commits input offsets. But the
+    buffer's ``flush()`` gives up after one 0.1 s wait while messages are
+    still queued (``flush_atmost`` returns on its first timeout), and a
+    message the buffer has just dequeued may not be in aiokafka's
+    accumulator yet when aiokafka's own flush runs. Either way offsets can
+    be committed ahead of the state they produced, and a kill -9 then loses
+    that state: measured with the joiner, a restarted worker lost a pending
+    feedback and attributed a later one instead.
+
+    Here every message put into the buffer is tracked until the broker
+    acknowledges it, and ``flush()`` returns only when all of them are
+    acknowledged; a failed send raises, so faust does not commit past it.
+    This is plain at-least-once hygiene, the same on Apache Kafka.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unacked: set[asyncio.Future[Any]] = set()
+        buffered_put = self.buffer.put
+
+        def put(fut: Any) -> None:
+            self._unacked.add(fut)
+            fut.add_done_callback(self._unacked.discard)
+            buffered_put(fut)
+
+        # Instance override: faust's tables and topics call buffer.put directly.
+        self.buffer.put = put  # type: ignore[method-assign]
+
+    async def flush(self) -> None:
+        await super().flush()
+        while self._unacked:  # sends started while we waited are waited for too
+            await asyncio.gather(*list(self._unacked))
+
+
 class HighwaterTransport(faust_aiokafka.Transport):
-    """faust's aiokafka transport whose consumers report true high watermarks."""
+    """faust's aiokafka transport whose consumers report true high watermarks
+    and whose producer flushes every buffered message before offsets are committed."""
 
     Consumer = HighwaterConsumer
+    Producer = DurableProducer
 
 
 def install(app: faust.App) -> None:

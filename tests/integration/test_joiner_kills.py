@@ -69,8 +69,7 @@ SPAN_MS = 120_000
 #: missing from the changelog the next worker restores, while the group's
 #: committed input offsets are already past the record that created it.
 JOINER_STATE_LOSS = (
-    "joiner state lost across kill -9: input offsets committed before the table's"
-    " changelog writes reached Kafka (faust ProducerBuffer.flush gives up after 0.1 s)"
+    "joiner lost state across kill -9 (rare since DurableProducer; see the module notes)"
 )
 
 MODEL_TOML = f"""
@@ -283,9 +282,13 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
     assert final.example_digest == digest_of(distinct)
     assert final.examples_seen == len(distinct)
     assert final.extra["duplicates"] == len(emitted) - len(distinct)
+    # And what the joiners emitted is the clean run's set: none lost, none twice.
+    # This failed on about half the runs until the producer flush before each
+    # offset commit waited for every changelog write (streams/kafka_compat.py);
+    # since then it failed once in 10 runs, cause not yet found, so a loss is
+    # reported as an expected failure with the pairs concerned, not hidden.
     if lost or extra:
         pytest.xfail(f"{JOINER_STATE_LOSS}; lost {lost}, emitted instead {extra}")
-    # And what the joiners emitted is the clean run's set: none lost, none twice.
     assert final.example_digest == digest_of(expected)
     assert final.examples_seen == len(expected)
     print(
