@@ -18,7 +18,7 @@ and ratio full / this. With ``full_every`` = 8 a full checkpoint recurs every
 9th save; ``amortized`` folds it in. The anchor: Check-N-Run reports 6-17x
 less write bandwidth from differential + quantized checkpoints.
 
-Run: ``python benchmarks/checkpoint_bytes.py [--rows 1000000] [--dim 64] [--json]``.
+Run: ``python -m benchmarks.checkpoint_bytes [--rows 1000000] [--dim 64] [--json]``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import shutil
 from typing import Any
 
 import torch
-from _common import emit, store
 
+from benchmarks._common import emit, store
 from schemas.manifest import CheckpointManifest
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.state.torch_state import TorchAdapter

@@ -15,7 +15,7 @@ Two states, each saved both ways in the same run:
 
 Each figure is the best of ``--rounds`` loads (files in the page cache).
 
-Run: ``python benchmarks/checkpoint_load.py [--size 10] [--chain 8] [--json]``.
+Run: ``python -m benchmarks.checkpoint_load [--size 10] [--chain 8] [--json]``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import emit, mlp, n_params, store, train_step
 
+from benchmarks._common import emit, mlp, n_params, store, train_step
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.state.torch_state import TorchAdapter
 

@@ -16,7 +16,7 @@ turn ends by waiting for its last save to commit (that wait is counted, so
 the figure is an upper bound). Overhead = 1 - rate / baseline rate (the
 anchor: CheckFreq bounds checkpoint overhead at 3.5%).
 
-Run: ``python benchmarks/checkpoint_overhead.py [--size 1] [--every 10000] [--json]``.
+Run: ``python -m benchmarks.checkpoint_overhead [--size 1] [--every 10000] [--json]``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import emit, mlp, n_params, store, train_step
 
+from benchmarks._common import emit, mlp, n_params, store, train_step
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.state.torch_state import TorchAdapter
 from services.checkpoints.store import CheckpointStore

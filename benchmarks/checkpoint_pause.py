@@ -20,7 +20,7 @@ Printed per size: p50 and p99 pause of each, the ratio torch.save / async
 (p50 and p99), and the async pause as a multiple of the memcpy. Also the mean
 background time per async save (snapshot to committed).
 
-Run: ``python benchmarks/checkpoint_pause.py [--sizes 1,10,50] [--reps 12] [--json]``;
+Run: ``python -m benchmarks.checkpoint_pause [--sizes 1,10,50] [--reps 12] [--json]``;
 the default sizes are 1M and 10M (50M takes several minutes).
 """
 
@@ -34,8 +34,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import torch
-from _common import emit, mlp, n_params, pct, store, train_step
 
+from benchmarks._common import emit, mlp, n_params, pct, store, train_step
 from schemas.manifest import CheckpointManifest
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.state.torch_state import TorchAdapter

@@ -14,7 +14,7 @@ machines are shared and noisy; the best round is the least disturbed one).
 ``ratio`` is decode throughput over the orjson.loads baseline; ``dec/two`` is
 decode over the two-step orjson path.
 
-Run: ``python benchmarks/codec.py [--json] [--n N] [--rounds R]``.
+Run: ``python -m benchmarks.codec [--json] [--n N] [--rounds R]``.
 """
 
 from __future__ import annotations

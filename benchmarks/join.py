@@ -5,7 +5,7 @@ both input topics, joins in a dict and produces one output per pair. Both
 are timed from their first output to their N-th (so group-join and start-up
 time are excluded). Prints absolute numbers and the ratio; ``--json`` too.
 
-    .venv/bin/python benchmarks/join.py [--pairs 5000] [--json]
+    .venv/bin/python -m benchmarks.join [--pairs 5000] [--json]
 """
 
 from __future__ import annotations
