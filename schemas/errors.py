@@ -9,6 +9,7 @@ partition, offset, path) in attributes, not only in its message::
     ├── SchemaError            an event or manifest that does not validate
     ├── StackError             an embedded server that would not start or answer
     ├── BrokerError            a Kafka cluster that did not answer or refused a request
+    ├── LearnError             a model failed to learn a batch (and was put back as it was)
     └── CheckpointError        anything about stored model state
         ├── CheckpointNotFoundError
         ├── CheckpointCorruptError   a file whose hash or size does not match
@@ -68,6 +69,16 @@ class StackError(DriftloopError):
 
 class BrokerError(DriftloopError):
     """A Kafka cluster that did not answer in time or refused a request."""
+
+
+class LearnError(DriftloopError):
+    """Learning a batch failed on one example; the model was put back as it was
+    before the batch. ``index`` is the example's position in the batch."""
+
+    def __init__(self, reason: str, *, index: int, **context: Any) -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(reason, index=index, **context)
 
 
 class CheckpointError(DriftloopError):

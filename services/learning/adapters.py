@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from schemas.errors import ConfigError, DriftloopError
+from schemas.errors import ConfigError, LearnError
 from services.learning.config import EncodingConfig, ModelConfig
 from services.learning.factory import build, resolve
 from services.learning.hashing import FeatureHasher, FeatureValue
@@ -94,16 +94,6 @@ class Score:
     proba: dict[Label, float] | None
     loss: float
     error: float
-
-
-class LearnError(DriftloopError):
-    """Learning a batch failed on one example; the model was put back as it was
-    before the batch. ``index`` is the example's position in the batch."""
-
-    def __init__(self, reason: str, *, index: int, **context: Any) -> None:
-        self.index = index
-        self.reason = reason
-        super().__init__(reason, index=index, **context)
 
 
 class ModelAdapter(Protocol):

@@ -16,7 +16,7 @@ offset order and publishes what it returns. For one model it:
 
 A batch is learned whole or not at all. Should learning still fail on an
 example that passed validation, the adapter restores the pre-batch model and
-raises :class:`~services.learning.adapters.LearnError`; the trainer drops that
+raises :class:`~schemas.errors.LearnError`; the trainer drops that
 example (reported in :attr:`Outcome.failed`, for the dead-letter topic) and
 learns the rest of the batch. The failure is a function of the model state and
 the input, so a replay drops the same example and stays bitwise identical.
@@ -38,8 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.errors import ConfigError, SchemaError
-from services.learning.adapters import Example, LearnError, ModelAdapter, build_adapter
+from schemas.errors import ConfigError, LearnError, SchemaError
+from services.learning.adapters import Example, ModelAdapter, build_adapter
 from services.learning.config import ModelConfig
 from services.learning.drift import DriftMonitor
 from services.learning.metrics import PrequentialMetrics

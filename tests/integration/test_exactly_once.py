@@ -14,7 +14,6 @@ checkpoint at the same input position.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -29,9 +28,11 @@ from river.datasets import synth
 
 from schemas.codec import encode
 from schemas.events import TrainingExample, training_example_id
-from schemas.manifest import CheckpointManifest, decode_manifest
+from schemas.manifest import CheckpointManifest
 from services.kafka import make_producer
 from services.learning.pool import partition_of
+from tests.integration import _procs as procs
+from tests.integration._procs import manifests, newest
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
@@ -122,27 +123,11 @@ def produce(sandbox: Sandbox, key: str, values: list[bytes]) -> None:
 
 
 def worker_env(sandbox: Sandbox, *, store: Path, app_id: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(sandbox.stack.env())
-    env.update(
-        {
-            "DRIFTLOOP_KAFKA_BOOTSTRAP": sandbox.kafka.bootstrap,
-            "DRIFTLOOP_KAFKA_SESSION_TIMEOUT_MS": "2000",
-            "DRIFTLOOP_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
-            # Tansu makes every join wait (about half the session timeout): keep them short.
-            "DRIFTLOOP_KAFKA_MAX_POLL_INTERVAL_MS": "1000",
-            "DRIFTLOOP_TOPIC_PREFIX": sandbox.topics.prefix,
-            "DRIFTLOOP_TOPIC_PARTITIONS": str(sandbox.topics.partitions),
-            "DRIFTLOOP_STORE_ROOT": str(store),
-            "DRIFTLOOP_STORE_KEEP_LATEST": "100000",
-            "DRIFTLOOP_WORKER_APP_ID": app_id,
-            "DRIFTLOOP_WORKER_CHUNK": "100",
-            # Offsets committed to the group run ahead of the checkpoints: a worker
-            # that resumed from them instead of its checkpoint would skip examples.
-            "DRIFTLOOP_WORKER_COMMIT_INTERVAL_S": "0.05",
-        }
+    # Offsets committed to the group run ahead of the checkpoints: a worker
+    # that resumed from them instead of its checkpoint would skip examples.
+    return procs.worker_env(
+        sandbox, app_id=app_id, store=store, commit_interval_s=0.05, DRIFTLOOP_WORKER_CHUNK="100"
     )
-    return env
 
 
 class TrainerProcess:
@@ -185,17 +170,6 @@ class TrainerProcess:
         code = self.proc.wait(timeout=60)
         self._out.close()
         return code
-
-
-def manifests(store: Path, model: str) -> list[CheckpointManifest]:
-    """Committed manifests of ``model`` (``manifest.json`` is written last), oldest first."""
-    found = [decode_manifest(path.read_bytes()) for path in (store / model).glob("*/manifest.json")]
-    return sorted(found, key=lambda m: m.seq)
-
-
-def newest(store: Path, model: str) -> CheckpointManifest | None:
-    found = manifests(store, model)
-    return found[-1] if found else None
 
 
 def wait_caught_up(sandbox: Sandbox, records: int, proc: TrainerProcess) -> None:
