@@ -120,11 +120,20 @@ class DetectorConfig(_Frozen):
     (classification; for regression the absolute error). ``"loss"`` feeds the
     per-example loss (log loss or absolute error). The DDM family (DDM, EDDM,
     HDDM_A, HDDM_W, FHDDM) accepts only ``"error"`` on classification.
+
+    ``direction = "increase"`` (the default) counts an ADWIN detection as
+    drift only when the error or loss went *up*: ADWIN flags any change of
+    the mean, including the drop of a model that is still learning, which is
+    no reason to checkpoint for drift. Such drops are counted as
+    ``improvements``. ``"any"`` keeps every detection. The DDM family and
+    PageHinkley's default mode already watch for increases; KSWIN compares
+    distributions and has no direction.
     """
 
     kind: Literal["ADWIN", "PageHinkley", "KSWIN", "DDM", "EDDM", "HDDM_A", "HDDM_W", "FHDDM"]
     params: dict[str, Any] = Field(default_factory=dict)
     input: Literal["error", "loss"] = "error"
+    direction: Literal["increase", "any"] = "increase"
 
 
 class PolicyConfig(_Frozen):

@@ -89,17 +89,26 @@ class DriftMonitor:
         self.detectors = [build_detector(c, task=task, seed=seed, model=model) for c in configs]
         self.names = [f"{i}:{c.kind}" for i, c in enumerate(self.configs)]
         self.detections: dict[str, int] = dict.fromkeys(self.names, 0)
+        self.improvements: dict[str, int] = dict.fromkeys(self.names, 0)
         self.last_detection: dict[str, int] = {}
 
     def update(self, score: Score, position: int) -> list[str]:
         """Feed one score (the ``position``-th example); names of detectors that fired."""
         fired = []
         for name, config, detector in zip(self.names, self.configs, self.detectors, strict=True):
+            watch_increase = config.direction == "increase" and config.kind == "ADWIN"
+            before = detector.estimation if watch_increase else 0.0
             detector.update(score.error if config.input == "error" else score.loss)
-            if detector.drift_detected:
-                self.detections[name] += 1
-                self.last_detection[name] = position
-                fired.append(name)
+            if not detector.drift_detected:
+                continue
+            if watch_increase and detector.estimation <= before:
+                # ADWIN dropped the older part of its window because the mean
+                # fell: the model got better, it did not drift.
+                self.improvements[name] += 1
+                continue
+            self.detections[name] += 1
+            self.last_detection[name] = position
+            fired.append(name)
         return fired
 
     def summary(self) -> dict[str, Any]:
@@ -108,6 +117,7 @@ class DriftMonitor:
             name: {
                 "input": config.input,
                 "detections": self.detections[name],
+                "improvements": self.improvements.get(name, 0),
                 "last_detection": self.last_detection.get(name),
             }
             for name, config in zip(self.names, self.configs, strict=True)
@@ -118,6 +128,7 @@ class DriftMonitor:
         return {
             "detectors": list(self.detectors),
             "detections": dict(self.detections),
+            "improvements": dict(self.improvements),
             "last_detection": dict(self.last_detection),
         }
 
@@ -128,4 +139,5 @@ class DriftMonitor:
             raise ConfigError("checkpointed drift detectors do not match the config")
         self.detectors = detectors
         self.detections = dict(objects["detections"])
+        self.improvements = dict(objects.get("improvements", dict.fromkeys(self.names, 0)))
         self.last_detection = dict(objects["last_detection"])

@@ -91,3 +91,20 @@ def test_concept_drift_gives_a_drift_checkpoint_soon_after_and_counts_on_schedul
     assert after[0][2] < 1000
     assert max(c[2] for c in after) > after[0][2]
     assert sink.triggers() == [c[0] for c in cps]
+
+
+@pytest.mark.parametrize(("direction", "fires"), [("increase", False), ("any", True)])
+def test_adwin_counts_a_falling_error_as_improvement_not_drift(direction: str, fires: bool) -> None:
+    right = Score(True, True, {True: 0.9, False: 0.1}, 0.1, 0.0)
+    wrong = Score(True, False, {True: 0.1, False: 0.9}, 2.3, 1.0)
+    config = DetectorConfig(kind="ADWIN", input="error", direction=direction)  # type: ignore[arg-type]
+    monitor = DriftMonitor([config], task="classification", seed=0)
+    # A model that is learning: mostly wrong, then mostly right.
+    scores = [wrong] * 300 + [right] * 600
+    fired = [i for i, s in enumerate(scores) if monitor.update(s, i)]
+    assert bool(fired) is fires
+    if not fires:
+        assert monitor.summary()["0:ADWIN"]["improvements"] >= 1
+    # Whatever the direction, a rising error is drift.
+    later = [wrong] * 400
+    assert any(monitor.update(s, 900 + i) for i, s in enumerate(later))
