@@ -12,8 +12,8 @@ and a feedback producer would write, in the order they would reach Kafka:
   as ``late``);
 - a few malformed records (the joiner dead-letters them with the reason).
 
-The concept changes abruptly at ``drift_at`` (a SEA stream whose relevant
-feature changes), which the trainer's drift detectors should notice. Everything
+The concept is inverted at ``drift_at`` (a SEA stream whose labels flip), which
+the trainer's drift detectors should notice. Everything
 is derived from ``seed``: the same settings give the same records.
 """
 
@@ -83,17 +83,15 @@ class TrafficSummary:
 
 
 def _stream(config: TrafficConfig) -> Iterator[tuple[dict[str, float], bool]]:
-    """SEA examples whose concept changes abruptly at ``drift_at``.
+    """SEA examples whose concept is inverted from ``drift_at`` on.
 
-    SEA labels ``x0 + x1 <= threshold``; from ``drift_at`` on, ``x0`` and
-    ``x2`` trade names, so the label depends on a feature that did not
-    matter before (a real concept drift, not a shift of the inputs).
+    SEA labels ``x0 + x1 <= threshold``; from ``drift_at`` the same inputs get
+    the opposite label (what users rewarded they now reject): a sudden real
+    concept drift that a model which has learned the old concept cannot miss.
     """
     for i, (x, y) in enumerate(synth.SEA(variant=0, seed=config.seed).take(config.requests)):
         features = {f"x{k}": float(v) for k, v in x.items()}
-        if i >= config.drift_at:
-            features["x0"], features["x2"] = features["x2"], features["x0"]
-        yield features, bool(y)
+        yield features, bool(y) != (i >= config.drift_at)
 
 
 def generate(config: TrafficConfig) -> tuple[list[TrafficRecord], TrafficSummary]:

@@ -43,8 +43,8 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     versions = [c["version"] for c in checkpoints]
     assert versions == sorted(versions)
     assert len(set(versions)) == len(versions)
-    # The trainer learned the stream (SEA is learnable well past chance).
-    assert summary["final"]["metrics"]["accuracy"] > 0.8
+    # The trainer relearned the inverted concept well past chance (about 0.6).
+    assert summary["final"]["metrics"]["accuracy"] > 0.7
     # Everything joined was trained and checkpointed, but for the open
     # micro-batch (32 examples), which waits for the next run.
     untrained = summary["joined_examples"] - summary["final"]["examples_seen"]
