@@ -285,7 +285,7 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
     # And what the joiners emitted is the clean run's set: none lost, none twice.
     # This failed on about half the runs until the producer flush before each
     # offset commit waited for every changelog write (streams/kafka_compat.py);
-    # since then it failed once in 8 runs, cause not yet found, so a loss is
+    # since then it failed once in 15 runs, cause not yet found, so a loss is
     # reported as an expected failure with the pairs concerned, not hidden.
     if lost or extra:
         pytest.xfail(f"{JOINER_STATE_LOSS}; lost {lost}, emitted instead {extra}")
