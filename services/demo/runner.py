@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.live import Live
 
 from schemas.codec import decode
-from schemas.errors import DriftloopError, SchemaError, StackError
+from schemas.errors import ConfigError, DriftloopError, SchemaError, StackError
 from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
 from services.config import KafkaConfig, TopicsConfig
 from services.demo.traffic import TrafficConfig, generate
@@ -67,15 +68,28 @@ def _worker_env(info: StackInfo, options: DemoOptions, store: Path) -> dict[str,
 
 
 def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
-    """The example model config, with the demo's checkpoint interval, and its model name."""
+    """The example model config with the demo's count interval, and its model name.
+
+    The shipped file is copied with ``every_n`` set to ``checkpoint_every``
+    (and the adaptive floor ``min_every_n`` kept below it), then validated
+    here, so a bad edit fails before any process starts.
+    """
     source = example_path(options.model_config)
-    text = source.read_text()
-    config = load_config(source)
-    model = config.models[0].name
+    every = options.checkpoint_every
+    text = re.sub(r"(?m)^every_n\s*=\s*\d+", f"every_n = {every}", source.read_text())
+    text = re.sub(
+        r"min_every_n\s*=\s*(\d+)",
+        lambda m: f"min_every_n = {min(int(m.group(1)), max(1, every // 2))}",
+        text,
+    )
     path = workdir / source.name
-    path.write_text(text.replace("every_n = 5000", f"every_n = {options.checkpoint_every}"))
-    load_config(path)  # fail here, not in the worker, if the edit broke it
-    return path, model
+    path.write_text(text)
+    model = load_config(path).models[0]
+    if model.triggers.every_n != every:
+        raise ConfigError(
+            "could not set the demo's checkpoint interval", path=str(source), every_n=every
+        )
+    return path, model.name
 
 
 def _start_worker(env: dict[str, str], config: Path, store: Path, log: Path) -> ChildProcess:
