@@ -285,8 +285,10 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
     # And what the joiners emitted is the clean run's set: none lost, none twice.
     # This failed on about half the runs until the producer flush before each
     # offset commit waited for every changelog write (streams/kafka_compat.py);
-    # since then it failed once in 15 runs, cause not yet found, so a loss is
-    # reported as an expected failure with the pairs concerned, not hidden.
+    # since then it failed twice in 16 runs, cause not yet found. Seen: req-182
+    # lost its first feedback (fb-182) after a restart and the later,
+    # opposite-label fb2-182 was attributed instead. So a loss is reported as
+    # an expected failure naming the pairs concerned, not hidden.
     if lost or extra:
         pytest.xfail(f"{JOINER_STATE_LOSS}; lost {lost}, emitted instead {extra}")
     assert final.example_digest == digest_of(expected)
