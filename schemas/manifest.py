@@ -26,14 +26,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import SchemaError
+from schemas.events import CheckpointTrigger
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-#: What caused a checkpoint to be taken.
-Trigger = Literal[
-    "count", "drift", "interval", "metric", "shutdown", "manual", "config_change", "initial"
-]
+#: What caused a checkpoint to be taken (the same words as CheckpointEvent's).
+Trigger = CheckpointTrigger
 TRIGGERS: tuple[str, ...] = get_args(Trigger)
 
 #: A model name: a path segment that is safe everywhere (local dirs, S3 keys, SQL, Redis keys).

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import base64
 import string
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from hypothesis import strategies as st
 
 from schemas import limits as L
 from schemas.events import (
     CheckpointEvent,
+    CheckpointTrigger,
     DeadLetter,
     Event,
     FeedbackEvent,
+    FeedbackKind,
     InferenceLog,
+    Route,
     TrainingExample,
+    VersionAction,
     VersionEvent,
     training_example_id,
 )
@@ -139,7 +143,7 @@ def inference_logs() -> st.SearchStrategy[InferenceLog]:
                     text(1, L.MAX_SCORE_LABEL_CHARS), finite_floats(min_value=0.0, max_value=1.0)
                 )
             ),
-            "route": _maybe(st.sampled_from(["live", "canary", "shadow"])),
+            "route": _maybe(st.sampled_from(get_args(Route))),
             "server": _maybe(ids()),
         },
     )
@@ -150,7 +154,7 @@ def feedback_events() -> st.SearchStrategy[FeedbackEvent]:
         FeedbackEvent,
         {"request_id": ids(), "model": names(), "label": scalars()},
         {
-            "kind": st.sampled_from(["explicit", "implicit"]),
+            "kind": st.sampled_from(get_args(FeedbackKind)),
             "weight": finite_floats(min_value=0.0),
         },
     )
@@ -190,18 +194,7 @@ def checkpoint_events() -> st.SearchStrategy[CheckpointEvent]:
             "version": names(),
             "step": counts(),
             "examples_seen": counts(),
-            "trigger": st.sampled_from(
-                [
-                    "count",
-                    "drift",
-                    "interval",
-                    "metric",
-                    "shutdown",
-                    "manual",
-                    "config_change",
-                    "initial",
-                ]
-            ),
+            "trigger": st.sampled_from(get_args(CheckpointTrigger)),
             "location": text(1, L.MAX_TEXT_CHARS),
             "manifest_sha256": st.binary(min_size=32, max_size=32).map(bytes.hex),
         },
@@ -219,9 +212,7 @@ def version_events() -> st.SearchStrategy[VersionEvent]:
         VersionEvent,
         {
             "model": names(),
-            "action": st.sampled_from(
-                ["promote", "rollback", "canary", "shadow", "clear_canary", "clear_shadow"]
-            ),
+            "action": st.sampled_from(get_args(VersionAction)),
             "epoch": counts(),
             "actor": ids(),
         },
