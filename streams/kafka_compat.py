@@ -16,6 +16,20 @@ so there it costs one small request per rebalance and changes nothing. When
 the Fetch fails for a partition the reported end offset is kept (the
 behaviour of plain faust), and a warning is logged.
 
+A second correction, for any broker: faust fetches input partitions while it
+recovers tables and may drop records it fetched (a rebalance or a flow stop
+in the middle of a ``getmany``); it relies on its "seek to committed
+offsets" at the end of every rebalance to read them again. aiokafka's
+``seek_to_committed`` only seeks partitions whose committed offset is above
+0, so a partition with nothing committed yet (or committed at 0) stayed
+where the dropped fetch had left it, and its first records were never
+processed. Measured with the joiner: restarted workers began in the middle of
+the input and attributed a later feedback instead of the first, or sat idle
+at the end of a topic they had never processed. Here those partitions are
+rewound the way the consumer would start on them: ``consumer_auto_offset_reset``
+(or to 0 where 0 was committed). Table changelogs are left alone: faust
+positions them itself.
+
 :func:`install` puts the transport on a faust app; :func:`streams.app.make_app`
 does that for every ``kafka://`` app.
 """
@@ -96,7 +110,8 @@ async def fetch_high_watermarks(consumer: Any, ends: Mapping[TP, int]) -> dict[T
 
 class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's consumer thread whose highwaters are never below the fetch
-    high watermark (see the module docstring)."""
+    high watermark, and whose seek to committed offsets also rewinds input
+    partitions with nothing committed (see the module docstring)."""
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = dict(await super()._highwaters(partitions))
@@ -115,6 +130,33 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                     reported[tp],
                 )
         return reported | corrected
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        await self.call_thread(self._rewind_uncommitted, committed)
+        return committed
+
+    async def _rewind_uncommitted(self, committed: Mapping[TP, int | None]) -> None:
+        """Seek the app's input partitions that aiokafka's ``seek_to_committed``
+        left alone: committed at 0 -> 0; nothing committed -> the reset policy."""
+        consumer = self._ensure_consumer()
+        acks_enabled_for = self.app.topics.acks_enabled_for  # inputs, not changelogs
+        uncommitted = []
+        for tp, offset in committed.items():
+            if not acks_enabled_for(tp.topic):
+                continue
+            if offset == 0:
+                consumer.seek(tp, 0)
+            elif offset is None or offset < 0:
+                uncommitted.append(tp)
+        if not uncommitted:
+            return
+        policy = self.app.conf.consumer_auto_offset_reset
+        if policy == "earliest":
+            await consumer.seek_to_beginning(*uncommitted)
+        elif policy == "latest":
+            await consumer.seek_to_end(*uncommitted)
+        log.debug("rewound %s to the %s offset (nothing committed)", uncommitted, policy)
 
 
 class HighwaterConsumer(faust_aiokafka.Consumer):
@@ -164,7 +206,8 @@ class DurableProducer(faust_aiokafka.Producer):
 
 class HighwaterTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport whose consumers report true high watermarks
-    and whose producer flushes every buffered message before offsets are committed."""
+    and rewind uncommitted partitions on every seek to committed offsets, and
+    whose producer flushes every buffered message before offsets are committed."""
 
     Consumer = HighwaterConsumer
     Producer = DurableProducer
