@@ -31,6 +31,18 @@ return with changelog writes still buffered). A worker killed after sending an e
 before that commit has its records replayed by the next owner, which may send
 the example again with the same ``example_id``; the trainer drops repeats.
 
+The state a new owner restores can be *ahead* of the committed offsets
+(changelog writes that landed after the last commit); the replayed records
+are then known by their event_ids and change nothing. That is only safe if
+no state write lands before the outputs it accounts for, else a replay would
+skip an example that never reached Kafka. So the agent hands a record's
+outputs to the producer first and its table changes after
+(:meth:`TablePendingStore.flush`); the producer sends at most one request per
+broker at a time, in order, so a changelog write is never acknowledged
+before the example it records. The remaining gap is a broker error on the
+example's batch alone followed by a kill within the producer's retry;
+closing that needs Kafka transactions.
+
 Run a worker with ``python -m streams.joiner`` (settings from
 ``DRIFTLOOP_KAFKA_*``, ``DRIFTLOOP_TOPIC_*``, ``DRIFTLOOP_JOIN_*``).
 """
@@ -71,6 +83,10 @@ TABLE_NAME = "join-pending"
 class TablePendingStore:
     """:class:`~services.attribution.PendingStore` on a faust table of JSON bytes.
 
+    Changes are held back until :meth:`flush`: the agent sends a record's
+    examples and dead letters first and flushes after, so every changelog
+    write reaches the producer after the outputs it accounts for (see
+    "Delivery" in the module notes). Reads see the held-back changes.
     Parsed entries are cached; the cache is dropped on every rebalance, when
     the table's contents change under it. Must be used from inside the agent
     (faust writes each change to the changelog partition of the record
@@ -80,12 +96,13 @@ class TablePendingStore:
     def __init__(self, table: Any) -> None:
         self.table = table
         self._cache: dict[str, PendingRequest] = {}
+        self._writes: dict[str, bytes | None] = {}  # key -> value; None deletes
 
     def get(self, request_id: str) -> PendingRequest | None:
         cached = self._cache.get(request_id)
         if cached is not None:
             return cached
-        raw = self.table.get(request_id)
+        raw = self._read(request_id)
         if raw is None:
             return None
         entry = PendingRequest.from_bytes(raw)
@@ -93,15 +110,15 @@ class TablePendingStore:
         return entry
 
     def put(self, entry: PendingRequest) -> None:
-        self.table[entry.request_id] = entry.to_bytes()
+        self._writes[entry.request_id] = entry.to_bytes()
         self._cache[entry.request_id] = entry
 
     def delete(self, request_id: str) -> None:
         self._cache.pop(request_id, None)
-        if request_id in self.table:
-            del self.table[request_id]
+        self._writes[request_id] = None
 
     def entries(self, partitions: frozenset[int]) -> Iterator[PendingRequest]:
+        self.flush()
         self._cache.clear()
         for key, raw in list(self.table.items()):
             if isinstance(key, str) and key.startswith(_META):
@@ -111,11 +128,31 @@ class TablePendingStore:
                 yield entry
 
     def get_watermark(self, partition: int) -> int | None:
-        raw = self.table.get(f"{_META}watermark:{partition}")
+        raw = self._read(f"{_META}watermark:{partition}")
         return None if raw is None else int(raw)
 
     def put_watermark(self, partition: int, ts: int) -> None:
-        self.table[f"{_META}watermark:{partition}"] = str(ts).encode()
+        self._writes[f"{_META}watermark:{partition}"] = str(ts).encode()
+
+    def flush(self) -> None:
+        """Write the held-back changes to the table, so to its changelog."""
+        for key, value in self._writes.items():
+            if value is not None:
+                self.table[key] = value
+            elif key in self.table:
+                del self.table[key]
+        self._writes.clear()
+
+    def discard(self) -> None:
+        """Forget the held-back changes (their record will be handled again)."""
+        self._writes.clear()
+        self._cache.clear()
+
+    def _read(self, key: str) -> bytes | None:
+        if key in self._writes:
+            return self._writes[key]
+        raw: bytes | None = self.table.get(key)
+        return raw
 
 
 class JoinerWorker:
@@ -168,9 +205,14 @@ class JoinerWorker:
     async def _agent(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             record = RawRecord.of(event.message)
-            for topic, key, value in self.handle(record):
-                target = self.examples_topic if topic == "examples" else self.dead_letters_topic
-                await target.send(key=key, value=value)
+            try:
+                for topic, key, value in self.handle(record):
+                    target = self.examples_topic if topic == "examples" else self.dead_letters_topic
+                    await target.send(key=key, value=value)
+            except BaseException:
+                self.store.discard()  # a send failed: keep the state that matches Kafka
+                raise
+            self.store.flush()  # state after its outputs: see "Delivery"
             yield None
 
     def handle(self, record: RawRecord) -> list[tuple[str, bytes, bytes]]:
