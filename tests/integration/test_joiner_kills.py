@@ -42,9 +42,10 @@ from services.attribution import (
     JoinerConfig,
     SourceRef,
 )
-from services.kafka import high_watermarks
+from services.kafka import high_watermarks, make_consumer
 from services.learning.pool import partition_of
 from services.learning.trainer import example_digest, id_hash
+from streams.joiner import TABLE_NAME
 from tests.integration._procs import (
     WorkerProcess,
     newest,
@@ -63,14 +64,6 @@ REQUESTS = 300
 T0 = 1_700_000_000_000
 #: every event time lies within this span, well inside the 10-minute window
 SPAN_MS = 120_000
-
-#: The known joiner bug this test catches now and then (see the report of 2026-11-27):
-#: after a kill -9, a request's pending state written by the killed worker is
-#: missing from the changelog the next worker restores, while the group's
-#: committed input offsets are already past the record that created it.
-JOINER_STATE_LOSS = (
-    "joiner lost state across kill -9 (rare since DurableProducer; see the module notes)"
-)
 
 MODEL_TOML = f"""
 [[model]]
@@ -178,6 +171,33 @@ def clean_pairs(records: list[Record], ids: set[str]) -> list[tuple[str, str, st
     return sorted(set(pairs))
 
 
+def changelog_history(sandbox: Sandbox, group: str, request_ids: set[str]) -> list[str]:
+    """Every changelog record the joiners wrote for ``request_ids``, in offset order:
+    the evidence a loss report needs (was the state ever written, and then lost?)."""
+    topic = f"{group}-{TABLE_NAME}-changelog"
+    ends = high_watermarks(sandbox.kafka, [topic])
+    consumer = make_consumer(sandbox.kafka)
+    consumer.assign(list(ends))
+    consumer.seek_to_beginning()
+    lines: list[str] = []
+    remaining = dict(ends)
+    deadline = time.monotonic() + 30
+    try:
+        while any(end > consumer.position(tp) for tp, end in remaining.items()):
+            if time.monotonic() > deadline:
+                lines.append("(changelog not read to its end)")
+                break
+            for tp, batch in consumer.poll(timeout_ms=300).items():
+                for r in batch:
+                    key = r.key.decode(errors="replace") if r.key else ""
+                    if key.strip('"') in request_ids:
+                        value = r.value.decode(errors="replace") if r.value else "<deleted>"
+                        lines.append(f"{tp.partition}@{r.offset} {key}: {value}")
+    finally:
+        consumer.close(autocommit=False)
+    return lines
+
+
 def digest_of(example_ids: set[str]) -> str:
     """The trainer's order-independent digest of a set of trained example ids."""
     return example_digest(sum(id_hash(e) for e in example_ids) % (1 << 256))
@@ -221,6 +241,7 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
         env = worker_env(
             sandbox,
             app_id=joiner_group,
+            commit_interval_s=0.3,  # kills land before, between and after commits
             DRIFTLOOP_WORKER_DATADIR=str(tmp_path / f"joiner-data-{kills}"),
         )
         joiner = WorkerProcess("joiner", env, tmp_path / "joiner.log")
@@ -283,14 +304,12 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
     assert final.examples_seen == len(distinct)
     assert final.extra["duplicates"] == len(emitted) - len(distinct)
     # And what the joiners emitted is the clean run's set: none lost, none twice.
-    # This failed on about half the runs until the producer flush before each
-    # offset commit waited for every changelog write (streams/kafka_compat.py);
-    # since then it failed twice in 16 runs, cause not yet found. Seen: req-182
-    # lost its first feedback (fb-182) after a restart and the later,
-    # opposite-label fb2-182 was attributed instead. So a loss is reported as
-    # an expected failure naming the pairs concerned, not hidden.
+    # On a failure the message carries the changelog history of the requests
+    # concerned: was their state never written, or written and then lost?
     if lost or extra:
-        pytest.xfail(f"{JOINER_STATE_LOSS}; lost {lost}, emitted instead {extra}")
+        concerned = {pair[0] for pair in lost} | {pair[0] for pair in extra}
+        history = "\n".join(changelog_history(sandbox, joiner_group, concerned))
+        pytest.fail(f"lost {lost}, emitted instead {extra}; changelog:\n{history}")
     assert final.example_digest == digest_of(expected)
     assert final.examples_seen == len(expected)
     print(
