@@ -30,6 +30,15 @@ rewound the way the consumer would start on them: ``consumer_auto_offset_reset``
 (or to 0 where 0 was committed). Table changelogs are left alone: faust
 positions them itself.
 
+The drops themselves come from a race: faust hands its live set of active
+partitions to the consumer thread, and while aiokafka drains the partitions
+in that set (all of them when it is momentarily empty) the main thread pauses
+and resumes partitions; faust then skips records of partitions it does not
+see active any more. Seen right after a rebalance's seek, when no seek
+follows: one record (the first after the committed offset) was skipped. The
+consumer thread now fetches for a snapshot of the set, and for none when it
+is empty.
+
 :func:`install` puts the transport on a faust app; :func:`streams.app.make_app`
 does that for every ``kafka://`` app.
 """
@@ -110,8 +119,9 @@ async def fetch_high_watermarks(consumer: Any, ends: Mapping[TP, int]) -> dict[T
 
 class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's consumer thread whose highwaters are never below the fetch
-    high watermark, and whose seek to committed offsets also rewinds input
-    partitions with nothing committed (see the module docstring)."""
+    high watermark, whose seek to committed offsets also rewinds input
+    partitions with nothing committed, and which fetches for a stable set of
+    active partitions (see the module docstring)."""
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = dict(await super()._highwaters(partitions))
@@ -157,6 +167,26 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         elif policy == "latest":
             await consumer.seek_to_end(*uncommitted)
         log.debug("rewound %s to the %s offset (nothing committed)", uncommitted, policy)
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        # faust passes its live set of active partitions, which the main thread
+        # changes while this runs here. aiokafka drains (and moves past) the
+        # records of every partition in the set it sees, and of *all* partitions
+        # when it sees the set empty; faust then drops records of partitions that
+        # are not active by the time it looks. A snapshot makes both agree; an
+        # empty one fetches nothing (what faust does when it sees it empty).
+        snapshot = set(active_partitions)
+        if not snapshot:
+            return {}
+        return await super()._fetch_records(
+            consumer, snapshot, timeout=timeout, max_records=max_records
+        )
 
 
 class HighwaterConsumer(faust_aiokafka.Consumer):

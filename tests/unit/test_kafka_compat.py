@@ -1,0 +1,58 @@
+"""The consumer thread fetches for a stable set of active partitions (streams.kafka_compat).
+
+faust passes its live set of active partitions to the consumer thread and
+changes it from the main thread while a fetch runs. aiokafka drains (moves
+past) the records of the partitions in the set it sees, and of all partitions
+when the set is empty, and faust drops the records of partitions it no longer
+sees active. A fake fetcher here empties faust's set while it is being read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from streams.kafka_compat import HighwaterConsumerThread
+
+
+class EmptyingFetcher:
+    """aiokafka's fetcher as far as ``_fetch_records`` uses it; it records the
+    partitions it was asked for, after faust's set was emptied under it."""
+
+    def __init__(self, live: set[TP]) -> None:
+        self.live = live
+        self.asked: list[set[TP]] = []
+        self._closed = False
+        self._subscriptions = SimpleNamespace(fetch_context=contextlib.nullcontext)
+
+    async def fetched_records(
+        self, partitions: set[TP], timeout: float = 0, max_records: int | None = None
+    ) -> dict[TP, list[Any]]:
+        self.live.clear()  # the main thread pauses everything meanwhile
+        self.asked.append(set(partitions))
+        return {tp: [] for tp in partitions}
+
+
+def _thread() -> HighwaterConsumerThread:
+    thread = object.__new__(HighwaterConsumerThread)
+    thread.consumer = SimpleNamespace(flow_active=True)
+    return thread
+
+
+async def test_the_fetch_asks_for_the_partitions_active_when_it_started() -> None:
+    live = {TP("in", 0), TP("in", 1)}
+    fetcher = EmptyingFetcher(live)
+    consumer = SimpleNamespace(_fetcher=fetcher, _closed=False)
+    records = await _thread()._fetch_records(consumer, live, timeout=0.1)
+    assert fetcher.asked == [{TP("in", 0), TP("in", 1)}]
+    assert set(records) == {TP("in", 0), TP("in", 1)}
+
+
+async def test_an_empty_set_fetches_nothing_rather_than_everything() -> None:
+    fetcher = EmptyingFetcher(set())
+    consumer = SimpleNamespace(_fetcher=fetcher, _closed=False)
+    assert await _thread()._fetch_records(consumer, set(), timeout=0.1) == {}
+    assert fetcher.asked == []
