@@ -1,4 +1,4 @@
-"""faust's Kafka transport with table recovery that also works on Tansu.
+"""faust's Kafka transport: table recovery that works on Tansu, no skipped input.
 
 faust decides that a changelog partition is recovered when it has read up to
 the partition's *end offset*, which it asks for with ``ListOffsets(latest)``
