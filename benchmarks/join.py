@@ -3,9 +3,12 @@
 Baseline, same broker, same run: a minimal kafka-python loop that consumes
 both input topics, joins in a dict and produces one output per pair. Both
 are timed from their first output to their N-th (so group-join and start-up
-time are excluded). Prints absolute numbers and the ratio; ``--json`` too.
+time are excluded). The machine's load drifts, so the two take turns:
+``--rounds`` rounds, each on fresh topics, baseline then joiner (a new
+``python -m streams.joiner`` process per round). Prints each round and the
+median of the per-round ratios; ``--json`` too.
 
-    .venv/bin/python -m benchmarks.join [--pairs 5000] [--json]
+    .venv/bin/python -m benchmarks.join [--pairs 5000] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,63 +94,85 @@ def _baseline(info: StackInfo, topics: TopicsConfig, out: str, pairs: int) -> No
     consumer.close()
 
 
+def _round(info: StackInfo, pairs: int) -> dict[str, float]:
+    """One baseline run and one joiner run on fresh topics: seconds each."""
+    topics = TopicsConfig(prefix=f"bench{uuid.uuid4().hex[:8]}.", partitions=3)
+    kafka = info.kafka_config()
+    baseline_out = topics.prefix + "baseline-joined"
+    ensure_topics(kafka, [*topics.all_names(), baseline_out], topics)
+    _produce(info, topics, pairs)
+
+    thread = threading.Thread(target=_baseline, args=(info, topics, baseline_out, pairs))
+    thread.start()
+    baseline_s = _time_outputs(info, baseline_out, pairs)
+    thread.join()
+
+    env = (
+        dict(os.environ)
+        | info.env()
+        | {
+            "DRIFTLOOP_TOPIC_PREFIX": topics.prefix,
+            "DRIFTLOOP_TOPIC_PARTITIONS": "3",
+            "DRIFTLOOP_JOIN_APP_ID": f"bench-joiner-{uuid.uuid4().hex[:8]}",
+            "DRIFTLOOP_JOIN_DATADIR": tempfile.mkdtemp(prefix="bench-joiner-"),
+            "DRIFTLOOP_LOG_LEVEL": "warning",
+        }
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streams.joiner"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        joiner_s = _time_outputs(info, topics.training_examples, pairs)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    return {"baseline_s": baseline_s, "joiner_s": joiner_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    rounds: list[dict[str, float]] = []
     with EmbeddedStack(create_topics=False) as info:
-        topics = TopicsConfig(prefix=f"bench{uuid.uuid4().hex[:8]}.", partitions=3)
-        kafka = info.kafka_config()
-        baseline_out = topics.prefix + "baseline-joined"
-        ensure_topics(kafka, [*topics.all_names(), baseline_out], topics)
-        _produce(info, topics, args.pairs)
-
-        thread = threading.Thread(target=_baseline, args=(info, topics, baseline_out, args.pairs))
-        thread.start()
-        baseline_s = _time_outputs(info, baseline_out, args.pairs)
-        thread.join()
-
-        env = (
-            dict(os.environ)
-            | info.env()
-            | {
-                "DRIFTLOOP_TOPIC_PREFIX": topics.prefix,
-                "DRIFTLOOP_TOPIC_PARTITIONS": "3",
-                "DRIFTLOOP_JOIN_APP_ID": f"bench-joiner-{uuid.uuid4().hex[:8]}",
-                "DRIFTLOOP_JOIN_DATADIR": tempfile.mkdtemp(prefix="bench-joiner-"),
-                "DRIFTLOOP_LOG_LEVEL": "warning",
-            }
-        )
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.joiner"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            joiner_s = _time_outputs(info, topics.training_examples, args.pairs)
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        for index in range(args.rounds):
+            timing = _round(info, args.pairs)
+            joiner = args.pairs / timing["joiner_s"]
+            baseline = args.pairs / timing["baseline_s"]
+            rounds.append({"joiner_pairs_per_s": joiner, "baseline_pairs_per_s": baseline})
+            if not args.json:
+                print(
+                    f"round {index + 1}/{args.rounds}: joiner {joiner:,.0f} pairs/s,"
+                    f" baseline {baseline:,.0f} pairs/s, ratio {joiner / baseline:.3f}",
+                    flush=True,
+                )
     result = {
         "pairs": args.pairs,
-        "joiner_pairs_per_s": args.pairs / joiner_s,
-        "baseline_pairs_per_s": args.pairs / baseline_s,
-        "ratio_joiner_to_baseline": baseline_s / joiner_s,
+        "rounds": rounds,
+        "joiner_pairs_per_s": statistics.median(r["joiner_pairs_per_s"] for r in rounds),
+        "baseline_pairs_per_s": statistics.median(r["baseline_pairs_per_s"] for r in rounds),
+        "ratio_joiner_to_baseline": statistics.median(
+            r["joiner_pairs_per_s"] / r["baseline_pairs_per_s"] for r in rounds
+        ),
     }
     if args.json:
         print(orjson.dumps(result).decode())
     else:
-        print(f"joiner    {result['joiner_pairs_per_s']:>10,.0f} pairs/s")
+        print(f"joiner    {result['joiner_pairs_per_s']:>10,.0f} pairs/s (median)")
         print(
-            f"baseline  {result['baseline_pairs_per_s']:>10,.0f} pairs/s (kafka-python dict join)"
+            f"baseline  {result['baseline_pairs_per_s']:>10,.0f} pairs/s"
+            " (median; kafka-python dict join)"
         )
-        print(f"ratio     {result['ratio_joiner_to_baseline']:.3f} (joiner / baseline)")
+        print(f"ratio     {result['ratio_joiner_to_baseline']:.3f} (median of per-round ratios)")
 
 
 if __name__ == "__main__":
