@@ -71,7 +71,7 @@ from services.attribution import (
 )
 from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
-from streams.app import make_app
+from streams.app import make_app, make_worker
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def build_worker(
     datadir: str,
     **settings: Any,
 ) -> JoinerWorker:
-    """A faust app with the joiner on it, ready for ``faust.Worker(worker.app)``."""
+    """A faust app with the joiner on it, ready for :func:`streams.app.make_worker`."""
     app = make_app(app_id, kafka, datadir=datadir, topics=topics, **settings)
     return JoinerWorker(app, topics, config)
 
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     datadir = os.environ.get("DRIFTLOOP_JOIN_DATADIR") or tempfile.mkdtemp(prefix="joiner-")
     worker = build_worker(app_id, KafkaConfig(), topics, JoinerConfig(), datadir=datadir)
     level = os.environ.get("DRIFTLOOP_LOG_LEVEL", "info")
-    faust.Worker(worker.app, loglevel=level).execute_from_commandline()
+    make_worker(worker.app, loglevel=level).execute_from_commandline()
 
 
 if __name__ == "__main__":

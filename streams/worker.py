@@ -35,7 +35,7 @@ from services.kafka import ensure_topics
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
 from services.learning.retention import build_retention
-from streams.app import make_app
+from streams.app import make_app, make_worker
 from streams.trainer import TrainerAgent
 
 log = logging.getLogger(__name__)
@@ -170,4 +170,4 @@ def build(
 
 def run(built: BuiltWorker, *, log_level: str = "info") -> None:
     """Run the worker until SIGINT/SIGTERM, then exit the process (faust's Worker does)."""
-    faust.Worker(built.app, loglevel=log_level).execute_from_commandline()
+    make_worker(built.app, loglevel=log_level).execute_from_commandline()

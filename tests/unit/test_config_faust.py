@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from schemas.errors import ConfigError
 from services.config import KafkaConfig, TopicsConfig
-from streams.app import FAUST_MIN_MAX_POLL_INTERVAL_S, faust_credentials, make_app
+from streams.app import FAUST_MIN_MAX_POLL_INTERVAL_S, faust_credentials, make_app, make_worker
 from streams.kafka_compat import HighwaterConsumer, HighwaterTransport
 
 SHORT: dict[str, Any] = {
@@ -111,3 +112,17 @@ def test_kafka_apps_get_the_highwater_correcting_transport(tmp_path: Path) -> No
     app = make_app("joiner", KafkaConfig(bootstrap="a:9092"), datadir=tmp_path)
     assert isinstance(app.transport, HighwaterTransport)
     assert app.transport.Consumer is HighwaterConsumer
+
+
+def test_workers_leave_the_root_logger_level_alone_at_warning(tmp_path: Path) -> None:
+    """faust's terminal spinner would set the root logger to DEBUG at level
+    warning, so every debug call in faust and aiokafka built a record."""
+    app = make_app("t", KafkaConfig(bootstrap="a:9092"), datadir=tmp_path)
+    worker = make_worker(app, loglevel="warning")
+    assert worker.spinner is None
+    logger = logging.getLogger("driftloop-test-root")
+    logger.addHandler(logging.NullHandler())
+    logger.setLevel(logging.WARNING)
+    worker.on_setup_root_logger(logger, logging.WARNING)
+    assert logger.level == logging.WARNING
+    assert len(logger.handlers) == 1
