@@ -6,7 +6,9 @@ are timed from their first output to their N-th (so group-join and start-up
 time are excluded). The machine's load drifts, so the two take turns:
 ``--rounds`` rounds, each on fresh topics, baseline then joiner (a new
 ``python -m streams.joiner`` process per round). Prints each round and the
-median of the per-round ratios; ``--json`` too.
+median of the per-round ratios; ``--json`` too. A second reference, the
+joiner's ceiling: the join logic alone on the same records (decode, join over
+the joiner's table store with a dict for the faust table, encode), in memory.
 
     .venv/bin/python -m benchmarks.join [--pairs 5000] [--rounds 3] [--json]
 """
@@ -23,20 +25,22 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
-from schemas.codec import encode
+from schemas.codec import decode, encode
 from schemas.events import FeedbackEvent, InferenceLog
+from services.attribution import AttributionJoiner, Emit, JoinerConfig, SourceRef
 from services.config import TopicsConfig
 from services.kafka import ensure_topics, make_consumer, make_producer
 from services.stack import EMBEDDED_GROUP_TIMEOUTS, EmbeddedStack, StackInfo
+from streams.joiner import TablePendingStore
 
 
-def _produce(info: StackInfo, topics: TopicsConfig, pairs: int) -> None:
-    kafka = info.kafka_config()
-    producer = make_producer(kafka, linger_ms=5, acks=1)
+def _pairs(pairs: int) -> Iterator[tuple[str, bytes, bytes]]:
+    """(request_id, inference log, feedback) for ``pairs`` requests, encoded."""
     for i in range(pairs):
         rid = f"r{i}"
         log = InferenceLog.new(
@@ -48,10 +52,37 @@ def _produce(info: StackInfo, topics: TopicsConfig, pairs: int) -> None:
             prediction=0.5,
         )
         fb = FeedbackEvent.new(request_id=rid, model="ctr", ts=1_500 + i, label=i % 2)
-        producer.send(topics.inference_logs, key=rid.encode(), value=encode(log))
-        producer.send(topics.feedback, key=rid.encode(), value=encode(fb))
+        yield rid, encode(log), encode(fb)
+
+
+def _produce(info: StackInfo, topics: TopicsConfig, pairs: int) -> None:
+    kafka = info.kafka_config()
+    producer = make_producer(kafka, linger_ms=5, acks=1)
+    for rid, log, fb in _pairs(pairs):
+        producer.send(topics.inference_logs, key=rid.encode(), value=log)
+        producer.send(topics.feedback, key=rid.encode(), value=fb)
     producer.flush()
     producer.close()
+
+
+def _logic_rate(pairs: int) -> float:
+    """Pairs/s of the join logic alone: decode, join over the joiner's table store
+    (a dict in place of the faust table), encode each example; no Kafka, no faust."""
+    store = TablePendingStore({})
+    joiner = AttributionJoiner(JoinerConfig(), store)
+    records = list(_pairs(pairs))
+    start = time.perf_counter()
+    for offset, (_, log, fb) in enumerate(records):
+        partition = offset % 3
+        at_i = SourceRef(topic="i", partition=partition, offset=offset)
+        joiner.on_inference(decode(InferenceLog, log), at_i)
+        store.flush()
+        at_f = SourceRef(topic="f", partition=partition, offset=offset)
+        for outcome in joiner.on_feedback(decode(FeedbackEvent, fb), at_f):
+            if isinstance(outcome, Emit):
+                encode(outcome.example)
+        store.flush()
+    return pairs / (time.perf_counter() - start)
 
 
 def _time_outputs(info: StackInfo, topic: str, count: int, timeout_s: float = 600) -> float:
@@ -155,9 +186,11 @@ def main() -> None:
                     f" baseline {baseline:,.0f} pairs/s, ratio {joiner / baseline:.3f}",
                     flush=True,
                 )
+    logic = _logic_rate(args.pairs)
     result = {
         "pairs": args.pairs,
         "rounds": rounds,
+        "logic_pairs_per_s": logic,
         "joiner_pairs_per_s": statistics.median(r["joiner_pairs_per_s"] for r in rounds),
         "baseline_pairs_per_s": statistics.median(r["baseline_pairs_per_s"] for r in rounds),
         "ratio_joiner_to_baseline": statistics.median(
@@ -173,6 +206,10 @@ def main() -> None:
             " (median; kafka-python dict join)"
         )
         print(f"ratio     {result['ratio_joiner_to_baseline']:.3f} (median of per-round ratios)")
+        print(
+            f"logic     {logic:>10,.0f} pairs/s (the join alone, in memory; joiner / logic"
+            f" {result['joiner_pairs_per_s'] / logic:.3f})"
+        )
 
 
 if __name__ == "__main__":
