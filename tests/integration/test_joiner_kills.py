@@ -278,14 +278,18 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
     targets: dict[str, dict[int, int]] = {}
     for tp, end in inputs.items():
         targets.setdefault(tp.topic, {})[tp.partition] = end
+    started_at = time.monotonic()
     wait_committed(sandbox, joiner_group, targets, last, timeout_s=120)
+    joiner_s = time.monotonic() - started_at
 
     # Then the trainer reads everything the joiners wrote, and stops.
     out = sandbox.topics.training_examples
     home = partition_of(MODEL, sandbox.topics.partitions)
     written = {tp.partition: end for tp, end in high_watermarks(sandbox.kafka, [out]).items()}
     assert all(end == 0 for p, end in written.items() if p != home), written
+    started_at = time.monotonic()
     wait_committed(sandbox, trainer_group, {out: {home: written[home]}}, trainer, timeout_s=120)
+    trainer_s = time.monotonic() - started_at
     assert trainer.terminate() == 0, trainer.text()[-3000:]
     last.terminate()
 
@@ -315,4 +319,5 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
     print(
         f"kills={kills} inputs={len(records)} examples={len(expected)}"
         f" emitted={len(emitted)} repeats={len(emitted) - len(expected)}"
+        f" last joiner committed all in {joiner_s:.1f}s, trainer in {trainer_s:.1f}s"
     )
