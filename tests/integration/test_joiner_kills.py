@@ -17,8 +17,8 @@ the same per-partition order. Every event time lies inside one attribution
 window, so which examples exist does not depend on how the two input topics
 interleave. At the end the trainer's final checkpoint must hold the digest of
 exactly the clean run's example ids (none lost) and ``examples_seen`` equal
-to their number (none twice), although the joiner emitted some examples more
-than once (a kill after the send and before the commit replays its input).
+to their number (none twice), although the joiner may emit an example more
+than once (a kill after its send and before its state write replays the record).
 """
 
 from __future__ import annotations
@@ -180,10 +180,9 @@ def changelog_history(sandbox: Sandbox, group: str, request_ids: set[str]) -> li
     consumer.assign(list(ends))
     consumer.seek_to_beginning()
     lines: list[str] = []
-    remaining = dict(ends)
     deadline = time.monotonic() + 30
     try:
-        while any(end > consumer.position(tp) for tp, end in remaining.items()):
+        while any(end > consumer.position(tp) for tp, end in ends.items()):
             if time.monotonic() > deadline:
                 lines.append("(changelog not read to its end)")
                 break
