@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import ssl
 from typing import Any, Literal
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -307,7 +307,14 @@ def redact_url(url: str) -> str:
         # A password with "/" or "#" in it: urlsplit cut it into the path or fragment.
         return f"{parts.scheme}://{MASK}@{url.rpartition('@')[2]}" if parts.scheme else MASK
     query = "&".join(_redact_param(piece) for piece in parts.query.split("&"))
-    return urlunsplit((parts.scheme, netloc, path, query, fragment))
+    # Rebuilt by hand: urlunsplit would drop the "//" of an empty host (unix:///run/r.sock).
+    out = f"{parts.scheme}:" if parts.scheme else ""
+    if url[len(out) :].startswith("//"):
+        out += f"//{netloc}"
+    out += path
+    if "?" in url.partition("#")[0]:
+        out += f"?{query}"
+    return out + (f"#{fragment}" if "#" in url else "")
 
 
 def _redact_param(piece: str) -> str:
