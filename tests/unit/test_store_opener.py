@@ -96,6 +96,14 @@ def test_gc_defaults_to_the_workers_model_config_variable(tmp_path: Path) -> Non
     assert orjson.loads(out)["models"][0]["delete"] == []
 
 
+def test_gc_reads_the_same_variable_as_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cli.checkpoint_commands import _ModelsSetting
+    from streams.worker import WorkerConfig
+
+    monkeypatch.setenv("DRIFTLOOP_WORKER_MODELS", str(RIVER))
+    assert _ModelsSetting().models == WorkerConfig().models == RIVER
+
+
 def test_gc_leaves_alone_models_the_config_does_not_declare(tmp_path: Path) -> None:
     store = make_store(tmp_path, keep_latest=1000)
     for step in range(4):
