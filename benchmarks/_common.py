@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.opener import open_store
 from services.checkpoints.store import CheckpointStore
 
 
@@ -47,7 +48,8 @@ def store(root: str | None, **settings: Any) -> tuple[CheckpointStore, Path]:
     """A real checkpoint store in a fresh temporary directory (under ``root`` if given)."""
     path = Path(tempfile.mkdtemp(prefix="driftloop-bench-", dir=root))
     config = StoreConfig(root=path / "store", **{"keep_latest": 2, **settings})
-    return CheckpointStore(config), path
+    # No model configuration names these synthetic models: the store's retention applies.
+    return open_store(config, None), path
 
 
 def pct(values: Sequence[float], q: float) -> float:

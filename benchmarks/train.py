@@ -37,10 +37,10 @@ from river.datasets import synth
 from schemas.codec import encode
 from schemas.events import TrainingExample, training_example_id
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.store import CheckpointStore
+from services.checkpoints.opener import open_store
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics, make_consumer, make_producer
-from services.learning.config import ModelConfig, example_path, load_config
+from services.learning.config import LearningConfig, ModelConfig, example_path, load_config
 from services.learning.pool import TrainerPool, partition_of
 from services.learning.sink import InMemorySink
 from services.learning.trainer import OnlineTrainer
@@ -117,7 +117,7 @@ async def kafka_rate(
     kafka: KafkaConfig, topics: TopicsConfig, config: ModelConfig, n: int, root: Path
 ) -> tuple[float, dict[str, Any]]:
     """Examples/s of the trainer agent from its first record to its ``n``-th."""
-    store = CheckpointStore(StoreConfig(root=root / "store"))
+    store = open_store(StoreConfig(root=root / "store"), LearningConfig(model=(config,)))
     pool = TrainerPool(
         [config], store, topic=topics.training_examples, partitions=topics.partitions
     )

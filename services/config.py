@@ -18,9 +18,10 @@ them, so settings can be logged.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,14 @@ class KafkaConfig(BaseSettings):
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, bootstrap: str) -> str:
+        for server in (s.strip() for s in bootstrap.split(",")):
+            if server:
+                check_host_port(server)
+        return bootstrap
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -204,7 +213,15 @@ class RedisConfig(BaseSettings):
     @field_validator("url")
     @classmethod
     def _check_scheme(cls, url: str) -> str:
-        if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        if not url:
+            return url
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018  # urlsplit checks the port only when asked
+        except ValueError as exc:
+            # Not the URL itself in the message: it may carry a password.
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return url
 
@@ -234,13 +251,74 @@ class RedisConfig(BaseSettings):
         }
 
 
+def check_host_port(server: str) -> None:
+    """Raise ValueError unless ``server`` is ``host``, ``host:port`` or ``[ipv6]:port``.
+
+    The port, when given, must be 1-65535 (kafka-python defaults a missing one to 9092).
+    """
+    host, port = server, ""
+    if server.startswith("["):
+        host, bracket, rest = server[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bootstrap server {server!r}: expected [ipv6]:port")
+        port = rest[1:]
+        if rest and not port:
+            raise ValueError(f"bootstrap server {server!r}: empty port")
+    elif server.count(":") == 1:
+        host, _, port = server.partition(":")
+        if not port:
+            raise ValueError(f"bootstrap server {server!r}: empty port")
+    if not host or any(c.isspace() or c in "/@?#" for c in host):
+        raise ValueError(f"bootstrap server {server!r}: expected host:port")
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"bootstrap server {server!r}: port must be 1-65535")
+
+
+#: Query parameters whose value is a credential, by name (case-insensitive, anywhere in
+#: the name). redis-py passes every query parameter of a URL to the connection as a
+#: keyword (``?password=``, ``?username=&password=``, ``?ssl_password=``); fsspec URLs
+#: carry object-store keys and tokens the same way (``?key=&secret=&token=``, SAS ``sig``).
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|sig|credential|auth", re.IGNORECASE)
+MASK = "***"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` safe to print: every credential it carries replaced by ``***``.
+
+    Masked: the password of ``user:password@`` (the user name stays), and
+    the value of every query parameter named like a credential (password,
+    ``ssl_password``, ``secret``, ``token``, ``key``, ``sig``...). A password
+    containing ``/`` or ``#`` ends the authority part early when parsed; when
+    an ``@`` is left over after it, everything up to that ``@`` is masked. A
+    URL that does not even parse is masked whole.
+    """
+    if not url:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # a bad port raises here, not later
+    except ValueError:
+        return MASK
+    netloc, path, fragment = parts.netloc, parts.path, parts.fragment
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.split(':', 1)[0]}:{MASK}@{host}"
+    if "@" in path or "@" in fragment:
+        # A password with "/" or "#" in it: urlsplit cut it into the path or fragment.
+        return f"{parts.scheme}://{MASK}@{url.rpartition('@')[2]}" if parts.scheme else MASK
+    query = "&".join(_redact_param(piece) for piece in parts.query.split("&"))
+    # Rebuilt by hand: urlunsplit would drop the "//" of an empty host (unix:///run/r.sock).
+    out = f"{parts.scheme}:" if parts.scheme else ""
+    if url[len(out) :].startswith("//"):
+        out += f"//{netloc}"
+    out += path
+    if "?" in url.partition("#")[0]:
+        out += f"?{query}"
+    return out + (f"#{fragment}" if "#" in url else "")
+
+
+def _redact_param(piece: str) -> str:
+    name, eq, value = piece.partition("=")
+    if eq and value and _SECRET_PARAM.search(unquote_plus(name)):
+        return f"{name}={MASK}"
+    return piece

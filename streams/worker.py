@@ -29,12 +29,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.errors import ConfigError
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.store import CheckpointStore
+from services.checkpoints.opener import open_store
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
-from services.learning.retention import build_retention
 from streams.app import make_app, make_worker
 from streams.trainer import TrainerAgent
 
@@ -138,9 +137,7 @@ def build(
         if not chosen:
             raise ConfigError("the model configuration declares no model", path=str(path))
         store_config = store if store is not None else StoreConfig()
-        checkpoint_store = CheckpointStore(
-            store_config, retention=build_retention(learning, store_config)
-        )
+        checkpoint_store = open_store(store_config, learning)
         pool = TrainerPool(
             chosen,
             checkpoint_store,

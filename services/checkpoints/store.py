@@ -42,6 +42,7 @@ from services.checkpoints.catalog import Catalog, CheckpointRecord, Tier
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.gc import GcPlan, Leftover, Quarantined, plan
 from services.checkpoints.pins import PinBook
+from services.checkpoints.readonly import ReadOnlyStorage
 from services.checkpoints.retention import ReferenceSource, RetentionPolicy, policy_from_config
 from services.checkpoints.scan import scan_model
 from services.checkpoints.storage import (
@@ -148,6 +149,11 @@ class CheckpointStore:
     Thread-safe per object: commits, GC and tier moves of one store object
     are serialised by a lock; version assignment is also locked across
     processes on the hot tier.
+
+    With ``read_only`` the store never creates a directory, the catalog file
+    or anything else: the tiers refuse writes (:class:`ReadOnlyStorage`) and
+    the catalog lives in memory. Processes open it through
+    :func:`services.checkpoints.opener.open_store`.
     """
 
     def __init__(
@@ -157,9 +163,11 @@ class CheckpointStore:
         references: ReferenceSource | None = None,
         retention: RetentionPolicy | None = None,
         tiering: TierPolicy | None = None,
+        read_only: bool = False,
     ) -> None:
         self.config = config
-        self.hot = LocalStorage(config.root, fsync=config.fsync)
+        self.read_only = read_only
+        self.hot: CheckpointStorage = LocalStorage(config.root, fsync=config.fsync)
         self.cold: CheckpointStorage | None = None
         if config.cold_url:
             try:
@@ -168,7 +176,14 @@ class CheckpointStore:
                 raise ConfigError(
                     f"cannot open the cold tier: {exc}", url=redact_url(config.cold_url)
                 ) from exc
-        self.catalog = Catalog(config.catalog_file)
+        if read_only:
+            # Every write is refused by the tiers, and the catalog is a private
+            # in-memory copy synced from the manifests: nothing is created or changed.
+            self.hot = ReadOnlyStorage(self.hot)
+            self.cold = ReadOnlyStorage(self.cold) if self.cold is not None else None
+            self.catalog = Catalog(":memory:")
+        else:
+            self.catalog = Catalog(config.catalog_file)
         self.references = references
         self.retention = (
             retention if retention is not None else policy_from_config(config, references)

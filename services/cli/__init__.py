@@ -1,15 +1,20 @@
 """The ``driftloop`` command line.
 
 Each concern registers its commands from its own module; this module only
-assembles them. Every read command takes ``--json``.
+assembles them. Every read command takes ``--json``. A setting that cannot
+work, in any command, is one line on stderr and exit code 2
+(:class:`~services.cli.errors.DriftloopGroup`).
 """
 
 from __future__ import annotations
 
 import typer
 
+from services.cli.errors import DriftloopGroup
+
 app = typer.Typer(
     name="driftloop",
+    cls=DriftloopGroup,
     help="Event-driven online learning with recoverable, auditable checkpoints.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

@@ -12,22 +12,29 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import orjson
 import typer
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from schemas.errors import DriftloopError
+from schemas.errors import CheckpointNotFoundError, DriftloopError
 from schemas.manifest import TRIGGERS
 from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.opener import open_store
 from services.checkpoints.store import CheckpointStore, now_ms
+
+if TYPE_CHECKING:
+    from services.learning.config import LearningConfig
 
 app = typer.Typer(help="Inspect, pin and prune stored checkpoints.", no_args_is_help=True)
 out = Console()
@@ -38,6 +45,14 @@ StoreOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="The model configuration (TOML) the worker runs with; default "
+        "DRIFTLOOP_WORKER_MODELS. Required: each model's retention comes from it.",
+    ),
+]
 
 
 def register(app_root: typer.Typer) -> None:
@@ -46,18 +61,91 @@ def register(app_root: typer.Typer) -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
+class _ModelsSetting(BaseSettings):
+    """``DRIFTLOOP_WORKER_MODELS``: the model configuration the worker reads by default.
+
+    Read here with the same name and prefix as :class:`streams.worker.WorkerConfig`
+    (without importing the streaming layer), so ``gc`` and ``tier`` default to the
+    configuration the worker prunes with.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_WORKER_", frozen=True, extra="ignore")
+
+    models: Path | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
 @contextmanager
-def _store(store: Path | None) -> Iterator[CheckpointStore]:
+def _store(
+    store: Path | None, *, read_only: bool, learning: LearningConfig | None = None
+) -> Iterator[CheckpointStore]:
+    """The store every command works on, opened by :func:`open_store`.
+
+    A command never creates a store: one that does not exist is an error
+    for reading and writing commands alike.
+    """
     try:
         config = StoreConfig() if store is None else StoreConfig(root=store)
-        with CheckpointStore(config) as s:
+        if not read_only and not config.root.exists():
+            raise CheckpointNotFoundError("no checkpoint store here", path=str(config.root))
+        with open_store(config, learning, read_only=read_only) as s:
             yield s
     except DriftloopError as exc:
         _fail(str(exc))
+
+
+@dataclass(frozen=True)
+class _Models:
+    """The model configuration a pruning command applies, and where it came from."""
+
+    path: Path
+    learning: LearningConfig
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.learning.models]
+
+
+def _models(config: Path | None, verb: str) -> _Models:
+    """The model configuration for ``gc`` / ``tier``; without one, refuse (exit 2).
+
+    Each model's retention lives in its configuration, so a command without
+    it would apply the store's defaults and delete or move what the worker keeps.
+    """
+    path = config if config is not None else _ModelsSetting().models
+    if path is None:
+        _fail(
+            f"checkpoints {verb} needs the model configuration the worker runs with "
+            "(--config models.toml or DRIFTLOOP_WORKER_MODELS): each model's retention "
+            "comes from it; nothing was changed"
+        )
+    from services.learning.config import load_config
+
+    try:
+        return _Models(path, load_config(path))
+    except DriftloopError as exc:
+        _fail(str(exc))
+
+
+def _configured(s: CheckpointStore, models: _Models, model: str | None) -> list[str]:
+    """The models ``gc`` / ``tier`` act on: those of the configuration found in the store."""
+    if model is not None:
+        _check_model(s, model)
+        if model not in models.names():
+            _fail(
+                f"model {model!r} is not in {models.path} (its retention is there); "
+                f"it declares: {', '.join(models.names())}"
+            )
+        return [model]
+    present = set(s.models())
+    return [name for name in models.names() if name in present]
 
 
 def _print_json(value: Any) -> None:
@@ -69,23 +157,35 @@ def _check_model(s: CheckpointStore, model: str | None) -> None:
         _fail(f"unknown model {model!r}; known: {', '.join(s.models()) or '(none)'}")
 
 
+#: The times ``--since`` / ``--until`` accept: those a datetime can hold (years 1-9999).
+_MIN_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
+
+
 def parse_time(value: str | None) -> int | None:
-    """Epoch ms from epoch ms, ISO 8601 (UTC unless it says), or ``30m``/``2h``/``7d`` ago."""
+    """Epoch ms from epoch ms, ISO 8601 (UTC unless it says), or ``30m``/``2h``/``7d`` ago.
+
+    A time outside years 1-9999 is refused (exit 2), not passed on to overflow later.
+    """
     if value is None:
         return None
-    if value.isdigit():
-        return int(value)
-    rel = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value)
-    if rel:
+    ms: float
+    if value.isascii() and value.isdigit():
+        ms = int(value)
+    elif rel := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value, flags=re.ASCII):
         seconds = float(rel.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[rel.group(2)]
-        return now_ms() - int(seconds * 1000)
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        _fail(f"cannot read time {value!r}: use epoch ms, ISO 8601, or 30m / 2h / 7d (ago)")
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return int(ts.timestamp() * 1000)
+        ms = now_ms() - seconds * 1000
+    else:
+        try:
+            ts = datetime.fromisoformat(value)
+        except ValueError:
+            _fail(f"cannot read time {value!r}: use epoch ms, ISO 8601, or 30m / 2h / 7d (ago)")
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        ms = ts.timestamp() * 1000
+    if not _MIN_MS <= ms <= _MAX_MS:  # also false for inf and nan
+        _fail(f"time {value!r} is out of range (years 1 to 9999)")
+    return int(ms)
 
 
 def _when(ms: int) -> str:
@@ -137,7 +237,7 @@ def list_(
     until: Annotated[str | None, typer.Option(help="Created before (ms, ISO, 2h).")] = None,
     best_by: Annotated[str | None, typer.Option(help="Rank by this metric, best first.")] = None,
     mode: Annotated[str, typer.Option(help="min or max: what 'best' means.")] = "min",
-    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    limit: Annotated[int | None, typer.Option(min=1, max=2**63 - 1)] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Also report directories that are not committed.")
     ] = False,
@@ -154,7 +254,7 @@ def list_(
     if mode not in ("min", "max"):
         _fail(f"--mode must be min or max, not {mode!r}")
     ranking: Literal["min", "max"] = "min" if mode == "min" else "max"
-    with _store(store) as s:
+    with _store(store, read_only=True) as s:
         _check_model(s, model)
         records = s.query(
             model,
@@ -197,7 +297,7 @@ def list_(
 @app.command()
 def show(model: str, version: str, store: StoreOpt = None, json: JsonOpt = False) -> None:
     """Show one checkpoint: manifest, files, tier, pins and lineage."""
-    with _store(store) as s:
+    with _store(store, read_only=True) as s:
         _check_model(s, model)
         record = s.record(model, version)
         manifest = s.open(model, version).manifest
@@ -238,7 +338,7 @@ def show(model: str, version: str, store: StoreOpt = None, json: JsonOpt = False
 @app.command()
 def pin(model: str, version: str, label: str, store: StoreOpt = None) -> None:
     """Pin VERSION as milestone LABEL (e.g. prod-2026-11-27): retention always keeps it."""
-    with _store(store) as s:
+    with _store(store, read_only=False) as s:
         _check_model(s, model)
         moved_from = s.pin(model, version, label)
     note = f" (moved from {moved_from})" if moved_from else ""
@@ -255,7 +355,7 @@ def unpin(
     """Remove a pin by --label, or all pins of --version."""
     if (label is None) == (version is None):
         _fail("give exactly one of --label or --version")
-    with _store(store) as s:
+    with _store(store, read_only=False) as s:
         _check_model(s, model)
         gone = s.unpin(model, label=label, version=version)
     if not gone:
@@ -273,17 +373,22 @@ def gc(
             "--purge-quarantine", help="Only delete quarantined directories (nothing else)."
         ),
     ] = False,
+    config: ConfigOpt = None,
     store: StoreOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Delete checkpoints no retention policy keeps, and leftovers of interrupted work.
 
-    A version whose manifest does not validate is moved to quarantine, never
-    deleted; --purge-quarantine deletes what is in quarantine.
+    Each model keeps what its retention table in the model configuration says
+    (--config, as the worker runs with): GC refuses to run without one, and
+    leaves alone models the configuration does not declare. A version whose
+    manifest does not validate is moved to quarantine, never deleted;
+    --purge-quarantine deletes what is in quarantine (no configuration needed).
+    A dry run opens the store read-only.
     """
     verb = "would delete" if dry_run else "deleted"
     if purge_quarantine:
-        with _store(store) as s:
+        with _store(store, read_only=dry_run) as s:
             _check_model(s, model)
             purged = s.purge_quarantine(model, dry_run=dry_run)
         if json:
@@ -293,11 +398,20 @@ def gc(
         for q in purged:
             out.print(f"  {q.model}/.quarantine/{q.name} ({q.tier}): {q.reason}", highlight=False)
         return
-    with _store(store) as s:
-        _check_model(s, model)
-        plans = s.gc(model, dry_run=dry_run)
+    models = _models(config, "gc")
+    with _store(store, read_only=dry_run, learning=models.learning) as s:
+        chosen = _configured(s, models, model)
+        skipped = [m for m in s.models() if m not in chosen] if model is None else []
+        plans = [p for m in chosen for p in s.gc(m, dry_run=dry_run)]
     if json:
-        _print_json({"dry_run": dry_run, "models": [p.as_json() for p in plans]})
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "config": str(models.path),
+                "models": [p.as_json() for p in plans],
+                "skipped": skipped,
+            }
+        )
         return
     for p in plans:
         table = Table(title=p.model)
@@ -313,12 +427,14 @@ def gc(
         for x in p.quarantine:
             table.add_row(f"{x.name} ({x.tier})", f"[yellow]{moved}[/yellow]: {x.reason}")
         out.print(table)
+    for m in skipped:
+        out.print(f"{m}: left alone (not in {models.path})", highlight=False)
 
 
 @app.command()
 def reindex(store: StoreOpt = None, json: JsonOpt = False) -> None:
     """Rebuild the catalog from the manifests (the truth)."""
-    with _store(store) as s:
+    with _store(store, read_only=False) as s:
         update, bar = _progress("reindexing")
         if bar is not None:
             with bar:
@@ -339,7 +455,7 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
     """
     problems: list[dict[str, Any]] = []
     checked = 0
-    with _store(store) as s:
+    with _store(store, read_only=True) as s:
         _check_model(s, model)
         for m in [model] if model else s.models():
             problems += [
@@ -372,21 +488,27 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
 
 
 @app.command()
-def tier(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False) -> None:
-    """Move checkpoints the tier policy selects to the cold tier now."""
-    with _store(store) as s:
-        _check_model(s, model)
+def tier(
+    model: ModelOpt = None, config: ConfigOpt = None, store: StoreOpt = None, json: JsonOpt = False
+) -> None:
+    """Move checkpoints the tier policy selects to the cold tier now.
+
+    Like gc, only the models of the model configuration (--config, as the
+    worker runs with) are moved; without one nothing is.
+    """
+    models = _models(config, "tier")
+    with _store(store, read_only=False, learning=models.learning) as s:
+        chosen = _configured(s, models, model)
         if s.cold is None or s.tiering is None:
             _fail(
                 "no tiering configured "
                 "(DRIFTLOOP_STORE_COLD_URL and _HOT_KEEP_NEWEST or _HOT_MAX_AGE_S)"
             )
         update, bar = _progress("moving to cold")
-        if bar is not None:
-            with bar:
-                moved = s.move_tiers(model, update)
-        else:
-            moved = s.move_tiers(model)
+        moved: list[str] = []
+        with bar if bar is not None else nullcontext():
+            for m in chosen:
+                moved += s.move_tiers(m, update)
     if json:
         _print_json({"moved": moved})
     else:

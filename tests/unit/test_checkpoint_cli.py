@@ -30,6 +30,23 @@ def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "hot"
 
 
+@pytest.fixture
+def models_toml(tmp_path: Path) -> Path:
+    """A model configuration keeping only the newest checkpoint of ``fraud``."""
+    path = tmp_path / "models.toml"
+    path.write_text(
+        """
+[[model]]
+name = "fraud"
+kind = "river"
+factory = { path = "river.linear_model.LogisticRegression" }
+[model.retention]
+policies = [{ policy = "latest_n", params = { n = 1 } }]
+"""
+    )
+    return path
+
+
 def run(*args: str) -> tuple[int, str, str]:
     result = runner.invoke(app, ["checkpoints", *args])
     return result.exit_code, result.stdout, result.stderr
@@ -76,7 +93,8 @@ def test_list_table_shows_labels(store_dir: Path) -> None:
         (["pin", "fraud", "fraud-000099", "prod"], "no committed checkpoint"),
         (["pin", "fraud", "fraud-000001", "bad label"], "pin label"),
         (["unpin", "fraud", "--label", "never-set"], "no such pin"),
-        (["gc", "--model", "nope"], "unknown model"),
+        (["gc", "--model", "fraud"], "needs the model configuration"),
+        (["tier", "--model", "fraud"], "needs the model configuration"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(
@@ -100,20 +118,20 @@ def test_show_json_has_manifest_and_lineage(store_dir: Path) -> None:
     assert doc["lineage"] == ["fraud-000002"]
 
 
-def test_pin_gc_dry_run_and_gc(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DRIFTLOOP_STORE_KEEP_LATEST", "1")
+def test_pin_gc_dry_run_and_gc(store_dir: Path, models_toml: Path) -> None:
     assert run("pin", "fraud", "fraud-000001", "prod-2026-11-27", "--store", str(store_dir))[0] == 0
-    code, out, _ = run("gc", "--dry-run", "--model", "fraud", "--store", str(store_dir), "--json")
+    args = ["--model", "fraud", "--config", str(models_toml), "--store", str(store_dir)]
+    code, out, _ = run("gc", "--dry-run", *args, "--json")
     assert code == 0
     (plan,) = orjson.loads(out)["models"]
     assert plan["delete"] == ["fraud-000002"]
     assert plan["kept"]["fraud-000001"] == "pinned prod-2026-11-27"
     assert "newest" in plan["kept"]["fraud-000003"]
-    code, out, _ = run("gc", "--dry-run", "--model", "fraud", "--store", str(store_dir))
+    code, out, _ = run("gc", "--dry-run", *args)
     assert "would delete" in out
     assert "pinned prod-2026-11-27" in out
     assert (store_dir / "fraud" / "fraud-000002").exists()
-    assert run("gc", "--model", "fraud", "--store", str(store_dir))[0] == 0
+    assert run("gc", *args)[0] == 0
     assert not (store_dir / "fraud" / "fraud-000002").exists()
     assert run("unpin", "fraud", "--label", "prod-2026-11-27", "--store", str(store_dir))[0] == 0
 

@@ -84,8 +84,13 @@ def test_cli_reports_quarantine_and_purges_only_on_request(tmp_path: Path) -> No
     store.close()
     root = tmp_path / "hot"
     (root / "fraud" / bad.version / "manifest.json").write_bytes(b"{broken")
+    models = tmp_path / "models.toml"  # gc applies the retention of the worker's model config
+    models.write_text(
+        '[[model]]\nname = "fraud"\nkind = "river"\n'
+        'factory = { path = "river.linear_model.LogisticRegression" }\n'
+    )
 
-    code, out = run("gc", "--store", str(root), "--json")
+    code, out = run("gc", "--config", str(models), "--store", str(root), "--json")
     assert code == 0
     (plan,) = orjson.loads(out)["models"]
     assert [x["name"] for x in plan["quarantine"]] == [bad.version]
@@ -101,7 +106,7 @@ def test_cli_reports_quarantine_and_purges_only_on_request(tmp_path: Path) -> No
     (problem,) = orjson.loads(out)["problems"]
     assert problem["problem"].startswith("quarantined: manifest")
 
-    code, out = run("gc", "--store", str(root), "--json")
+    code, out = run("gc", "--config", str(models), "--store", str(root), "--json")
     assert orjson.loads(out)["models"][0]["quarantine"] == []
     assert (root / "fraud" / ".quarantine" / q["name"]).is_dir()
 
