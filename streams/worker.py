@@ -104,7 +104,8 @@ def build(
     ------
     ConfigError
         Unknown role, a trainer without a model configuration or models,
-        a bad model configuration or retention table.
+        a bad model configuration or retention table, a trainer without a
+        checkpoint signing key.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown worker role {role!r}; one of {list(ROLES)}")
@@ -141,6 +142,7 @@ def build(
         checkpoint_store = CheckpointStore(
             store_config, retention=build_retention(learning, store_config)
         )
+        checkpoint_store.require_signer()  # a writer without a key refuses to start
         pool = TrainerPool(
             chosen,
             checkpoint_store,
