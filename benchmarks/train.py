@@ -37,6 +37,7 @@ from river.datasets import synth
 from schemas.codec import encode
 from schemas.events import TrainingExample, training_example_id
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.signing import ensure_default_key
 from services.checkpoints.store import CheckpointStore
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics, make_consumer, make_producer
@@ -117,7 +118,7 @@ async def kafka_rate(
     kafka: KafkaConfig, topics: TopicsConfig, config: ModelConfig, n: int, root: Path
 ) -> tuple[float, dict[str, Any]]:
     """Examples/s of the trainer agent from its first record to its ``n``-th."""
-    store = CheckpointStore(StoreConfig(root=root / "store"))
+    store = CheckpointStore(ensure_default_key(StoreConfig(root=root / "store")))
     pool = TrainerPool(
         [config], store, topic=topics.training_examples, partitions=topics.partitions
     )
