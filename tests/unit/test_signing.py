@@ -271,6 +271,31 @@ def test_a_file_reused_from_an_unverified_checkpoint_is_not_read(tmp_path: Path)
     assert counting.state_reads == []
 
 
+def test_saving_after_the_newest_stopped_verifying_writes_a_full_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A restarted writer never diffs against (reads) a checkpoint that does not verify."""
+    store = CheckpointStore(config(tmp_path))
+    net = torch.nn.Linear(3, 1)
+    Checkpointer(store, CheckpointerConfig(async_saves=False)).save(
+        "n", TorchAdapter(net), step=0
+    ).result()
+    newest = store.manifests("n")[-1]
+    edit_manifest(store, "n", newest.version, signature=None)
+    fresh = CheckpointStore(config(tmp_path))
+    counting = CountingStorage(fresh.hot)
+    fresh.hot = counting  # type: ignore[assignment]
+    saved = (
+        Checkpointer(fresh, CheckpointerConfig(async_saves=False))
+        .save("n", TorchAdapter(net), step=1)
+        .result()
+    )
+    assert saved.kind == "full"
+    assert all(f.ref_version is None for f in saved.files)
+    assert counting.state_reads == []
+    Checkpointer(fresh).load("n", saved.version)
+
+
 def test_rotation_keeps_old_versions_loadable_and_unknown_keys_are_refused(
     tmp_path: Path,
 ) -> None:
@@ -380,6 +405,22 @@ def test_ensure_default_key_makes_one_key_outside_the_store(tmp_path: Path) -> N
         ensure_default_key(config(tmp_path, signing_key_file=None, key_dir=tmp_path / "hot" / "k"))
     own = config(tmp_path)  # a key is configured: left as it is
     assert ensure_default_key(own) == own
+
+
+def test_the_demo_hands_the_default_key_to_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.demo.runner import _signing_env
+
+    monkeypatch.delenv("DRIFTLOOP_STORE_SIGNING_KEY_FILE")
+    monkeypatch.setenv("DRIFTLOOP_STORE_KEY_DIR", str(tmp_path / "keys"))
+    env = _signing_env(tmp_path / "store")
+    path = Path(env["DRIFTLOOP_STORE_SIGNING_KEY_FILE"])
+    assert path.parent == tmp_path / "keys"
+    assert _signing_env(tmp_path / "other") == env  # the same key on every run
+    monkeypatch.setenv("DRIFTLOOP_STORE_SIGNING_KEY_FILE", str(path))
+    worker_store = CheckpointStore(StoreConfig(root=tmp_path / "store"))
+    assert worker_store.require_signer().key_id == Signer.from_file(path).key_id
 
 
 def test_a_trainer_worker_without_a_key_refuses_to_start(tmp_path: Path) -> None:
