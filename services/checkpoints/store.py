@@ -9,7 +9,7 @@ by :meth:`CheckpointStore.reindex`.
 
 Authenticity before deserialization: :meth:`CheckpointStore.commit` signs
 every manifest with the store's signing key (a store without one refuses to
-commit) and :meth:`CheckpointStore.open` — the only way to state bytes —
+commit) and :meth:`CheckpointStore.open` — the only way to read state bytes —
 verifies the manifest's signature, and that it names the model and version
 opened, before a reader exists; a reader verifies the manifest of every older
 checkpoint it reads reused files from the same way. Listing, the catalog,
@@ -434,20 +434,6 @@ class CheckpointStore:
         layout.check_model(model)
         self.sync(model)
         return self._manifest(model, version)[0]
-
-    def check_signature(self, model: str, version: str) -> CheckpointManifest:
-        """The manifest of ``version`` if a trusted key signed it (nothing else is read).
-
-        Raises
-        ------
-        CheckpointNotFoundError
-            No such committed checkpoint.
-        CheckpointSignatureError
-            As :meth:`open`.
-        """
-        layout.check_model(model)
-        self.sync(model)
-        return self._verified_manifest(model, version)[0]
 
     def manifests(self, model: str) -> list[CheckpointManifest]:
         """Manifests of the committed checkpoints of ``model``, oldest first.
