@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
+from services.checkpoints.signing import ensure_default_key
 from services.checkpoints.store import CheckpointStore
 
 
@@ -44,10 +45,24 @@ def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
     optimizer.step()
 
 
+def store_config(root: Path, **settings: Any) -> StoreConfig:
+    """Store settings rooted at ``root``, signing with the embedded default key
+    (``DRIFTLOOP_STORE_SIGNING_KEY[_FILE]`` when set, else one made in ``key_dir``)."""
+    return ensure_default_key(StoreConfig(root=root, **settings))
+
+
+def signing_env(root: Path) -> dict[str, str]:
+    """Environment that gives a worker subprocess writing under ``root`` the same key."""
+    config = store_config(root)
+    if config.signing_key is None and config.signing_key_file is not None:
+        return {"DRIFTLOOP_STORE_SIGNING_KEY_FILE": str(config.signing_key_file)}
+    return {}  # DRIFTLOOP_STORE_SIGNING_KEY is inherited
+
+
 def store(root: str | None, **settings: Any) -> tuple[CheckpointStore, Path]:
     """A real checkpoint store in a fresh temporary directory (under ``root`` if given)."""
     path = Path(tempfile.mkdtemp(prefix="driftloop-bench-", dir=root))
-    config = StoreConfig(root=path / "store", **{"keep_latest": 2, **settings})
+    config = store_config(path / "store", **{"keep_latest": 2, **settings})
     # No model configuration names these synthetic models: the store's retention applies.
     return open_store(config, None), path
 

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
+from benchmarks._common import signing_env
 from benchmarks.train import make_examples, produce
 from schemas.codec import encode
 from services.config import TopicsConfig
@@ -118,6 +119,7 @@ def run(n: int, kills: int, seed: int) -> dict[str, Any]:
                 "DRIFTLOOP_STORE_ROOT": str(Path(tmp) / "store"),
                 "DRIFTLOOP_WORKER_APP_ID": f"recovery-{uuid.uuid4().hex[:6]}",
             }
+            | signing_env(Path(tmp) / "store")
         )
         log = Path(tmp) / "worker.log"
         started = time.perf_counter()

@@ -38,6 +38,7 @@ from schemas.codec import encode
 from schemas.events import TrainingExample, training_example_id
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
+from services.checkpoints.signing import ensure_default_key
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics, make_consumer, make_producer
 from services.learning.config import LearningConfig, ModelConfig, example_path, load_config
@@ -117,7 +118,9 @@ async def kafka_rate(
     kafka: KafkaConfig, topics: TopicsConfig, config: ModelConfig, n: int, root: Path
 ) -> tuple[float, dict[str, Any]]:
     """Examples/s of the trainer agent from its first record to its ``n``-th."""
-    store = open_store(StoreConfig(root=root / "store"), LearningConfig(model=(config,)))
+    store = open_store(
+        ensure_default_key(StoreConfig(root=root / "store")), LearningConfig(model=(config,))
+    )
     pool = TrainerPool(
         [config], store, topic=topics.training_examples, partitions=topics.partitions
     )

@@ -13,6 +13,8 @@ partition, offset, path) in attributes, not only in its message::
     └── CheckpointError        anything about stored model state
         ├── CheckpointNotFoundError
         ├── CheckpointCorruptError   a file whose hash or size does not match
+        │   └── CheckpointSignatureError  a manifest unsigned, signed by an unknown
+        │                                 key, wrongly signed, or not the one opened
         └── UnsafePickleError        a pickle naming a global outside the allow-list
 
 The tree lives in ``schemas`` because it is the lowest layer: ``services`` and
@@ -95,3 +97,26 @@ class CheckpointCorruptError(CheckpointError):
 
 class UnsafePickleError(CheckpointError):
     """A pickle that names a global outside the allow-list; it was not loaded."""
+
+
+class CheckpointSignatureError(CheckpointCorruptError):
+    """A manifest no trusted key vouches for; none of its state files was read.
+
+    ``reason`` is one of :data:`SIGNATURE_REASONS`: ``unsigned`` (written before
+    signing, or stripped; ``driftloop checkpoints sign --adopt`` signs it),
+    ``unknown_key`` (signed by a key not among the trusted ones),
+    ``bad_signature`` (the manifest changed after it was signed, or the
+    signature is forged), ``wrong_checkpoint`` (the manifest names another
+    model or version than the path it was read from). It is a
+    :class:`CheckpointCorruptError`, so whoever falls back from an unloadable
+    checkpoint falls back from this one too. Context: model, version, path,
+    key_id.
+    """
+
+    def __init__(self, message: str, *, reason: str, **context: Any) -> None:
+        self.reason = reason
+        super().__init__(message, reason=reason, **context)
+
+
+#: The values of :attr:`CheckpointSignatureError.reason`.
+SIGNATURE_REASONS = ("unsigned", "unknown_key", "bad_signature", "wrong_checkpoint")

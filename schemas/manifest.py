@@ -11,6 +11,8 @@ step, config, code version).
 - :class:`ManifestDraft` — what a caller supplies when committing; the store
   fills in version, label, creation time and the file list.
 - :class:`CheckpointManifest` — the committed manifest, ``manifest.json``.
+- :class:`ManifestSignature` — the Ed25519 signature a manifest carries, and
+  :func:`signing_payload`, the exact bytes it signs.
 
 Models are strict: unknown fields, non-finite metrics, unsafe file names and
 over-long strings are refused with :class:`~schemas.errors.SchemaError` when
@@ -43,6 +45,13 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}-[0-9]{6,12}$"
 METRIC_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:/@-]{0,63}$"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,127}$")
 _SHA256 = r"^[0-9a-f]{64}$"
+#: A signing key id: the first 16 hex characters of the sha256 of the raw public key.
+KEY_ID_PATTERN = r"^[0-9a-f]{16}$"
+#: An Ed25519 signature (64 bytes), standard base64.
+_SIGNATURE_B64 = r"^[A-Za-z0-9+/]{86}==$"
+#: Prefix of every signed payload, so a manifest signature can never be taken for
+#: (or made from) a signature over anything else the same key might sign.
+SIGNING_DOMAIN = b"driftloop-manifest-v1\n"
 
 
 def check_file_name(name: str) -> str:
@@ -166,8 +175,28 @@ class ManifestDraft(_ManifestFields):
         return refs
 
 
+class ManifestSignature(BaseModel):
+    """Who vouches for a manifest: an Ed25519 signature over :func:`signing_payload`.
+
+    ``key_id`` names the public key that verifies it (see
+    :mod:`services.checkpoints.signing`), ``value`` is the 64-byte signature
+    in standard base64.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: Literal["ed25519"] = "ed25519"
+    key_id: str = Field(pattern=KEY_ID_PATTERN)
+    value: str = Field(pattern=_SIGNATURE_B64)
+
+
 class CheckpointManifest(_ManifestFields):
-    """A committed checkpoint's ``manifest.json``."""
+    """A committed checkpoint's ``manifest.json``.
+
+    ``signature`` is optional so that manifests written before signing existed
+    still decode (they are valid, listed and kept, but no loader reads their
+    state until an operator adopts them: ``driftloop checkpoints sign --adopt``).
+    """
 
     schema_version: int = Field(default=MANIFEST_SCHEMA_VERSION, ge=1, le=MANIFEST_SCHEMA_VERSION)
     model: str = Field(pattern=MODEL_PATTERN)
@@ -175,6 +204,7 @@ class CheckpointManifest(_ManifestFields):
     label: str = Field(max_length=512)
     created_ts: int = Field(ge=0)
     files: list[FileEntry] = Field(default_factory=list, max_length=100_000)
+    signature: ManifestSignature | None = None
 
     @model_validator(mode="after")
     def _own_version(self) -> CheckpointManifest:
@@ -228,6 +258,27 @@ def encode_manifest(manifest: CheckpointManifest) -> bytes:
     return orjson.dumps(
         manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
     )
+
+
+def signing_payload(manifest: CheckpointManifest) -> bytes:
+    """The exact bytes a manifest's signature covers.
+
+    :data:`SIGNING_DOMAIN` followed by the canonical JSON of the manifest
+    without its ``signature``: the validated model dumped in JSON mode with
+    fields at their default left out, encoded by orjson with sorted keys and no
+    whitespace. Everything else is covered — model and version (so a signed
+    manifest cannot be moved under another checkpoint's path unnoticed, the
+    loader compares them with the path it opened), the parent chain, offsets,
+    and the sha256 and size of every file. Leaving defaults out means a field
+    added later with a default does not change the payload of manifests
+    written before it existed, so their signatures stay valid.
+
+    The payload is computed from the decoded model on both sides (signer and
+    verifier), never from the file's bytes, so indentation and key order in
+    ``manifest.json`` do not matter.
+    """
+    body = manifest.model_dump(mode="json", exclude={"signature"}, exclude_defaults=True)
+    return SIGNING_DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def decode_manifest(data: bytes, **context: Any) -> CheckpointManifest:

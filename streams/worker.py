@@ -103,7 +103,8 @@ def build(
     ------
     ConfigError
         Unknown role, a trainer without a model configuration or models,
-        a bad model configuration or retention table.
+        a bad model configuration or retention table, a trainer without a
+        checkpoint signing key.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown worker role {role!r}; one of {list(ROLES)}")
@@ -138,6 +139,7 @@ def build(
             raise ConfigError("the model configuration declares no model", path=str(path))
         store_config = store if store is not None else StoreConfig()
         checkpoint_store = open_store(store_config, learning)
+        checkpoint_store.require_signer()  # a writer without a key refuses to start
         pool = TrainerPool(
             chosen,
             checkpoint_store,

@@ -7,7 +7,8 @@ writes through :class:`CheckpointStore` only.
 
 Modules: ``layout`` (names on disk, version ids), ``storage`` (the seam:
 local directory, fsspec URL), ``catalog`` (SQLite index), ``scan`` (catalog vs
-tiers), ``pins``, ``retention`` (policies), ``gc``, ``tiering``, ``store``.
+tiers), ``pins``, ``retention`` (policies), ``gc``, ``tiering``, ``signing``
+(Ed25519 manifest signatures), ``store``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.checkpoints.retention import (
     RetentionPolicy,
     VersionReferences,
 )
+from services.checkpoints.signing import Signer, TrustedKeys, ensure_default_key
 from services.checkpoints.storage import (
     CheckpointStorage,
     FsspecStorage,
@@ -59,7 +61,10 @@ __all__ = [
     "Quarantined",
     "ReferenceSource",
     "RetentionPolicy",
+    "Signer",
     "StoreConfig",
     "TierPolicy",
+    "TrustedKeys",
     "VersionReferences",
+    "ensure_default_key",
 ]

@@ -261,7 +261,11 @@ class Checkpointer:
         if model in self._parents:
             return self._parents[model]
         parent: ParentState | None = None
-        latest = self.store.latest(model)
+        try:
+            latest = self.store.latest(model)
+        except CheckpointError:  # e.g. unsigned: nothing of it is read, the next save is full
+            log.warning("newest checkpoint does not verify; next save is full (model=%s)", model)
+            latest = None
         if latest is not None:
             parent = ParentState(latest.version, latest.version, 0, CheckpointState(), {})
             if self.options.delta:

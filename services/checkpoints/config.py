@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.manifest import METRIC_PATTERN
+
+
+def default_key_dir() -> Path:
+    """``$XDG_CONFIG_HOME/driftloop/keys``, else ``~/.config/driftloop/keys``."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".config"
+    return base / "driftloop" / "keys"
 
 
 class StoreConfig(BaseSettings):
@@ -28,6 +36,28 @@ class StoreConfig(BaseSettings):
 
     Tiering: checkpoints beyond the newest ``hot_keep_newest`` or older than
     ``hot_max_age_s`` move to the cold tier (needs ``cold_url``).
+
+    Signing (see :mod:`services.checkpoints.signing`): every manifest is
+    signed with Ed25519 when committed, and no state file is read before its
+    manifest's signature verifies against a trusted key.
+
+    - ``signing_key`` (``DRIFTLOOP_STORE_SIGNING_KEY``): the writer's private
+      key, PEM (PKCS8) text or the base64 of its raw 32 bytes; a secret, never
+      printed. ``signing_key_file`` (``DRIFTLOOP_STORE_SIGNING_KEY_FILE``): a
+      file holding the same (e.g. made by ``generate_key_file``). Set at most
+      one. A store without either reads, lists and GCs but refuses to commit,
+      so a writer (the trainer) without a key refuses to start.
+    - ``trusted_keys`` (``DRIFTLOOP_STORE_TRUSTED_KEYS``, a JSON list): public
+      keys whose signatures are accepted, each the base64 of the raw 32 bytes,
+      PEM (SubjectPublicKeyInfo) text, or the path of a PEM file. The signing
+      key's own public key is always trusted; a read-only process sets only
+      this. Rotation: sign with a new key and keep the old public key here,
+      and every version the old key signed stays loadable.
+    - ``key_dir`` (``DRIFTLOOP_STORE_KEY_DIR``): where the embedded default
+      (demo, tests, benchmarks; :func:`~services.checkpoints.signing.ensure_default_key`)
+      generates its key on first use; ``$XDG_CONFIG_HOME/driftloop/keys`` or
+      ``~/.config/driftloop/keys``. It must lie outside the store: whoever can
+      write the store must not find the key there.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_STORE_", frozen=True, extra="ignore")
@@ -48,6 +78,17 @@ class StoreConfig(BaseSettings):
 
     hot_keep_newest: int | None = Field(default=None, ge=1)
     hot_max_age_s: float | None = Field(default=None, gt=0)
+
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    trusted_keys: tuple[str, ...] = ()
+    key_dir: Path = Field(default_factory=default_key_dir)
+
+    @model_validator(mode="after")
+    def _one_signing_key(self) -> StoreConfig:
+        if self.signing_key is not None and self.signing_key_file is not None:
+            raise ValueError("set signing_key or signing_key_file, not both")
+        return self
 
     @property
     def catalog_file(self) -> Path:

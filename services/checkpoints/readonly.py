@@ -67,6 +67,9 @@ class ReadOnlyStorage:
     def begin(self, model: str, version: str) -> PendingCheckpoint:
         raise self._refuse(f"write checkpoint {version}", model)
 
+    def replace_manifest(self, model: str, version: str, manifest: bytes) -> None:
+        raise self._refuse(f"rewrite the manifest of {version}", model)
+
     def remove_manifest(self, model: str, version: str) -> None:
         raise self._refuse(f"delete checkpoint {version}", model)
 

@@ -130,6 +130,14 @@ class CheckpointStorage(Protocol):
     def in_flight(self, model: str, name: str) -> bool:
         """Whether ``name`` is being written (or removed) by a live process on this host."""
 
+    def replace_manifest(self, model: str, version: str, manifest: bytes) -> None:
+        """Replace the ``manifest.json`` of a committed checkpoint in one step.
+
+        Only for adding a signature to a manifest written before signing
+        existed (:meth:`CheckpointStore.adopt`); raises FileNotFoundError when
+        the checkpoint has no manifest (it is not committed, or was removed).
+        """
+
     def remove_manifest(self, model: str, version: str) -> None:
         """Delete ``manifest.json``: the checkpoint becomes uncommitted (first GC step)."""
 
@@ -263,6 +271,20 @@ class LocalStorage:
     def in_flight(self, model: str, name: str) -> bool:
         pid = layout.work_dir_pid(name)
         return pid is not None and layout.pid_alive(pid)
+
+    def replace_manifest(self, model: str, version: str, manifest: bytes) -> None:
+        folder = self.root / model / version
+        if not (folder / MANIFEST_NAME).is_file():
+            raise FileNotFoundError(str(folder / MANIFEST_NAME))
+        tmp = folder / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(manifest)
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, folder / MANIFEST_NAME)
+        if self.fsync:
+            _fsync_dir(folder)
 
     def remove_manifest(self, model: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -436,6 +458,12 @@ class FsspecStorage:
             marker.get("host") == socket.gethostname()
             and layout.pid_alive(int(marker.get("pid", 0)))
         )
+
+    def replace_manifest(self, model: str, version: str, manifest: bytes) -> None:
+        path = f"{self.location(model, version)}/{MANIFEST_NAME}"
+        if not self.fs.exists(path):
+            raise FileNotFoundError(path)
+        self.fs.pipe_file(path, manifest)  # one put: an object store replaces it whole
 
     def remove_manifest(self, model: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -6,6 +6,16 @@ through the storage seam (hot :class:`LocalStorage`, optional cold
 and applies retention and tiering after each commit when configured. The
 manifests are the truth; the catalog is synced from them lazily and rebuilt
 by :meth:`CheckpointStore.reindex`.
+
+Authenticity before deserialization: :meth:`CheckpointStore.commit` signs
+every manifest with the store's signing key (a store without one refuses to
+commit) and :meth:`CheckpointStore.open` — the only way to read state bytes —
+verifies the manifest's signature, and that it names the model and version
+opened, before a reader exists; a reader verifies the manifest of every older
+checkpoint it reads reused files from the same way. Listing, the catalog,
+GC, pins and tier moves read manifests without verifying them: they never
+hand out state bytes, and an unsigned manifest is valid, merely unloadable
+until :meth:`CheckpointStore.adopt` signs it.
 """
 
 from __future__ import annotations
@@ -45,6 +55,12 @@ from services.checkpoints.pins import PinBook
 from services.checkpoints.readonly import ReadOnlyStorage
 from services.checkpoints.retention import ReferenceSource, RetentionPolicy, policy_from_config
 from services.checkpoints.scan import scan_model
+from services.checkpoints.signing import (
+    Signer,
+    TrustedKeys,
+    signer_from_config,
+    trusted_from_config,
+)
 from services.checkpoints.storage import (
     CheckpointStorage,
     LocalStorage,
@@ -70,16 +86,18 @@ def now_ms() -> int:
 class CheckpointReader:
     """Read access to one committed checkpoint; every read is verified.
 
-    Obtained from :meth:`CheckpointStore.open`. ``read`` returns a file's
-    bytes after checking size and sha256 against the manifest, wherever the
-    bytes live (this checkpoint, an older one it reuses them from, hot or
-    cold tier).
+    Obtained from :meth:`CheckpointStore.open`, which has verified the
+    manifest's signature. ``read`` returns a file's bytes after checking size
+    and sha256 against the manifest, wherever the bytes live (this
+    checkpoint, an older one it reuses them from — whose manifest is verified
+    first too — hot or cold tier).
     """
 
     def __init__(self, store: CheckpointStore, manifest: CheckpointManifest, tier: Tier) -> None:
         self.manifest = manifest
         self.tier = tier
         self._store = store
+        self._holders: dict[str, tuple[CheckpointManifest, Tier]] = {}
 
     @property
     def location(self) -> str:
@@ -121,7 +139,11 @@ class CheckpointReader:
             return self._store._read_verified(
                 m.model, m.version, self.tier, entry.name, entry, buffer=buffer
             )
-        holder, tier = self._store._manifest(m.model, entry.ref_version)
+        if entry.ref_version not in self._holders:
+            self._holders[entry.ref_version] = self._store._verified_manifest(
+                m.model, entry.ref_version
+            )
+        holder, tier = self._holders[entry.ref_version]
         stored = next(
             (f for f in holder.files if f.sha256 == entry.sha256 and not f.ref_version), None
         )
@@ -190,6 +212,8 @@ class CheckpointStore:
         )
         self.tiering = tiering if tiering is not None else TierPolicy.from_config(config)
         self.pins = PinBook(self.hot, self.catalog)
+        self.signer: Signer | None = signer_from_config(config)
+        self.trusted: TrustedKeys = trusted_from_config(config, self.signer)
         self._lock = threading.RLock()
         self._synced: set[str] = set()
 
@@ -247,7 +271,10 @@ class CheckpointStore:
             checkpoint that does not exist.
         SchemaError
             A file name is not a safe relative path (nothing was written).
+        ConfigError
+            The store has no signing key (nothing was written).
         """
+        signer = self.require_signer()
         layout.check_model(model)
         for name in files:
             try:
@@ -280,7 +307,8 @@ class CheckpointStore:
                     files=entries,
                     **fields,
                 )
-                pending.finalize(encode_manifest(manifest))
+                manifest = signer.sign(manifest)
+                pending.finalize(self._encode_signed(manifest))
             except BaseException as exc:
                 pending.abort()
                 if isinstance(exc, DriftloopError | KeyboardInterrupt | SystemExit):
@@ -291,6 +319,33 @@ class CheckpointStore:
             self.catalog.upsert(manifest, tier="hot", location=self.hot.location(model, version))
             self._after_commit(model)
             return manifest
+
+    def require_signer(self) -> Signer:
+        """The signing key; a writer calls this at start-up to refuse to run without one.
+
+        Raises
+        ------
+        ConfigError
+            Neither ``DRIFTLOOP_STORE_SIGNING_KEY`` nor ``_SIGNING_KEY_FILE`` is set.
+        """
+        if self.signer is None:
+            raise ConfigError(
+                "no signing key: set DRIFTLOOP_STORE_SIGNING_KEY or "
+                "DRIFTLOOP_STORE_SIGNING_KEY_FILE (a store without one can read, list and GC, "
+                "but not commit)",
+                root=str(self.config.root),
+            )
+        return self.signer
+
+    def _encode_signed(self, manifest: CheckpointManifest) -> bytes:
+        """``manifest.json`` bytes, checked to verify as read back (so no commit is unloadable)."""
+        data = encode_manifest(manifest)
+        self.trusted.verify(
+            decode_manifest(data, model=manifest.model, version=manifest.version),
+            model=manifest.model,
+            version=manifest.version,
+        )
+        return data
 
     def _after_commit(self, model: str) -> None:
         try:
@@ -360,26 +415,47 @@ class CheckpointStore:
     def open(self, model: str, version: str | None = None) -> CheckpointReader:
         """A verified reader for ``version`` (None: the newest committed checkpoint).
 
+        The manifest's signature is verified before the reader exists, so no
+        state file of a checkpoint a trusted key did not sign is ever read.
+
         Raises
         ------
         CheckpointNotFoundError
             No such committed checkpoint (or its manifest does not validate).
+        CheckpointSignatureError
+            The manifest is unsigned, signed by an untrusted key, wrongly
+            signed, or names another checkpoint (``reason`` says which). With
+            ``version=None`` this is about the newest checkpoint; no older one
+            is tried.
         """
         layout.check_model(model)
         self.sync(model)
         if version is not None:
-            manifest, tier = self._manifest(model, version)
+            manifest, tier = self._verified_manifest(model, version)
             return CheckpointReader(self, manifest, tier)
         for record in reversed(self.catalog.query(model)):
             try:
-                manifest, tier = self._manifest(model, record.version)
+                manifest, tier = self._verified_manifest(model, record.version)
             except CheckpointNotFoundError:
                 continue
             return CheckpointReader(self, manifest, tier)
         raise CheckpointNotFoundError("no committed checkpoint", model=model)
 
+    def manifest(self, model: str, version: str) -> CheckpointManifest:
+        """The manifest of a committed version, not verified: for listing and display only.
+
+        Never base a read of state on it; :meth:`open` verifies.
+        """
+        layout.check_model(model)
+        self.sync(model)
+        return self._manifest(model, version)[0]
+
     def manifests(self, model: str) -> list[CheckpointManifest]:
-        """Manifests of the committed checkpoints of ``model``, oldest first."""
+        """Manifests of the committed checkpoints of ``model``, oldest first.
+
+        Not verified (listing only): what training resumes from goes through
+        :meth:`open` or :meth:`latest`.
+        """
         self.sync(model)
         out = []
         for record in self.catalog.query(model):
@@ -390,7 +466,13 @@ class CheckpointStore:
         return out
 
     def latest(self, model: str) -> CheckpointManifest | None:
-        """The newest committed checkpoint's manifest, or None."""
+        """The newest committed checkpoint's verified manifest, or None when there is none.
+
+        Raises
+        ------
+        CheckpointSignatureError
+            The newest checkpoint's manifest does not verify (see :meth:`open`).
+        """
         try:
             return self.open(model).manifest
         except CheckpointNotFoundError:
@@ -462,6 +544,17 @@ class CheckpointStore:
                     f"manifest does not validate: {exc}", model=model, version=version
                 ) from None
         raise CheckpointNotFoundError("checkpoint has no manifest", model=model, version=version)
+
+    def _verified_manifest(self, model: str, version: str) -> tuple[CheckpointManifest, Tier]:
+        """:meth:`_manifest`, then its signature and identity checked (see :meth:`open`)."""
+        manifest, tier = self._manifest(model, version)
+        self.trusted.verify(
+            manifest,
+            model=model,
+            version=version,
+            path=self.storage(tier).location(model, version),
+        )
+        return manifest, tier
 
     def _read_verified(
         self,
@@ -592,6 +685,56 @@ class CheckpointStore:
                 if progress is not None:
                     progress(i, len(models))
             return len(self.catalog.query(None))
+
+    # -- signing ---------------------------------------------------------------------------
+
+    def unsigned(self, model: str | None = None) -> list[tuple[str, str]]:
+        """``(model, version)`` of every committed checkpoint whose manifest has no signature."""
+        found = []
+        for m in [model] if model is not None else self.models():
+            for manifest in self.manifests(m):
+                if manifest.signature is None:
+                    found.append((m, manifest.version))
+        return found
+
+    def adopt(self, model: str | None = None, progress: Progress | None = None) -> list[str]:
+        """Sign every unsigned committed manifest with this store's key; returns their versions.
+
+        The explicit operator act that makes a store written before signing
+        existed loadable again (``driftloop checkpoints sign --adopt``): it
+        vouches for the checkpoints as they are now, so run it only on a store
+        you trust. A version whose files do not match its manifest is not
+        signed (it is logged and left for ``checkpoints verify`` to report);
+        manifests already signed, by whatever key, are left alone. Each
+        manifest is replaced in one step in the tier the catalog reads it from.
+
+        Raises
+        ------
+        ConfigError
+            The store has no signing key.
+        """
+        signer = self.require_signer()
+        signed: list[str] = []
+        with self._lock:
+            todo = self.unsigned(model)
+            for i, (m, version) in enumerate(todo, start=1):
+                if self._adopt_one(signer, m, version):
+                    signed.append(version)
+                if progress is not None:
+                    progress(i, len(todo))
+        return signed
+
+    def _adopt_one(self, signer: Signer, model: str, version: str) -> bool:
+        try:
+            manifest, tier = self._manifest(model, version)
+            # Oldest first: the older checkpoints it reuses files from are signed already.
+            CheckpointReader(self, manifest, tier).verify()
+            data = self._encode_signed(signer.sign(manifest))
+            self.storage(tier).replace_manifest(model, version, data)
+        except (CheckpointError, FileNotFoundError) as exc:
+            log.warning("not signing %s/%s: %s", model, version, exc)
+            return False
+        return True
 
     # -- pins ------------------------------------------------------------------------------
 

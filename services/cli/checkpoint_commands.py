@@ -1,4 +1,4 @@
-"""``driftloop checkpoints list|show|pin|unpin|gc|reindex|verify|tier``.
+"""``driftloop checkpoints list|show|pin|unpin|gc|reindex|verify|tier|sign``.
 
 The store location comes from ``DRIFTLOOP_STORE_*`` (see
 :class:`~services.checkpoints.config.StoreConfig`) or ``--store PATH``.
@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from schemas.errors import CheckpointNotFoundError, DriftloopError
+from schemas.errors import CheckpointNotFoundError, CheckpointSignatureError, DriftloopError
 from schemas.manifest import TRIGGERS
 from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
@@ -300,7 +300,7 @@ def show(model: str, version: str, store: StoreOpt = None, json: JsonOpt = False
     with _store(store, read_only=True) as s:
         _check_model(s, model)
         record = s.record(model, version)
-        manifest = s.open(model, version).manifest
+        manifest = s.manifest(model, version)  # display only: no state is read
         lineage = [r.version for r in s.lineage(model, version)]
     if json:
         _print_json(
@@ -326,6 +326,7 @@ def show(model: str, version: str, store: StoreOpt = None, json: JsonOpt = False
         "pins": ", ".join(record.pins) or "-",
         "lineage": " <- ".join(lineage),
         "variants": ", ".join(manifest.variants) or "-",
+        "signed by": manifest.signature.key_id if manifest.signature else "unsigned",
     }
     for key, value in facts.items():
         out.print(f"  {key:14} {value}", highlight=False)
@@ -451,7 +452,10 @@ def reindex(store: StoreOpt = None, json: JsonOpt = False) -> None:
 def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False) -> None:
     """Read every file of every committed checkpoint and check its hash; exit 1 on a problem.
 
-    Directories that are not committed and quarantined ones are problems too.
+    Each manifest's signature is checked first: an unsigned checkpoint, one
+    signed by an untrusted key or wrongly signed is a problem (its files are
+    not read). Directories that are not committed and quarantined ones are
+    problems too.
     """
     problems: list[dict[str, Any]] = []
     checked = 0
@@ -475,6 +479,15 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
                 checked += 1
                 try:
                     s.open(m, r.version).verify()
+                except CheckpointSignatureError as exc:
+                    problems.append(
+                        {
+                            "model": m,
+                            "version": r.version,
+                            "problem": str(exc),
+                            "reason": exc.reason,
+                        }
+                    )
                 except DriftloopError as exc:
                     problems.append({"model": m, "version": r.version, "problem": str(exc)})
     if json:
@@ -513,3 +526,54 @@ def tier(
         _print_json({"moved": moved})
     else:
         out.print(f"moved {len(moved)} checkpoints to cold: {', '.join(moved) or '-'}")
+
+
+@app.command()
+def sign(
+    adopt: Annotated[
+        bool,
+        typer.Option("--adopt", help="Sign every unsigned checkpoint with this process's key."),
+    ] = False,
+    model: ModelOpt = None,
+    store: StoreOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Sign the checkpoints of a store written before signing existed (once, on purpose).
+
+    Loaders refuse unsigned checkpoints. Signing them vouches for them as they
+    are now, so it takes --adopt: run it once on a store you trust, with the
+    writer's key (DRIFTLOOP_STORE_SIGNING_KEY or _SIGNING_KEY_FILE). A version
+    whose files do not match its manifest is not signed; exit 1 if any is left.
+    """
+    with _store(store, read_only=not adopt) as s:
+        _check_model(s, model)
+        if not adopt:
+            waiting = s.unsigned(model)
+            _fail(
+                f"{len(waiting)} unsigned checkpoints; signing vouches for them as they are now, "
+                "so it is an explicit act: run `driftloop checkpoints sign --adopt` on a store "
+                "you trust"
+            )
+        update, bar = _progress("signing")
+        if bar is not None:
+            with bar:
+                signed = s.adopt(model, update)
+        else:
+            signed = s.adopt(model)
+        left = [v for _, v in s.unsigned(model)]
+        key = s.require_signer().key_id
+    if json:
+        _print_json({"key_id": key, "signed": signed, "unsigned": left})
+    else:
+        out.print(
+            f"signed {len(signed)} checkpoints with key {key}: {', '.join(signed) or '-'}",
+            highlight=False,
+        )
+        for version in left:
+            out.print(
+                f"[red]{version}[/red]: not signed (its files do not match its manifest; "
+                "see `driftloop checkpoints verify`)",
+                highlight=False,
+            )
+    if left:
+        raise typer.Exit(1)

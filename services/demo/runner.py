@@ -8,6 +8,11 @@ checkpoint events. When the traffic is spent and the trainer has caught up, the
 worker gets SIGTERM (it takes a ``shutdown`` checkpoint) and the demo prints a
 summary. Every process it started is stopped on the way out, including on
 Ctrl-C; children die with the demo even when it is killed (``PR_SET_PDEATHSIG``).
+
+The worker signs its checkpoints: unless ``DRIFTLOOP_STORE_SIGNING_KEY`` or
+``_SIGNING_KEY_FILE`` names a key, the demo uses the embedded default key
+(:func:`~services.checkpoints.signing.ensure_default_key`, generated in
+``DRIFTLOOP_STORE_KEY_DIR`` on first use) and hands its path to the worker.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from rich.live import Live
 from schemas.codec import decode
 from schemas.errors import ConfigError, DriftloopError, SchemaError, StackError
 from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.signing import ensure_default_key
 from services.config import KafkaConfig, TopicsConfig
 from services.demo.traffic import TrafficConfig, generate
 from services.demo.view import DemoView
@@ -64,7 +71,15 @@ def _worker_env(info: StackInfo, options: DemoOptions, store: Path) -> dict[str,
         "DRIFTLOOP_JOIN_FEEDBACK_POLICY": "first",
         "PYTHONUNBUFFERED": "1",
     }
-    return env
+    return env | _signing_env(store)
+
+
+def _signing_env(store: Path) -> dict[str, str]:
+    """The key setting the worker needs: the embedded default's file unless one is set."""
+    config = ensure_default_key(StoreConfig(root=store))
+    if config.signing_key is None and config.signing_key_file is not None:
+        return {"DRIFTLOOP_STORE_SIGNING_KEY_FILE": str(config.signing_key_file)}
+    return {}  # DRIFTLOOP_STORE_SIGNING_KEY is in the environment the worker inherits
 
 
 def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:

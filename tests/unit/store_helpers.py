@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from schemas.manifest import CheckpointManifest, ManifestDraft
+from schemas.manifest import CheckpointManifest, ManifestDraft, decode_manifest, encode_manifest
 from services.checkpoints import CheckpointStore, StoreConfig
 
 
@@ -26,3 +26,15 @@ def save(
     }
     draft.setdefault("trigger", "count")
     return store.commit(model, files, ManifestDraft(step=step, **draft))
+
+
+def resign(store: CheckpointStore, model: str, version: str) -> CheckpointManifest:
+    """Sign the (edited) hot ``manifest.json`` of ``version`` again with the store's key.
+
+    What a writer holding the key would commit: for tests about damage the
+    signature cannot catch (a bug in the writer, not an outsider's edit).
+    """
+    path = store.config.root / model / version / "manifest.json"
+    manifest = store.require_signer().sign(decode_manifest(path.read_bytes()))
+    path.write_bytes(encode_manifest(manifest))
+    return manifest

@@ -2,8 +2,8 @@
 
 Loads take a tensor's digest from its verified file's sha256 and hash only
 tensors rebuilt from rows; these tests rewrite checkpoints *and* their
-manifests consistently (what a bug in the writer would produce) and check the
-load refuses them.
+manifests consistently, signed with the writer's key (what a bug in the writer
+would produce) and check the load refuses them.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.state.encoding import INDEX_NAME, encode_tensors
 from services.checkpoints.state.torch_state import TorchAdapter
 from services.checkpoints.store import CheckpointStore
-from tests.unit.store_helpers import make_store
+from tests.unit.store_helpers import make_store, resign
 
 
 def rewrite(store: CheckpointStore, m: CheckpointManifest, name: str, data: bytes) -> None:
-    """Replace file ``name`` of ``m`` and make its manifest agree with the new bytes."""
+    """Replace file ``name`` of ``m`` and make its (signed) manifest agree with the new bytes."""
     folder = store.config.root / m.model / m.version
     (folder / name).write_bytes(data)
     raw = orjson.loads((folder / "manifest.json").read_bytes())
@@ -33,6 +33,7 @@ def rewrite(store: CheckpointStore, m: CheckpointManifest, name: str, data: byte
         if f["name"] == name:
             f.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     (folder / "manifest.json").write_bytes(orjson.dumps(raw))
+    resign(store, m.model, m.version)
 
 
 def test_a_wrong_reconstruction_with_consistent_hashes_is_refused(tmp_path: Path) -> None:
