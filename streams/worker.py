@@ -32,6 +32,7 @@ from services.checkpoints.config import StoreConfig
 from services.checkpoints.store import CheckpointStore
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics
+from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
 from services.learning.retention import build_retention
@@ -137,6 +138,7 @@ def build(
         chosen = select_models(learning, model_names)
         if not chosen:
             raise ConfigError("the model configuration declares no model", path=str(path))
+        check_buildable(chosen)  # config errors now, before topics or the group
         store_config = store if store is not None else StoreConfig()
         checkpoint_store = CheckpointStore(
             store_config, retention=build_retention(learning, store_config)
