@@ -67,10 +67,12 @@ class TrainerAgent:
         Records handed to the model thread at once (at most); the agent waits
         at most ``chunk_wait_s`` to fill a chunk.
     reload
-        Reads the model configuration again; called on SIGHUP, after which
-        every model whose settings changed checkpoints under its old
-        settings (trigger ``config_change``) and switches. None: SIGHUP is
-        ignored.
+        Reads the model configuration again; called on SIGHUP. The models it
+        returns are built once first (:func:`load_checked`, the checks of a
+        worker's start-up): when that fails, the error is logged and the
+        running settings stay. Otherwise every model whose settings changed
+        checkpoints under its old settings (trigger ``config_change``) and
+        switches. None: SIGHUP is ignored.
 
     Signals, once the worker runs: SIGUSR1 asks every model for a
     checkpoint (trigger ``manual``, taken at the next tick or batch end);

@@ -56,7 +56,7 @@ class WorkerConfig(BaseSettings):
     hands to the model thread at once and how long it waits to fill a chunk.
     ``commit_interval_s`` how often faust commits consumed offsets to the group
     (faust's default when unset); they serve lag monitoring only, the trainer
-    resumes from its checkpoints' offsets.
+    resumes from its checkpoints' offsets. Times lie between 1 ms and a day.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_WORKER_", frozen=True, extra="ignore")
@@ -64,10 +64,10 @@ class WorkerConfig(BaseSettings):
     app_id: str | None = None
     models: Path | None = None
     datadir: Path | None = None
-    tick_interval_s: float = Field(default=1.0, gt=0)
+    tick_interval_s: float = Field(default=1.0, ge=0.001, le=86_400)
     chunk: int = Field(default=500, ge=1)
-    chunk_wait_s: float = Field(default=0.05, gt=0)
-    commit_interval_s: float | None = Field(default=None, gt=0)
+    chunk_wait_s: float = Field(default=0.05, ge=0.001, le=86_400)
+    commit_interval_s: float | None = Field(default=None, ge=0.001, le=86_400)
     log_level: str = "info"
 
 

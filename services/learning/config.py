@@ -359,13 +359,15 @@ def load_config(path: str | Path) -> LearningConfig:
     Raises
     ------
     ConfigError
-        When the file is missing, not TOML, or does not validate.
+        When the file is missing or unreadable, not TOML, or does not validate.
     """
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("learning config file not found", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"learning config file cannot be read: {exc}", path=str(p)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"learning config is not valid TOML: {exc}", path=str(p)) from exc
     return parse_config(data, source=str(p))

@@ -45,7 +45,11 @@ Examples
 >>> resolve("torch.os.system")
 Traceback (most recent call last):
 ...
-schemas.errors.ConfigError: factory path names no importable module (path=torch.os.system, ...
+schemas.errors.ConfigError: factory path outside the admitted packages (path=torch.os.system, ...
+>>> resolve("torch.nn.os.system")
+Traceback (most recent call last):
+...
+schemas.errors.ConfigError: factory path names no importable module (path=torch.nn.os.system)
 >>> resolve("river.datasets.Phishing")
 Traceback (most recent call last):
 ...
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -286,7 +291,12 @@ def build_value(value: Any) -> Any:
 
 
 def check_value(value: Any) -> None:
-    """Resolve every nested factory in ``value`` (as :func:`build_value` would), build nothing."""
+    """Resolve every nested factory in ``value`` (as :func:`build_value` would), build nothing.
+
+    Floats must be finite: a ``nan`` learning rate or threshold trains nothing, silently.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"factory parameter {value!r} is not a finite number")
     if isinstance(value, Mapping):
         table = _factory_table(value)
         if table is not None:
@@ -311,8 +321,13 @@ def check(path: str, params: Mapping[str, Any]) -> None:
     kind = DETECTOR_CLASSES.get(_qualified(factory))
     if kind is not None:
         check_detector_params(kind, params)
-    for v in params.values():
-        check_value(v)
+    for name, v in params.items():
+        try:
+            check_value(v)
+        except ConfigError as exc:
+            if "param" in exc.context:
+                raise
+            raise ConfigError(exc.message, **{**exc.context, "param": f"{path}.{name}"}) from exc
 
 
 def call(factory: Any, path: str, *args: Any, **kwargs: Any) -> Any:

@@ -220,3 +220,36 @@ def test_a_refused_sighup_reload_keeps_the_running_settings(
         assert pool.lanes["m"].config.batch_size == 8
     finally:
         agent._executor.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_factory_parameter_is_refused(value: str) -> None:
+    """A nan learning rate trains nothing, silently: refused, naming the parameter."""
+    text = BASE.replace(
+        'factory = { path = "river.linear_model.LogisticRegression" }',
+        'factory = { path = "river.linear_model.LogisticRegression", params = { optimizer ='
+        f' {{ factory = "river.optim.SGD", params = {{ lr = {value} }} }} }} }}',
+    )
+    with pytest.raises(ConfigError, match="not a finite number") as info:
+        parse_config(tomllib.loads(text))
+    assert "river.optim.SGD.lr" in str(info.value)
+
+
+@pytest.mark.parametrize("setting", ["tick_interval_s", "chunk_wait_s", "commit_interval_s"])
+def test_worker_time_settings_have_a_sane_lower_bound(
+    setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"DRIFTLOOP_WORKER_{setting.upper()}", "1e-300")
+    with pytest.raises(ValueError, match=setting):
+        worker_module.WorkerConfig()
+
+
+def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
+    """A directory or undecodable bytes: one ConfigError, not an OSError (a SIGHUP
+    reload logs ConfigErrors and keeps running)."""
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path)
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"# \xff\n")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(bad)
