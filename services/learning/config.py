@@ -332,8 +332,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<data>") -> Learning
         first = exc.errors()[0]
         loc = first["loc"]
         where = ".".join(str(p) for p in loc)
+        msg = first["msg"].removeprefix("Value error, ")
         raise ConfigError(
-            f"invalid learning config: {where}: {first['msg']}",
+            f"invalid learning config: {where}: {msg}",
             path=source,
             model=_model_name(data, loc),
         ) from exc
