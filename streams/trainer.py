@@ -25,12 +25,29 @@ from faust.types import TP
 from schemas.errors import DriftloopError
 from services.config import TopicsConfig
 from services.deadletters import RawRecord
+from services.learning.buildcheck import check_buildable
 from services.learning.config import ModelConfig
 from services.learning.pool import Send, TrainerPool
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def load_checked(reload: Callable[[], Iterable[ModelConfig]]) -> list[ModelConfig]:
+    """The models ``reload`` reads, each built once (throwaway) to prove it can be.
+
+    The checks of a worker's start-up, for a SIGHUP reload: the caller applies
+    nothing when this raises.
+
+    Raises
+    ------
+    DriftloopError
+        The configuration does not load, or a model of it does not build.
+    """
+    models = list(reload())
+    check_buildable(models)
+    return models
 
 
 class TrainerAgent:
@@ -50,10 +67,12 @@ class TrainerAgent:
         Records handed to the model thread at once (at most); the agent waits
         at most ``chunk_wait_s`` to fill a chunk.
     reload
-        Reads the model configuration again; called on SIGHUP, after which
-        every model whose settings changed checkpoints under its old
-        settings (trigger ``config_change``) and switches. None: SIGHUP is
-        ignored.
+        Reads the model configuration again; called on SIGHUP. The models it
+        returns are built once first (:func:`load_checked`, the checks of a
+        worker's start-up): when that fails, the error is logged and the
+        running settings stay. Otherwise every model whose settings changed
+        checkpoints under its old settings (trigger ``config_change``) and
+        switches. None: SIGHUP is ignored.
 
     Signals, once the worker runs: SIGUSR1 asks every model for a
     checkpoint (trigger ``manual``, taken at the next tick or batch end);
@@ -112,9 +131,9 @@ class TrainerAgent:
 
     async def _reconfigure(self, reload: Callable[[], Iterable[ModelConfig]]) -> None:
         try:
-            models = list(await self._run(reload))
-        except DriftloopError:
-            log.exception("SIGHUP: the configuration does not load; settings kept")
+            models = await self._run(load_checked, reload)
+        except DriftloopError as exc:
+            log.error("SIGHUP: new configuration refused, running settings kept: %s", exc)
             return
         log.info("SIGHUP: applying %d model configuration(s)", len(models))
         await self._send(await self._run(self.pool.reconfigure, models))

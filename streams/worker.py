@@ -32,6 +32,7 @@ from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
 from services.config import KafkaConfig, TopicsConfig
 from services.kafka import ensure_topics
+from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
 from streams.app import make_app, make_worker
@@ -54,7 +55,7 @@ class WorkerConfig(BaseSettings):
     hands to the model thread at once and how long it waits to fill a chunk.
     ``commit_interval_s`` how often faust commits consumed offsets to the group
     (faust's default when unset); they serve lag monitoring only, the trainer
-    resumes from its checkpoints' offsets.
+    resumes from its checkpoints' offsets. Times lie between 1 ms and a day.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_WORKER_", frozen=True, extra="ignore")
@@ -62,10 +63,10 @@ class WorkerConfig(BaseSettings):
     app_id: str | None = None
     models: Path | None = None
     datadir: Path | None = None
-    tick_interval_s: float = Field(default=1.0, gt=0)
+    tick_interval_s: float = Field(default=1.0, ge=0.001, le=86_400)
     chunk: int = Field(default=500, ge=1)
-    chunk_wait_s: float = Field(default=0.05, gt=0)
-    commit_interval_s: float | None = Field(default=None, gt=0)
+    chunk_wait_s: float = Field(default=0.05, ge=0.001, le=86_400)
+    commit_interval_s: float | None = Field(default=None, ge=0.001, le=86_400)
     log_level: str = "info"
 
 
@@ -137,6 +138,7 @@ def build(
         chosen = select_models(learning, model_names)
         if not chosen:
             raise ConfigError("the model configuration declares no model", path=str(path))
+        check_buildable(chosen)  # config errors now, before topics or the group
         store_config = store if store is not None else StoreConfig()
         checkpoint_store = open_store(store_config, learning)
         checkpoint_store.require_signer()  # a writer without a key refuses to start

@@ -4,7 +4,8 @@ The package is plain Python with no faust in it; ``streams/trainer.py`` feeds
 :class:`pool.TrainerPool` raw records and sends what it returns::
 
     config.py      ModelConfig / LearningConfig read from TOML (frozen pydantic)
-    factory.py     safe dotted-path factories (allow-listed module prefixes)
+    factory.py     dotted-path factories: admitted classes and registered builders only
+    detector_params.py bounds on drift detector parameters
     hashing.py     feature map -> hashed buckets + weights for torch models
     torch_models.py hashed logistic regression and factorization machine
     labels.py      label -> class / target conversion per task
@@ -17,6 +18,7 @@ The package is plain Python with no faust in it; ``streams/trainer.py`` feeds
     trainer.py     OnlineTrainer: dedup, micro-batches, test-then-train
     store_sink.py  CheckpointerSink: snapshots through the checkpoint store
     pool.py        TrainerPool: one worker's trainers, input offsets, outbox
+    buildcheck.py  check_buildable: a dry build of a configuration's models
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from torch import nn
 
 from schemas.errors import ConfigError, LearnError
 from services.learning.config import EncodingConfig, ModelConfig
-from services.learning.factory import build, resolve
+from services.learning.factory import build, call, resolve
 from services.learning.hashing import FeatureHasher, FeatureValue
 from services.learning.labels import Label, binary_target, class_label, regression_target
 from services.learning.validation import check_features, needs_numeric_features
@@ -170,9 +170,7 @@ class RiverAdapter:
 
         self.name = config.name
         self.model = (
-            model
-            if model is not None
-            else build(config.factory.path, config.factory.params, config.allowed_prefixes)
+            model if model is not None else build(config.factory.path, config.factory.params)
         )
         if isinstance(self.model, base.Classifier):
             task = "classification"
@@ -301,7 +299,7 @@ class TorchAdapter:
         self.hasher = FeatureHasher(enc.buckets, enc.hash_seed)
         params = {**config.factory.params, "buckets": enc.buckets, "sparse": enc.sparse}
         params.setdefault("seed", config.seed)
-        module = build(config.factory.path, params, config.allowed_prefixes)
+        module = build(config.factory.path, params)
         if not isinstance(module, nn.Module):
             raise ConfigError(
                 "torch factory did not build a torch.nn.Module",
@@ -309,17 +307,22 @@ class TorchAdapter:
                 path=config.factory.path,
             )
         self.module: nn.Module = module
-        opt_factory = resolve(config.optimizer.path, config.allowed_prefixes)
-        try:
-            self.optimizer: torch.optim.Optimizer = opt_factory(
-                self.module.parameters(), **config.optimizer.params
-            )
-        except (TypeError, ValueError) as exc:
+        opt_factory = resolve(config.optimizer.path)
+        if not (isinstance(opt_factory, type) and issubclass(opt_factory, torch.optim.Optimizer)):
             raise ConfigError(
-                f"optimizer rejected its parameters: {exc}",
+                "the optimizer path names no torch.optim.Optimizer class",
                 model=config.name,
                 path=config.optimizer.path,
-            ) from exc
+            )
+        try:
+            self.optimizer: torch.optim.Optimizer = call(
+                opt_factory,
+                config.optimizer.path,
+                self.module.parameters(),
+                **config.optimizer.params,
+            )
+        except ConfigError as exc:
+            raise ConfigError(exc.message, model=config.name, **exc.context) from exc
         self.loss_name = config.torch_loss
         self._loss = _LOSSES[self.loss_name](reduction="none")
 

@@ -1,10 +1,21 @@
 """Model configuration: one TOML file declares every model driftloop trains.
 
 Each ``[[model]]`` table becomes a frozen :class:`ModelConfig`; the file as a
-whole is a :class:`LearningConfig`. Nothing here imports a model: factories
-are resolved later by :mod:`services.learning.factory` under the allow-list
-``allowed_prefixes`` (``river.``, ``torch.``, ``services.learning.`` unless the
-model's table widens it explicitly).
+whole is a :class:`LearningConfig`. Validation refuses, naming the model and
+the field, whatever would fail later in the trainer:
+
+- every factory path (nested ones included) must resolve, under the rules of
+  :mod:`services.learning.factory`, to an admitted class or a registered
+  builder; the module of the path is imported, nothing is built. There is no
+  per-model allow-list: a table with the old ``allowed_prefixes`` key is refused;
+- drift detector parameters must lie in the bounds of
+  :mod:`services.learning.detector_params`;
+- numbers are finite, intervals at least :data:`MIN_INTERVAL_S`, and a model
+  name is one the checkpoint store accepts (``schemas.manifest.MODEL_PATTERN``,
+  matched in full: no trailing newline).
+
+Building the models once (:func:`services.learning.buildcheck.check_buildable`)
+catches the rest before a worker joins Kafka.
 
 A minimal river model::
 
@@ -19,16 +30,26 @@ See ``services/learning/examples/*.toml`` for complete, commented examples.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas.errors import ConfigError
-from services.learning.factory import DEFAULT_ALLOWED_PREFIXES
+from schemas.manifest import MODEL_PATTERN
+from services.learning.detector_params import check_detector_params
+from services.learning.factory import check as check_factory
 
 Label = bool | int | float | str
 TriggerName = Literal[
@@ -36,17 +57,33 @@ TriggerName = Literal[
 ]
 DETECTOR_KINDS = ("ADWIN", "PageHinkley", "KSWIN", "DDM", "EDDM", "HDDM_A", "HDDM_W", "FHDDM")
 METRIC_NAMES = ("accuracy", "log_loss", "cross_entropy", "mae", "rmse")
+#: Shortest wall-clock interval a trigger may have, in seconds.
+MIN_INTERVAL_S = 0.001
+#: Count settings above this are refused (the trainer does float arithmetic on them).
+MAX_COUNT = 10**12
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class FactoryConfig(_Frozen):
-    """A callable by dotted path and the keyword parameters it is called with."""
+    """A class or registered builder by dotted path, and its keyword parameters.
 
-    path: str = Field(min_length=3)
+    The path and every nested ``{factory = ..., params = ...}`` table are
+    resolved when the configuration loads (:func:`services.learning.factory.check`).
+    """
+
+    path: str = Field(min_length=3, max_length=256)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _admitted(self) -> FactoryConfig:
+        try:
+            check_factory(self.path, self.params)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
 
 
 class EncodingConfig(_Frozen):
@@ -59,7 +96,7 @@ class EncodingConfig(_Frozen):
     """
 
     buckets: int = Field(default=1 << 18, ge=2, le=1 << 26)
-    hash_seed: int = Field(default=0, ge=0)
+    hash_seed: int = Field(default=0, ge=0, lt=1 << 64)
     sparse: bool = True
 
 
@@ -72,7 +109,7 @@ class MetricsConfig(_Frozen):
     """
 
     names: tuple[Literal["accuracy", "log_loss", "cross_entropy", "mae", "rmse"], ...] = ()
-    window: int = Field(default=1000, ge=1)
+    window: int = Field(default=1000, ge=1, le=10_000_000)
     key: str | None = None
 
 
@@ -85,9 +122,9 @@ class AdaptiveConfig(_Frozen):
     becomes ``min(every_n, ceil(interval * relax))``.
     """
 
-    min_every_n: int = Field(default=100, ge=1)
+    min_every_n: int = Field(default=100, ge=1, le=MAX_COUNT)
     shrink: float = Field(default=0.25, gt=0, le=1)
-    relax: float = Field(default=2.0, ge=1)
+    relax: float = Field(default=2.0, ge=1, le=1000)
     settle_tolerance: float = Field(default=0.01, ge=0)
 
 
@@ -101,12 +138,15 @@ class MetricTriggerConfig(_Frozen):
 
 
 class TriggersConfig(_Frozen):
-    """Which checkpoint triggers are on; any combination."""
+    """Which checkpoint triggers are on; any combination.
 
-    every_n: int | None = Field(default=10_000, ge=1)
+    ``interval_s`` is at least :data:`MIN_INTERVAL_S` and finite.
+    """
+
+    every_n: int | None = Field(default=10_000, ge=1, le=MAX_COUNT)
     adaptive: AdaptiveConfig | None = None
     on_drift: bool = True
-    interval_s: float | None = Field(default=None, gt=0)
+    interval_s: float | None = Field(default=None, ge=MIN_INTERVAL_S)
     metric: MetricTriggerConfig | None = None
     on_shutdown: bool = True
     manual: bool = True
@@ -134,6 +174,14 @@ class DetectorConfig(_Frozen):
     params: dict[str, Any] = Field(default_factory=dict)
     input: Literal["error", "loss"] = "error"
     direction: Literal["increase", "any"] = "increase"
+
+    @model_validator(mode="after")
+    def _bounded(self) -> DetectorConfig:
+        try:
+            check_detector_params(self.kind, self.params)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
 
 
 class PolicyConfig(_Frozen):
@@ -169,24 +217,45 @@ class PromotionConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Everything driftloop needs to train and checkpoint one model."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    name: str
     kind: Literal["river", "torch"]
     task: Literal["classification", "regression"] | None = None
     factory: FactoryConfig
-    allowed_prefixes: tuple[str, ...] = DEFAULT_ALLOWED_PREFIXES
     encoding: EncodingConfig | None = None
     loss: Literal["bce", "mse", "l1", "huber"] | None = None
     optimizer: FactoryConfig | None = None
     positive_label: Label | None = None
     feature_values: Literal["auto", "numeric", "any"] = "auto"
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=1 << 63)
     metrics: MetricsConfig = MetricsConfig()
     triggers: TriggersConfig = TriggersConfig()
     drift: tuple[DetectorConfig, ...] = ()
-    dedup_horizon: int = Field(default=100_000, ge=0)
+    dedup_horizon: int = Field(default=100_000, ge=0, le=100_000_000)
     retention: RetentionConfig = RetentionConfig()
     promotion: PromotionConfig = PromotionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_widening(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "allowed_prefixes" in data:
+            raise ValueError(
+                "allowed_prefixes was removed: a model config cannot widen what its factories"
+                " may name (classes under river's and torch's model bases, and the builders"
+                " registered in services.learning.factory); delete the key"
+            )
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _store_name(cls, name: str) -> str:
+        # fullmatch: `$` alone would also match before a trailing newline.
+        if re.fullmatch(MODEL_PATTERN, name) is None:
+            raise ValueError(
+                f"model name {name!r} is not one the checkpoint store accepts: 1 to 64 letters,"
+                " digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -256,13 +325,33 @@ class LearningConfig(_Frozen):
 
 
 def parse_config(data: Mapping[str, Any], *, source: str = "<data>") -> LearningConfig:
-    """Validate already-parsed TOML data; ConfigError names the bad field."""
+    """Validate already-parsed TOML data; ConfigError names the bad field and its model."""
     try:
         return LearningConfig.model_validate(dict(data))
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid learning config: {where}: {first['msg']}", path=source) from exc
+        loc = first["loc"]
+        where = ".".join(str(p) for p in loc)
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(
+            f"invalid learning config: {where}: {msg}",
+            path=source,
+            model=_model_name(data, loc),
+        ) from exc
+
+
+def _model_name(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str | None:
+    """The ``name`` of the ``[[model]]`` table an error location points into, if any."""
+    if len(loc) < 2 or loc[0] != "model" or not isinstance(loc[1], int):
+        return None
+    models = data.get("model")
+    if not isinstance(models, list) or not 0 <= loc[1] < len(models):
+        return None
+    table = models[loc[1]]
+    name = table.get("name") if isinstance(table, Mapping) else None
+    if not isinstance(name, str):
+        return None
+    return name if re.fullmatch(MODEL_PATTERN, name) else repr(name)
 
 
 def load_config(path: str | Path) -> LearningConfig:
@@ -271,13 +360,15 @@ def load_config(path: str | Path) -> LearningConfig:
     Raises
     ------
     ConfigError
-        When the file is missing, not TOML, or does not validate.
+        When the file is missing or unreadable, not TOML, or does not validate.
     """
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("learning config file not found", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"learning config file cannot be read: {exc}", path=str(p)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"learning config is not valid TOML: {exc}", path=str(p)) from exc
     return parse_config(data, source=str(p))

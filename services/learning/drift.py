@@ -28,6 +28,7 @@ from river.drift import binary
 from schemas.errors import ConfigError
 from services.learning.adapters import Score
 from services.learning.config import DetectorConfig
+from services.learning.factory import call
 
 _REAL: dict[str, Any] = {
     "ADWIN": drift.ADWIN,
@@ -49,7 +50,10 @@ def build_detector(config: DetectorConfig, *, task: str, seed: int, model: str =
     Raises
     ------
     ConfigError
-        A DDM-family detector on regression or fed the loss; bad parameters.
+        A DDM-family detector on regression or fed the loss; parameters the
+        detector refuses (whatever it raises, a pyo3 panic included). The
+        bounds of :mod:`services.learning.detector_params` were checked when
+        the config loaded.
     """
     if config.kind in _BINARY:
         if task != "classification" or config.input != "error":
@@ -64,9 +68,9 @@ def build_detector(config: DetectorConfig, *, task: str, seed: int, model: str =
     if "seed" in inspect.signature(factory).parameters:
         params.setdefault("seed", seed)
     try:
-        return factory(**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{config.kind} rejected its parameters: {exc}", model=model) from exc
+        return call(factory, config.kind, **params)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.kind}: {exc.message}", model=model or None) from exc
 
 
 class DriftMonitor:

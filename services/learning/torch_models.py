@@ -7,15 +7,19 @@ classification) per example. Tables may use sparse gradients, so an
 optimizer step touches only the rows present in the batch (use
 ``torch.optim.SGD`` or ``torch.optim.Adagrad``, which accept sparse grads).
 
-Any torch factory named in a model config must accept the keyword arguments
-``buckets``, ``sparse`` and ``seed`` (the trainer passes them from the
-``[encoding]`` table and the model seed) and implement this ``forward``.
+Both are registered builders (:func:`services.learning.factory.builder`), so
+a model config may name them by path. Any torch factory named in a model
+config must accept the keyword arguments ``buckets``, ``sparse`` and ``seed``
+(the trainer passes them from the ``[encoding]`` table and the model seed)
+and implement this ``forward``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from services.learning.factory import builder
 
 
 def _bag_sum(values: torch.Tensor, offsets: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -26,6 +30,7 @@ def _bag_sum(values: torch.Tensor, offsets: torch.Tensor, n_rows: int) -> torch.
     return out.index_add(0, owner, values)
 
 
+@builder
 class HashedLinear(nn.Module):
     """``bias + sum_i w[h(i)] * x_i``: logistic regression under ``bce`` loss.
 
@@ -52,6 +57,7 @@ class HashedLinear(nn.Module):
         return linear.squeeze(-1) + self.bias
 
 
+@builder
 class HashedFactorizationMachine(nn.Module):
     """Second-order factorization machine over hashed features.
 

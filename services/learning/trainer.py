@@ -54,7 +54,6 @@ _MODEL_DEFINING = (
     "kind",
     "task",
     "factory",
-    "allowed_prefixes",
     "encoding",
     "loss",
     "optimizer",

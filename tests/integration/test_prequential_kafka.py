@@ -91,7 +91,7 @@ def progressive(
     """``progressive_val_score`` of a fresh model from ``config`` on the first ``n`` rows."""
     out: dict[str, float] = {}
     for name, metric_type in REFERENCE_METRICS.items():
-        model = build(config.factory.path, config.factory.params, config.allowed_prefixes)
+        model = build(config.factory.path, config.factory.params)
         stream: Iterable[Any] = itertools.islice(rows, n)
         out[name] = float(evaluate.progressive_val_score(stream, model, metric_type()).get())
     return out
