@@ -62,7 +62,7 @@ def check_file_name(name: str) -> str:
     """
     if len(name) > 255 or name == MANIFEST_NAME:
         raise ValueError(f"file name {name!r} is reserved or too long")
-    if not all(_SEGMENT.match(part) and part not in (".", "..") for part in name.split("/")):
+    if not all(_SEGMENT.fullmatch(part) and part not in (".", "..") for part in name.split("/")):
         raise ValueError(
             f"file name {name!r} must be a relative posix path of segments [A-Za-z0-9_.=+-] "
             "not starting with '.'"
@@ -118,7 +118,7 @@ class _ManifestFields(BaseModel):
     @classmethod
     def _metric_names(cls, metrics: dict[str, float]) -> dict[str, float]:
         for name in metrics:
-            if not re.match(METRIC_PATTERN, name):
+            if not re.fullmatch(METRIC_PATTERN, name):
                 raise ValueError(f"metric name {name!r} does not match {METRIC_PATTERN}")
         return metrics
 

@@ -39,7 +39,7 @@ _WORK_DIR = re.compile(r"^\.(tmp|trash)-(\d+)-")
 
 def check_model(model: str) -> str:
     """Return ``model`` if it is a valid model name, else raise :class:`SchemaError`."""
-    if not re.match(MODEL_PATTERN, model):
+    if not re.fullmatch(MODEL_PATTERN, model):
         raise SchemaError(f"model name {model!r} does not match {MODEL_PATTERN}", field="model")
     return model
 

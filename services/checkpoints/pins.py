@@ -46,7 +46,7 @@ class PinBook:
 
     def pin(self, model: str, version: str, label: str) -> str | None:
         """Pin ``version`` as ``label``; returns the version the label pointed to before."""
-        if not re.match(PIN_PATTERN, label):
+        if not re.fullmatch(PIN_PATTERN, label):
             raise CheckpointError(f"pin label {label!r} does not match {PIN_PATTERN}", model=model)
         pins = self.read(model)
         before = pins.get(label)
