@@ -20,8 +20,8 @@ from schemas.events import CheckpointEvent
 from services.checkpoints.checkpointer import Checkpointer
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.health import unloadable
-from services.checkpoints.store import CheckpointStore
 from services.checkpoints.state.state import CheckpointState
+from services.checkpoints.store import CheckpointStore
 from services.learning.config import ModelConfig, example_path, load_config
 from services.learning.pool import TrainerPool, partition_of
 from tests.unit.test_worker_pool import PARTS, TOPIC, config, example, records, sent
