@@ -22,6 +22,7 @@ from schemas.errors import CheckpointError
 from services.checkpoints import layout
 from services.checkpoints.catalog import Tier
 from services.checkpoints.scan import scan_model
+from services.checkpoints.state.encoding import INDEX_NAME
 from services.checkpoints.state.reader import load_state
 from services.checkpoints.storage import CheckpointStorage
 from services.checkpoints.store import CheckpointStore
@@ -131,7 +132,7 @@ def _check(
             return f"depends on {dep}, which is missing", True
     try:
         reader.verify()
-        if deep:
+        if deep and reader.manifest.file(INDEX_NAME) is not None:  # written by the state layer
             load_state(store, model, version)
     except CheckpointError as exc:
         return str(exc), False

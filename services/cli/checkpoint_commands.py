@@ -27,6 +27,7 @@ from schemas.errors import DriftloopError
 from schemas.manifest import TRIGGERS
 from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.health import unloadable
 from services.checkpoints.store import CheckpointStore, now_ms
 
 app = typer.Typer(help="Inspect, pin and prune stored checkpoints.", no_args_is_help=True)
@@ -335,7 +336,10 @@ def reindex(store: StoreOpt = None, json: JsonOpt = False) -> None:
 def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False) -> None:
     """Read every file of every committed checkpoint and check its hash; exit 1 on a problem.
 
-    Directories that are not committed and quarantined ones are problems too.
+    Directories that are not committed and quarantined ones are problems too, and
+    so is every checkpoint that cannot be loaded because a checkpoint it depends
+    on (a delta's parent or base, a file's holder) is missing, damaged or itself
+    unloadable.
     """
     problems: list[dict[str, Any]] = []
     checked = 0
@@ -355,12 +359,14 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
                 }
                 for q in s.quarantined(m)
             ]
-            for r in s.query(m):
-                checked += 1
-                try:
-                    s.open(m, r.version).verify()
-                except DriftloopError as exc:
-                    problems.append({"model": m, "version": r.version, "problem": str(exc)})
+            checked += len(s.query(m))
+            # Every version that cannot be loaded, children of a broken chain included.
+            listed = {p["version"] for p in problems if p["model"] == m}
+            problems += [
+                {"model": m, "version": v, "problem": why}
+                for v, why in unloadable(s, m).items()
+                if v not in listed
+            ]
     if json:
         _print_json({"checked": checked, "problems": problems})
     else:
