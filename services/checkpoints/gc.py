@@ -21,6 +21,14 @@ version dirs without a manifest: interrupted saves or deletions) and
 duplicate copies left by an interrupted tier move; a directory a live process
 on this host is still writing is left alone.
 
+A version directory that is pinned or that the version pointer references
+is never deleted by GC, whatever state it is in: without its manifest it is
+quarantined with the reason (``pinned, manifest missing``) instead of being
+removed as an interrupted save (:func:`protect`), and its pin stays — the
+label keeps naming the version, so ``checkpoints verify`` reports the pin
+and an operator can restore the directory from quarantine. Only an explicit
+purge deletes it.
+
 A version directory whose manifest exists but does not validate is not
 deleted: it is moved to ``{model}/.quarantine/{version}-{ts}/`` with a note of
 the reason (the evidence, and maybe the only copy of a model). GC never
@@ -30,9 +38,10 @@ deletes quarantined data on its own; ``CheckpointStore.purge_quarantine``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from services.checkpoints import layout
 from services.checkpoints.catalog import CheckpointRecord, Tier
 from services.checkpoints.retention import (
     KeepPinned,
@@ -93,6 +102,39 @@ class GcPlan:
                 {"tier": x.tier, "name": x.name, "reason": x.reason} for x in self.quarantine
             ],
         }
+
+
+def protect(
+    leftovers: Sequence[Leftover],
+    pins: Mapping[str, str],
+    references: ReferenceSource | None,
+    model: str,
+) -> tuple[list[Leftover], list[Leftover]]:
+    """Split ``leftovers`` into those GC may remove and damaged versions to quarantine.
+
+    A version directory without a manifest is normally an interrupted save or
+    deletion; when a pin or the version pointer names it, it is a checkpoint
+    that lost its manifest, and deleting it could destroy the only copy.
+    Copies left by an interrupted tier move stay removable (the other copy is kept).
+    """
+    named = {v: f"pinned {label}" for label, v in sorted(pins.items())}
+    if references is not None and any(
+        layout.parse_seq(model, x.name) is not None for x in leftovers
+    ):
+        refs = references.references(model)
+        for version in (refs.live, refs.canary, refs.shadow, *refs.history):
+            if version is not None:
+                named.setdefault(version, "referenced by the version pointer")
+    removable: list[Leftover] = []
+    damaged: list[Leftover] = []
+    for x in leftovers:
+        why = named.get(x.name)
+        if why is not None and x.reason.startswith("no manifest"):
+            head = "pinned" if why.startswith("pinned") else why
+            damaged.append(Leftover(x.tier, x.name, f"{head}, manifest missing"))
+        else:
+            removable.append(x)
+    return removable, damaged
 
 
 def plan(

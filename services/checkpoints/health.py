@@ -68,6 +68,23 @@ def damaged(store: CheckpointStore, model: str) -> dict[str, str]:
     return found
 
 
+def dangling_pins(store: CheckpointStore, model: str) -> dict[str, str]:
+    """``{label: reason}`` of the pins of ``model`` that name no committed checkpoint.
+
+    GC keeps such pins (the label still says which version the milestone was,
+    e.g. to restore it from quarantine); verify reports them.
+    """
+    committed = {r.version for r in store.query(model)}
+    quarantined = {quarantined_version(model, q.name) for q in store.quarantined(model)}
+    out: dict[str, str] = {}
+    for label, version in sorted(store.pins.read(model).items()):
+        if version in committed:
+            continue
+        where = "is quarantined" if version in quarantined else "is not in the store"
+        out[label] = f"pin {label!r} names {version}, which {where}"
+    return out
+
+
 def _seq(model: str, version: str) -> int:
     return layout.parse_seq(model, version) or 0
 

@@ -130,6 +130,9 @@ class CheckpointStorage(Protocol):
     def in_flight(self, model: str, name: str) -> bool:
         """Whether ``name`` is being written (or removed) by a live process on this host."""
 
+    def stale_temp_files(self, model: str) -> list[str]:
+        """Temporary bookkeeping files (``.seq.{pid}.tmp``) whose writer is not alive."""
+
     def remove_manifest(self, model: str, version: str) -> None:
         """Delete ``manifest.json``: the checkpoint becomes uncommitted (first GC step)."""
 
@@ -264,8 +267,19 @@ class LocalStorage:
         pid = layout.work_dir_pid(name)
         return pid is not None and layout.pid_alive(pid)
 
+    def stale_temp_files(self, model: str) -> list[str]:
+        model_dir = self.root / model
+        if not model_dir.is_dir():
+            return []
+        found = []
+        for p in model_dir.iterdir():
+            pid = layout.meta_temp_pid(p.name)
+            if pid is not None and p.is_file() and not layout.pid_alive(pid):
+                found.append(p.name)
+        return sorted(found)
+
     def remove_manifest(self, model: str, version: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             (self.root / model / version / MANIFEST_NAME).unlink()
             if self.fsync:
                 _fsync_dir(self.root / model / version)
@@ -273,6 +287,9 @@ class LocalStorage:
     def remove_entry(self, model: str, name: str) -> None:
         path = self.root / model / name
         if not path.exists():
+            return
+        if path.is_file():  # a bookkeeping temp file
+            path.unlink(missing_ok=True)
             return
         if layout.work_dir_pid(name) is None:
             # Rename first so a half-removed directory never looks like a version.
@@ -316,7 +333,7 @@ class LocalStorage:
     def write_meta(self, model: str, name: str, data: bytes) -> None:
         model_dir = self.root / model
         model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f"{name}.{os.getpid()}.tmp"
+        tmp = model_dir / layout.meta_temp_name(name)
         with open(tmp, "wb") as fh:
             fh.write(data)
             if self.fsync:
@@ -436,6 +453,9 @@ class FsspecStorage:
             marker.get("host") == socket.gethostname()
             and layout.pid_alive(int(marker.get("pid", 0)))
         )
+
+    def stale_temp_files(self, model: str) -> list[str]:
+        return []  # bookkeeping files are written in one put here
 
     def remove_manifest(self, model: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -27,7 +27,7 @@ from schemas.errors import DriftloopError
 from schemas.manifest import TRIGGERS
 from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.health import unloadable
+from services.checkpoints.health import dangling_pins, unloadable
 from services.checkpoints.store import CheckpointStore, now_ms
 
 app = typer.Typer(help="Inspect, pin and prune stored checkpoints.", no_args_is_help=True)
@@ -366,6 +366,10 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
                 {"model": m, "version": v, "problem": why}
                 for v, why in unloadable(s, m).items()
                 if v not in listed
+            ]
+            problems += [
+                {"model": m, "version": f"pin:{label}", "problem": why}
+                for label, why in dangling_pins(s, m).items()
             ]
     if json:
         _print_json({"checked": checked, "problems": problems})

@@ -51,7 +51,12 @@ from typing import Any
 from kafka.partitioner.default import murmur2
 
 from schemas.codec import encode
-from schemas.errors import CheckpointNotFoundError, ConfigError, DriftloopError
+from schemas.errors import (
+    SHUTDOWN_EXCEPTIONS,
+    CheckpointNotFoundError,
+    ConfigError,
+    DriftloopError,
+)
 from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
 from schemas.manifest import CheckpointManifest, encode_manifest
 from services.checkpoints.checkpointer import Checkpointer
@@ -418,7 +423,10 @@ class TrainerPool:
             self._announce(lane.sink.committed)
             lane.sink.committed.clear()
             return
-        except Exception as exc:  # a model that chokes on a record must not stop the agent
+        except BaseException as exc:  # a model that chokes on a record must not stop the agent
+            if isinstance(exc, SHUTDOWN_EXCEPTIONS):  # shutdown goes on (Ctrl-C, cancel)
+                raise
+            # Model code may raise any BaseException (a pyo3 PanicException is one).
             log.exception("model %s: failed on offset %d", lane.config.name, record.offset)
             self._dead(dead_letter(record, exc, kind="processing"))
             return
