@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import orjson
 import pytest
 
 from schemas.codec import decode, encode
@@ -240,3 +241,59 @@ def test_a_hash_mismatch_inside_a_torch_delta_chain_falls_back_past_its_children
     assert again.assign([home]) == {home: 8}
     assert (again.stats.fallbacks, again.stats.restore_failures) == (1, 2)
     again.close()
+
+
+def test_verify_lists_every_unloadable_version_including_children_of_a_broken_chain(
+    store_root: Path,
+) -> None:
+    """Guards: with a delta's parent quarantined, verify read the child's own files,
+    found them intact and did not report that the child cannot be loaded."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    quarantine(store_root, 2)
+    result = CliRunner().invoke(
+        app, ["checkpoints", "verify", "--store", str(store_root), "--json"]
+    )
+    assert result.exit_code == 1
+    problems = {p["version"]: p["problem"] for p in orjson.loads(result.stdout)["problems"]}
+    assert "m-000003" in problems
+    assert "m-000002" in problems["m-000003"]
+    assert "m-000001" not in problems
+    assert any(v.startswith(".quarantine/m-000002") for v in problems)
+
+
+WORKER_TOML = """
+[[model]]
+name = "m"
+kind = "river"
+task = "classification"
+batch_size = 4
+factory = {path = "river.linear_model.LogisticRegression"}
+triggers = {every_n = 8}
+"""
+
+
+def test_the_worker_exits_2_naming_each_version_when_no_checkpoint_loads(
+    store_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards: the worker joined Kafka and trained from scratch over a store whose
+    checkpoints all failed to load. Now it stops before connecting to anything."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    for n in (1, 2, 3):
+        flip(version_dir(store_root, n) / "blobs" / "river.pkl")
+    models = tmp_path / "models.toml"
+    models.write_text(WORKER_TOML)
+    monkeypatch.setenv("DRIFTLOOP_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # never reached
+    result = CliRunner().invoke(
+        app,
+        ["worker", "--role", "trainer", "--config", str(models), "--store", str(store_root)],
+    )
+    assert result.exit_code == 2
+    for version in ("m-000001", "m-000002", "m-000003"):
+        assert version in result.stderr
+    assert "--from-scratch" in result.stderr
