@@ -5,7 +5,9 @@ I/O), and the store executes the plan. What is kept:
 
 - whatever the retention policy keeps, plus pinned checkpoints and what the
   version pointer references, whatever the policy says;
-- the newest checkpoint, always;
+- the newest checkpoint, always, and the newest one whose dependencies are
+  all present (what a restore falls back to when the newer ones lost a chain
+  member);
 - every checkpoint a kept one depends on (files it reuses, a delta's base
   and parent chain), transitively.
 
@@ -137,6 +139,24 @@ def protect(
     return removable, damaged
 
 
+def _newest_intact(
+    checkpoints: Sequence[CheckpointRecord], by_version: Mapping[str, CheckpointRecord]
+) -> CheckpointRecord | None:
+    """The newest checkpoint all of whose dependencies, transitively, are present."""
+    intact: dict[str, bool] = {}
+
+    def ok(version: str) -> bool:
+        if version not in intact:
+            intact[version] = False  # a cycle is not a chain
+            record = by_version.get(version)
+            intact[version] = record is not None and all(ok(d) for d in record.dependencies)
+        return intact[version]
+
+    for record in sorted(checkpoints, key=lambda c: c.seq):
+        ok(record.version)  # oldest first: recursion stays shallow
+    return max((c for c in checkpoints if intact[c.version]), key=lambda c: c.seq, default=None)
+
+
 def plan(
     model: str,
     checkpoints: Sequence[CheckpointRecord],
@@ -165,6 +185,11 @@ def plan(
 
     newest = max(checkpoints, key=lambda c: c.seq)
     add({newest.version: "newest"})
+    intact = _newest_intact(checkpoints, by_version)
+    if intact is not None and intact.version != newest.version:
+        # The newer ones lost a dependency (quarantined, deleted by hand): this one is
+        # what a restore falls back to, so it is never pruned.
+        add({intact.version: "newest with an intact chain"})
     add(policy.keep(model, checkpoints, now_ms))
     add(KeepPinned().keep(model, checkpoints, now_ms))
     if references is not None:

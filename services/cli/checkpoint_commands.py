@@ -27,7 +27,7 @@ from schemas.errors import DriftloopError
 from schemas.manifest import TRIGGERS
 from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.health import dangling_pins, unloadable
+from services.checkpoints.health import dangling_pins, quarantined_version, unloadable
 from services.checkpoints.store import CheckpointStore, now_ms
 
 app = typer.Typer(help="Inspect, pin and prune stored checkpoints.", no_args_is_help=True)
@@ -362,6 +362,7 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
             checked += len(s.query(m))
             # Every version that cannot be loaded, children of a broken chain included.
             listed = {p["version"] for p in problems if p["model"] == m}
+            listed |= {quarantined_version(m, q.name) for q in s.quarantined(m)}
             problems += [
                 {"model": m, "version": v, "problem": why}
                 for v, why in unloadable(s, m).items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -297,3 +298,28 @@ def test_the_worker_exits_2_naming_each_version_when_no_checkpoint_loads(
     for version in ("m-000001", "m-000002", "m-000003"):
         assert version in result.stderr
     assert "--from-scratch" in result.stderr
+
+
+def test_gc_keeps_the_newest_intact_chain_when_a_chain_member_is_quarantined(
+    tmp_path: Path, home: int
+) -> None:
+    """Guards: with the parent of the newest delta quarantined, GC kept only the newest
+    (unloadable) checkpoint and what it named, and deleted the last loadable one."""
+    root = tmp_path / "store"
+    pool = pool_on(root)
+    pool.checkpointer.options = replace(pool.checkpointer.options, full_every=1)
+    pool.assign([home])  # full_every=1: m-1 full, m-2 delta on m-1, m-3 full, m-4 delta on m-3
+    pool.handle(records([encode(example(i)) for i in range(32)], home))
+    pool.close()
+    kinds = {m.version: (m.kind, m.parent_version) for m in pool.store.manifests("m")}
+    assert kinds["m-000004"] == ("delta", "m-000003")
+    assert kinds["m-000003"][0] == "full"
+    quarantine(root, 3)
+    with CheckpointStore(StoreConfig(root=root, fsync=False, keep_latest=1)) as store:
+        (plan,) = store.gc("m")
+        assert plan.kept["m-000002"] == "newest with an intact chain"
+        assert "needed by m-000002" in plan.kept["m-000001"]
+        assert [r.version for r in plan.delete] == []
+    again = pool_on(root)
+    assert again.assign([home]) == {home: 16}  # restored m-000002
+    again.close()
