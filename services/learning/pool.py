@@ -126,6 +126,8 @@ class _Lane:
     sink: _RecordingSink
     trainer: OnlineTrainer | None = None
     trained_since_start: bool = False
+    #: The last fallback reported (restored version, skipped versions): not repeated.
+    reported: tuple[str | None, tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -319,6 +321,10 @@ class TrainerPool:
         skipped = trainer.skipped_checkpoints
         if not skipped:
             return
+        seen = (trainer.last_version, tuple(skipped))
+        if lane.reported == seen:  # the pre-flight check found and reported the same
+            return
+        lane.reported = seen
         self.stats.fallbacks += 1
         self.stats.restore_failures += len(skipped)
         for version, reason in skipped.items():

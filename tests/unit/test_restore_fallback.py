@@ -98,6 +98,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     flip(version_dir(store_root, 3) / "blobs" / "river.pkl")
     pool = pool_on(store_root)
     with caplog.at_level(logging.ERROR):
+        assert pool.preflight() == {"m": "m-000002"}
         assert pool.assign([home]) == {home: 16}
     (lane,) = pool.lanes.values()
     assert lane.trainer is not None
