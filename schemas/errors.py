@@ -15,7 +15,12 @@ partition, offset, path) in attributes, not only in its message::
         ├── CheckpointCorruptError   a file whose hash or size does not match
         │   └── CheckpointSignatureError  a manifest unsigned, signed by an unknown
         │                                 key, wrongly signed, or not the one opened
-        └── UnsafePickleError        a pickle naming a global outside the allow-list
+        ├── UnsafePickleError        a pickle naming a global outside the allow-list
+        └── NoLoadableCheckpointError  checkpoints exist, none of them loads
+
+:data:`SHUTDOWN_EXCEPTIONS` are the ``BaseException`` s that mean "stop": code
+that contains failures of model code (which may raise any ``BaseException``,
+e.g. a pyo3 ``PanicException``) re-raises these and handles everything else.
 
 The tree lives in ``schemas`` because it is the lowest layer: ``services`` and
 ``streams`` both import it, and it imports nothing of theirs.
@@ -23,7 +28,16 @@ The tree lives in ``schemas`` because it is the lowest layer: ``services`` and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+#: BaseExceptions that stop the process or task; never swallowed with model failures.
+SHUTDOWN_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+    asyncio.CancelledError,
+)
 
 
 class DriftloopError(Exception):
@@ -120,3 +134,22 @@ class CheckpointSignatureError(CheckpointCorruptError):
 
 #: The values of :attr:`CheckpointSignatureError.reason`.
 SIGNATURE_REASONS = ("unsigned", "unknown_key", "bad_signature", "wrong_checkpoint")
+
+
+class NoLoadableCheckpointError(CheckpointError):
+    """A model has checkpoints but none of them loads completely.
+
+    ``failures`` maps each version tried (newest first) to why it did not
+    load. Training from scratch would silently discard learned state, so the
+    worker exits (code 2) unless started with ``--from-scratch``.
+    """
+
+    def __init__(self, model: str, failures: dict[str, str]) -> None:
+        self.model = model
+        self.failures = dict(failures)
+        listed = "; ".join(f"{v}: {why}" for v, why in self.failures.items())
+        super().__init__(
+            f"model {model}: no checkpoint loads ({listed}); fix or restore the store,"
+            " or start the worker with --from-scratch to train this model from step 0",
+            model=model,
+        )

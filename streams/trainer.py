@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import faust
 from faust.types import TP
 
-from schemas.errors import DriftloopError
+from schemas.errors import DriftloopError, NoLoadableCheckpointError
 from services.config import TopicsConfig
 from services.deadletters import RawRecord
 from services.learning.buildcheck import check_buildable
@@ -112,6 +112,9 @@ class TrainerAgent:
         app.on_before_shutdown.connect(self._on_shutdown)
         app.task(self._install_signals)
         self._seek_installed = False
+        #: Set when a model's checkpoints all failed to load at an assignment: the
+        #: worker then stops and exits 2 with it (:func:`streams.worker.run`).
+        self.fatal: NoLoadableCheckpointError | None = None
 
     async def _install_signals(self, *_app: Any) -> None:
         """Started with the app (after mode installed its own handlers)."""
@@ -191,7 +194,12 @@ class TrainerAgent:
                 topic,
                 self.pool.partitions,
             )
-        targets = await self._run(self.pool.assign, owned)
+        try:
+            targets = await self._run(self.pool.assign, owned)
+        except NoLoadableCheckpointError as exc:
+            log.critical("trainer stops: %s", exc)
+            self.fatal = exc
+            raise
         for part, offset in sorted(targets.items()):
             await consumer.seek(TP(topic, part), offset)
         self._caught_up = set()

@@ -16,7 +16,7 @@ Settings come from the environment: ``DRIFTLOOP_KAFKA_*``, ``DRIFTLOOP_TOPIC_*``
 from __future__ import annotations
 
 import logging
-import tempfile
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ from services.kafka import ensure_topics
 from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
+from services.stack.workdirs import WorkDir, remove_stale
 from streams.app import make_app, make_worker
 from streams.trainer import TrainerAgent
 
@@ -78,6 +79,8 @@ class BuiltWorker:
     role: Role
     trainer: TrainerAgent | None
     joiner: object | None
+    #: faust's datadir when this worker made it (removed on exit), else None.
+    workdir: WorkDir | None = None
 
 
 def select_models(learning: LearningConfig, names: Sequence[str]) -> list[ModelConfig]:
@@ -97,8 +100,15 @@ def build(
     model_names: Sequence[str] = (),
     store: StoreConfig | None = None,
     checkpointer: CheckpointerConfig | None = None,
+    from_scratch: bool = False,
 ) -> BuiltWorker:
     """Assemble the app for ``role`` from settings (environment when omitted).
+
+    Before anything joins Kafka, the trainer finds the checkpoint each
+    configured model will resume from (:meth:`TrainerPool.preflight`): a
+    model whose checkpoints all fail to load stops the start-up here, unless
+    ``from_scratch`` (``--from-scratch``) says to ignore its checkpoints.
+    Stale datadirs of killed workers are removed (never a live one's).
 
     Raises
     ------
@@ -106,6 +116,8 @@ def build(
         Unknown role, a trainer without a model configuration or models,
         a bad model configuration or retention table, a trainer without a
         checkpoint signing key.
+    NoLoadableCheckpointError
+        A model has checkpoints and none of them loads.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown worker role {role!r}; one of {list(ROLES)}")
@@ -113,7 +125,14 @@ def build(
     topics = topics if topics is not None else TopicsConfig()
     worker = worker if worker is not None else WorkerConfig()
     app_id = worker.app_id or f"{topics.prefix}driftloop-{role}"
-    datadir = worker.datadir or Path(tempfile.mkdtemp(prefix=f"driftloop-{role}-"))
+    workdir: WorkDir | None = None
+    if worker.datadir is not None:
+        datadir = worker.datadir
+    else:
+        for stale in remove_stale(f"driftloop-{role}-"):
+            log.info("removed the datadir of a stopped worker: %s", stale)
+        workdir = WorkDir(f"driftloop-{role}-")
+        datadir = workdir.path
     extra: dict[str, Any] = {}
     if worker.commit_interval_s is not None:
         extra["broker_commit_interval"] = worker.commit_interval_s
@@ -148,7 +167,16 @@ def build(
             topic=topics.training_examples,
             partitions=topics.partitions,
             checkpointer=Checkpointer(checkpoint_store, checkpointer),
+            from_scratch=from_scratch,
         )
+        try:
+            resumes = pool.preflight()  # before joining Kafka: a store that cannot work fails now
+        except BaseException:
+            pool.close()
+            if workdir is not None:
+                workdir.remove()
+            raise
+        log.info("trainer resumes %s", resumes)
         trainer = TrainerAgent(
             app,
             topics,
@@ -166,9 +194,25 @@ def build(
             topics.training_examples,
         )
     ensure_topics(kafka, wanted, topics)
-    return BuiltWorker(app=app, role=role, trainer=trainer, joiner=joiner)
+    return BuiltWorker(app=app, role=role, trainer=trainer, joiner=joiner, workdir=workdir)
 
 
 def run(built: BuiltWorker, *, log_level: str = "info") -> None:
-    """Run the worker until SIGINT/SIGTERM, then exit the process (faust's Worker does)."""
-    make_worker(built.app, loglevel=log_level).execute_from_commandline()
+    """Run the worker until SIGINT/SIGTERM, then exit the process (faust's Worker does).
+
+    Exits with code 2 and the error on stderr when the trainer found, at an
+    assignment, that a model's checkpoints exist but none loads (faust itself
+    would exit 1 after its crash log). The datadir this worker made is
+    removed on the way out.
+    """
+    try:
+        make_worker(built.app, loglevel=log_level).execute_from_commandline()
+    except SystemExit:
+        fatal = built.trainer.fatal if built.trainer is not None else None
+        if fatal is None:
+            raise
+        print(f"error: {fatal}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if built.workdir is not None:
+            built.workdir.remove()

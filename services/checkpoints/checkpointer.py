@@ -178,6 +178,8 @@ class Checkpointer:
             AsyncSaver(max_in_flight=self.config.max_in_flight) if self.config.async_saves else None
         )
         self._parents: dict[str, ParentState | None] = {}
+        #: Versions the next save of a model must extend (set by :meth:`resume_from`).
+        self._resume: dict[str, str | None] = {}
         self._lock = threading.Lock()
         #: Bytes written by the last committed save (what a differential save saved).
         self.last_bytes_written = 0
@@ -256,40 +258,64 @@ class Checkpointer:
             return state_or_adapter
         return state_or_adapter.capture()
 
+    def resume_from(self, model: str, version: str | None) -> None:
+        """Make the next save of ``model`` extend ``version`` (None: a full save, no parent).
+
+        Called after the trainer restored ``version`` (or started over), which
+        need not be the newest committed one: after a fallback restore the
+        newest may not load, and no save may build a delta on it. The parent
+        is read back on the next save; when its chain does not load
+        completely, that save is full.
+        """
+        with self._lock:
+            cached = self._parents.get(model)
+            if version is not None and cached is not None and cached.version == version:
+                self._resume.pop(model, None)
+                return
+            self._resume[model] = version
+
     def _parent(self, model: str) -> ParentState | None:
         """The parent of the next save of ``model``; read back from the store after a restart."""
+        if model in self._resume:
+            wanted = self._resume.pop(model)
+            self._parents[model] = None if wanted is None else self._read_parent(model, wanted)
+            return self._parents[model]
         if model in self._parents:
             return self._parents[model]
-        parent: ParentState | None = None
         try:
             latest = self.store.latest(model)
         except CheckpointError:  # e.g. unsigned: nothing of it is read, the next save is full
             log.warning("newest checkpoint does not verify; next save is full (model=%s)", model)
             latest = None
-        if latest is not None:
-            parent = ParentState(latest.version, latest.version, 0, CheckpointState(), {})
-            if self.options.delta:
-                try:
-                    state, manifest, index = load_state(self.store, model, latest.version)
-                    parent = ParentState(
-                        version=manifest.version,
-                        base_version=manifest.base_version or manifest.version,
-                        chain=int(index.get("chain", 0)),
-                        state=state,
-                        index=index,
-                        files={f.name: f for f in manifest.files},
-                    )
-                except CheckpointError:
-                    log.warning(
-                        "newest checkpoint cannot be read back; next save is full (model=%s, "
-                        "version=%s)",
-                        model,
-                        latest.version,
-                        exc_info=True,
-                    )
-                    parent.chain = self.options.full_every  # forces a full save
+        parent = None if latest is None else self._read_parent(model, latest.version)
         self._parents[model] = parent
         return parent
+
+    def _read_parent(self, model: str, version: str) -> ParentState:
+        """``version`` as the parent of a save: its state when its whole chain loads
+        (so a delta can be built on it), else a parent that forces a full save."""
+        parent = ParentState(version, version, 0, CheckpointState(), {})
+        if not self.options.delta:
+            return parent
+        try:
+            state, manifest, index = load_state(self.store, model, version)
+        except CheckpointError:
+            log.warning(
+                "checkpoint cannot be read back; next save is full (model=%s, version=%s)",
+                model,
+                version,
+                exc_info=True,
+            )
+            parent.chain = self.options.full_every  # forces a full save
+            return parent
+        return ParentState(
+            version=manifest.version,
+            base_version=manifest.base_version or manifest.version,
+            chain=int(index.get("chain", 0)),
+            state=state,
+            index=index,
+            files={f.name: f for f in manifest.files},
+        )
 
     def _commit(
         self, model: str, snapshot: CheckpointState, meta: dict[str, Any], *, pooled: bool
@@ -297,26 +323,23 @@ class Checkpointer:
         """Encode ``snapshot`` against the parent and commit it (saver thread when async)."""
         with self._lock:
             parent = self._parent(model)
-            encoded: EncodedSave = encode_save(
-                snapshot,
-                parent=parent,
-                options=self.options,
-            )
-            draft = ManifestDraft(
-                parent_version=parent.version if parent else None,
-                rng=snapshot.rng,
-                kind=encoded.kind,
-                base_version=encoded.base_version,
-                variants=encoded.variants,
-                file_refs=encoded.file_refs,
-                **meta,
-            )
-
-            def finish(draft: ManifestDraft, written: Mapping[str, FileEntry]) -> ManifestDraft:
-                # The store hashed each file while writing it: the digest reuses those hashes.
-                return draft.model_copy(update={"state_digest": encoded.digest(written)})
-
-            manifest = self.store.commit(model, encoded.files, draft, finish=finish)
+            try:
+                encoded, manifest = self._encode_and_commit(model, snapshot, meta, parent)
+            except CheckpointNotFoundError:
+                if parent is None or not parent.files:
+                    raise
+                # What the parent's chain reuses is gone (GC, quarantine): never build on it.
+                log.warning(
+                    "checkpoint %s no longer holds what a delta on it needs; saving in full"
+                    " (model=%s)",
+                    parent.version,
+                    model,
+                    exc_info=True,
+                )
+                parent = ParentState(
+                    parent.version, parent.version, self.options.full_every, parent.state, {}
+                )
+                encoded, manifest = self._encode_and_commit(model, snapshot, meta, parent)
             self.last_bytes_written = encoded.bytes_written
             if self.options.delta:
                 if parent is not None and pooled:
@@ -336,6 +359,30 @@ class Checkpointer:
                 if pooled:
                     self.pool.give_back(snapshot)
             return manifest
+
+    def _encode_and_commit(
+        self,
+        model: str,
+        snapshot: CheckpointState,
+        meta: dict[str, Any],
+        parent: ParentState | None,
+    ) -> tuple[EncodedSave, CheckpointManifest]:
+        encoded: EncodedSave = encode_save(snapshot, parent=parent, options=self.options)
+        draft = ManifestDraft(
+            parent_version=parent.version if parent else None,
+            rng=snapshot.rng,
+            kind=encoded.kind,
+            base_version=encoded.base_version,
+            variants=encoded.variants,
+            file_refs=encoded.file_refs,
+            **meta,
+        )
+
+        def finish(draft: ManifestDraft, written: Mapping[str, FileEntry]) -> ManifestDraft:
+            # The store hashed each file while writing it: the digest reuses those hashes.
+            return draft.model_copy(update={"state_digest": encoded.digest(written)})
+
+        return encoded, self.store.commit(model, encoded.files, draft, finish=finish)
 
     def wait(self) -> None:
         """Block until pending saves are committed; raise an earlier failure if any."""

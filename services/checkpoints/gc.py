@@ -5,7 +5,9 @@ I/O), and the store executes the plan. What is kept:
 
 - whatever the retention policy keeps, plus pinned checkpoints and what the
   version pointer references, whatever the policy says;
-- the newest checkpoint, always;
+- the newest checkpoint, always, and the newest one whose dependencies are
+  all present (what a restore falls back to when the newer ones lost a chain
+  member);
 - every checkpoint a kept one depends on (files it reuses, a delta's base
   and parent chain), transitively.
 
@@ -21,6 +23,14 @@ version dirs without a manifest: interrupted saves or deletions) and
 duplicate copies left by an interrupted tier move; a directory a live process
 on this host is still writing is left alone.
 
+A version directory that is pinned or that the version pointer references
+is never deleted by GC, whatever state it is in: without its manifest it is
+quarantined with the reason (``pinned, manifest missing``) instead of being
+removed as an interrupted save (:func:`protect`), and its pin stays — the
+label keeps naming the version, so ``checkpoints verify`` reports the pin
+and an operator can restore the directory from quarantine. Only an explicit
+purge deletes it.
+
 A version directory whose manifest exists but does not validate is not
 deleted: it is moved to ``{model}/.quarantine/{version}-{ts}/`` with a note of
 the reason (the evidence, and maybe the only copy of a model). GC never
@@ -30,9 +40,10 @@ deletes quarantined data on its own; ``CheckpointStore.purge_quarantine``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from services.checkpoints import layout
 from services.checkpoints.catalog import CheckpointRecord, Tier
 from services.checkpoints.retention import (
     KeepPinned,
@@ -95,6 +106,57 @@ class GcPlan:
         }
 
 
+def protect(
+    leftovers: Sequence[Leftover],
+    pins: Mapping[str, str],
+    references: ReferenceSource | None,
+    model: str,
+) -> tuple[list[Leftover], list[Leftover]]:
+    """Split ``leftovers`` into those GC may remove and damaged versions to quarantine.
+
+    A version directory without a manifest is normally an interrupted save or
+    deletion; when a pin or the version pointer names it, it is a checkpoint
+    that lost its manifest, and deleting it could destroy the only copy.
+    Copies left by an interrupted tier move stay removable (the other copy is kept).
+    """
+    named = {v: f"pinned {label}" for label, v in sorted(pins.items())}
+    if references is not None and any(
+        layout.parse_seq(model, x.name) is not None for x in leftovers
+    ):
+        refs = references.references(model)
+        for version in (refs.live, refs.canary, refs.shadow, *refs.history):
+            if version is not None:
+                named.setdefault(version, "referenced by the version pointer")
+    removable: list[Leftover] = []
+    damaged: list[Leftover] = []
+    for x in leftovers:
+        why = named.get(x.name)
+        if why is not None and x.reason.startswith("no manifest"):
+            head = "pinned" if why.startswith("pinned") else why
+            damaged.append(Leftover(x.tier, x.name, f"{head}, manifest missing"))
+        else:
+            removable.append(x)
+    return removable, damaged
+
+
+def _newest_intact(
+    checkpoints: Sequence[CheckpointRecord], by_version: Mapping[str, CheckpointRecord]
+) -> CheckpointRecord | None:
+    """The newest checkpoint all of whose dependencies, transitively, are present."""
+    intact: dict[str, bool] = {}
+
+    def ok(version: str) -> bool:
+        if version not in intact:
+            intact[version] = False  # a cycle is not a chain
+            record = by_version.get(version)
+            intact[version] = record is not None and all(ok(d) for d in record.dependencies)
+        return intact[version]
+
+    for record in sorted(checkpoints, key=lambda c: c.seq):
+        ok(record.version)  # oldest first: recursion stays shallow
+    return max((c for c in checkpoints if intact[c.version]), key=lambda c: c.seq, default=None)
+
+
 def plan(
     model: str,
     checkpoints: Sequence[CheckpointRecord],
@@ -123,6 +185,11 @@ def plan(
 
     newest = max(checkpoints, key=lambda c: c.seq)
     add({newest.version: "newest"})
+    intact = _newest_intact(checkpoints, by_version)
+    if intact is not None and intact.version != newest.version:
+        # The newer ones lost a dependency (quarantined, deleted by hand): this one is
+        # what a restore falls back to, so it is never pruned.
+        add({intact.version: "newest with an intact chain"})
     add(policy.keep(model, checkpoints, now_ms))
     add(KeepPinned().keep(model, checkpoints, now_ms))
     if references is not None:

@@ -8,6 +8,7 @@
     {root}/{model}/.quarantine/{version}-{ts}/        a version whose manifest did not validate
     {root}/{model}/.seq                               the per-model version high-water mark
     {root}/{model}/.pins.json                         milestone labels (the truth for pins)
+    {root}/{model}/.seq.{pid}.tmp                     a bookkeeping file being replaced
 
 Version ids are ``{model}-{seq:06d}``: unique, ordered by their sequence
 number, never reused: the store raises the ``.seq`` high-water mark (under a
@@ -35,6 +36,7 @@ TRASH_PREFIX = ".trash-"
 WRITER_MARKER = ".writer"
 
 _WORK_DIR = re.compile(r"^\.(tmp|trash)-(\d+)-")
+_META_TEMP = re.compile(r"^\.[A-Za-z0-9_.-]+\.(\d+)\.tmp$")
 
 
 def check_model(model: str) -> str:
@@ -79,6 +81,17 @@ def work_dir_pid(name: str) -> int | None:
     """The writer pid in a ``.tmp-``/``.trash-`` directory name, else None."""
     match = _WORK_DIR.match(name)
     return int(match.group(2)) if match else None
+
+
+def meta_temp_name(name: str) -> str:
+    """The temporary file a bookkeeping file ``name`` is written to before its rename."""
+    return f"{name}.{os.getpid()}.tmp"
+
+
+def meta_temp_pid(name: str) -> int | None:
+    """The writer pid in a bookkeeping temp file name (``.seq.123.tmp``), else None."""
+    match = _META_TEMP.match(name)
+    return int(match.group(1)) if match else None
 
 
 def pid_alive(pid: int) -> bool:

@@ -59,6 +59,9 @@ class ReadOnlyStorage:
     def quarantined(self, model: str) -> list[tuple[str, bytes | None]]:
         return self._storage.quarantined(model)
 
+    def stale_temp_files(self, model: str) -> list[str]:
+        return self._storage.stale_temp_files(model)
+
     def read_meta(self, model: str, name: str) -> bytes | None:
         return self._storage.read_meta(model, name)
 

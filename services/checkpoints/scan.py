@@ -6,8 +6,9 @@ does not validate (or names another checkpoint) is *corrupt*: manifests are
 written whole (renamed into place locally, one put on an object store), so it
 is damage, not an interrupted write, and GC moves it to quarantine instead of
 deleting it. Anything else under a model directory that looks like ours
-(temp dirs of dead writers, version dirs without a manifest) is a leftover
-GC removes, unless a live process on this host is still writing it.
+(temp dirs of dead writers, version dirs without a manifest, the
+``.seq.{pid}.tmp`` files of interrupted bookkeeping writes) is a leftover GC
+removes, unless a live process on this host is still writing it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def scan_model(
     rows = {r.version: r for r in catalog.query(model, include_deleting=True)}
     copies: dict[str, dict[Tier, CheckpointManifest | None]] = {}
     for tier, storage in tiers.items():
+        for name in storage.stale_temp_files(model):
+            result.leftovers.append(Leftover(tier, name, "temporary file of an interrupted write"))
         for name in storage.entries(model):
             if layout.parse_seq(model, name) is None:
                 if layout.work_dir_pid(name) is not None and not storage.in_flight(model, name):

@@ -138,6 +138,9 @@ class CheckpointStorage(Protocol):
         the checkpoint has no manifest (it is not committed, or was removed).
         """
 
+    def stale_temp_files(self, model: str) -> list[str]:
+        """Temporary bookkeeping files (``.seq.{pid}.tmp``) whose writer is not alive."""
+
     def remove_manifest(self, model: str, version: str) -> None:
         """Delete ``manifest.json``: the checkpoint becomes uncommitted (first GC step)."""
 
@@ -286,8 +289,19 @@ class LocalStorage:
         if self.fsync:
             _fsync_dir(folder)
 
+    def stale_temp_files(self, model: str) -> list[str]:
+        model_dir = self.root / model
+        if not model_dir.is_dir():
+            return []
+        found = []
+        for p in model_dir.iterdir():
+            pid = layout.meta_temp_pid(p.name)
+            if pid is not None and p.is_file() and not layout.pid_alive(pid):
+                found.append(p.name)
+        return sorted(found)
+
     def remove_manifest(self, model: str, version: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             (self.root / model / version / MANIFEST_NAME).unlink()
             if self.fsync:
                 _fsync_dir(self.root / model / version)
@@ -295,6 +309,9 @@ class LocalStorage:
     def remove_entry(self, model: str, name: str) -> None:
         path = self.root / model / name
         if not path.exists():
+            return
+        if path.is_file():  # a bookkeeping temp file
+            path.unlink(missing_ok=True)
             return
         if layout.work_dir_pid(name) is None:
             # Rename first so a half-removed directory never looks like a version.
@@ -338,7 +355,7 @@ class LocalStorage:
     def write_meta(self, model: str, name: str, data: bytes) -> None:
         model_dir = self.root / model
         model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f"{name}.{os.getpid()}.tmp"
+        tmp = model_dir / layout.meta_temp_name(name)
         with open(tmp, "wb") as fh:
             fh.write(data)
             if self.fsync:
@@ -464,6 +481,9 @@ class FsspecStorage:
         if not self.fs.exists(path):
             raise FileNotFoundError(path)
         self.fs.pipe_file(path, manifest)  # one put: an object store replaces it whole
+
+    def stale_temp_files(self, model: str) -> list[str]:
+        return []  # bookkeeping files are written in one put here
 
     def remove_manifest(self, model: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -50,7 +50,7 @@ from schemas.manifest import (
 from services.checkpoints import layout
 from services.checkpoints.catalog import Catalog, CheckpointRecord, Tier
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.gc import GcPlan, Leftover, Quarantined, plan
+from services.checkpoints.gc import GcPlan, Leftover, Quarantined, plan, protect
 from services.checkpoints.pins import PinBook
 from services.checkpoints.readonly import ReadOnlyStorage
 from services.checkpoints.retention import ReferenceSource, RetentionPolicy, policy_from_config
@@ -763,6 +763,7 @@ class CheckpointStore:
             for m in [model] if model is not None else self.models():
                 self.sync(m, deep=True)
                 scan = scan_model(m, self._tiers(), self.catalog, deep=False)
+                leftovers, damaged = protect(scan.leftovers, self.pins.read(m), self.references, m)
                 p = plan(
                     m,
                     self.catalog.query(m),
@@ -770,8 +771,8 @@ class CheckpointStore:
                     now_ms=now_ms(),
                     references=self.references,
                     history_depth=self.config.rollback_depth,
-                    leftovers=scan.leftovers,
-                    quarantine=scan.corrupt,
+                    leftovers=leftovers,
+                    quarantine=scan.corrupt + damaged,
                 )
                 plans.append(p)
                 if not dry_run:

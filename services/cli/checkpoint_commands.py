@@ -30,6 +30,7 @@ from schemas.errors import CheckpointNotFoundError, CheckpointSignatureError, Dr
 from schemas.manifest import TRIGGERS
 from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.health import dangling_pins, quarantined_version, unloadable
 from services.checkpoints.opener import open_store
 from services.checkpoints.store import CheckpointStore, now_ms
 
@@ -455,7 +456,9 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
     Each manifest's signature is checked first: an unsigned checkpoint, one
     signed by an untrusted key or wrongly signed is a problem (its files are
     not read). Directories that are not committed and quarantined ones are
-    problems too.
+    problems too, and so is every checkpoint that cannot be loaded because a
+    checkpoint it depends on (a delta's parent or base, a file's holder) is
+    missing, damaged or itself unloadable.
     """
     problems: list[dict[str, Any]] = []
     checked = 0
@@ -475,10 +478,11 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
                 }
                 for q in s.quarantined(m)
             ]
-            for r in s.query(m):
-                checked += 1
+            records = s.query(m)
+            checked += len(records)
+            for r in records:  # signatures first: they say why, and no file is read
                 try:
-                    s.open(m, r.version).verify()
+                    s.open(m, r.version)
                 except CheckpointSignatureError as exc:
                     problems.append(
                         {
@@ -488,8 +492,19 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
                             "reason": exc.reason,
                         }
                     )
-                except DriftloopError as exc:
-                    problems.append({"model": m, "version": r.version, "problem": str(exc)})
+            checked += len(s.query(m))
+            # Every version that cannot be loaded, children of a broken chain included.
+            listed = {p["version"] for p in problems if p["model"] == m}
+            listed |= {quarantined_version(m, q.name) for q in s.quarantined(m)}
+            problems += [
+                {"model": m, "version": v, "problem": why}
+                for v, why in unloadable(s, m).items()
+                if v not in listed
+            ]
+            problems += [
+                {"model": m, "version": f"pin:{label}", "problem": why}
+                for label, why in dangling_pins(s, m).items()
+            ]
     if json:
         _print_json({"checked": checked, "problems": problems})
     else:

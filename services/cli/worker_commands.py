@@ -36,6 +36,15 @@ LogLevelOpt = Annotated[
     typer.Option("--log-level", help="debug, info, warning; default DRIFTLOOP_WORKER_LOG_LEVEL."),
 ]
 
+FromScratchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--from-scratch",
+        help="Ignore the models' existing checkpoints and train from step 0 (only way to"
+        " start over when none of them loads).",
+    ),
+]
+
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -46,12 +55,15 @@ def worker(
     model: ModelsOpt = None,
     app_id: AppIdOpt = None,
     log_level: LogLevelOpt = None,
+    from_scratch: FromScratchOpt = False,
 ) -> None:
     """Run the attribution joiner and/or the online trainer until SIGINT/SIGTERM.
 
     Connection settings come from DRIFTLOOP_KAFKA_* and DRIFTLOOP_TOPIC_*
     (``driftloop up`` prints them). On SIGTERM the trainer checkpoints
-    unsaved progress before the process exits.
+    unsaved progress before the process exits. When a model's checkpoints
+    exist but none loads, the worker exits 2 naming each version and why;
+    ``--from-scratch`` starts such models over instead.
     """
     from services.checkpoints.config import StoreConfig
     from streams.worker import ROLES, WorkerConfig, build, run
@@ -70,6 +82,7 @@ def worker(
             models_path=config,
             model_names=model or (),
             store=StoreConfig(root=store) if store is not None else None,
+            from_scratch=from_scratch,
         )
     except DriftloopError as exc:
         typer.echo(f"error: {exc}", err=True)

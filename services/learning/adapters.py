@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from schemas.errors import ConfigError, LearnError
+from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError, LearnError
 from services.learning.config import EncodingConfig, ModelConfig
 from services.learning.factory import build, call, resolve
 from services.learning.hashing import FeatureHasher, FeatureValue
@@ -249,7 +249,9 @@ class RiverAdapter:
         for i, example in enumerate(batch):
             try:
                 step(example)
-            except Exception as exc:
+            except BaseException as exc:  # model code may raise any (a pyo3 PanicException)
+                if isinstance(exc, SHUTDOWN_EXCEPTIONS):
+                    raise
                 self.model = before
                 raise LearnError(
                     f"{type(exc).__name__}: {exc}",

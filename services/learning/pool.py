@@ -51,7 +51,12 @@ from typing import Any
 from kafka.partitioner.default import murmur2
 
 from schemas.codec import encode
-from schemas.errors import ConfigError, DriftloopError
+from schemas.errors import (
+    SHUTDOWN_EXCEPTIONS,
+    CheckpointNotFoundError,
+    ConfigError,
+    DriftloopError,
+)
 from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
 from schemas.manifest import CheckpointManifest, encode_manifest
 from services.checkpoints.checkpointer import Checkpointer
@@ -108,6 +113,9 @@ class _RecordingSink:
     def restore_latest(self, model: str, adapter: ModelAdapter) -> RestoredTrainer | None:
         return self.inner.restore_latest(model, adapter)
 
+    def start_over(self, model: str) -> list[str]:
+        return self.inner.start_over(model)
+
 
 @dataclass
 class _Lane:
@@ -118,6 +126,8 @@ class _Lane:
     sink: _RecordingSink
     trainer: OnlineTrainer | None = None
     trained_since_start: bool = False
+    #: The last fallback reported (restored version, skipped versions): not repeated.
+    reported: tuple[str | None, tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -130,6 +140,10 @@ class PoolStats:
     replayed: int = 0
     dead_letters: int = 0
     gaps: int = 0
+    #: Restores that fell back from the newest checkpoint to an older one.
+    fallbacks: int = 0
+    #: Checkpoints skipped by those restores because they did not load.
+    restore_failures: int = 0
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
 
 
@@ -155,6 +169,20 @@ class TrainerPool:
         The checkpointer writing to ``store``; one is built when omitted.
     clock
         Milliseconds since the epoch, for the interval trigger (tests).
+    from_scratch
+        Ignore every checkpoint the models have now (``driftloop worker
+        --from-scratch``): they train from step 0 and offset 0, and their
+        first checkpoint is a full one. Checkpoints this pool writes are
+        restored as usual on later assignments.
+
+    Restores fall back: when a model's newest checkpoint does not load
+    completely, the newest one that does is restored (each skipped version is
+    logged at ERROR and counted in :attr:`PoolStats.fallbacks` /
+    :attr:`PoolStats.restore_failures`) and training resumes from its offsets.
+    When a model has checkpoints and none loads,
+    :class:`~schemas.errors.NoLoadableCheckpointError` propagates from
+    :meth:`assign` (and :meth:`preflight`): starting over would silently
+    discard what was learned.
     """
 
     def __init__(
@@ -166,6 +194,7 @@ class TrainerPool:
         partitions: int,
         checkpointer: Checkpointer | None = None,
         clock: Callable[[], int] | None = None,
+        from_scratch: bool = False,
     ) -> None:
         self.store = store
         self.topic = topic
@@ -181,6 +210,35 @@ class TrainerPool:
         self.expected: dict[int, int] = {}
         self.outbox: list[Send] = []
         self.stats = PoolStats()
+        if from_scratch:
+            for lane in self.lanes.values():
+                ignored = lane.sink.start_over(lane.config.name)
+                log.warning(
+                    "model %s: --from-scratch: ignoring its %d existing checkpoint(s)%s;"
+                    " training starts over at step 0 from offset 0",
+                    lane.config.name,
+                    len(ignored),
+                    f" (newest {ignored[0]})" if ignored else "",
+                )
+
+    def preflight(self) -> dict[str, str | None]:
+        """Find the checkpoint each configured model would restore, before joining Kafka.
+
+        Loads each model's newest loadable checkpoint (falling back and
+        logging like :meth:`assign`); returns ``{model: version or None}``.
+        Nothing is kept: the assignment restores again.
+
+        Raises
+        ------
+        NoLoadableCheckpointError
+            A model has checkpoints but none of them loads.
+        """
+        found: dict[str, str | None] = {}
+        for name, lane in self.lanes.items():
+            trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
+            found[name] = trainer.restore()
+            self._report_skipped(lane, trainer)
+        return found
 
     # -- assignment ------------------------------------------------------------------------
 
@@ -259,6 +317,33 @@ class TrainerPool:
         self.expected = {p: o for p, o in self.expected.items() if p not in gone}
         self.assigned = self.assigned - gone
 
+    def _report_skipped(self, lane: _Lane, trainer: OnlineTrainer) -> None:
+        skipped = trainer.skipped_checkpoints
+        if not skipped:
+            return
+        seen = (trainer.last_version, tuple(skipped))
+        if lane.reported == seen:  # the pre-flight check found and reported the same
+            return
+        lane.reported = seen
+        self.stats.fallbacks += 1
+        self.stats.restore_failures += len(skipped)
+        for version, reason in skipped.items():
+            log.error(
+                "model %s: checkpoint %s does not load, skipped: %s",
+                lane.config.name,
+                version,
+                reason,
+            )
+        log.error(
+            "model %s: fell back past %d newer checkpoint(s) to %s (step %d); the progress"
+            " since then is redone from its offsets %s",
+            lane.config.name,
+            len(skipped),
+            trainer.last_version,
+            trainer.step,
+            trainer.offsets.get(self.topic, {}),
+        )
+
     def _restore(self, lane: _Lane) -> None:
         lane.trained_since_start = False
         trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
@@ -267,7 +352,12 @@ class TrainerPool:
         if version is None:
             log.info("model %s: no checkpoint yet, training from scratch", lane.config.name)
             return
-        manifest = self.store.latest(lane.config.name)
+        self._report_skipped(lane, trainer)
+        manifest: CheckpointManifest | None
+        try:
+            manifest = self.store.open(lane.config.name, version).manifest
+        except CheckpointNotFoundError:  # removed since: its event is not repeated
+            manifest = None
         log.info(
             "model %s: restored %s (step %d, %d examples), resuming at %s",
             lane.config.name,
@@ -276,7 +366,7 @@ class TrainerPool:
             trainer.examples_seen,
             trainer.offsets.get(self.topic, {}),
         )
-        if manifest is not None and manifest.version == version:
+        if manifest is not None:
             self._announce([manifest])
 
     # -- input -----------------------------------------------------------------------------
@@ -339,7 +429,10 @@ class TrainerPool:
             self._announce(lane.sink.committed)
             lane.sink.committed.clear()
             return
-        except Exception as exc:  # a model that chokes on a record must not stop the agent
+        except BaseException as exc:  # a model that chokes on a record must not stop the agent
+            if isinstance(exc, SHUTDOWN_EXCEPTIONS):  # shutdown goes on (Ctrl-C, cancel)
+                raise
+            # Model code may raise any BaseException (a pyo3 PanicException is one).
             log.exception("model %s: failed on offset %d", lane.config.name, record.offset)
             self._dead(dead_letter(record, exc, kind="processing"))
             return
@@ -476,7 +569,13 @@ class TrainerPool:
                     else {}
                 ),
             }
-        return {"assigned": sorted(self.assigned), "expected": self.expected, "models": models}
+        return {
+            "assigned": sorted(self.assigned),
+            "expected": self.expected,
+            "models": models,
+            "fallbacks": self.stats.fallbacks,
+            "restore_failures": self.stats.restore_failures,
+        }
 
     def close(self) -> None:
         """Flush pending saves and stop the checkpointer's saver thread."""

@@ -58,6 +58,8 @@ class RestoredTrainer:
     trainer_state: dict[str, Any]
     river_objects: dict[str, Any]
     offsets: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Newer versions that did not load, with why (a fallback restore when not empty).
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class CheckpointSink(Protocol):
@@ -73,8 +75,12 @@ class CheckpointSink(Protocol):
         ...
 
     def restore_latest(self, model: str, adapter: ModelAdapter) -> RestoredTrainer | None:
-        """Load the newest checkpoint of ``model`` into ``adapter`` and return the
-        rest of its state; None when the model has no checkpoint yet."""
+        """Load the newest checkpoint of ``model`` that loads completely into
+        ``adapter`` and return the rest of its state (newer versions that did not
+        load in ``skipped``); None when the model has no checkpoint yet.
+
+        Raises :class:`~schemas.errors.NoLoadableCheckpointError` when the model
+        has checkpoints but none of them loads."""
         ...
 
 

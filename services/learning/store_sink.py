@@ -16,18 +16,24 @@ One checkpoint of a trained model holds:
 
 :meth:`CheckpointerSink.save` returns only once the manifest is committed, so
 the caller may publish its CheckpointEvent right after.
+:meth:`CheckpointerSink.restore_latest` restores the newest checkpoint that
+loads completely, never silently nothing: a store whose checkpoints all fail
+to load raises :class:`~schemas.errors.NoLoadableCheckpointError`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from schemas.errors import CheckpointError, CheckpointNotFoundError
-from services.checkpoints.checkpointer import Checkpointer
+from schemas.errors import CheckpointError, NoLoadableCheckpointError
+from services.checkpoints import layout
+from services.checkpoints.checkpointer import Checkpointer, LoadedCheckpoint
+from services.checkpoints.health import restore_order
 from services.checkpoints.state.river_state import RiverAdapter as RiverState
 from services.checkpoints.state.river_state import restore_river
 from services.checkpoints.state.state import CheckpointState
 from services.checkpoints.state.torch_state import TorchAdapter as TorchState
+from services.checkpoints.store import CheckpointStore
 from services.learning.adapters import ModelAdapter
 from services.learning.sink import RestoredTrainer, TrainerSnapshot
 
@@ -47,6 +53,8 @@ class CheckpointerSink:
         self.checkpointer = checkpointer
         #: The manifest of the last committed save, for the CheckpointEvent.
         self.last_manifest: Any = None
+        #: Per model, the newest seq a ``--from-scratch`` start ignores (see :meth:`start_over`).
+        self._ignore_through: dict[str, int] = {}
 
     @staticmethod
     def _capture(snapshot: TrainerSnapshot) -> CheckpointState:
@@ -81,27 +89,81 @@ class CheckpointerSink:
         self.last_manifest = manifest
         return str(manifest.version)
 
+    def start_over(self, model: str) -> list[str]:
+        """Ignore every checkpoint ``model`` has now (``--from-scratch``); returns them.
+
+        Later restores consider only versions saved after this call, and the
+        next save is a full checkpoint without a parent.
+        """
+        ignored = [v for v, _ in self._order(model)]
+        if ignored:
+            self._ignore_through[model] = max(layout.parse_seq(model, v) or 0 for v in ignored)
+        self.checkpointer.resume_from(model, None)
+        return ignored
+
+    def _order(self, model: str) -> list[tuple[str, str | None]]:
+        store = self.checkpointer.store
+        if isinstance(store, CheckpointStore):
+            order = restore_order(store, model)
+        else:  # a bare Store: only its newest checkpoint is known
+            latest = store.latest(model)
+            order = [] if latest is None else [(latest.version, None)]
+        through = self._ignore_through.get(model)
+        if through is None:
+            return order
+        return [(v, why) for v, why in order if (layout.parse_seq(model, v) or 0) > through]
+
     def restore_latest(self, model: str, adapter: ModelAdapter) -> RestoredTrainer | None:
-        try:
-            loaded = self.checkpointer.load(model)
-        except CheckpointNotFoundError:
+        """Restore the newest checkpoint of ``model`` that loads completely.
+
+        Versions are tried newest first; each one that does not load (damaged,
+        a broken delta chain, a file that fails verification, a pickle the
+        restricted unpickler refuses) is skipped and reported in
+        :attr:`RestoredTrainer.skipped`. The next save extends the restored
+        version. None when the model has no checkpoint at all.
+
+        Raises
+        ------
+        NoLoadableCheckpointError
+            Checkpoints exist but none of them loads (each version and why).
+        """
+        skipped: dict[str, str] = {}
+        for version, damage in self._order(model):
+            if damage is not None:
+                skipped[version] = damage
+                continue
+            try:
+                loaded, river = self._load(model, version)
+            except CheckpointError as exc:
+                skipped[version] = str(exc)
+                continue
+            break
+        else:
+            if skipped:
+                raise NoLoadableCheckpointError(model, skipped)
             return None
         state = loaded.state
-        if TRAINER_DOCUMENT not in state.documents:
-            raise CheckpointError(
-                "checkpoint was not written by the online trainer",
-                model=model,
-                version=loaded.manifest.version,
-            )
-        river = restore_river(state)
         live = adapter.live_objects()
         if "module" in live:
             TorchState(live["module"], live["optimizer"], capture_rngs=False).restore(state)
         else:
             adapter.load_objects({"model": river.pop("model")})
+        self.checkpointer.resume_from(model, version)
         return RestoredTrainer(
             version=str(loaded.manifest.version),
             trainer_state=dict(state.documents[TRAINER_DOCUMENT]),
             river_objects=river,
             offsets={t: dict(p) for t, p in loaded.manifest.offsets.items()},
+            skipped=skipped,
         )
+
+    def _load(self, model: str, version: str) -> tuple[LoadedCheckpoint, dict[str, Any]]:
+        """Load and decode everything of one checkpoint; raises CheckpointError, changes nothing."""
+        loaded = self.checkpointer.load(model, version)
+        if TRAINER_DOCUMENT not in loaded.state.documents:
+            raise CheckpointError(
+                "checkpoint was not written by the online trainer",
+                model=model,
+                version=loaded.manifest.version,
+            )
+        return loaded, restore_river(loaded.state)

@@ -164,6 +164,8 @@ class OnlineTrainer:
         self._checkpoint_metrics: dict[str, float] = {}
         self.last_version: str | None = None
         self.checkpoints: list[CheckpointRecord] = []
+        #: Newer versions the last restore skipped because they did not load, with why.
+        self.skipped_checkpoints: dict[str, str] = {}
 
     @staticmethod
     def _schedule_and_triggers(config: ModelConfig) -> tuple[AdaptiveSchedule, AnyOf]:
@@ -399,14 +401,22 @@ class OnlineTrainer:
         }
 
     def restore(self) -> str | None:
-        """Load the newest checkpoint of this model; its version, or None if none.
+        """Load the newest checkpoint of this model that loads; its version, or None if none.
 
         Called once before the first record. Afterwards :meth:`position` gives
-        the offsets to seek the input to.
+        the offsets to seek the input to, and :attr:`skipped_checkpoints` the
+        newer versions that did not load.
+
+        Raises
+        ------
+        NoLoadableCheckpointError
+            The model has checkpoints but none of them loads.
         """
         restored = self.sink.restore_latest(self.config.name, self.adapter)
         if restored is None:
+            self.skipped_checkpoints = {}
             return None
+        self.skipped_checkpoints = dict(restored.skipped)
         state = restored.trainer_state
         self.metrics.restore(restored.river_objects["metrics"])
         self.drift.restore(restored.river_objects["drift"])

@@ -20,16 +20,17 @@ Children are stopped (Tansu by SIGINT, which it needs, Redis by SIGTERM;
 SIGKILL after a grace period) on :meth:`EmbeddedStack.stop`, on leaving the ``with``
 block for any reason (an exception, Ctrl-C), and at interpreter exit. If the
 parent dies without running any of that (``kill -9``) Linux kills them
-(``PR_SET_PDEATHSIG``, see :mod:`services.stack.process`).
+(``PR_SET_PDEATHSIG``, see :mod:`services.stack.process`); the temporary
+directory such a stack leaves behind is removed by the next stack that starts
+(see :mod:`services.stack.workdirs`: never one a live stack holds).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import shutil
+import logging
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +46,13 @@ from services.kafka import ensure_topics
 from services.stack.binaries import redis_binary, tansu_binary
 from services.stack.probes import kafka_metadata, redis_ping
 from services.stack.process import ChildProcess, free_port, listens_on
+from services.stack.workdirs import WorkDir, remove_stale
+
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+#: Name prefix of the stacks' temporary directories (servers' logs and data).
+WORKDIR_PREFIX = "driftloop-stack-"
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class EmbeddedStack:
         self._port_attempts = max(1, port_attempts)
         self._create_topics = create_topics
         self._children: dict[str, ChildProcess] = {}
-        self._workdir: Path | None = None
+        self._workdir: WorkDir | None = None
         self._info: StackInfo | None = None
 
     @property
@@ -237,8 +243,11 @@ class EmbeddedStack:
 
     def _work_path(self) -> Path:
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="driftloop-stack-"))
-        return self._workdir
+            # Directories of stacks killed before they could clean up (kill -9).
+            for stale in remove_stale(WORKDIR_PREFIX):
+                log.info("removed the work directory of a stopped stack: %s", stale)
+            self._workdir = WorkDir(WORKDIR_PREFIX)
+        return self._workdir.path
 
     def _redis_argv(self, binary: str, port: int) -> list[str]:
         data_dir = self._work_path() / f"redis-{port}"
@@ -303,7 +312,7 @@ class EmbeddedStack:
             with contextlib.suppress(OSError):
                 child.stop()
         if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir.remove()
             self._workdir = None
         self._info = None
 
