@@ -492,7 +492,6 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
                             "reason": exc.reason,
                         }
                     )
-            checked += len(s.query(m))
             # Every version that cannot be loaded, children of a broken chain included.
             listed = {p["version"] for p in problems if p["model"] == m}
             listed |= {quarantined_version(m, q.name) for q in s.quarantined(m)}
