@@ -171,7 +171,8 @@ class Catalog:
             m.size,
             "committed",
         )
-        sql = f"INSERT OR REPLACE INTO checkpoints ({_COLUMNS}) VALUES ({','.join('?' * 18)})"
+        # Column list and placeholders are code constants; every value is a bound parameter.
+        sql = f"INSERT OR REPLACE INTO checkpoints ({_COLUMNS}) VALUES ({','.join('?' * 18)})"  # noqa: S608
         if db is not None:
             db.execute(sql, row)
             return
@@ -207,7 +208,7 @@ class Catalog:
         """The row of one checkpoint, whatever its status."""
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM checkpoints WHERE model=? AND version=?",
+                f"SELECT {_COLUMNS} FROM checkpoints WHERE model=? AND version=?",  # noqa: S608
                 (model, version),
             ).fetchone()
             pins = self._pins_by_version(model)
@@ -254,7 +255,8 @@ class Catalog:
             args.append(path)
             order = f"json_extract(metrics, ?) {'ASC' if mode == 'min' else 'DESC'}, seq DESC"
             args.append(path)
-        sql = f"SELECT {_COLUMNS} FROM checkpoints"
+        # Clauses are built from code constants; the metric path and all values are bound.
+        sql = f"SELECT {_COLUMNS} FROM checkpoints"  # noqa: S608
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order}"

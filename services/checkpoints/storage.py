@@ -41,7 +41,7 @@ from typing import BinaryIO, Protocol, TypeAlias
 import fsspec
 import orjson
 
-from schemas.errors import CheckpointError
+from schemas.errors import CheckpointError, SchemaError
 from schemas.manifest import MANIFEST_NAME, check_file_name
 from services.checkpoints import layout
 
@@ -380,7 +380,7 @@ class LocalStorage:
 def _is_model(name: str) -> bool:
     try:
         layout.check_model(name)
-    except Exception:
+    except SchemaError:
         return False
     return True
 

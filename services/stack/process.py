@@ -68,7 +68,7 @@ def _spawner_loop() -> None:
         start, future = _requests.get()
         try:
             future.set_result(start())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, who re-raises it
             future.set_exception(exc)
 
 
@@ -158,7 +158,7 @@ class ChildProcess:
         self._log = log
         try:
             self._proc = _spawn(
-                lambda: subprocess.Popen(
+                lambda: subprocess.Popen(  # noqa: S603 - argv is a binary path we resolved, no shell
                     self.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
