@@ -12,8 +12,8 @@ partition, offset, path) in attributes, not only in its message::
     ├── LearnError             a model failed to learn a batch (and was put back as it was)
     └── CheckpointError        anything about stored model state
         ├── CheckpointNotFoundError
-        ├── CheckpointCorruptError   a file whose hash or size does not match
-        └── UnsafePickleError        a pickle naming a global outside the allow-list
+        └── CheckpointCorruptError   a file whose hash or size does not match
+            └── UnsafePickleError    a pickle that the restricted loader refused
 
 The tree lives in ``schemas`` because it is the lowest layer: ``services`` and
 ``streams`` both import it, and it imports nothing of theirs.
@@ -93,5 +93,6 @@ class CheckpointCorruptError(CheckpointError):
     """A checkpoint file whose size or sha256 differs from its manifest."""
 
 
-class UnsafePickleError(CheckpointError):
-    """A pickle that names a global outside the allow-list; it was not loaded."""
+class UnsafePickleError(CheckpointCorruptError):
+    """A pickle the restricted loader refused (a global outside the allow-list, a
+    broken bound, malformed bytes, any failure while loading); a damaged checkpoint."""
