@@ -103,6 +103,8 @@ def scan(data: bytes | bytearray | memoryview, limits: PickleLimits = DEFAULT_LI
             raise PickleScanError(f"pickle uses the refused opcode {name} at byte {pos}")
         if name == "PROTO" and isinstance(arg, int) and arg > pickle.HIGHEST_PROTOCOL:
             raise PickleScanError(f"pickle protocol {arg} is above {pickle.HIGHEST_PROTOCOL}")
+        if name == "FRAME" and isinstance(arg, int) and arg > len(data) - (pos or 0) - 9:
+            raise PickleScanError(f"frame of {arg} bytes at byte {pos} exceeds the input")
         if name == "MARK":
             marks.append(len(depths))
             if len(marks) > limits.max_depth:

@@ -1,0 +1,44 @@
+"""Every river object the checkpoints are built from loads through the restricted unpickler.
+
+Guards the allow-list against being too tight: the shipped examples' river
+blobs (model, metrics, drift detectors, as the trainer writes them) and
+river's common estimators, metrics and detectors, each after learning a few
+hundred examples, load through ``safe_loads`` and then behave exactly like the
+same bytes loaded by plain ``pickle.loads`` (same predictions, metric values
+and drift flags on further input). It also checks the committed lists are
+exactly what :mod:`services.checkpoints.state.allowlist_gen` records, so a
+river upgrade that changes them is noticed here.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from services.checkpoints.state import safe_pickle
+from services.checkpoints.state.allowlist_gen import Specimen, corpus, record
+from services.checkpoints.state.safe_pickle import safe_loads
+
+SPECIMENS = corpus()
+
+
+@pytest.mark.parametrize("specimen", SPECIMENS, ids=[s.name for s in SPECIMENS])
+def test_learned_river_object_round_trips_through_safe_loads(specimen: Specimen) -> None:
+    blob = pickle.dumps({"obj": specimen.obj}, protocol=5)
+    restricted = safe_loads(blob)["obj"]
+    plain = pickle.loads(blob)["obj"]
+    assert type(restricted) is type(specimen.obj)
+    assert specimen.probe(restricted) == specimen.probe(plain)
+
+
+def test_committed_allow_list_is_what_the_corpus_pickles() -> None:
+    seen = record(SPECIMENS)
+    assert seen.globals == safe_pickle.ALLOWED_GLOBALS
+    assert seen.reconstructors == safe_pickle.RECONSTRUCTORS
+    assert seen.methods == safe_pickle.ALLOWED_METHODS
+
+
+def test_shipped_examples_are_in_the_corpus() -> None:
+    names = {s.name for s in SPECIMENS}
+    assert {"example:river-logreg", "example:torch-fm"} <= names
