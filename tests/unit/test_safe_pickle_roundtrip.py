@@ -13,12 +13,17 @@ river upgrade that changes them is noticed here.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 
+from schemas.errors import CheckpointError, CheckpointNotFoundError, UnsafePickleError
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.state import safe_pickle
 from services.checkpoints.state.allowlist_gen import Specimen, corpus, record
-from services.checkpoints.state.safe_pickle import safe_loads
+from services.checkpoints.state.river_state import RiverAdapter
+from services.checkpoints.state.safe_pickle import safe_dumps, safe_loads
+from tests.unit.store_helpers import make_store
 
 SPECIMENS = corpus()
 
@@ -28,6 +33,7 @@ def test_learned_river_object_round_trips_through_safe_loads(specimen: Specimen)
     blob = pickle.dumps({"obj": specimen.obj}, protocol=5)
     restricted = safe_loads(blob)["obj"]
     plain = pickle.loads(blob)["obj"]
+    assert safe_dumps({"obj": specimen.obj}) == blob
     assert type(restricted) is type(specimen.obj)
     assert specimen.probe(restricted) == specimen.probe(plain)
 
@@ -42,3 +48,16 @@ def test_committed_allow_list_is_what_the_corpus_pickles() -> None:
 def test_shipped_examples_are_in_the_corpus() -> None:
     names = {s.name for s in SPECIMENS}
     assert {"example:river-logreg", "example:torch-fm"} <= names
+
+
+def test_river_state_the_unpickler_would_refuse_fails_at_save(tmp_path: Path) -> None:
+    """Without this a model outside the list saved fine and every load then failed."""
+    from river import forest
+
+    checkpointer = Checkpointer(make_store(tmp_path), CheckpointerConfig(async_saves=False))
+    with pytest.raises(CheckpointError, match="allow-list") as info:
+        checkpointer.save("r", RiverAdapter({"model": forest.ARFClassifier(seed=1)}), step=1)
+    assert "river.forest.adaptive_random_forest.ARFClassifier" in str(info.value)
+    assert not isinstance(info.value, UnsafePickleError)
+    with pytest.raises(CheckpointNotFoundError):
+        checkpointer.load("r")

@@ -106,14 +106,17 @@ def _estimators() -> Iterator[tuple[str, Any, str, Callable[[dict[str, Any]], An
     ), "regress", num  # fmt: skip
     yield "PAClassifier", linear_model.PAClassifier(C=0.5, mode=2), "classify", num
     yield "Perceptron", linear_model.Perceptron(l2=0.01), "classify", num
-    yield "HoeffdingTreeClassifier", tree.HoeffdingTreeClassifier(grace_period=50), "classify", num
-    yield (
-        "HoeffdingAdaptiveTreeClassifier",
-        tree.HoeffdingAdaptiveTreeClassifier(grace_period=50, seed=5),
-        "classify",
-        num,
-    )
-    yield "HoeffdingTreeRegressor", tree.HoeffdingTreeRegressor(grace_period=50), "regress", num
+    # Trees see numbers and a category, so numeric and nominal branches are both built.
+    for leaf in ("nba", "mc", "nb"):
+        htc = tree.HoeffdingTreeClassifier(
+            grace_period=30, leaf_prediction=leaf, nominal_attributes=["colour"]
+        )
+        yield f"HoeffdingTreeClassifier-{leaf}", htc, "classify", dict
+    hatc = tree.HoeffdingAdaptiveTreeClassifier(grace_period=30, seed=5)
+    yield "HoeffdingAdaptiveTreeClassifier", hatc, "classify", dict
+    for leaf, features in (("adaptive", num), ("model", num), ("mean", dict)):
+        htr = tree.HoeffdingTreeRegressor(grace_period=30, leaf_prediction=leaf)
+        yield f"HoeffdingTreeRegressor-{leaf}", htr, "regress", features
     yield "GaussianNB", naive_bayes.GaussianNB(), "classify", num
     yield "MultinomialNB", naive_bayes.MultinomialNB(alpha=1), "classify", _counts
     yield "StandardScaler", preprocessing.StandardScaler(), "transform", num
