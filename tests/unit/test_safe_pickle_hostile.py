@@ -14,7 +14,9 @@ or crashed the loader with another exception or the interpreter itself):
 - ``functools.partial`` / ``copyreg._reconstructor`` wrapping those;
 - ``EXT1/2/4`` resolved through the process-global copyreg registry;
 - ``BUILD`` on a class patched it for the whole process;
-- a callable the pickle built (a partial) was called by ``OBJ``;
+- a callable the pickle built (a partial) was called by ``OBJ``; a river
+  class was called with pickle-chosen arguments; numpy's RandomState ctor
+  called a river initializer asking for 8 TiB (``MemoryError`` escaped);
 - a ``BINBYTES8``/``BYTEARRAY8`` claiming a petabyte, a huge memo index:
   ``MemoryError`` escaped; protocol 6: ``ValueError`` escaped;
 - a truncated Rust detector state: pyo3's ``PanicException`` (a
@@ -209,12 +211,23 @@ def test_nested_reducers_cannot_reach_what_they_wrap(tmp_path: Path, marker: Pat
         refused(data)
 
 
-def test_callables_built_by_the_pickle_are_not_called() -> None:
+def test_only_listed_callables_are_called() -> None:
     # partial(OrderedDict) is allowed data (a defaultdict factory), but OBJ and REDUCE
-    # must not call it: only listed classes and reconstruct functions are called.
+    # must not call it: only listed constructors and reconstruct functions are called.
     made = call(sg("functools", "partial"), sg("collections", "OrderedDict"))
     refused(PROTO4 + b"(" + made + b"o.")
     refused(PROTO4 + made + b")R.")
+    # A listed river class is created by NEWOBJ (no __init__), never called with
+    # arguments the pickle chose.
+    logreg = sg("river.linear_model.log_reg", "LogisticRegression")
+    refused(PROTO4 + call(logreg, b"K\x05") + b".")
+    # numpy's RandomState ctor calls its second argument: only with a listed callable.
+    # Here a river initializer would allocate 8 TiB (MemoryError escaped on main).
+    zeros = sg("river.optim.initializers", "Zeros") + b")\x81}" + u("value") + b"G" + bytes(8)
+    zeros += b"sb"
+    ctor = sg("numpy.random._pickle", "__randomstate_ctor")
+    error = refused(PROTO4 + call(ctor, b"\x8a\x06" + (2**40).to_bytes(6, "little"), zeros) + b".")
+    assert "Zeros" in str(error)
 
 
 def test_build_cannot_patch_a_class() -> None:

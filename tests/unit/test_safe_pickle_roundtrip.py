@@ -41,7 +41,7 @@ def test_learned_river_object_round_trips_through_safe_loads(specimen: Specimen)
 def test_committed_allow_list_is_what_the_corpus_pickles() -> None:
     seen = record(SPECIMENS)
     assert seen.globals == safe_pickle.ALLOWED_GLOBALS
-    assert seen.reconstructors == safe_pickle.RECONSTRUCTORS
+    assert seen.callables == safe_pickle.CALLABLE_GLOBALS
     assert seen.methods == safe_pickle.ALLOWED_METHODS
 
 

@@ -289,7 +289,7 @@ def corpus() -> list[Specimen]:
 
 
 class RecordingUnpickler(pickle._Unpickler):
-    """The pure-Python unpickler, recording each global, getattr and call it makes."""
+    """The pure-Python unpickler, recording each global, getattr and REDUCE call it makes."""
 
     stack: list[Any]
 
@@ -315,7 +315,7 @@ class RecordingUnpickler(pickle._Unpickler):
 
     def load_reduce(self) -> None:
         func = self.stack[-2]
-        if not isinstance(func, type) and id(func) in self._names:
+        if id(func) in self._names:
             self.called.add(self._names[id(func)])
         _BASE[pickle.REDUCE[0]](self)
 
@@ -326,10 +326,10 @@ RecordingUnpickler.dispatch = cast(Any, {**_BASE, pickle.REDUCE[0]: RecordingUnp
 
 @dataclass
 class Recorded:
-    """What the corpus's pickles name: globals, non-class callables, bound methods."""
+    """What the corpus's pickles name: globals, the globals they call, bound methods."""
 
     globals: set[tuple[str, str]]
-    reconstructors: set[tuple[str, str]]
+    callables: set[tuple[str, str]]
     methods: set[tuple[str, str, str]]
 
 
@@ -340,7 +340,7 @@ def record(specimens: list[Specimen]) -> Recorded:
         unpickler = RecordingUnpickler(pickle.dumps({"x": specimen.obj}, protocol=5))
         unpickler.load()
         out.globals |= unpickler.globals
-        out.reconstructors |= unpickler.called
+        out.callables |= unpickler.called
         out.methods |= unpickler.methods
     return out
 
@@ -355,7 +355,7 @@ def main() -> None:
     """Print the allow-list literals for :mod:`.safe_pickle`."""
     seen = record(corpus())
     builtins.print(_literal("ALLOWED_GLOBALS", "tuple[str, str]", seen.globals))
-    builtins.print(_literal("RECONSTRUCTORS", "tuple[str, str]", seen.reconstructors))
+    builtins.print(_literal("CALLABLE_GLOBALS", "tuple[str, str]", seen.callables))
     builtins.print(_literal("ALLOWED_METHODS", "tuple[str, str, str]", seen.methods))
 
 

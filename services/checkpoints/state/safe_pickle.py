@@ -15,10 +15,12 @@ signature (which is what keeps a forged file from being read at all):
      exact ``(module, qualname)`` pair is in :data:`ALLOWED_GLOBALS`, before
      anything is imported; there is no prefix rule and no attribute walk, so a
      name with a dot is refused unless that exact pair is listed;
-   - calls (``REDUCE``, ``NEWOBJ``, ``NEWOBJ_EX``, ``OBJ``, ``INST``) only a
-     class from the list or one of :data:`RECONSTRUCTORS`; never an object the
-     pickle built (a ``functools.partial``, a bound method), and a
-     ``functools.partial`` only ever wraps a listed class;
+   - calls (``REDUCE``, ``OBJ``, ``INST``) only the constructors and
+     reconstruct functions of :data:`CALLABLE_GLOBALS`, and creates
+     (``NEWOBJ``, ``NEWOBJ_EX``) only listed classes; never an object the
+     pickle built (a ``functools.partial``, a bound method). A
+     ``functools.partial`` only ever wraps a listed class, and a reconstruct
+     function is never handed a callable the pickle built;
    - resolves ``builtins.getattr`` to :func:`_bound_method`, which returns only
      the bound methods of :data:`ALLOWED_METHODS` (``PageHinkley`` keeps one);
    - applies ``BUILD`` only to instances (never to a class, function or
@@ -152,14 +154,24 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-#: The listed globals that are functions the loader may call (all others it
-#: may call are classes); the dotted static methods above are values only.
-RECONSTRUCTORS: frozenset[tuple[str, str]] = frozenset(
+#: The listed globals a pickle may call with ``REDUCE``, ``INST`` or ``OBJ`` (what
+#: ``pickle.dumps`` of river state calls); ``NEWOBJ`` may create any listed class
+#: (``cls.__new__``, which runs no ``__init__`` of river's Python classes). The
+#: other listed names are values only (classes, the dotted static methods).
+CALLABLE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     {
+        ("collections", "Counter"),
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("collections", "deque"),
+        ("functools", "partial"),
+        ("numpy", "dtype"),
         ("numpy._core.multiarray", "scalar"),
         ("numpy._core.numeric", "_frombuffer"),
         ("numpy.random._pickle", "__bit_generator_ctor"),
         ("numpy.random._pickle", "__randomstate_ctor"),
+        ("random", "Random"),
+        ("river._river_rust.vectordict", "VectorDict"),
     }
 )
 
@@ -247,19 +259,36 @@ class RestrictedUnpickler(pickle._Unpickler):
         if isinstance(obj, types.ModuleType):
             raise _Refused(f"allow-listed name is a module: {module}.{name}")
         self._resolved[id(obj)] = obj
-        if isinstance(obj, type) or (module, name) in RECONSTRUCTORS:
+        if (module, name) in CALLABLE_GLOBALS:
             self._callable.add(id(obj))
         return obj
 
     def persistent_load(self, pid: Any) -> Any:
         raise _Refused("pickle uses a persistent id")
 
+    def _listed(self, obj: Any) -> bool:
+        """Whether ``obj`` is a global of :data:`CALLABLE_GLOBALS` this load resolved."""
+        return id(obj) in self._callable and self._resolved.get(id(obj)) is obj
+
     def _check_call(self, func: Any, args: Any) -> None:
-        listed = id(func) in self._callable and self._resolved.get(id(func)) is func
-        if not (listed or func is _bound_method):
-            raise _Refused(f"pickle calls something that is not a listed class: {_qualified(func)}")
+        """Refuse calling ``func(*args)`` unless ``func`` is a listed callable."""
+        if not (self._listed(func) or func is _bound_method):
+            raise _Refused(f"pickle calls something that is not listed: {_qualified(func)}")
         if func is functools.partial:
             self._check_partial(args[0] if isinstance(args, tuple) and args else None)
+        if not isinstance(func, type) and func is not _bound_method and isinstance(args, tuple):
+            # A reconstruct function that takes a callable (numpy's RandomState ctor) calls
+            # it: only ever a listed global, never an object the pickle built.
+            for arg in args:
+                if callable(arg) and self._resolved.get(id(arg)) is not arg:
+                    raise _Refused(f"pickle hands {_qualified(arg)} to {_qualified(func)}")
+
+    def _check_new(self, cls: Any) -> None:
+        """Refuse ``cls.__new__(cls, ...)`` unless ``cls`` is a listed class."""
+        if not isinstance(cls, type) or self._resolved.get(id(cls)) is not cls:
+            raise _Refused(
+                f"pickle creates something that is not a listed class: {_qualified(cls)}"
+            )
 
     def _check_partial(self, target: Any) -> None:
         if not isinstance(target, type) or self._resolved.get(id(target)) is not target:
@@ -274,11 +303,11 @@ class RestrictedUnpickler(pickle._Unpickler):
         _BASE[pickle.REDUCE[0]](self)
 
     def load_newobj(self) -> None:
-        self._check_call(self.stack[-2], self.stack[-1])
+        self._check_new(self.stack[-2])
         _BASE[pickle.NEWOBJ[0]](self)
 
     def load_newobj_ex(self) -> None:
-        self._check_call(self.stack[-3], self.stack[-2])
+        self._check_new(self.stack[-3])
         _BASE[pickle.NEWOBJ_EX[0]](self)
 
     def _instantiate(self, klass: Any, args: Any) -> None:
