@@ -61,3 +61,19 @@ def test_river_state_the_unpickler_would_refuse_fails_at_save(tmp_path: Path) ->
     assert not isinstance(info.value, UnsafePickleError)
     with pytest.raises(CheckpointNotFoundError):
         checkpointer.load("r")
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_plain_data_round_trips_at_the_protocols_river_state_uses(protocol: int) -> None:
+    shared = [1.5, "x"]
+    data = {
+        "nested": [[[1, 2], (3, 4)], {"k": (5.0, None, True)}],
+        "sets": ({1, 2}, frozenset({(1, 2), "a"})),
+        "bytes": b"\x00\xff" * 300,
+        "big": 2**200,
+        "shared": (shared, shared),
+        "deep": [[[[[[[[[[["bottom"]]]]]]]]]]],
+    }
+    loaded = safe_loads(pickle.dumps(data, protocol=protocol))
+    assert loaded == data
+    assert loaded["shared"][0] is loaded["shared"][1]

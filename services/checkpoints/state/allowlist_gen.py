@@ -28,6 +28,8 @@ from typing import Any, cast
 
 #: How many examples each specimen learns before it is pickled.
 LEARN = 300
+#: Trees learn more, so that they split (and adaptive ones grow alternate branches).
+TREE_LEARN = 3000
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ def _rows(seed: int, n: int = LEARN) -> list[tuple[dict[str, Any], bool, float]]
     out = []
     for _ in range(n):
         a, b, c = rng.random(), rng.gauss(0, 1), rng.uniform(-2, 2)
-        x = {"a": a, "b": b, "c": c, "colour": rng.choice(["red", "green", "blue"])}
-        out.append((x, a + 0.3 * b > 0.6, 2 * a - b + 0.5 * c))
+        colour = rng.choice(["red", "green", "blue"])
+        red = 0.4 if colour == "red" else 0.0
+        x = {"a": a, "b": b, "c": c, "colour": colour}
+        out.append((x, a + 0.3 * b + red > 0.7, 2 * a - b + 0.5 * c + 3 * red))
     return out
 
 
@@ -109,13 +113,18 @@ def _estimators() -> Iterator[tuple[str, Any, str, Callable[[dict[str, Any]], An
     # Trees see numbers and a category, so numeric and nominal branches are both built.
     for leaf in ("nba", "mc", "nb"):
         htc = tree.HoeffdingTreeClassifier(
-            grace_period=30, leaf_prediction=leaf, nominal_attributes=["colour"]
+            grace_period=30, delta=1e-3, leaf_prediction=leaf, nominal_attributes=["colour"]
         )
         yield f"HoeffdingTreeClassifier-{leaf}", htc, "classify", dict
-    hatc = tree.HoeffdingAdaptiveTreeClassifier(grace_period=30, seed=5)
-    yield "HoeffdingAdaptiveTreeClassifier", hatc, "classify", dict
+    binary = tree.HoeffdingTreeClassifier(grace_period=30, delta=1e-3, binary_split=True)
+    yield "HoeffdingTreeClassifier-binary", binary, "classify", dict
+    for split in (False, True):
+        hatc = tree.HoeffdingAdaptiveTreeClassifier(
+            grace_period=30, delta=1e-3, binary_split=split, seed=5
+        )
+        yield f"HoeffdingAdaptiveTreeClassifier-{split}", hatc, "classify", dict
     for leaf, features in (("adaptive", num), ("model", num), ("mean", dict)):
-        htr = tree.HoeffdingTreeRegressor(grace_period=30, leaf_prediction=leaf)
+        htr = tree.HoeffdingTreeRegressor(grace_period=30, delta=1e-3, leaf_prediction=leaf)
         yield f"HoeffdingTreeRegressor-{leaf}", htr, "regress", features
     yield "GaussianNB", naive_bayes.GaussianNB(), "classify", num
     yield "MultinomialNB", naive_bayes.MultinomialNB(alpha=1), "classify", _counts
@@ -147,15 +156,19 @@ def _estimators() -> Iterator[tuple[str, Any, str, Callable[[dict[str, Any]], An
 
 def _learned_estimators() -> Iterator[Specimen]:
     rows = _rows(1)
+    grown = _rows(1, TREE_LEARN)
     probes = _rows(2, 40)
     for name, est, task, fmap in _estimators():
-        for x, yc, yv in rows:
+        is_tree = hasattr(est, "n_branches")
+        for x, yc, yv in grown if is_tree else rows:
             if task == "classify":
                 est.learn_one(fmap(x), yc)
             elif task == "regress":
                 est.learn_one(fmap(x), yv)
             else:
                 est.learn_one(fmap(x))
+        if is_tree and not est.n_branches:
+            raise RuntimeError(f"{name} did not split: its branch classes would be missed")
 
         def probe(obj: Any, task: str = task, fmap: Any = fmap) -> Any:
             if task == "classify":

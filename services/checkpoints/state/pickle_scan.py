@@ -78,6 +78,33 @@ class PickleLimits:
 DEFAULT_LIMITS = PickleLimits()
 
 
+_GENERIC, _IN_PLACE_OP, _DUP, _MARK, _PUT, _MEMOIZE, _GET, _REFUSED, _PROTO, _FRAME = range(10)
+
+
+def _effect(op: pickletools.OpcodeInfo) -> tuple[int, int, int, int]:
+    """``(kind, objects popped, objects below the MARK or -1, objects pushed)`` of ``op``."""
+    special = {"DUP": _DUP, "MARK": _MARK, "MEMOIZE": _MEMOIZE, "PROTO": _PROTO, "FRAME": _FRAME}
+    if op.name in REFUSED_OPCODES:
+        kind = _REFUSED
+    elif op.name in _IN_PLACE:
+        kind = _IN_PLACE_OP
+    elif op.name in _MEMO_PUT:
+        kind = _PUT
+    elif op.name in _MEMO_GET:
+        kind = _GET
+    else:
+        kind = special.get(op.name, _GENERIC)
+    before = op.stack_before
+    below = before.index(pickletools.markobject) if pickletools.stackslice in before else -1
+    return kind, len(before), below, len(op.stack_after)
+
+
+#: Stack effect of every opcode, looked up once per opcode of a scanned pickle.
+_EFFECTS: dict[str, tuple[int, int, int, int]] = {
+    op.name: _effect(op) for op in pickletools.opcodes
+}
+
+
 def scan(data: bytes | bytearray | memoryview, limits: PickleLimits = DEFAULT_LIMITS) -> None:
     """Refuse ``data`` unless it is a bounded pickle, without loading it.
 
@@ -88,73 +115,58 @@ def scan(data: bytes | bytearray | memoryview, limits: PickleLimits = DEFAULT_LI
     ValueError
         From :func:`pickletools.genops` for malformed or truncated opcodes.
     """
-    if len(data) > limits.max_bytes:
-        raise PickleScanError(f"pickle of {len(data)} bytes exceeds {limits.max_bytes}")
+    size = len(data)
+    if size > limits.max_bytes:
+        raise PickleScanError(f"pickle of {size} bytes exceeds {limits.max_bytes}")
+    max_depth, max_memo, max_opcodes = limits.max_depth, limits.max_memo, limits.max_opcodes
     depths: list[int] = []  # nesting depth of each object on the stack
     marks: list[int] = []  # len(depths) at each open MARK
     memo: dict[int, int] = {}
-    count = 0
-    for op, arg, pos in pickletools.genops(bytes(data)):
-        count += 1
-        name = op.name
-        if count > limits.max_opcodes:
-            raise PickleScanError(f"pickle has more than {limits.max_opcodes} opcodes")
-        if name in REFUSED_OPCODES:
-            raise PickleScanError(f"pickle uses the refused opcode {name} at byte {pos}")
-        if name == "PROTO" and isinstance(arg, int) and arg > pickle.HIGHEST_PROTOCOL:
-            raise PickleScanError(f"pickle protocol {arg} is above {pickle.HIGHEST_PROTOCOL}")
-        if name == "FRAME" and isinstance(arg, int) and arg > len(data) - (pos or 0) - 9:
-            raise PickleScanError(f"frame of {arg} bytes at byte {pos} exceeds the input")
-        if name == "MARK":
-            marks.append(len(depths))
-            if len(marks) > limits.max_depth:
-                raise PickleScanError(f"pickle nests more than {limits.max_depth} marks")
-            continue
-        if name in _MEMO_PUT or name == "MEMOIZE":
-            index = len(memo) if name == "MEMOIZE" else arg
-            if not isinstance(index, int) or not 0 <= index < limits.max_memo:
+    for count, (op, arg, pos) in enumerate(pickletools.genops(bytes(data)), start=1):
+        if count > max_opcodes:
+            raise PickleScanError(f"pickle has more than {max_opcodes} opcodes")
+        kind, n_before, below, n_after = _EFFECTS[op.name]
+        if kind in (_GENERIC, _IN_PLACE_OP):
+            if below >= 0:  # pops down to the last MARK (and ``below`` objects under it)
+                if not marks:
+                    raise PickleScanError(f"{op.name} without a MARK at byte {pos}")
+                cut = marks.pop() - below
+            else:
+                cut = len(depths) - n_before
+            if cut < 0:
+                raise PickleScanError(f"{op.name} on a too short stack at byte {pos}")
+            popped = depths[cut:]
+            del depths[cut:]
+            if kind == _IN_PLACE_OP:
+                depth = max(popped[0], 1 + max(popped[1:], default=0))
+            else:
+                depth = 1 + max(popped, default=0)
+            if depth > max_depth:
+                raise PickleScanError(f"pickle nests objects deeper than {max_depth}")
+            if n_after:
+                depths.append(depth)
+        elif kind in (_MEMOIZE, _PUT):
+            index = len(memo) if kind == _MEMOIZE else arg
+            if not isinstance(index, int) or not 0 <= index < max_memo:
                 raise PickleScanError(f"memo index {index!r} at byte {pos} is out of bounds")
             if not depths:
-                raise PickleScanError(f"{name} on an empty stack at byte {pos}")
+                raise PickleScanError(f"{op.name} on an empty stack at byte {pos}")
             memo[index] = depths[-1]
-            continue
-        if name in _MEMO_GET:
+        elif kind == _GET:
             if arg not in memo:
-                raise PickleScanError(f"{name} of an unset memo entry at byte {pos}")
+                raise PickleScanError(f"{op.name} of an unset memo entry at byte {pos}")
             depths.append(memo[arg])
-            continue
-        popped = _pop(op, depths, marks, pos or 0)
-        if name in _IN_PLACE:
-            target, *items = popped
-            depth = max(target, 1 + max(items, default=0))
-        elif name == "DUP":
-            depth = popped[0]
-        else:
-            depth = 1 + max(popped, default=0)
-        if depth > limits.max_depth:
-            raise PickleScanError(f"pickle nests objects deeper than {limits.max_depth}")
-        depths.extend([depth] * len(op.stack_after))
-    if len(memo) > limits.max_memo:
-        raise PickleScanError(f"pickle memoizes more than {limits.max_memo} objects")
-
-
-def _pop(op: pickletools.OpcodeInfo, depths: list[int], marks: list[int], pos: int) -> list[int]:
-    """Pop what ``op`` consumes (down to the last MARK for slice opcodes)."""
-    before = op.stack_before
-    if pickletools.stackslice in before:
-        if not marks:
-            raise PickleScanError(f"{op.name} without a MARK at byte {pos}")
-        mark = marks.pop()
-        # Objects listed before the mark (APPENDS' list) sit below it.
-        below = before.index(pickletools.markobject)
-        if mark < below:
-            raise PickleScanError(f"{op.name} on a too short stack at byte {pos}")
-        popped = depths[mark - below :]
-        del depths[mark - below :]
-        return popped
-    n = len(before)
-    if n > len(depths):
-        raise PickleScanError(f"{op.name} on a too short stack at byte {pos}")
-    popped = depths[len(depths) - n :]
-    del depths[len(depths) - n :]
-    return popped
+        elif kind == _MARK:
+            marks.append(len(depths))
+            if len(marks) > max_depth:
+                raise PickleScanError(f"pickle nests more than {max_depth} marks")
+        elif kind == _DUP:
+            if not depths:
+                raise PickleScanError(f"DUP on an empty stack at byte {pos}")
+            depths.append(depths[-1])
+        elif kind == _REFUSED:
+            raise PickleScanError(f"pickle uses the refused opcode {op.name} at byte {pos}")
+        elif kind == _PROTO and isinstance(arg, int) and arg > pickle.HIGHEST_PROTOCOL:
+            raise PickleScanError(f"pickle protocol {arg} is above {pickle.HIGHEST_PROTOCOL}")
+        elif kind == _FRAME and isinstance(arg, int) and arg > size - (pos or 0) - 9:
+            raise PickleScanError(f"frame of {arg} bytes at byte {pos} exceeds the input")
