@@ -13,9 +13,9 @@ partition, offset, path) in attributes, not only in its message::
     └── CheckpointError        anything about stored model state
         ├── CheckpointNotFoundError
         ├── CheckpointCorruptError   a file whose hash or size does not match
-        │   └── CheckpointSignatureError  a manifest unsigned, signed by an unknown
-        │                                 key, wrongly signed, or not the one opened
-        ├── UnsafePickleError        a pickle naming a global outside the allow-list
+        │   ├── CheckpointSignatureError  a manifest unsigned, signed by an unknown
+        │   │                             key, wrongly signed, or not the one opened
+        │   └── UnsafePickleError    a pickle that the restricted loader refused
         └── NoLoadableCheckpointError  checkpoints exist, none of them loads
 
 :data:`SHUTDOWN_EXCEPTIONS` are the ``BaseException`` s that mean "stop": code
@@ -109,8 +109,9 @@ class CheckpointCorruptError(CheckpointError):
     """A checkpoint file whose size or sha256 differs from its manifest."""
 
 
-class UnsafePickleError(CheckpointError):
-    """A pickle that names a global outside the allow-list; it was not loaded."""
+class UnsafePickleError(CheckpointCorruptError):
+    """A pickle the restricted loader refused (a global outside the allow-list, a
+    broken bound, malformed bytes, any failure while loading); a damaged checkpoint."""
 
 
 class CheckpointSignatureError(CheckpointCorruptError):

@@ -120,7 +120,7 @@ class KafkaConfig(BaseSettings):
             "request_timeout_ms": self.request_timeout_ms,
         }
         if self.uses_sasl:
-            assert self.sasl_password is not None
+            assert self.sasl_password is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
             opts |= {
                 "sasl_mechanism": self.sasl_mechanism,
                 "sasl_plain_username": self.sasl_username,

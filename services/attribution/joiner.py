@@ -289,7 +289,7 @@ class AttributionJoiner:
     def _attach(self, entry: PendingRequest, pending: PendingFeedback) -> list[Outcome]:
         """Attribute ``pending`` to ``entry``, which has its inference."""
         inference = entry.inference
-        assert inference is not None
+        assert inference is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
         event = pending.event
         if event.model != inference.model:
             return [
@@ -376,7 +376,7 @@ class AttributionJoiner:
         mark: int,
     ) -> Emit:
         inference = entry.inference
-        assert inference is not None
+        assert inference is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
         feedback_id = feedback.event_id if feedback is not None else None
         example_id = training_example_id(entry.request_id, feedback_id)
         ts = max(mark, inference.ts)

@@ -292,8 +292,8 @@ class TorchAdapter:
 
     def __init__(self, config: ModelConfig) -> None:
         # ModelConfig guarantees both for torch models.
-        assert config.task is not None
-        assert config.optimizer is not None
+        assert config.task is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
+        assert config.optimizer is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
         self.name = config.name
         self.task: str = config.task
         self._positive = config.positive_label

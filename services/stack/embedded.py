@@ -277,7 +277,7 @@ class EmbeddedStack:
                 return child
             child.stop()
             last = child
-        assert last is not None
+        assert last is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
         raise StackError(
             f"{name} server exited before answering on {self._port_attempts} free ports; "
             f"last output:\n{last.output_tail()}",

@@ -95,7 +95,7 @@ def test_state_digest_does_not_depend_on_how_the_state_was_stored(tmp_path: Path
         assert a.state_digest == b.state_digest == state_digest(adapter.capture())
     assert (a.kind, b.kind) == ("delta", "full")
     assert a.state_digest is not None
-    assert a.state_digest.startswith("tf1:")
+    assert a.state_digest.startswith("tf2:")
 
 
 def test_a_checkpoint_with_a_legacy_digest_is_still_checked(tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ sha256 the manifest lists, and that sha256 *is* the tensor's canonical digest
 (see :mod:`.state`), so it is taken from the manifest; a tensor rebuilt by
 applying rows along a delta chain is hashed, because only the digest proves
 the reconstruction. For a full checkpoint that means no tensor byte is hashed
-twice. Manifests with a legacy digest are checked the old way (every tensor).
+twice. A blob contributes the sha256 it was verified with. Manifests with an
+older digest are checked their way (``tf1:``: tensors only; bare hex: every
+tensor hashed).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from services.checkpoints.state.encoding import (
 from services.checkpoints.state.quantize import dequantize
 from services.checkpoints.state.state import (
     DIGEST_PREFIX,
+    DIGEST_PREFIX_V1,
     CheckpointState,
     compose_digest,
+    compose_digest_v1,
     legacy_state_digest,
 )
 
@@ -68,7 +72,7 @@ class _Level:
 
     def sha256(self, name: str) -> str:
         entry = self.manifest.file(name)
-        assert entry is not None  # read() refused names the manifest lacks
+        assert entry is not None  # read() refused names the manifest lacks  # noqa: S101 - narrows a type that validation guarantees; guards no input
         return entry.sha256
 
 
@@ -142,19 +146,22 @@ def load_state(
         group, name = _split(qualified)
         parts, file_digests[qualified] = _resolve(levels, "tensors", qualified)
         state.groups.setdefault(group, {})[name] = parts["value"]
+    blob_digests: dict[str, str] = {}
     for name, fname in top.index.get("blobs", {}).items():
-        state.blobs[name] = read_verified(top.reader, fname)
+        state.blobs[name], blob_digests[name] = _read_blob(top.reader, fname)
     expected = top.manifest.state_digest
     if verify and expected is not None:
-        if expected.startswith(DIGEST_PREFIX):
+        if expected.startswith((DIGEST_PREFIX, DIGEST_PREFIX_V1)):
             tensors = state.tensors()
             # A verified file's sha256 is its tensor's canonical digest; a rebuilt one is hashed.
-            actual = compose_digest(
-                {
-                    q: sha if sha is not None else tensor_file_digest(tensors[q])
-                    for q, sha in file_digests.items()
-                }
-            )
+            tensor_digests = {
+                q: sha if sha is not None else tensor_file_digest(tensors[q])
+                for q, sha in file_digests.items()
+            }
+            if expected.startswith(DIGEST_PREFIX):
+                actual = compose_digest(tensor_digests, blob_digests)
+            else:
+                actual = compose_digest_v1(tensor_digests)
         else:
             actual = legacy_state_digest(state)
         if actual != expected:
@@ -170,6 +177,11 @@ def load_state(
 
 def read_verified(reader: StateReader, name: str) -> bytes:
     """Read a file and check its sha256 against the manifest (before e.g. unpickling)."""
+    return _read_blob(reader, name)[0]
+
+
+def _read_blob(reader: StateReader, name: str) -> tuple[bytes, str]:
+    """The bytes of file ``name`` checked against the manifest, and their sha256 (hex)."""
     manifest = reader.manifest
     entry = manifest.file(name)
     data = reader.read(name)
@@ -183,7 +195,7 @@ def read_verified(reader: StateReader, name: str) -> bytes:
             expected=entry.sha256 if entry else None,
             actual=actual,
         )
-    return data
+    return data, actual
 
 
 def load_variant(

@@ -1,18 +1,19 @@
 """Capture and restore of river models and drift detectors.
 
 River objects have no tensor form: they are pickled into one blob
-(``"river.pkl"``) and loaded back only through :func:`.safe_pickle.safe_loads`,
-after the checkpointer has checked the blob's sha256 against the manifest.
+(``"river.pkl"``) by :func:`.safe_pickle.safe_dumps`, which refuses state the
+restricted unpickler could not load back, and loaded back only through
+:func:`.safe_pickle.safe_loads`, after the checkpointer has checked the blob's
+sha256 against the manifest (and the state digest covers it).
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 from schemas.errors import CheckpointError
 from services.checkpoints.state.rng import capture_rng, restore_rng
-from services.checkpoints.state.safe_pickle import safe_loads
+from services.checkpoints.state.safe_pickle import safe_dumps, safe_loads
 from services.checkpoints.state.state import CheckpointState
 
 #: Name of the blob holding the pickled river objects.
@@ -38,8 +39,15 @@ class RiverAdapter:
         self.capture_rngs = capture_rngs
 
     def capture(self) -> CheckpointState:
-        """Pickle the objects now; the bytes are the snapshot."""
-        state = CheckpointState(blobs={RIVER_BLOB: pickle.dumps(self.objects, protocol=5)})
+        """Pickle the objects now; the bytes are the snapshot.
+
+        Raises
+        ------
+        CheckpointError
+            When the objects name a class outside the unpickler's allow-list
+            (the checkpoint could be written but not loaded).
+        """
+        state = CheckpointState(blobs={RIVER_BLOB: safe_dumps(self.objects)})
         if self.capture_rngs:
             state.rng = capture_rng()
         return state
@@ -52,7 +60,7 @@ class RiverAdapter:
         CheckpointError
             When the state holds no river blob.
         UnsafePickleError
-            When the blob names a global outside the allow-list.
+            When the restricted unpickler refuses the blob (a CheckpointCorruptError).
         """
         objects = restore_river(state)
         self.objects.clear()

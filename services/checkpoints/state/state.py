@@ -13,17 +13,22 @@ encoder turns into named files, and what a load hands back:
   :mod:`.safe_pickle`.
 - ``rng``: RNG states as JSON-able values; they go to the manifest's ``rng``.
 
-The state digest (:func:`state_digest`, ``tf1:<hex>``) is a sha256 over
+The state digest (:func:`state_digest`, ``tf2:<hex>``) is a sha256 over
 every tensor's qualified name and *canonical digest* — the sha256 of the
 one-tensor safetensors file the encoder writes for it (which covers dtype,
-shape and bytes) — in sorted order. It is recorded at save time and checked
-after a load, whatever path the bytes took (full file, referenced file, rows
-applied to a parent). Defined this way it costs no extra pass where a file's
-hash is already known: on save the store hashes each file while writing it
-and the digest is composed from those hashes; on load a tensor decoded from a
-verified file contributes that file's hash, and only tensors rebuilt from rows
-are hashed again. Manifests written before this scheme hold a bare hex digest
-(:func:`legacy_state_digest`: name, dtype, shape and raw bytes), still checked.
+shape and bytes) — and every blob's name and sha256 (the river pickles), in
+sorted order. It is recorded at save time and checked after a load, whatever
+path the bytes took (full file, referenced file, rows applied to a parent).
+Defined this way it costs no extra pass where a file's hash is already known:
+on save the store hashes each file while writing it and the digest is
+composed from those hashes; on load a tensor decoded from a verified file, and
+a blob read from one, contribute that file's hash, and only tensors rebuilt
+from rows are hashed again.
+
+Older manifests are still checked their way: ``tf1:<hex>`` covers the tensors
+only (:func:`compose_digest_v1`; every river state had the same one, the
+digest of nothing), and a bare hex digest (:func:`legacy_state_digest`: name,
+dtype, shape and raw bytes) predates both.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ import torch
 
 from services.checkpoints.state.encoding import tensor_file_digest
 
-#: Marks a state digest composed from canonical tensor-file digests.
-DIGEST_PREFIX = "tf1:"
+#: Marks a state digest of canonical tensor-file digests and blob digests.
+DIGEST_PREFIX = "tf2:"
+#: Marks the older digest of tensor-file digests only (blobs not covered).
+DIGEST_PREFIX_V1 = "tf1:"
 
 
 @dataclass
@@ -73,17 +80,31 @@ def tensor_digest(tensor: torch.Tensor, name: str, hasher: Any | None = None) ->
     return h
 
 
-def compose_digest(tensor_digests: Mapping[str, str]) -> str:
-    """The state digest from each qualified tensor name's canonical digest."""
-    h = hashlib.sha256()
+def compose_digest(tensor_digests: Mapping[str, str], blob_digests: Mapping[str, str]) -> str:
+    """The ``tf2:`` state digest from each qualified tensor name's canonical digest and
+    each blob name's sha256 (hex)."""
+    h = hashlib.sha256(b"tf2\n")
     for name, digest in sorted(tensor_digests.items()):
-        h.update(f"{name}\0{digest}\n".encode())
+        h.update(f"tensor\0{name}\0{digest}\n".encode())
+    for name, digest in sorted(blob_digests.items()):
+        h.update(f"blob\0{name}\0{digest}\n".encode())
     return DIGEST_PREFIX + h.hexdigest()
 
 
+def compose_digest_v1(tensor_digests: Mapping[str, str]) -> str:
+    """The older ``tf1:`` digest: tensors only."""
+    h = hashlib.sha256()
+    for name, digest in sorted(tensor_digests.items()):
+        h.update(f"{name}\0{digest}\n".encode())
+    return DIGEST_PREFIX_V1 + h.hexdigest()
+
+
 def state_digest(state: CheckpointState) -> str:
-    """The ``tf1:`` digest of ``state``, hashing every tensor (one pass over its bytes)."""
-    return compose_digest({q: tensor_file_digest(t) for q, t in state.tensors().items()})
+    """The ``tf2:`` digest of ``state``, hashing every tensor and blob (one pass each)."""
+    return compose_digest(
+        {q: tensor_file_digest(t) for q, t in state.tensors().items()},
+        {name: hashlib.sha256(data).hexdigest() for name, data in state.blobs.items()},
+    )
 
 
 def legacy_state_digest(state: CheckpointState) -> str:

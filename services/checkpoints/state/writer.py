@@ -17,6 +17,8 @@ plus a view of the snapshot's memory and hashed by the store while it writes
 it; :meth:`EncodedSave.digest` then composes the state digest from those
 hashes, from the hashes of referenced files, and — only for tensors stored as
 changed rows, whose full bytes are not written — from a hash of the tensor.
+Blobs (river pickles) enter the digest the same way: the store's hash of the
+blob file written, or the referenced file's recorded hash.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class EncodedSave:
     reused. ``tensor_digests`` holds the canonical digests known without the
     store (referenced files, hashed row-stored tensors); ``digest_files`` maps
     each other tensor to the file whose store-computed sha256 is its digest.
+    ``blob_digests`` and ``blob_files`` do the same for blobs.
     """
 
     files: dict[str, Payload]
@@ -90,6 +93,8 @@ class EncodedSave:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     tensor_digests: dict[str, str] = field(default_factory=dict)
     digest_files: dict[str, str] = field(default_factory=dict)
+    blob_digests: dict[str, str] = field(default_factory=dict)
+    blob_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def bytes_written(self) -> int:
@@ -101,7 +106,10 @@ class EncodedSave:
         digests = dict(self.tensor_digests)
         for qualified, name in self.digest_files.items():
             digests[qualified] = written[name].sha256
-        return compose_digest(digests)
+        blobs = dict(self.blob_digests)
+        for blob, name in self.blob_files.items():
+            blobs[blob] = written[name].sha256
+        return compose_digest(digests, blobs)
 
 
 def _encode_namespace(
@@ -255,8 +263,10 @@ def encode_save(
         ref = parent.reference(fname) if as_delta and parent else None
         if ref is not None and ref.sha256 == hashlib.sha256(data).hexdigest():
             out.file_refs[fname] = ref
+            out.blob_digests[name] = ref.sha256
         else:
             out.files[fname] = data
+            out.blob_files[name] = fname
     out.index = index
     out.files[INDEX_NAME] = encode_index(index)
     return out
