@@ -309,9 +309,12 @@ def test_kill_9_the_joiner_at_random_moments_trains_each_clean_example_once(
     if lost or extra:
         concerned = {pair[0] for pair in lost} | {pair[0] for pair in extra}
         history = "\n".join(changelog_history(sandbox, joiner_group, concerned))
+        # Written after the joiners had committed all their input? Then the
+        # commit ran ahead of its outputs; otherwise the examples were never sent.
+        after = {tp.partition: end for tp, end in high_watermarks(sandbox.kafka, [out]).items()}
         pytest.fail(
-            f"lost {lost}, emitted instead {extra} ({len(emitted)} examples written);"
-            f" changelog:\n{history}"
+            f"lost {lost}, emitted instead {extra} ({len(emitted)} examples written when the"
+            f" joiners had committed all input, {after[home]} now); changelog:\n{history}"
         )
     final = newest(store, MODEL)
     assert final is not None, trainer.text()[-3000:]
