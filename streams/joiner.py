@@ -71,6 +71,7 @@ from services.attribution import (
 )
 from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
+from services.kafka import topic_configs
 from streams.app import make_app, make_worker
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class JoinerWorker:
             key_type=str,
             value_type=bytes,  # serialised "raw": the values are our own JSON
             partitions=topics.partitions,
+            extra_topic_configs=topic_configs(),  # entries hold events of up to 2 MiB
         )
         self.store = TablePendingStore(self.table)
         self.joiner = AttributionJoiner(config, self.store, stats=self.stats)
