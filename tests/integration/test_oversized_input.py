@@ -9,7 +9,8 @@ orphan feedback held a re-encoded event, not the bytes that were sent.
 A real ``driftloop worker --role joiner`` reads, on one partition: an
 inference log with a feature string at its schema limit and one far over it,
 a payload of exactly the event limit, one byte over, 3 MB, and one just under
-the topic's ``max.message.bytes``; feedback written the way another producer
+the topic's ``max.message.bytes`` and one over it (which an Apache Kafka
+broker refuses but the embedded broker admits); feedback written the way another producer
 might (spaces, defaults left out), one late and one whose inference never
 comes; then a normal pair. Every bad record yields exactly one dead letter
 that fits the topic, with the record's size and sha256 and its bytes (a
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from kafka.errors import KafkaError
 
 from schemas import limits as L
 from schemas.codec import decode, encode
@@ -111,6 +113,8 @@ def test_oversized_and_refused_records_each_yield_one_dead_letter_that_fits(
         (inf, "payload-3mb", _log("payload-3mb", pad_to=3_000_000), "too_large"),
         (inf, "under-topic", _log("under-topic", pad_to=L.MAX_RECORD_VALUE_BYTES), "too_large"),
         (fb, "payload-3mb-fb", b"[" + b" " * 3_000_000 + b"]", "too_large"),
+        # over max.message.bytes: Apache Kafka refuses it, Tansu (embedded) takes it
+        (fb, "over-topic", b" " * (L.TOPIC_MAX_MESSAGE_BYTES + 4096), "too_large"),
         (fb, "str-at-limit", _foreign_feedback("str-at-limit"), None),
         (fb, "payload-at-limit", _foreign_feedback("payload-at-limit"), None),
         # late: its inference is at 0, outside any window still open at T0
@@ -124,8 +128,8 @@ def test_oversized_and_refused_records_each_yield_one_dead_letter_that_fits(
         (fb, "normal", _foreign_feedback("normal", ts=10 * T0 + 100), None),
     ]
     sent: dict[tuple[str, int], tuple[bytes, str | None]] = {}
-    # records up to the topic's max.message.bytes need a producer that sends them
-    producer = make_producer(sandbox.kafka, max_request_size=L.TOPIC_MAX_MESSAGE_BYTES)
+    # records up to (and over) the topic's max.message.bytes need a producer that sends them
+    producer = make_producer(sandbox.kafka, max_request_size=2 * L.TOPIC_MAX_MESSAGE_BYTES)
     for batch in (phase1, phase2):
         futures = [
             (producer.send(topic, key=key.encode(), value=value, partition=0), value, kind)
@@ -133,7 +137,11 @@ def test_oversized_and_refused_records_each_yield_one_dead_letter_that_fits(
         ]
         producer.flush()
         for future, value, kind in futures:
-            meta = future.get(timeout=30)
+            try:
+                meta = future.get(timeout=30)
+            except KafkaError:  # the broker enforces max.message.bytes: nothing to read
+                assert len(value) > L.MAX_RECORD_VALUE_BYTES
+                continue
             sent[(meta.topic, meta.offset)] = (value, kind)
         ends = high_watermarks(sandbox.kafka, [inf, fb])
         targets: dict[str, dict[int, int]] = {}
