@@ -337,6 +337,11 @@ class DeadLetter(Event):
     """The message value, base64 (standard alphabet, padded)."""
     truncated: bool = False
     """True when the key or value was longer than the limits and only its start is kept."""
+    value_size: Count | None = None
+    """Length in bytes of the message value as it arrived (``value_b64`` may hold
+    only its start); absent in dead letters written before this field existed."""
+    value_sha256: Sha256Hex | None = None
+    """sha256 (hex) of the whole message value as it arrived, truncated or not."""
     error: Annotated[str, StringConstraints(min_length=1, max_length=L.MAX_TEXT_CHARS)]
     """Why the message was rejected, for a human."""
     error_kind: Annotated[str, StringConstraints(pattern=L.ERROR_KIND_PATTERN)]
@@ -356,17 +361,29 @@ class DeadLetter(Event):
         error: str,
         error_kind: str,
         field: str | None = None,
+        value_size: int | None = None,
+        value_sha256: str | None = None,
         **common: Any,
     ) -> Self:
         """A dead letter for a raw Kafka message, cutting anything over the limits.
 
         ``value`` and ``key`` are kept up to :data:`~schemas.limits.MAX_DEAD_LETTER_RAW_BYTES`
         and :data:`~schemas.limits.MAX_DEAD_LETTER_KEY_BYTES` (``truncated`` says
-        when they were cut); ``error`` and ``field`` are shortened to their limits
-        and made valid UTF-8. ``common`` may set ``event_id`` / ``ts``.
+        when they were cut), so the dead letter always encodes to at most
+        :data:`~schemas.limits.MAX_DEAD_LETTER_BYTES` and fits its topic;
+        ``value_size`` and ``value_sha256`` describe the whole value. When
+        ``value`` is itself only the start of the message value (cut earlier),
+        pass the original's ``value_size`` and ``value_sha256``. ``error`` and
+        ``field`` are shortened to their limits and made valid UTF-8.
+        ``common`` may set ``event_id`` / ``ts``.
         """
-        truncated = len(value) > L.MAX_DEAD_LETTER_RAW_BYTES or (
-            key is not None and len(key) > L.MAX_DEAD_LETTER_KEY_BYTES
+        size = len(value) if value_size is None else value_size
+        digest = hashlib.sha256(value).hexdigest() if value_sha256 is None else value_sha256
+        kept = value[: L.MAX_DEAD_LETTER_RAW_BYTES]
+        truncated = (
+            len(kept) < size
+            or len(value) > L.MAX_DEAD_LETTER_RAW_BYTES
+            or (key is not None and len(key) > L.MAX_DEAD_LETTER_KEY_BYTES)
         )
         key_b64 = None
         if key is not None:
@@ -376,8 +393,10 @@ class DeadLetter(Event):
             source_partition=source_partition,
             source_offset=source_offset,
             key_b64=key_b64,
-            value_b64=base64.b64encode(value[: L.MAX_DEAD_LETTER_RAW_BYTES]).decode("ascii"),
+            value_b64=base64.b64encode(kept).decode("ascii"),
             truncated=truncated,
+            value_size=size,
+            value_sha256=digest,
             error=_clean_text(error, L.MAX_TEXT_CHARS) or "unknown error",
             error_kind=error_kind,
             field=None if field is None else _clean_text(field, L.MAX_FIELD_PATH_CHARS),

@@ -249,6 +249,8 @@ def dead_letters() -> st.SearchStrategy[DeadLetter]:
         {
             "key_b64": _maybe(_b64(L.MAX_DEAD_LETTER_KEY_BYTES)),
             "truncated": st.booleans(),
+            "value_size": _maybe(counts()),
+            "value_sha256": _maybe(st.text("0123456789abcdef", min_size=64, max_size=64)),
             "field": _maybe(text(max_size=L.MAX_FIELD_PATH_CHARS)),
         },
     )

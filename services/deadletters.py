@@ -87,6 +87,8 @@ def dead_letter(
     kind: str | None = None,
     field: str | None = None,
     ts: int | None = None,
+    value_size: int | None = None,
+    value_sha256: str | None = None,
 ) -> DeadLetter:
     """The DeadLetter for ``record``, refused because of ``error``.
 
@@ -103,6 +105,13 @@ def dead_letter(
         The offending field; by default the SchemaError's ``field``.
     ts
         The dead letter's ``ts``; by default now.
+    value_size, value_sha256
+        Size and sha256 of the original value when ``record.value`` holds only
+        its start (cut before it got here); by default those of ``record.value``.
+
+    The dead letter always fits the dead-letter topic: a value over
+    :data:`~schemas.limits.MAX_DEAD_LETTER_RAW_BYTES` is cut (``truncated``),
+    its size and sha256 kept.
     """
     if isinstance(error, BaseException):
         resolved_kind = kind or error_kind_of(error)
@@ -126,6 +135,8 @@ def dead_letter(
         error=reason,
         error_kind=resolved_kind,
         field=field,
+        value_size=value_size,
+        value_sha256=value_sha256,
         **common,
     )
 

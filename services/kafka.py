@@ -8,6 +8,16 @@ way everywhere:
 - :func:`ensure_topics`: create topics idempotently and wait until usable;
 - :func:`high_watermarks`: the true log-end offset of every partition.
 
+Record sizes
+------------
+Producers accept, topics admit and consumers fetch records of up to
+:data:`~schemas.limits.TOPIC_MAX_MESSAGE_BYTES` (the derivation is in
+:mod:`schemas.limits`): :func:`make_producer` sets ``max_request_size``,
+:func:`make_consumer` ``max_partition_fetch_bytes`` and :func:`ensure_topics`
+creates topics with ``max.message.bytes`` (:func:`topic_configs`); the
+broker's own ``message.max.bytes`` must be as large for faust's changelog
+topics (docker-compose.yml sets it).
+
 The high watermark and the embedded broker
 ------------------------------------------
 Tansu 0.6 answers ``ListOffsets(latest)`` (kafka-python ``end_offsets``,
@@ -28,6 +38,7 @@ from typing import Any
 import kafka.errors
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from schemas import limits as L
 from schemas.errors import BrokerError
 from services.config import KafkaConfig, TopicsConfig
 
@@ -36,9 +47,14 @@ def make_producer(config: KafkaConfig, **overrides: Any) -> KafkaProducer:
     """A producer with the connection and security settings of ``config``.
 
     ``overrides`` are passed to ``KafkaProducer`` after them (``acks``,
-    ``linger_ms``, serializers, ...). The default is ``acks="all"``.
+    ``linger_ms``, serializers, ...). The defaults are ``acks="all"`` and a
+    ``max_request_size`` of one record as large as driftloop's topics admit.
     """
-    options: dict[str, Any] = {"acks": "all"} | config.kafka_python_options() | overrides
+    options: dict[str, Any] = (
+        {"acks": "all", "max_request_size": L.PRODUCER_MAX_REQUEST_BYTES}
+        | config.kafka_python_options()
+        | overrides
+    )
     return KafkaProducer(**options)
 
 
@@ -54,11 +70,13 @@ def make_consumer(
     embedded broker they must be short: a group's first join waits for the
     rebalance timeout, which kafka-python takes from ``max_poll_interval_ms``).
     Offsets start at the earliest record unless ``auto_offset_reset`` is
-    overridden.
+    overridden; ``max_partition_fetch_bytes`` admits the largest record a
+    driftloop topic admits, so no record leaves the consumer stuck.
     """
     options: dict[str, Any] = config.kafka_python_options() | {
         "group_id": group_id,
         "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": L.CONSUMER_MAX_PARTITION_FETCH_BYTES,
     }
     if group_id is not None:
         options |= config.consumer_group_options()
@@ -72,6 +90,16 @@ def make_admin(config: KafkaConfig, **overrides: Any) -> KafkaAdminClient:
     return KafkaAdminClient(**(config.kafka_python_options() | overrides))
 
 
+def topic_configs() -> dict[str, str]:
+    """Topic-level configs every driftloop topic is created with.
+
+    ``max.message.bytes`` is :data:`~schemas.limits.TOPIC_MAX_MESSAGE_BYTES`:
+    Apache Kafka's default (about 1 MiB) would refuse a valid 2 MiB event and
+    the dead letter of a larger record.
+    """
+    return {"max.message.bytes": str(L.TOPIC_MAX_MESSAGE_BYTES)}
+
+
 def ensure_topics(
     config: KafkaConfig,
     names: Iterable[str],
@@ -82,8 +110,10 @@ def ensure_topics(
     """Create the topics in ``names`` that do not exist yet; wait until all are usable.
 
     Partition count and replication factor come from ``topics`` (default:
-    ``TopicsConfig()``). Existing topics are left as they are, whatever their
-    partition count. Safe to call concurrently from several processes.
+    ``TopicsConfig()``), topic configs from :func:`topic_configs`. Existing
+    topics are left as they are, whatever their partition count and configs
+    (raise an older topic's ``max.message.bytes`` with ``kafka-configs.sh``).
+    Safe to call concurrently from several processes.
 
     Returns
     -------
@@ -104,6 +134,7 @@ def ensure_topics(
         name: {
             "num_partitions": settings.partitions,
             "replication_factor": settings.replication_factor,
+            "configs": topic_configs(),
         }
         for name in wanted
     }

@@ -36,6 +36,7 @@ from typing import Any
 
 import faust
 
+from schemas import limits as L
 from services.config import KafkaConfig, TopicsConfig
 from streams import kafka_compat
 
@@ -116,6 +117,10 @@ def make_app(
         "broker_rebalance_timeout": kafka.max_poll_interval_ms / 1000,
         "broker_request_timeout": kafka.request_timeout_ms / 1000,
         "consumer_auto_offset_reset": "earliest",
+        # Record sizes agree with the topics' max.message.bytes (schemas.limits):
+        # send a dead letter of any size, fetch any record the topics admit.
+        "producer_max_request_size": L.PRODUCER_MAX_REQUEST_BYTES,
+        "consumer_max_fetch_size": L.CONSUMER_MAX_PARTITION_FETCH_BYTES,
         "topic_partitions": topics.partitions,
         "topic_replication_factor": topics.replication_factor,
         "store": store,

@@ -49,6 +49,7 @@ Run a worker with ``python -m streams.joiner`` (settings from
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -60,6 +61,7 @@ import faust
 
 from schemas.codec import encode
 from schemas.events import DeadLetter, FeedbackEvent, InferenceLog
+from schemas.limits import MAX_PENDING_RAW_BYTES
 from services.attribution import (
     AttributionJoiner,
     Emit,
@@ -71,6 +73,7 @@ from services.attribution import (
 )
 from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
+from services.kafka import topic_configs
 from streams.app import make_app, make_worker
 
 log = logging.getLogger(__name__)
@@ -184,6 +187,7 @@ class JoinerWorker:
             key_type=str,
             value_type=bytes,  # serialised "raw": the values are our own JSON
             partitions=topics.partitions,
+            extra_topic_configs=topic_configs(),  # entries hold events of up to 2 MiB
         )
         self.store = TablePendingStore(self.table)
         self.joiner = AttributionJoiner(config, self.store, stats=self.stats)
@@ -218,43 +222,81 @@ class JoinerWorker:
     def handle(self, record: RawRecord) -> list[tuple[str, bytes, bytes]]:
         """Decode one input record and join it: ``(kind, key, value)`` to send,
         kind ``examples`` or ``dead_letters``. Never raises for bad input; an
-        unexpected failure of the join itself is dead-lettered as ``processing``."""
-        source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
+        unexpected failure of the join itself is dead-lettered as ``processing``.
+        Every dead letter carries the record's raw bytes (see :meth:`_send`)."""
         try:
             if record.topic == self.topics.inference_logs:
                 log_event = decode_or_dead_letter(InferenceLog, record)
                 if isinstance(log_event, DeadLetter):
                     return [self._dead(log_event)]
-                outcomes = self.joiner.on_inference(log_event, source)
+                outcomes = self.joiner.on_inference(log_event, source_of(record, log_event))
             else:
                 feedback = decode_or_dead_letter(FeedbackEvent, record)
                 if isinstance(feedback, DeadLetter):
                     return [self._dead(feedback)]
-                outcomes = self.joiner.on_feedback(feedback, source)
+                outcomes = self.joiner.on_feedback(feedback, source_of(record, feedback))
         except Exception as exc:  # a bug or a store failure must not stop the agent
             log.exception(
                 "joiner failed on %s[%d]@%d", record.topic, record.partition, record.offset
             )
             return [self._dead(dead_letter(record, exc))]
-        return [self._send(outcome) for outcome in outcomes]
+        return [self._send(outcome, record) for outcome in outcomes]
 
     def _dead(self, letter: DeadLetter) -> tuple[str, bytes, bytes]:
         self.stats.dead_letters[letter.error_kind] += 1
         return ("dead_letters", letter.source_topic.encode(), encode(letter))
 
-    def _send(self, outcome: Outcome) -> tuple[str, bytes, bytes]:
+    def _send(self, outcome: Outcome, current: RawRecord) -> tuple[str, bytes, bytes]:
+        """An outcome as ``(kind, key, value)``. A refusal of ``current`` (the
+        record being handled) keeps its key and value as read; one of an earlier
+        record (an orphan or late feedback held in the pending state) keeps the
+        value its :class:`SourceRef` carried, else the canonical encoding, which
+        then *is* the value as it arrived."""
         if isinstance(outcome, Emit):
             example = outcome.example
             return ("examples", example.model.encode(), encode(example))
-        record = RawRecord(
-            topic=outcome.source.topic,
-            partition=outcome.source.partition,
-            offset=outcome.source.offset,
-            key=outcome.key,
-            value=outcome.value,
+        source = outcome.source
+        if (source.topic, source.partition, source.offset) == (
+            current.topic,
+            current.partition,
+            current.offset,
+        ):
+            record, size, digest = current, None, None
+        else:
+            value = source.raw if source.raw is not None else outcome.value
+            record = RawRecord(source.topic, source.partition, source.offset, outcome.key, value)
+            size, digest = source.raw_size, source.raw_sha256
+        letter = dead_letter(
+            record,
+            outcome.reason,
+            kind=outcome.kind,
+            field=outcome.field,
+            value_size=size,
+            value_sha256=digest,
         )
-        letter = dead_letter(record, outcome.reason, kind=outcome.kind, field=outcome.field)
         return ("dead_letters", letter.source_topic.encode(), encode(letter))
+
+
+def source_of(record: RawRecord, event: InferenceLog | FeedbackEvent) -> SourceRef:
+    """Where ``event`` came from, with the raw value when it is not ``event``'s
+    canonical encoding (so the join state can dead-letter it byte for byte
+    later); values over :data:`~schemas.limits.MAX_PENDING_RAW_BYTES` keep
+    their start, size and sha256."""
+    raw = record.value
+    if raw is None or raw == encode(event):
+        return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
+    if len(raw) <= MAX_PENDING_RAW_BYTES:
+        return SourceRef(
+            topic=record.topic, partition=record.partition, offset=record.offset, raw=raw
+        )
+    return SourceRef(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        raw=raw[:MAX_PENDING_RAW_BYTES],
+        raw_size=len(raw),
+        raw_sha256=hashlib.sha256(raw).hexdigest(),
+    )
 
 
 def build_worker(

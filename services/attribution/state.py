@@ -31,13 +31,25 @@ Status = Literal["open", "emitted", "closed"]
 
 
 class SourceRef(BaseModel):
-    """Where a record came from: enough to find it again or dead-letter it."""
+    """Where a record came from: enough to find it again or dead-letter it.
 
-    model_config = ConfigDict(frozen=True)
+    ``raw`` keeps the record's value as it arrived when those bytes differ
+    from the event's canonical encoding (``None``: the encoding *is* the raw
+    value), so a dead letter built long after the record (an ``orphan``, a
+    ``late`` or wrong-model feedback) still carries the bytes that were sent.
+    The agent fills it (``streams/joiner.py``); at most
+    :data:`~schemas.limits.MAX_PENDING_RAW_BYTES` are kept, and ``raw_size``
+    and ``raw_sha256`` then describe the whole value. Stored as base64.
+    """
+
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     topic: str
     partition: int
     offset: int
+    raw: bytes | None = None
+    raw_size: int | None = None
+    raw_sha256: str | None = None
 
 
 class PendingFeedback(BaseModel):

@@ -29,7 +29,8 @@ class StoreConfig(BaseSettings):
 
     Retention (applied by GC after each commit when ``gc_after_commit``): the
     newest ``keep_latest``; the best ``keep_best`` by ``best_metric``
-    (``best_mode`` min or max); one per ``keep_one_per_s`` seconds; everything
+    (``best_mode`` min or max; by default from the metric: max for accuracy,
+    min for losses and errors); one per ``keep_one_per_s`` seconds; everything
     younger than ``keep_newer_than_s``; pinned milestones and whatever the
     version pointer references (live, canary, shadow and ``rollback_depth``
     previous versions) are always kept.
@@ -71,7 +72,7 @@ class StoreConfig(BaseSettings):
     keep_latest: int = Field(default=5, ge=1)
     keep_best: int = Field(default=0, ge=0)
     best_metric: str | None = Field(default=None, pattern=METRIC_PATTERN)
-    best_mode: Literal["min", "max"] = "min"
+    best_mode: Literal["min", "max"] | None = None
     keep_one_per_s: float | None = Field(default=None, gt=0)
     keep_newer_than_s: float | None = Field(default=None, gt=0)
     rollback_depth: int = Field(default=3, ge=0)

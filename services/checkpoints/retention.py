@@ -49,6 +49,20 @@ class KeepLatest:
         return {c.version: f"latest {self.n}" for c in newest}
 
 
+#: Metrics where larger is better; every other metric driftloop reports
+#: (log_loss, cross_entropy, mae, rmse) is a loss or an error.
+MAXIMISED_METRICS: frozenset[str] = frozenset({"accuracy"})
+
+
+def best_mode(metric: str) -> Literal["min", "max"]:
+    """What "best" means for ``metric``: ``max`` for accuracy, ``min`` for the rest.
+
+    The one rule behind a ``best_n`` retention without ``mode`` and
+    ``driftloop checkpoints list --best-by`` without ``--mode``.
+    """
+    return "max" if metric in MAXIMISED_METRICS else "min"
+
+
 @dataclass(frozen=True)
 class KeepBest:
     """Keeps the ``n`` best checkpoints by ``metric`` (``mode`` min or max).
@@ -204,7 +218,8 @@ def policy_from_config(
     """The retention policy ``config`` describes; pins and references are always kept."""
     policies: list[RetentionPolicy] = [KeepLatest(config.keep_latest), KeepPinned()]
     if config.keep_best and config.best_metric:
-        policies.append(KeepBest(config.keep_best, config.best_metric, config.best_mode))
+        mode = config.best_mode or best_mode(config.best_metric)
+        policies.append(KeepBest(config.keep_best, config.best_metric, mode))
     if config.keep_one_per_s is not None:
         policies.append(KeepOnePer(config.keep_one_per_s))
     if config.keep_newer_than_s is not None:

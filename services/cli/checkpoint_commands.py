@@ -32,6 +32,7 @@ from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.health import dangling_pins, quarantined_version, unloadable
 from services.checkpoints.opener import open_store
+from services.checkpoints.retention import best_mode
 from services.checkpoints.store import CheckpointStore, now_ms
 
 if TYPE_CHECKING:
@@ -237,7 +238,13 @@ def list_(
     since: Annotated[str | None, typer.Option(help="Created at or after (ms, ISO, 2h).")] = None,
     until: Annotated[str | None, typer.Option(help="Created before (ms, ISO, 2h).")] = None,
     best_by: Annotated[str | None, typer.Option(help="Rank by this metric, best first.")] = None,
-    mode: Annotated[str, typer.Option(help="min or max: what 'best' means.")] = "min",
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="min or max: what 'best' means. Default: from the metric "
+            "(max for accuracy, min for losses and errors)."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, max=2**63 - 1)] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Also report directories that are not committed.")
@@ -252,9 +259,12 @@ def list_(
     """
     if trigger is not None and trigger not in TRIGGERS:
         _fail(f"unknown trigger {trigger!r}; one of {', '.join(TRIGGERS)}")
-    if mode not in ("min", "max"):
+    if mode is None:
+        ranking: Literal["min", "max"] = best_mode(best_by) if best_by is not None else "min"
+    elif mode in ("min", "max"):
+        ranking = "min" if mode == "min" else "max"
+    else:
         _fail(f"--mode must be min or max, not {mode!r}")
-    ranking: Literal["min", "max"] = "min" if mode == "min" else "max"
     with _store(store, read_only=True) as s:
         _check_model(s, model)
         records = s.query(

@@ -35,6 +35,15 @@ LogLevelOpt = Annotated[
     str | None,
     typer.Option("--log-level", help="debug, info, warning; default DRIFTLOOP_WORKER_LOG_LEVEL."),
 ]
+DatadirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--datadir",
+        help="faust's local state directory; default DRIFTLOOP_WORKER_DATADIR, else a fresh"
+        " driftloop-<role>-* directory in the system temp directory, removed on exit (and"
+        " by the next start when the worker was killed).",
+    ),
+]
 
 FromScratchOpt = Annotated[
     bool,
@@ -55,15 +64,24 @@ def worker(
     model: ModelsOpt = None,
     app_id: AppIdOpt = None,
     log_level: LogLevelOpt = None,
+    datadir: DatadirOpt = None,
     from_scratch: FromScratchOpt = False,
 ) -> None:
     """Run the attribution joiner and/or the online trainer until SIGINT/SIGTERM.
 
     Connection settings come from DRIFTLOOP_KAFKA_* and DRIFTLOOP_TOPIC_*
-    (``driftloop up`` prints them). On SIGTERM the trainer checkpoints
-    unsaved progress before the process exits. When a model's checkpoints
-    exist but none loads, the worker exits 2 naming each version and why;
-    ``--from-scratch`` starts such models over instead.
+    (``driftloop up`` prints them); worker settings from DRIFTLOOP_WORKER_*
+    (DRIFTLOOP_WORKER_DATADIR: see --datadir).
+
+    Signals: SIGUSR1 checkpoints every model now (trigger "manual"); the
+    checkpoint covers the examples the trainer has handled when it is taken,
+    not those already fetched from Kafka but not yet trained on. SIGHUP
+    reloads the model configuration. On SIGTERM the trainer checkpoints
+    unsaved progress before the process exits.
+
+    When a model's checkpoints exist but none loads, the worker exits 2
+    naming each version and why; ``--from-scratch`` starts such models over
+    instead.
     """
     from services.checkpoints.config import StoreConfig
     from streams.worker import ROLES, WorkerConfig, build, run
@@ -73,6 +91,8 @@ def worker(
     settings = WorkerConfig()
     if app_id is not None:
         settings = settings.model_copy(update={"app_id": app_id})
+    if datadir is not None:
+        settings = settings.model_copy(update={"datadir": datadir})
     level = log_level or settings.log_level
     logging.basicConfig(level=level.upper(), format=_LOG_FORMAT)
     try:

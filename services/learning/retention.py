@@ -40,17 +40,15 @@ from services.checkpoints.retention import (
     KeepReferenced,
     ReferenceSource,
     RetentionPolicy,
+    best_mode,
     policy_from_config,
 )
 from services.learning.config import LearningConfig, PolicyConfig, RetentionConfig
 
-#: Metrics where larger is better; every other metric driftloop reports is a loss.
-_MAXIMISED = frozenset({"accuracy"})
-
 
 def _best(params: Mapping[str, Any]) -> RetentionPolicy:
     metric = str(params["metric"])
-    mode = params.get("mode") or ("max" if metric in _MAXIMISED else "min")
+    mode = params.get("mode") or best_mode(metric)
     if mode == "min":
         return KeepBest(int(params["n"]), metric, "min")
     if mode == "max":

@@ -159,3 +159,58 @@ def test_list_all_reports_uncommitted_directories(store_dir: Path) -> None:
     doc = orjson.loads(out)
     assert "fraud-000003" not in [c["version"] for c in doc["checkpoints"]]
     assert doc["not_committed"][0]["name"] == "fraud-000003"
+
+
+def test_best_by_accuracy_lists_the_most_accurate_first(tmp_path: Path) -> None:
+    """``--best-by accuracy`` without ``--mode`` listed the *worst* first (it
+    defaulted to min, issue 9); the direction now comes from the metric, and
+    ``--mode`` still overrides it."""
+    store = make_store(tmp_path)
+    for i, accuracy in enumerate([0.7, 0.9, 0.8]):
+        save(store, step=i, metrics={"accuracy": accuracy, "log_loss": 1 - accuracy})
+    store.close()
+    hot = str(tmp_path / "hot")
+
+    def best(*args: str) -> list[float]:
+        code, out, err = run("list", "--store", hot, "--json", *args)
+        assert code == 0, err
+        return [c["metrics"]["accuracy"] for c in orjson.loads(out)["checkpoints"]]
+
+    assert best("--best-by", "accuracy") == [0.9, 0.8, 0.7]
+    assert best("--best-by", "log_loss")[0] == 0.9  # a loss: smallest first
+    assert best("--best-by", "accuracy", "--mode", "min") == [0.7, 0.8, 0.9]
+
+
+def test_store_keep_best_by_accuracy_keeps_the_most_accurate() -> None:
+    """``DRIFTLOOP_STORE_BEST_METRIC=accuracy`` without a mode kept the least
+    accurate checkpoints; it follows the same rule as the CLI."""
+    from services.checkpoints.catalog import CheckpointRecord
+    from services.checkpoints.config import StoreConfig
+    from services.checkpoints.retention import best_mode, policy_from_config
+
+    assert [best_mode(m) for m in ("accuracy", "log_loss", "rmse")] == ["max", "min", "min"]
+    records = [
+        CheckpointRecord(
+            model="m",
+            version=f"m-{seq}",
+            seq=seq,
+            parent_version=None,
+            created_ts=seq,
+            step=seq,
+            examples_seen=seq,
+            trigger="count",
+            metrics={"accuracy": accuracy},
+            key_metric="accuracy",
+            label=f"m-{seq}",
+            kind="full",
+            base_version=None,
+            dependencies=frozenset(),
+            tier="hot",
+            location="",
+            size=0,
+            status="committed",
+        )
+        for seq, accuracy in enumerate([0.9, 0.7, 0.8, 0.6])
+    ]
+    policy = policy_from_config(StoreConfig(keep_latest=1, keep_best=1, best_metric="accuracy"))
+    assert sorted(policy.keep("m", records, now_ms=10)) == ["m-0", "m-3"]  # best, latest

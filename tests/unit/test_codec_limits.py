@@ -115,6 +115,8 @@ def largest_events() -> list[Event]:
             key_b64=base64.b64encode(b"k" * L.MAX_DEAD_LETTER_KEY_BYTES).decode(),
             value_b64=base64.b64encode(b"v" * L.MAX_DEAD_LETTER_RAW_BYTES).decode(),
             truncated=True,
+            value_size=L.MAX_INT,
+            value_sha256="f" * 64,
             error=worst(L.MAX_TEXT_CHARS),
             error_kind="x" * 32,
             field=worst(L.MAX_FIELD_PATH_CHARS),

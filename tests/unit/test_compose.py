@@ -93,3 +93,13 @@ def test_driftloop_env_points_at_the_compose_services(compose: dict[str, Any]) -
     assert env["DRIFTLOOP_KAFKA_BOOTSTRAP"].split(":")[0] in services
     assert env["DRIFTLOOP_REDIS_URL"].split("//")[1].split(":")[0] in services
     assert env["FSSPEC_S3_ENDPOINT_URL"].split("//")[1].split(":")[0] in services
+
+
+def test_the_broker_admits_the_records_driftloop_writes(compose: dict[str, Any]) -> None:
+    """Apache Kafka's default message.max.bytes (about 1 MiB) refuses valid 2 MiB
+    events and the dead letters of larger records (issue 9, item 3)."""
+    from schemas.limits import TOPIC_MAX_MESSAGE_BYTES
+
+    env = compose["services"]["kafka"]["environment"]
+    assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == TOPIC_MAX_MESSAGE_BYTES
+    assert int(env["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= TOPIC_MAX_MESSAGE_BYTES

@@ -126,3 +126,14 @@ def test_workers_leave_the_root_logger_level_alone_at_warning(tmp_path: Path) ->
     worker.on_setup_root_logger(logger, logging.WARNING)
     assert logger.level == logging.WARNING
     assert len(logger.handlers) == 1
+
+
+def test_faust_sends_and_fetches_records_as_large_as_the_topics_admit(tmp_path: Path) -> None:
+    """faust's defaults (1 MiB) refused a 2.8 MB dead letter and crashed the
+    joiner agent (issue 9, item 3); they now follow schemas.limits."""
+    from schemas import limits as L
+
+    app = make_app("joiner", KafkaConfig(bootstrap="a:9092"), datadir=tmp_path)
+    assert app.conf.producer_max_request_size == L.PRODUCER_MAX_REQUEST_BYTES
+    assert app.conf.consumer_max_fetch_size == L.CONSUMER_MAX_PARTITION_FETCH_BYTES
+    assert L.PRODUCER_MAX_REQUEST_BYTES >= L.TOPIC_MAX_MESSAGE_BYTES
