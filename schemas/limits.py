@@ -83,7 +83,8 @@ CONSUMER_MAX_PARTITION_FETCH_BYTES: Final[int] = TOPIC_MAX_MESSAGE_BYTES
 #: valid feedback event is far smaller, so only padding is ever cut.
 MAX_PENDING_RAW_BYTES: Final[int] = 8 * 1024
 
-assert MAX_EVENT_BYTES <= MAX_DEAD_LETTER_RAW_BYTES, "a valid event must fit a dead letter whole"
+if MAX_EVENT_BYTES > MAX_DEAD_LETTER_RAW_BYTES:  # checked at import, also under python -O
+    raise RuntimeError("a valid event must fit a dead letter whole: raise the topic limit")
 
 #: event_id, request_id, example_id, server, actor.
 MAX_ID_CHARS: Final[int] = 128
