@@ -31,9 +31,14 @@ attributed only when ``inference.ts - window <= feedback.ts <= inference.ts
 window open. Which examples exist, with which labels, and which events are
 dead-lettered with which reason is then a function of each input's own
 sequence alone, for every interleaving of the inputs, as long as no idle
-release fired. (The one exception is an event whose request was already
-*forgotten*: more than ``closed_retention_ms`` after its window closed; it is
-judged as if the request were new.) The single shared watermark this
+release fired. Two bounds come with it. A repeated event_id is a
+duplicate only while its request is remembered, which is guaranteed while
+the repeat is less than ``window + grace + closed_retention`` behind its
+input's watermark; a repeat further behind is ``late`` even if it is still
+remembered. An event more than ``closed_retention`` past its request's
+window (feedback stamped long after its inference) may meet the request
+forgotten and is then judged as if it were new (``orphan`` rather than
+``late``). The single shared watermark this
 replaced let a dense or backlogged topic close the windows of the other
 topic's unread records.
 

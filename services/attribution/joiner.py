@@ -14,10 +14,14 @@ Rules (``JoinerConfig`` names the knobs; the clocks are explained in
 - Each record first advances its own input's watermark on its partition and
   closes every window the partition's closing watermark (the minimum over the
   inputs) has passed.
-- A repeated ``event_id`` is a duplicate: counted, never joined twice. This
-  is checked first, so a record replayed after a take-over changes nothing.
 - An event more than ``grace`` behind its own input's watermark is ``late``
-  and dead-lettered, whatever the state of its request.
+  and dead-lettered, whatever the state of its request; except that a
+  repeated ``event_id`` is a duplicate (counted, never joined twice), checked
+  before lateness so that a record replayed after a take-over changes
+  nothing. A request is remembered (closed) until the closing watermark is
+  ``window + grace + closed_retention`` past every event it saw, so a repeat
+  closer than that behind its own input's watermark always finds it; one
+  further behind is ``late``, whether or not it is still remembered.
 - Feedback is attributed when ``inference.ts - window <= feedback.ts <=
   inference.ts + window``; later feedback is ``late``, earlier is ``orphan``
   (no inference log came within the window), and so is feedback whose
@@ -201,6 +205,9 @@ class AttributionJoiner:
         behind = self._behind(source.partition, input, log.ts)
         out = self.advance(source.partition, log.ts, input)
         entry = self.store.get(log.request_id)
+        if behind is not None and behind > self._forget_ms:
+            out.append(self._late(log, source, input, behind))
+            return out
         if entry is not None and entry.has_seen(log.event_id):
             self._duplicate(log, source, out)
             return out
@@ -211,7 +218,7 @@ class AttributionJoiner:
         if entry is not None:
             served = entry.inference.event_id if entry.inference else entry.closed_inference_id
         if entry is not None and served is not None:
-            self._remember(entry, log.event_id)
+            self._remember(entry, log)
             out.append(
                 self._reject(
                     "duplicate",
@@ -231,7 +238,7 @@ class AttributionJoiner:
             entry.status = "open"
         entry.inference = log
         entry.inference_source = source
-        entry.seen_event_ids.append(log.event_id)
+        entry.saw(log)
         entry.deadline = log.ts + self.config.horizon_ms
         waiting, entry.feedback = entry.feedback, []
         for pending in waiting:
@@ -248,6 +255,9 @@ class AttributionJoiner:
         behind = self._behind(source.partition, input, event.ts)
         out = self.advance(source.partition, event.ts, input)
         entry = self.store.get(event.request_id)
+        if behind is not None and behind > self._forget_ms:
+            out.append(self._late(event, source, input, behind))
+            return out
         if entry is not None and entry.has_seen(event.event_id):
             self._duplicate(event, source, out)
             return out
@@ -268,7 +278,7 @@ class AttributionJoiner:
         pending = PendingFeedback(event=event, source=source)
         if entry is not None and entry.status == "closed":
             if entry.closed_inference_ts is not None:
-                self._remember(entry, event.event_id)
+                self._remember(entry, event)
                 out.append(self._after_close(entry.closed_inference_ts, pending))
                 return out
             self._count(entry, -1)  # an orphan tombstone: wait again for the inference
@@ -279,7 +289,7 @@ class AttributionJoiner:
             entry.deadline = event.ts + self.config.horizon_ms
         else:
             self._count(entry, -1)
-        entry.seen_event_ids.append(event.event_id)
+        entry.saw(event)
         if entry.inference is None:
             if len(entry.feedback) >= self.config.max_feedback_per_request:
                 out.append(self._overflow(pending))
@@ -441,7 +451,10 @@ class AttributionJoiner:
         entry.inference = None
         entry.inference_source = None
         entry.feedback = []
-        entry.deadline = entry.deadline + self.config.retention_ms
+        # remembered until every event it saw is ``_forget_ms`` old, so a repeat
+        # not that far behind its input always finds it (and is a duplicate)
+        horizon = self.config.horizon_ms
+        entry.deadline = max(entry.deadline, entry.max_ts + horizon) + self.config.retention_ms
         self._save(entry)
         return out
 
@@ -546,8 +559,17 @@ class AttributionJoiner:
             "orphan", "no inference log came within the window", pending.event, pending.source
         )
 
-    def _remember(self, entry: PendingRequest, event_id: str) -> None:
-        entry.seen_event_ids.append(event_id)
+    @property
+    def _forget_ms(self) -> int:
+        """How far behind its own input a repeat may come and still find its
+        request remembered (see :meth:`_close`): ``window + grace + retention``."""
+        return self.config.horizon_ms + self.config.retention_ms
+
+    def _remember(self, entry: PendingRequest, event: InferenceLog | FeedbackEvent) -> None:
+        entry.saw(event)
+        if entry.status == "closed":  # kept as long as for the events it saw before
+            entry.deadline = max(entry.deadline, event.ts + self._forget_ms)
+            self.index.schedule(entry.partition, entry.request_id, entry.deadline)
         self.store.put(entry)
 
     def _duplicate(

@@ -59,7 +59,8 @@ class PendingRequest(BaseModel):
     which the entry next changes on its own: the window close for ``open`` and
     ``emitted`` entries, the end of retention for ``closed`` ones.
     ``closed_inference_id`` and ``closed_inference_ts`` keep, in a tombstone,
-    the inference it had (None for an orphan tombstone).
+    the inference it had (None for an orphan tombstone); ``max_ts`` is the
+    largest ``ts`` of the events in ``seen_event_ids``.
     """
 
     request_id: str
@@ -74,9 +75,16 @@ class PendingRequest(BaseModel):
     first_seen_ms: int = 0
     closed_inference_id: str | None = None
     closed_inference_ts: int | None = None
+    max_ts: int = 0
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.seen_event_ids
+
+    def saw(self, event: InferenceLog | FeedbackEvent) -> None:
+        """Record ``event`` as seen: its event_id, and ``max_ts`` (the largest
+        ``ts`` of any event seen, which bounds how long the entry is kept)."""
+        self.seen_event_ids.append(event.event_id)
+        self.max_ts = max(self.max_ts, event.ts)
 
     def to_bytes(self) -> bytes:
         """JSON bytes for the changelog-backed table."""
