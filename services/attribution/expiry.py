@@ -50,9 +50,11 @@ ever. It is *released* (left out of the minimum, like Flink's
 checked it, for ``idle_ms`` of wall-clock time without a break, to be read
 up to its high watermark (the one from fetch responses), and no record of it
 arrived in that time; see :meth:`Watermarks.report`. A released input
-rejoins the minimum when a record of it arrives or when a check finds it
-behind its high watermark again; the closing watermark does not go back
-when it does. Releases are counted (``JoinStats.idle_releases``): events of
+rejoins the minimum when a record of it arrives, when a check finds it
+behind its high watermark again, or when its last check is more than
+``idle_ms`` old (the worker was stopped or starved: what was idle may have
+a backlog now); the closing watermark does not go back when it does.
+Releases are counted (``JoinStats.idle_releases``): events of
 a released input that are not late by rule 1 can then find their window
 closed (``late``, "after its window closed"), and only then does the joined
 set depend on timing. A partition all of whose inputs are idle does not
@@ -140,6 +142,7 @@ class _PartitionClock:
     closing: int | None = None
     idle: set[str] = field(default_factory=set)
     caught_up_since: dict[str, int] = field(default_factory=dict)
+    last_check: dict[str, int] = field(default_factory=dict)
 
 
 class Watermarks:
@@ -150,12 +153,15 @@ class Watermarks:
     inputs
         Names of the inputs that can deliver to every partition; the closing
         watermark of a partition is the minimum over those not released.
+    idle_ms
+        The idle rule's wait (:meth:`report`); 0 never releases.
     """
 
-    def __init__(self, inputs: Sequence[str] = DEFAULT_INPUTS) -> None:
+    def __init__(self, inputs: Sequence[str] = DEFAULT_INPUTS, idle_ms: int = 0) -> None:
         if not inputs:
             raise ValueError("a join needs at least one input")
         self.inputs = tuple(inputs)
+        self.idle_ms = idle_ms
         self._clocks: dict[int, _PartitionClock] = {}
 
     def _clock(self, partition: int) -> _PartitionClock:
@@ -186,11 +192,20 @@ class Watermarks:
             return True
         return False
 
-    def closing(self, partition: int) -> int | None:
-        """The partition's closing watermark (None until every active input
-        delivered something): the minimum over the inputs not released,
-        never lower than it was."""
+    def closing(self, partition: int, now_ms: int) -> int | None:
+        """The partition's closing watermark at wall-clock ``now_ms`` (None
+        until every active input delivered something): the minimum over the
+        inputs not released, never lower than it was.
+
+        A release lapses (the input rejoins) when its last check is more than
+        ``idle_ms`` old: the worker was stopped or starved, and what it found
+        idle may have a backlog by now.
+        """
         clock = self._clock(partition)
+        for input in list(clock.idle):
+            if now_ms - clock.last_check.get(input, now_ms) > self.idle_ms:
+                clock.idle.discard(input)
+                clock.caught_up_since.pop(input, None)
         active = [clock.marks.get(i) for i in self.inputs if i not in clock.idle]
         if active and all(mark is not None for mark in active):
             low = min(mark for mark in active if mark is not None)
@@ -198,27 +213,30 @@ class Watermarks:
                 clock.closing = low
         return clock.closing
 
-    def report(
-        self, partition: int, input: str, *, caught_up: bool, now_ms: int, idle_ms: int
-    ) -> bool:
-        """One check of ``input`` on ``partition``; True when it releases it.
+    def report(self, partition: int, input: str, *, caught_up: bool, now_ms: int) -> bool:
+        """One check of ``input`` on ``partition`` at wall-clock ``now_ms``;
+        True when it releases the input.
 
         ``caught_up``: the worker has handled every record of that topic
         partition up to its high watermark. The input is released at the
-        first check that finds it caught up at least ``idle_ms`` after the
+        first check that finds it caught up ``idle_ms`` or more after the
         first of an unbroken run of caught-up checks with no record of it in
-        between (:meth:`observe` and a check finding it behind both end the
-        run). ``idle_ms == 0`` never releases. A check that finds a released
-        input behind makes it rejoin.
+        between. A record (:meth:`observe`), a check that finds it behind, or
+        a check more than ``idle_ms`` after the previous one (the worker was
+        stopped or starved) breaks the run, and the latter two make a
+        released input rejoin. ``idle_ms == 0`` never releases.
         """
         self._check(input)
         clock = self._clock(partition)
-        if not caught_up:
+        previous = clock.last_check.get(input)
+        clock.last_check[input] = now_ms
+        if not caught_up or (previous is not None and now_ms - previous > self.idle_ms):
             clock.caught_up_since.pop(input, None)
             clock.idle.discard(input)
-            return False
+            if not caught_up:
+                return False
         since = clock.caught_up_since.setdefault(input, now_ms)
-        if idle_ms <= 0 or input in clock.idle or now_ms - since < idle_ms:
+        if self.idle_ms <= 0 or input in clock.idle or now_ms - since < self.idle_ms:
             return False
         clock.idle.add(input)
         return True

@@ -158,7 +158,7 @@ class AttributionJoiner:
         self.stats = stats if stats is not None else JoinStats()
         self.clock = clock
         self.index = ExpiryIndex()
-        self.watermarks = Watermarks(inputs)
+        self.watermarks = Watermarks(inputs, idle_ms=config.idle_ms)
         self._persisted_marks: dict[tuple[int, str], int] = {}
         self._active: set[int] = set()
         self._gauges: dict[int, Counter[str]] = {}
@@ -332,9 +332,8 @@ class AttributionJoiner:
         """
         if partition not in self._active:
             return False
-        released = self.watermarks.report(
-            partition, input, caught_up=caught_up, now_ms=self.clock(), idle_ms=self.config.idle_ms
-        )
+        now = self.clock()
+        released = self.watermarks.report(partition, input, caught_up=caught_up, now_ms=now)
         if released:
             self.stats.idle_releases += 1
             logger.info(
@@ -346,7 +345,7 @@ class AttributionJoiner:
                 partition,
                 input,
                 self.watermarks.get(partition, input),
-                self.watermarks.closing(partition),
+                self.watermarks.closing(partition, now),
             )
         return released
 
@@ -360,7 +359,7 @@ class AttributionJoiner:
         return mark - ts
 
     def _close_due(self, partition: int) -> list[Outcome]:
-        closing = self.watermarks.closing(partition)
+        closing = self.watermarks.closing(partition, self.clock())
         if closing is None:
             return []
         due = self.index.pop_due(partition, closing)

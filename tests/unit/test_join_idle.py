@@ -115,23 +115,43 @@ def test_a_released_input_rejoins_when_it_delivers_and_the_closing_mark_never_go
     joiner.on_feedback(feedback("early", 0, "f-early"), at("f", 0))
     joiner.on_inference(inference("r1", 0), at("i", 0))
     joiner.on_inference(inference("r2", 20 * MIN), at("i", 1))
-    assert joiner.watermarks.closing(0) == 0
+    assert joiner.watermarks.closing(0, clock.now) == 0
     joiner.report_caught_up("feedback", 0)
     clock.now += 5_000
     assert joiner.report_caught_up("feedback", 0)
     out = joiner.on_inference(inference("r3", 20 * MIN + 1), at("i", 2))
-    assert joiner.watermarks.closing(0) == 20 * MIN + 1
+    assert joiner.watermarks.closing(0, clock.now) == 20 * MIN + 1
     assert [o.example.request_id for o in out if isinstance(o, Emit)] == ["r1"]
     # feedback comes back, far behind the closing watermark
     out = joiner.on_feedback(feedback("r1", 5 * MIN, "f1"), at("f", 1))
     assert not joiner.watermarks.is_idle(0, "feedback")
-    assert joiner.watermarks.closing(0) == 20 * MIN + 1  # not back to 5 min
+    assert joiner.watermarks.closing(0, clock.now) == 20 * MIN + 1  # not back to 5 min
     # not late by its own topic, but its window was closed by the release
     assert [(o.kind, o.reason) for o in out if isinstance(o, Reject)] == [
         ("late", "feedback after its window closed")
     ]
     # back in the minimum: the inference watermark alone no longer closes r2
     assert joiner.on_inference(inference("r4", 40 * MIN), at("i", 3)) == []
+    assert joiner.stats.idle_releases == 1
+
+
+def test_a_release_lapses_when_the_worker_was_stopped_longer_than_idle_ms() -> None:
+    """A worker paused (SIGSTOP, a long GC) may come back to a backlog on the
+    input it had found idle, with a stale high watermark: the release must
+    not close windows over that backlog."""
+    joiner, clock = make()
+    joiner.on_inference(inference("r1", 0), at("i", 0))
+    joiner.on_feedback(feedback("x", 0, "f0"), at("f", 0))
+    joiner.report_caught_up("feedback", 0)
+    clock.now += 5_000
+    assert joiner.report_caught_up("feedback", 0)
+    clock.now += 5_001  # stopped: no check since
+    assert joiner.on_inference(inference("r2", 30 * MIN), at("i", 1)) == []
+    assert not joiner.watermarks.is_idle(0, "feedback")
+    # and the first check after the pause starts the wait again, stale or not
+    assert not joiner.report_caught_up("feedback", 0)
+    clock.now += 4_000
+    assert not joiner.report_caught_up("feedback", 0)
     assert joiner.stats.idle_releases == 1
 
 
