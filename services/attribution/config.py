@@ -3,7 +3,7 @@
 The joiner pairs each InferenceLog with the FeedbackEvents for the same
 ``request_id`` that arrive within the *attribution window*, measured in event
 time from the inference's ``ts``. *Grace* is how far out of order events may
-arrive (in event time, within each input topic partition) and still be joined:
+arrive (in event time) and still be joined:
 a window is closed only once every input's watermark has passed
 ``inference.ts + window + grace`` (see :mod:`services.attribution.expiry`).
 """
@@ -35,11 +35,10 @@ class JoinerConfig(BaseSettings):
         ``late``), nor feedback more than this *before* it (clock skew beyond
         that is ``orphan``). Default 10 minutes.
     grace_ms
-        Allowed disorder within one input topic partition: an event whose
-        ``ts`` is more than this behind the largest ``ts`` its own topic
-        partition delivered before it is ``late``. A window closes when the
-        watermark of every input (the largest ``ts`` each delivered on the
-        partition) has passed ``inference.ts + window + grace``.
+        Allowed disorder: a window closes when the watermark of every input
+        (the largest ``ts`` each topic partition delivered) has passed
+        ``inference.ts + window + grace``. An event delivered after its own
+        topic partition had passed the end of its window is ``late``.
     idle_ms
         Wall-clock time after which an input partition read up to its high
         watermark, with no record arriving, is released: left out of the
@@ -53,9 +52,11 @@ class JoinerConfig(BaseSettings):
     default_label, default_weight
         Label and weight of an example emitted under ``no_feedback_policy="default"``.
     closed_retention_ms
-        How long (event time, after a window closed) the joiner remembers a
-        closed request, to tell late feedback and duplicates from new requests.
-        Defaults to ``window_ms + grace_ms``.
+        How long (event time, after the attribution window) the joiner
+        remembers a closed request, to tell late feedback and duplicates
+        from new requests: it is forgotten once every input is ``window +
+        grace`` past both ``inference.ts + window + closed_retention`` and
+        every event it saw. Defaults to ``window_ms + grace_ms``.
     watermark_persist_step_ms
         Each input's per-partition watermark is written to the changelog-backed state
         whenever it has advanced by at least this much since it was last

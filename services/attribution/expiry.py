@@ -8,37 +8,41 @@ depends on the events and not on how fast a worker ran. Each *input* (the
 third) has, per partition, its own watermark: the largest ``ts`` that input
 has delivered on that partition. Two rules use them:
 
-1. **Lateness is judged per input.** An event is *late* when its ``ts`` is
-   more than ``grace`` behind the watermark of its own input as it was just
-   before the event (``ts < W_input - grace``). That is a property of the
-   topic partition's own sequence, the same however the inputs' records
-   are interleaved on the way in. A late event is dead-lettered (``late``).
+1. **Lateness is judged per input.** Let ``W`` be the watermark of an
+   event's own input just before the event: a property of that topic
+   partition's own sequence, the same however the inputs' records are
+   interleaved on the way in. An event more than ``window + grace`` behind
+   (``ts < W - window - grace``) is ``late``. Feedback is also ``late`` when
+   ``W`` had passed the end of its request's window (``W > inference.ts +
+   window + grace``), judged once its inference is known (``W`` is kept with
+   feedback that waits).
 2. **Windows close on the minimum.** The partition's *closing watermark* is
    the minimum of the watermarks of the inputs that can still deliver to it
    (those not released as idle, below), and it never goes backwards. A
    request's window closes (``last``/``sum`` emit, the no-feedback policy
-   applies, feedback waiting for an inference becomes ``orphan``, a
-   tombstone is forgotten) only once the closing watermark is strictly past
-   its deadline, ``ts + window + grace``.
+   applies) only once the closing watermark is strictly past its end,
+   ``inference.ts + window + grace``; feedback waiting for its inference
+   becomes ``orphan`` once it is past ``feedback.ts + 2 * window + grace``
+   (the end of the window of the latest inference it could match).
 
-Why the pair is enough: an event that is not late has ``W_input <= ts +
-grace`` once it is counted, and the closing watermark is at most
-``W_input``. Every window an event can belong to ends at ``ts + grace`` or
-later (an inference's at ``inference.ts + window + grace``; feedback is
-attributed only when ``inference.ts - window <= feedback.ts <= inference.ts
-+ window``, and a request waiting for its inference stays open until
-``max(feedback.ts) + window + grace``), so a non-late event always finds its
-window open. Which examples exist, with which labels, and which events are
-dead-lettered with which reason is then a function of each input's own
-sequence alone, for every interleaving of the inputs, as long as no idle
-release fired. Two bounds come with it. A repeated event_id is a
-duplicate only while its request is remembered, which is guaranteed while
-the repeat is less than ``window + grace + closed_retention`` behind its
-input's watermark; a repeat further behind is ``late`` even if it is still
-remembered. An event more than ``closed_retention`` past its request's
-window (feedback stamped long after its inference) may meet the request
-forgotten and is then judged as if it were new (``orphan`` rather than
-``late``). The single shared watermark this
+Why the pair is enough: an event that is not late was delivered while its
+own input's watermark, and so the closing watermark (a minimum that
+includes it), was at most the end of the window it belongs to (for an
+inference, its own window; for feedback, the window of the inference it is
+attributed to, which is at least ``feedback.ts - window``). So it always
+finds its window open, and feedback that waits always meets its inference
+before its wait ends. Which examples exist, with which labels, and which
+events are dead-lettered with which reason is then a function of each
+input's own sequence alone, for every interleaving of the inputs, as long
+as no idle release fired. Closed requests are remembered (a tombstone)
+until the closing watermark is ``window + grace`` past every event they saw
+and past ``inference.ts + window + closed_retention``, so a repeated
+event_id not late by rule 1 always finds its request (a duplicate), and so
+does feedback up to ``closed_retention`` after its window (``late``). The
+one exception: feedback stamped more than ``window + closed_retention``
+after its inference may meet the request forgotten, and is then judged as
+if it were new (``orphan`` rather than ``late``); likewise a second
+inference log for a forgotten request. The single shared watermark this
 replaced let a dense or backlogged topic close the windows of the other
 topic's unread records.
 

@@ -14,19 +14,17 @@ Rules (``JoinerConfig`` names the knobs; the clocks are explained in
 - Each record first advances its own input's watermark on its partition and
   closes every window the partition's closing watermark (the minimum over the
   inputs) has passed.
-- An event more than ``grace`` behind its own input's watermark is ``late``
-  and dead-lettered, whatever the state of its request; except that a
-  repeated ``event_id`` is a duplicate (counted, never joined twice), checked
-  before lateness so that a record replayed after a take-over changes
-  nothing. A request is remembered (closed) until the closing watermark is
-  ``window + grace + closed_retention`` past every event it saw, so a repeat
-  closer than that behind its own input's watermark always finds it; one
-  further behind is ``late``, whether or not it is still remembered.
+- An event more than ``window + grace`` behind its own input's watermark is
+  ``late`` and dead-lettered, whatever the state of its request. Then a
+  repeated ``event_id`` is a duplicate: counted, never joined twice (so a
+  record replayed after a take-over changes nothing).
 - Feedback is attributed when ``inference.ts - window <= feedback.ts <=
   inference.ts + window``; later feedback is ``late``, earlier is ``orphan``
   (no inference log came within the window), and so is feedback whose
-  inference never came, when its wait (``max(feedback.ts) + window +
-  grace``) closes.
+  inference never came, when its wait (``max(feedback.ts) + 2 * window +
+  grace``) closes. Feedback delivered after its own topic partition had
+  passed the end of its window (``inference.ts + window + grace``) is
+  ``late`` too.
 - ``feedback_policy="first"`` emits at the first match; ``"last"`` and
   ``"sum"`` emit when the window closes (closing watermark past
   ``inference.ts + window + grace``), because a later event may still change
@@ -119,6 +117,9 @@ def _number(label: bool | int | float | str) -> float:
     return float(label)
 
 
+_READ_AFTER = "feedback read after its topic partition had passed the end of its window"
+
+
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -205,14 +206,12 @@ class AttributionJoiner:
         behind = self._behind(source.partition, input, log.ts)
         out = self.advance(source.partition, log.ts, input)
         entry = self.store.get(log.request_id)
-        if behind is not None and behind > self._forget_ms:
+        if behind is not None and behind > self.config.horizon_ms:
+            # its own topic partition had passed the end of its window
             out.append(self._late(log, source, input, behind))
             return out
         if entry is not None and entry.has_seen(log.event_id):
             self._duplicate(log, source, out)
-            return out
-        if behind is not None:
-            out.append(self._late(log, source, input, behind))
             return out
         served = None
         if entry is not None:
@@ -255,7 +254,7 @@ class AttributionJoiner:
         behind = self._behind(source.partition, input, event.ts)
         out = self.advance(source.partition, event.ts, input)
         entry = self.store.get(event.request_id)
-        if behind is not None and behind > self._forget_ms:
+        if behind is not None and behind > self.config.horizon_ms:
             out.append(self._late(event, source, input, behind))
             return out
         if entry is not None and entry.has_seen(event.event_id):
@@ -272,10 +271,8 @@ class AttributionJoiner:
                 )
             )
             return out
-        if behind is not None:
-            out.append(self._late(event, source, input, behind))
-            return out
-        pending = PendingFeedback(event=event, source=source)
+        mark = None if behind is None else event.ts + behind  # the watermark before it
+        pending = PendingFeedback(event=event, source=source, mark=mark)
         if entry is not None and entry.status == "closed":
             if entry.closed_inference_ts is not None:
                 self._remember(entry, event)
@@ -283,10 +280,10 @@ class AttributionJoiner:
                 return out
             self._count(entry, -1)  # an orphan tombstone: wait again for the inference
             entry.status = "open"
-            entry.deadline = event.ts + self.config.horizon_ms
+            entry.deadline = event.ts + self._wait_ms
         elif entry is None:
             entry = self._new_entry(event.request_id, source.partition)
-            entry.deadline = event.ts + self.config.horizon_ms
+            entry.deadline = event.ts + self._wait_ms
         else:
             self._count(entry, -1)
         entry.saw(event)
@@ -295,7 +292,7 @@ class AttributionJoiner:
                 out.append(self._overflow(pending))
             else:
                 entry.feedback.append(pending)
-                entry.deadline = max(entry.deadline, event.ts + self.config.horizon_ms)
+                entry.deadline = max(entry.deadline, event.ts + self._wait_ms)
         else:
             out.extend(self._attach(entry, pending))
         self._save(entry)
@@ -352,11 +349,14 @@ class AttributionJoiner:
     # -- transitions --------------------------------------------------------
 
     def _behind(self, partition: int, input: str, ts: int) -> int | None:
-        """How far ``ts`` is behind ``input``'s watermark, if more than grace."""
+        """How far ``ts`` is behind ``input``'s watermark (None: no watermark yet)."""
         mark = self.watermarks.get(partition, input)
-        if mark is None or ts >= mark - self.config.grace_ms:
-            return None
-        return mark - ts
+        return None if mark is None else mark - ts
+
+    def _read_after_window(self, pending: PendingFeedback, inference_ts: int) -> bool:
+        """Whether the feedback's own topic partition had passed the end of the
+        window (``inference_ts + window + grace``) before it delivered it."""
+        return pending.mark is not None and pending.mark > inference_ts + self.config.horizon_ms
 
     def _close_due(self, partition: int) -> list[Outcome]:
         closing = self.watermarks.closing(partition, self.clock())
@@ -395,6 +395,9 @@ class AttributionJoiner:
             ]
         if event.ts < inference.ts - self.config.window_ms:
             return [self._orphan(pending)]
+        if self._read_after_window(pending, inference.ts):
+            self.stats.late += 1
+            return [self._reject("late", _READ_AFTER, event, pending.source)]
         if event.model != inference.model:
             return [
                 self._reject(
@@ -428,7 +431,10 @@ class AttributionJoiner:
             )
         if event.ts < inference_ts - self.config.window_ms:
             return self._orphan(pending)
-        # within the window yet closed: only after an idle release
+        if self._read_after_window(pending, inference_ts):
+            self.stats.late += 1
+            return self._reject("late", _READ_AFTER, event, pending.source)
+        # within the window, read in time, yet closed: only after an idle release
         self.stats.late += 1
         return self._reject("late", "feedback after its window closed", event, pending.source)
 
@@ -450,10 +456,7 @@ class AttributionJoiner:
         entry.inference = None
         entry.inference_source = None
         entry.feedback = []
-        # remembered until every event it saw is ``_forget_ms`` old, so a repeat
-        # not that far behind its input always finds it (and is a duplicate)
-        horizon = self.config.horizon_ms
-        entry.deadline = max(entry.deadline, entry.max_ts + horizon) + self.config.retention_ms
+        entry.deadline = self._forget_at(entry)
         self._save(entry)
         return out
 
@@ -540,14 +543,14 @@ class AttributionJoiner:
     def _late(
         self, event: InferenceLog | FeedbackEvent, source: SourceRef, input: str, behind: int
     ) -> Reject:
-        """``event`` is more than grace behind its own input's watermark."""
+        """``event`` came too far behind its own input's watermark."""
         self.stats.late += 1
         self._persist_all(source.partition)  # a decision made at this watermark
         what = "inference log" if isinstance(event, InferenceLog) else "feedback"
         return self._reject(
             "late",
             f"{what} {behind} ms behind the {input} watermark of its partition"
-            f" (grace {self.config.grace_ms} ms)",
+            " (its window had passed there)",
             event,
             source,
         )
@@ -559,15 +562,34 @@ class AttributionJoiner:
         )
 
     @property
-    def _forget_ms(self) -> int:
-        """How far behind its own input a repeat may come and still find its
-        request remembered (see :meth:`_close`): ``window + grace + retention``."""
-        return self.config.horizon_ms + self.config.retention_ms
+    def _wait_ms(self) -> int:
+        """How long (event time, after its ``ts``) feedback waits for its
+        inference: ``window`` (the earliest inference it can match is that
+        much later) plus the inference's own ``window + grace``."""
+        return self.config.window_ms + self.config.horizon_ms
+
+    def _forget_at(self, entry: PendingRequest) -> int:
+        """When (closing watermark) a closed request is forgotten.
+
+        An event less than ``window + grace`` behind its own input's
+        watermark (any other is late at once) comes while the closing
+        watermark is at most ``window + grace`` past its ``ts``. So the
+        tombstone is kept until that is past every event it saw (a repeat
+        finds it: a duplicate) and past ``inference.ts + window +
+        closed_retention`` (feedback up to ``closed_retention`` after the
+        window finds it: late)."""
+        latest = entry.max_ts
+        if entry.closed_inference_ts is not None:
+            latest = max(
+                latest,
+                entry.closed_inference_ts + self.config.window_ms + self.config.retention_ms,
+            )
+        return latest + self.config.horizon_ms
 
     def _remember(self, entry: PendingRequest, event: InferenceLog | FeedbackEvent) -> None:
         entry.saw(event)
         if entry.status == "closed":  # kept as long as for the events it saw before
-            entry.deadline = max(entry.deadline, event.ts + self._forget_ms)
+            entry.deadline = max(entry.deadline, event.ts + self.config.horizon_ms)
             self.index.schedule(entry.partition, entry.request_id, entry.deadline)
         self.store.put(entry)
 

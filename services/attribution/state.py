@@ -44,10 +44,13 @@ class SourceRef(BaseModel):
 
 
 class PendingFeedback(BaseModel):
-    """One accepted feedback event and the record it came from."""
+    """One accepted feedback event, the record it came from, and ``mark``: the
+    watermark of its own input just before it (None: none yet), by which it is
+    judged late or not once its inference is known."""
 
     event: FeedbackEvent
     source: SourceRef
+    mark: int | None = None
 
 
 class PendingRequest(BaseModel):

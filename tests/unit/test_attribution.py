@@ -219,11 +219,13 @@ def test_old_feedback_for_a_forgotten_request_is_late() -> None:
 def test_feedback_whose_inference_never_comes_is_an_orphan() -> None:
     joiner, store = make()
     feed(joiner, feedback("r1", 0, eid="f1"))
-    out = rejects(tick(joiner, 12 * MIN))
+    # it waits for an inference stamped up to a window later, and that one's window
+    assert rejects(tick(joiner, 21 * MIN)) == []
+    out = rejects(tick(joiner, 21 * MIN + 1))
     assert [r.kind for r in out] == ["orphan"]
     assert joiner.stats.unmatched == 1
     # and closed state is forgotten after its retention
-    tick(joiner, 40 * MIN)
+    tick(joiner, 60 * MIN)
     assert store.get("r1") is None
 
 

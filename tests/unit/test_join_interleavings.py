@@ -44,8 +44,8 @@ class Scenario:
 
 
 def _topic_order(rng: random.Random, events: list, jitter: int) -> list:
-    """Roughly by ts, each displaced by up to ``jitter`` ms (more than grace
-    makes late ones), then some resent later in the topic (duplicates)."""
+    """Roughly by ts, each displaced by up to ``jitter`` ms (far enough makes
+    late ones), then some resent later in the topic (duplicates)."""
     ordered = sorted(events, key=lambda e: (e.ts + rng.randint(-jitter, jitter), e.event_id))
     for event in list(ordered):
         if rng.random() < 0.15:
@@ -102,7 +102,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         no_feedback_policy=draw(st.sampled_from(["drop", "default"])),
         closed_retention_ms=draw(st.sampled_from([None, 4 * WINDOW])),
     )
-    jitter = draw(st.sampled_from([0, GRACE // 2, 3 * GRACE]))
+    # displacement within a topic: none, within grace, within a window, beyond
+    jitter = draw(st.sampled_from([0, GRACE // 2, 3 * GRACE, 2 * WINDOW]))
     return Scenario(config, _topic_order(rng, logs, jitter), _topic_order(rng, feedback, jitter))
 
 

@@ -102,11 +102,12 @@ def test_a_single_watermark_from_older_state_is_read_as_every_inputs() -> None:
     assert store.get_watermark(3, "inference") == 5000
     assert store.get_watermark(3, "feedback") == 7000
     assert store.get_watermark(4, "inference") is None
-    joiner = AttributionJoiner(JoinerConfig(grace_ms=100), store, clock=lambda: 0)
+    config = JoinerConfig(window_ms=1_000, grace_ms=100)
+    joiner = AttributionJoiner(config, store, clock=lambda: 0)
     joiner.rebalance([3])
     assert joiner.watermarks.get(3, "inference") == 5000
     late = InferenceLog.new(
-        request_id="old", model="m", model_version="v1", ts=4000, features={}, prediction=1
+        request_id="old", model="m", model_version="v1", ts=3000, features={}, prediction=1
     )
     out = joiner.on_inference(late, SourceRef(topic="i", partition=3, offset=0))
     assert [o.kind for o in out if isinstance(o, Reject)] == ["late"]
