@@ -140,7 +140,7 @@ class TablePendingStore:
 
     def get_watermark(self, partition: int, input: str) -> int | None:
         raw = self._read(f"{_META}watermark:{partition}:{input}")
-        if raw is None:  # one watermark per partition, as written before 0.x
+        if raw is None:  # one watermark per partition (earlier versions)
             raw = self._read(f"{_META}watermark:{partition}")
         return None if raw is None else int(raw)
 
@@ -244,6 +244,7 @@ class JoinerWorker:
     async def _agent(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             record = RawRecord.of(event.message)
+            self._handled[(record.topic, record.partition)] = record.offset + 1
             try:
                 for topic, key, value in self.handle(record):
                     target = self.examples_topic if topic == "examples" else self.dead_letters_topic
@@ -259,7 +260,6 @@ class JoinerWorker:
         kind ``examples`` or ``dead_letters``. Never raises for bad input; an
         unexpected failure of the join itself is dead-lettered as ``processing``."""
         source = SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
-        self._handled[(record.topic, record.partition)] = record.offset + 1
         try:
             if record.topic == self.topics.inference_logs:
                 log_event = decode_or_dead_letter(InferenceLog, record)
