@@ -191,6 +191,14 @@ class TrainingExample(Event):
     ``training-examples`` topic. Two rules are checked: ``example_id`` equals
     :func:`training_example_id` of ``request_id`` and ``feedback_event_id``;
     a default-label example has no feedback fields and any other has both.
+
+    ``ts`` (epoch ms, as on every event) is the event time at which the
+    example was decided, derived from the joined events alone, never from
+    when they were read: ``max(inference_ts, feedback_ts)`` for an example
+    emitted at the match (``feedback_policy="first"``), and the end of the
+    request's window, ``inference_ts + window + grace``, for one emitted when
+    the window closed (``last``, ``sum``, and default labels). So the same
+    events give byte-identical examples in every run and replay.
     """
 
     topic: ClassVar[str] = "training_examples"
@@ -221,7 +229,7 @@ class TrainingExample(Event):
     """ts of the FeedbackEvent; absent for a default label."""
     join_latency_ms: Count
     """Event-time feedback delay in ms: ``feedback_ts - inference_ts``, clamped at 0;
-    for a default label, ``ts - inference_ts`` (when the window closed). Derived
+    for a default label, ``ts - inference_ts`` (``window + grace``). Derived
     from the events only, so a replayed example is byte-identical."""
 
     @model_validator(mode="after")

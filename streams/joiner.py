@@ -9,7 +9,9 @@ records to ``dead-letters`` (key: source topic). Nothing a producer sends
 stops the agent.
 
 Pending state lives in one faust ``Table`` (``join-pending``: request_id ->
-JSON bytes, plus one watermark key per partition), whose changelog is
+JSON bytes, plus one watermark key per input and partition; a single
+per-partition key written by earlier versions is read as every input's),
+whose changelog is
 written to the partition of the record being processed. When a worker dies
 or a second one joins, the group rebalances, faust restores each assigned
 partition's table state from the changelog, and
@@ -43,6 +45,13 @@ before the example it records. The remaining gap is a broker error on the
 example's batch alone followed by a kill within the producer's retry;
 closing that needs Kafka transactions.
 
+Idle inputs: a timer (every ``idle_ms / 4``, at most 1 s) checks each owned
+input partition, and tells the joiner whether the agent has handled every
+record up to the partition's high watermark, the one carried in fetch
+responses (``consumer.highwater``; ``end_offsets`` reads short on Tansu, see
+:mod:`streams.kafka_compat`). The release rule itself is in
+:mod:`services.attribution.expiry`.
+
 Run a worker with ``python -m streams.joiner`` (settings from
 ``DRIFTLOOP_KAFKA_*``, ``DRIFTLOOP_TOPIC_*``, ``DRIFTLOOP_JOIN_*``).
 """
@@ -54,7 +63,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import faust
@@ -63,6 +72,8 @@ from schemas.codec import encode
 from schemas.events import DeadLetter, FeedbackEvent, InferenceLog
 from schemas.limits import MAX_PENDING_RAW_BYTES
 from services.attribution import (
+    FEEDBACK,
+    INFERENCE,
     AttributionJoiner,
     Emit,
     JoinerConfig,
@@ -130,12 +141,14 @@ class TablePendingStore:
             if entry.partition in partitions:
                 yield entry
 
-    def get_watermark(self, partition: int) -> int | None:
-        raw = self._read(f"{_META}watermark:{partition}")
+    def get_watermark(self, partition: int, input: str) -> int | None:
+        raw = self._read(f"{_META}watermark:{partition}:{input}")
+        if raw is None:  # one watermark per partition (earlier versions)
+            raw = self._read(f"{_META}watermark:{partition}")
         return None if raw is None else int(raw)
 
-    def put_watermark(self, partition: int, ts: int) -> None:
-        self._writes[f"{_META}watermark:{partition}"] = str(ts).encode()
+    def put_watermark(self, partition: int, input: str, ts: int) -> None:
+        self._writes[f"{_META}watermark:{partition}:{input}"] = str(ts).encode()
 
     def flush(self) -> None:
         """Write the held-back changes to the table, so to its changelog."""
@@ -191,8 +204,33 @@ class JoinerWorker:
         )
         self.store = TablePendingStore(self.table)
         self.joiner = AttributionJoiner(config, self.store, stats=self.stats)
+        self._handled: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         app.agent(self.source, name="attribution-joiner")(self._agent)
         app.on_rebalance_complete.connect(self.on_rebalance)
+        if config.idle_ms > 0:
+            interval = min(1.0, config.idle_ms / 4000)
+            timer: Callable[[], Awaitable[None]] = self.check_idle
+            app.timer(interval, name="attribution-joiner-idle")(timer)
+
+    def _input(self, topic: str) -> str:
+        return INFERENCE if topic == self.topics.inference_logs else FEEDBACK
+
+    async def check_idle(self) -> None:
+        """Report to the joiner, for every owned input partition, whether the
+        agent handled every record up to its high watermark from the last
+        fetch response (no fetch answer yet: not caught up)."""
+        consumer = self.app.consumer
+        for tp in sorted(self.app.assignor.assigned_actives()):
+            if tp.topic not in (self.topics.inference_logs, self.topics.feedback):
+                continue
+            highwater: int | None = consumer.highwater(tp)  # None before a fetch
+            if highwater is None:
+                continue
+            handled = self._handled.get((tp.topic, tp.partition))
+            if handled is None:  # nothing handled since the assignment
+                handled = await consumer.position(tp)
+            caught_up = handled is not None and handled >= highwater
+            self.joiner.report_caught_up(self._input(tp.topic), tp.partition, caught_up)
 
     async def on_rebalance(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Called by faust once a rebalance's table recovery is complete and
@@ -203,12 +241,14 @@ class JoinerWorker:
             for tp in self.app.assignor.assigned_actives()
             if tp.topic == self.topics.inference_logs
         }
+        self._handled.clear()
         self.joiner.rebalance(owned)
         log.info("joiner owns partitions %s: %s", sorted(owned), self.stats.snapshot())
 
     async def _agent(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             record = RawRecord.of(event.message)
+            self._handled[(record.topic, record.partition)] = record.offset + 1
             try:
                 for topic, key, value in self.handle(record):
                     target = self.examples_topic if topic == "examples" else self.dead_letters_topic

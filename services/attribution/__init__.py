@@ -8,7 +8,13 @@ faust agent on changelog-backed tables.
 from __future__ import annotations
 
 from services.attribution.config import FeedbackPolicy, JoinerConfig, NoFeedbackPolicy
-from services.attribution.expiry import ExpiryIndex, Watermarks
+from services.attribution.expiry import (
+    DEFAULT_INPUTS,
+    FEEDBACK,
+    INFERENCE,
+    ExpiryIndex,
+    Watermarks,
+)
 from services.attribution.joiner import AttributionJoiner, Emit, Outcome, Reject
 from services.attribution.state import (
     InMemoryPendingStore,
@@ -20,6 +26,9 @@ from services.attribution.state import (
 from services.attribution.stats import JoinStats, LatencyStats
 
 __all__ = [
+    "DEFAULT_INPUTS",
+    "FEEDBACK",
+    "INFERENCE",
     "AttributionJoiner",
     "Emit",
     "ExpiryIndex",

@@ -3,8 +3,9 @@
 The joiner pairs each InferenceLog with the FeedbackEvents for the same
 ``request_id`` that arrive within the *attribution window*, measured in event
 time from the inference's ``ts``. *Grace* is how far out of order events may
-arrive (in event time, per partition) and still be joined: a window is closed
-only once the partition's watermark has passed ``inference.ts + window + grace``.
+arrive (in event time) and still be joined:
+a window is closed only once every input's watermark has passed
+``inference.ts + window + grace`` (see :mod:`services.attribution.expiry`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ class JoinerConfig(BaseSettings):
     window_ms
         Attribution window: feedback whose ``ts`` is more than this after its
         inference's ``ts`` is not attributed (it goes to dead-letters as
-        ``late``). Default 10 minutes.
+        ``late``), nor feedback more than this *before* it (clock skew beyond
+        that is ``orphan``). Default 10 minutes.
     grace_ms
-        Allowed disorder: a window closes when the partition's watermark (the
-        largest event ``ts`` seen on it) passes ``inference.ts + window + grace``.
+        Allowed disorder: a window closes when the watermark of every input
+        (the largest ``ts`` each topic partition delivered) has passed
+        ``inference.ts + window + grace``. An event delivered after its own
+        topic partition had passed the end of its window is ``late``.
+    idle_ms
+        Wall-clock time after which an input partition read up to its high
+        watermark, with no record arriving, is released: left out of the
+        partition's closing watermark so that it does not hold the other
+        input back (counted in ``JoinStats.idle_releases``). 0 never
+        releases. Default 5 s.
     feedback_policy
         ``first``, ``last`` or ``sum`` (see :data:`FeedbackPolicy`).
     no_feedback_policy
@@ -42,13 +52,17 @@ class JoinerConfig(BaseSettings):
     default_label, default_weight
         Label and weight of an example emitted under ``no_feedback_policy="default"``.
     closed_retention_ms
-        How long (event time, after a window closed) the joiner remembers a
-        closed request, to tell late feedback and duplicates from new requests.
-        Defaults to ``window_ms + grace_ms``.
+        How long (event time, after the attribution window) the joiner
+        remembers a closed request, to tell late feedback and duplicates
+        from new requests: it is forgotten once every input is ``window +
+        grace`` past both ``inference.ts + window + closed_retention`` and
+        every event it saw. Defaults to ``window_ms + grace_ms``.
     watermark_persist_step_ms
-        The per-partition watermark is written to the changelog-backed state
+        Each input's per-partition watermark is written to the changelog-backed state
         whenever it has advanced by at least this much since it was last
-        written, so a worker that takes over a partition resumes close to it.
+        written, and whenever a decision depends on it (a window closes, an
+        event is judged late), so a worker that takes over a partition
+        resumes close to it and never judges earlier than this one did.
     dead_letter_duplicates
         Also write each duplicate event (same ``event_id`` seen again) to
         dead-letters with ``error_kind="duplicate"``; they are always counted.
@@ -67,6 +81,7 @@ class JoinerConfig(BaseSettings):
     default_weight: float = Field(default=1.0, ge=0)
     closed_retention_ms: int | None = Field(default=None, ge=0)
     watermark_persist_step_ms: int = Field(default=1_000, ge=0)
+    idle_ms: int = Field(default=5_000, ge=0)
     dead_letter_duplicates: bool = False
     max_feedback_per_request: int = Field(default=64, ge=1)
 

@@ -1,23 +1,74 @@
-"""Event-time clocks of the joiner: per-partition watermarks and the expiry index.
+"""Event-time clocks of the joiner: per-input watermarks and the expiry index.
 
 Which clock closes a window
 ---------------------------
-Windows close in **event time**: each input partition has a watermark, the
-largest ``ts`` of any inference log or feedback event read from it so far, and
-a request's window closes once that watermark has passed its deadline
-(``inference.ts + window + grace``). Nothing looks at the wall clock, so
-replaying the same records in the same order closes the same windows at the
-same records and emits the same examples, whatever the replay's speed.
-Wall-clock timers would make the result depend on how fast a worker ran and
-how long it was down.
+Windows close in **event time**, never on the wall clock, so the joined set
+depends on the events and not on how fast a worker ran. Each *input* (the
+``inference`` and ``feedback`` topics today; a repartition topic can be a
+third) has, per partition, its own watermark: the largest ``ts`` that input
+has delivered on that partition. Two rules use them:
 
-The price: a partition on which nothing arrives does not advance, and its
-open windows wait for the next record. Grace is the allowed disorder: an
-event whose ``ts`` is up to ``grace`` behind the watermark still joins.
+1. **Lateness is judged per input.** Let ``W`` be the watermark of an
+   event's own input just before the event: a property of that topic
+   partition's own sequence, the same however the inputs' records are
+   interleaved on the way in. An event more than ``window + grace`` behind
+   (``ts < W - window - grace``) is ``late``. Feedback is also ``late`` when
+   ``W`` had passed the end of its request's window (``W > inference.ts +
+   window + grace``), judged once its inference is known (``W`` is kept with
+   feedback that waits).
+2. **Windows close on the minimum.** The partition's *closing watermark* is
+   the minimum of the watermarks of the inputs that can still deliver to it
+   (those not released as idle, below), and it never goes backwards. A
+   request's window closes (``last``/``sum`` emit, the no-feedback policy
+   applies) only once the closing watermark is strictly past its end,
+   ``inference.ts + window + grace``; feedback waiting for its inference
+   becomes ``orphan`` once it is past ``feedback.ts + 2 * window + grace``
+   (the end of the window of the latest inference it could match).
 
-The watermark is per partition because partitions are the unit of handover:
-a worker taking over partition 3 inherits partition 3's watermark (persisted
-through :class:`~services.attribution.state.PendingStore`) and nothing else.
+Why the pair is enough: an event that is not late was delivered while its
+own input's watermark, and so the closing watermark (a minimum that
+includes it), was at most the end of the window it belongs to (for an
+inference, its own window; for feedback, the window of the inference it is
+attributed to, which is at least ``feedback.ts - window``). So it always
+finds its window open, and feedback that waits always meets its inference
+before its wait ends. Which examples exist, with which labels, and which
+events are dead-lettered with which reason is then a function of each
+input's own sequence alone, for every interleaving of the inputs, as long
+as no idle release fired. Closed requests are remembered (a tombstone)
+until the closing watermark is ``window + grace`` past every event they saw
+and past ``inference.ts + window + closed_retention``, so a repeated
+event_id not late by rule 1 always finds its request (a duplicate), and so
+does feedback up to ``closed_retention`` after its window (``late``). The
+one exception: feedback stamped more than ``window + closed_retention``
+after its inference may meet the request forgotten, and is then judged as
+if it were new (``orphan`` rather than ``late``); likewise a second
+inference log for a forgotten request. The single shared watermark this
+replaced let a dense or backlogged topic close the windows of the other
+topic's unread records.
+
+Idle inputs
+-----------
+An input partition with nothing to read would hold the minimum back for
+ever. It is *released* (left out of the minimum, like Flink's
+``withIdleness`` or Kafka Streams' ``max.task.idle.ms``) when the worker has
+checked it, for ``idle_ms`` of wall-clock time without a break, to be read
+up to its high watermark (the one from fetch responses), and no record of it
+arrived in that time; see :meth:`Watermarks.report`. A released input
+rejoins the minimum when a record of it arrives, when a check finds it
+behind its high watermark again, or when its last check is more than
+``idle_ms`` old (the worker was stopped or starved: what was idle may have
+a backlog now); the closing watermark does not go back when it does.
+Releases are counted (``JoinStats.idle_releases``): events of
+a released input that are not late by rule 1 can then find their window
+closed (``late``, "after its window closed"), and only then does the joined
+set depend on timing. A partition all of whose inputs are idle does not
+advance: its open windows wait for the next record, as before.
+
+The watermarks are per partition because partitions are the unit of
+handover: a worker taking over partition 3 inherits partition 3's per-input
+watermarks (persisted through
+:class:`~services.attribution.state.PendingStore`) and nothing else; idle
+state is not persisted (a new owner starts with every input active).
 
 :class:`ExpiryIndex` is the joiner's own index of deadlines (faust's windowed
 table expiry runs on its own timer and cannot drive this); it is derived
@@ -27,7 +78,8 @@ state, rebuilt from the stored entries whenever partitions are assigned.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 
 class ExpiryIndex:
@@ -82,33 +134,135 @@ class ExpiryIndex:
         return heap[0][0] if heap else None
 
 
+#: The inputs of the join today, in the order they are reported.
+INFERENCE = "inference"
+FEEDBACK = "feedback"
+DEFAULT_INPUTS: tuple[str, ...] = (INFERENCE, FEEDBACK)
+
+
+@dataclass
+class _PartitionClock:
+    marks: dict[str, int] = field(default_factory=dict)
+    closing: int | None = None
+    idle: set[str] = field(default_factory=set)
+    caught_up_since: dict[str, int] = field(default_factory=dict)
+    last_check: dict[str, int] = field(default_factory=dict)
+
+
 class Watermarks:
-    """Per-partition event-time watermarks: the largest ``ts`` seen so far."""
+    """Per-partition, per-input event-time watermarks and the closing watermark.
 
-    def __init__(self) -> None:
-        self._marks: dict[int, int] = {}
+    Parameters
+    ----------
+    inputs
+        Names of the inputs that can deliver to every partition; the closing
+        watermark of a partition is the minimum over those not released.
+    idle_ms
+        The idle rule's wait (:meth:`report`); 0 never releases.
+    """
 
-    def get(self, partition: int) -> int | None:
-        return self._marks.get(partition)
+    def __init__(self, inputs: Sequence[str] = DEFAULT_INPUTS, idle_ms: int = 0) -> None:
+        if not inputs:
+            raise ValueError("a join needs at least one input")
+        self.inputs = tuple(inputs)
+        self.idle_ms = idle_ms
+        self._clocks: dict[int, _PartitionClock] = {}
 
-    def observe(self, partition: int, ts: int) -> int:
-        """Account for an event at ``ts``; return the partition's watermark."""
-        current = self._marks.get(partition)
+    def _clock(self, partition: int) -> _PartitionClock:
+        return self._clocks.setdefault(partition, _PartitionClock())
+
+    def _check(self, input: str) -> None:
+        if input not in self.inputs:
+            raise KeyError(f"unknown join input {input!r} (inputs: {', '.join(self.inputs)})")
+
+    def get(self, partition: int, input: str) -> int | None:
+        """The largest ``ts`` ``input`` delivered on ``partition``, or None."""
+        clock = self._clocks.get(partition)
+        return None if clock is None else clock.marks.get(input)
+
+    def observe(self, partition: int, input: str, ts: int) -> bool:
+        """Account for an event at ``ts`` from ``input``; True if it rejoined.
+
+        A record of a released input makes it rejoin the minimum.
+        """
+        self._check(input)
+        clock = self._clock(partition)
+        current = clock.marks.get(input)
         if current is None or ts > current:
-            self._marks[partition] = ts
-            return ts
-        return current
+            clock.marks[input] = ts
+        clock.caught_up_since.pop(input, None)
+        if input in clock.idle:
+            clock.idle.discard(input)
+            return True
+        return False
 
-    def restore(self, partition: int, ts: int | None) -> None:
-        """Start ``partition`` from a persisted watermark (None: unknown)."""
+    def closing(self, partition: int, now_ms: int) -> int | None:
+        """The partition's closing watermark at wall-clock ``now_ms`` (None
+        until every active input delivered something): the minimum over the
+        inputs not released, never lower than it was.
+
+        A release lapses (the input rejoins) when its last check is more than
+        ``idle_ms`` old: the worker was stopped or starved, and what it found
+        idle may have a backlog by now.
+        """
+        clock = self._clock(partition)
+        for input in list(clock.idle):
+            if now_ms - clock.last_check.get(input, now_ms) > self.idle_ms:
+                clock.idle.discard(input)
+                clock.caught_up_since.pop(input, None)
+        active = [clock.marks.get(i) for i in self.inputs if i not in clock.idle]
+        if active and all(mark is not None for mark in active):
+            low = min(mark for mark in active if mark is not None)
+            if clock.closing is None or low > clock.closing:
+                clock.closing = low
+        return clock.closing
+
+    def report(self, partition: int, input: str, *, caught_up: bool, now_ms: int) -> bool:
+        """One check of ``input`` on ``partition`` at wall-clock ``now_ms``;
+        True when it releases the input.
+
+        ``caught_up``: the worker has handled every record of that topic
+        partition up to its high watermark. The input is released at the
+        first check that finds it caught up ``idle_ms`` or more after the
+        first of an unbroken run of caught-up checks with no record of it in
+        between. A record (:meth:`observe`), a check that finds it behind, or
+        a check more than ``idle_ms`` after the previous one (the worker was
+        stopped or starved) breaks the run, and the latter two make a
+        released input rejoin. ``idle_ms == 0`` never releases.
+        """
+        self._check(input)
+        clock = self._clock(partition)
+        previous = clock.last_check.get(input)
+        clock.last_check[input] = now_ms
+        if not caught_up or (previous is not None and now_ms - previous > self.idle_ms):
+            clock.caught_up_since.pop(input, None)
+            clock.idle.discard(input)
+            if not caught_up:
+                return False
+        since = clock.caught_up_since.setdefault(input, now_ms)
+        if self.idle_ms <= 0 or input in clock.idle or now_ms - since < self.idle_ms:
+            return False
+        clock.idle.add(input)
+        return True
+
+    def is_idle(self, partition: int, input: str) -> bool:
+        """Whether ``input`` is released from ``partition``'s minimum."""
+        clock = self._clocks.get(partition)
+        return clock is not None and input in clock.idle
+
+    def restore(self, partition: int, input: str, ts: int | None) -> None:
+        """Start ``input`` on ``partition`` from a persisted watermark (None: unknown)."""
+        self._check(input)
+        clock = self._clock(partition)
         if ts is None:
-            self._marks.pop(partition, None)
+            clock.marks.pop(input, None)
         else:
-            self._marks[partition] = max(ts, self._marks.get(partition, ts))
+            clock.marks[input] = max(ts, clock.marks.get(input, ts))
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
-            self._marks.pop(partition, None)
+            self._clocks.pop(partition, None)
 
-    def items(self) -> dict[int, int]:
-        return dict(self._marks)
+    def items(self) -> dict[int, dict[str, int]]:
+        """Every partition's per-input watermarks."""
+        return {p: dict(c.marks) for p, c in self._clocks.items()}

@@ -3,19 +3,30 @@
 :class:`AttributionJoiner` is plain, synchronous logic over a
 :class:`~services.attribution.state.PendingStore`; the faust agent in
 ``streams/joiner.py`` decodes records, calls :meth:`AttributionJoiner.on_inference`
-or :meth:`AttributionJoiner.on_feedback`, and sends what comes back.
+or :meth:`AttributionJoiner.on_feedback`, sends what comes back, and reports
+from a timer which input partitions are read up to their high watermark
+(:meth:`AttributionJoiner.report_caught_up`).
 
-Rules (``JoinerConfig`` names the knobs):
+Rules (``JoinerConfig`` names the knobs; the clocks are explained in
+:mod:`services.attribution.expiry`):
 
 - Either side may come first; both wait in the store under their request_id.
-- Each record first advances its partition's event-time watermark (see
-  :mod:`services.attribution.expiry`) and closes every window now due.
-- A repeated ``event_id`` is a duplicate: counted, never joined twice.
-- Feedback is attributed when ``inference.ts <= ... <= inference.ts + window``
-  (earlier feedback, from clock skew, is accepted); feedback after its window
-  or after its request was closed is ``late`` and goes to dead-letters.
+- Each record first advances its own input's watermark on its partition and
+  closes every window the partition's closing watermark (the minimum over the
+  inputs) has passed.
+- An event more than ``window + grace`` behind its own input's watermark is
+  ``late`` and dead-lettered, whatever the state of its request. Then a
+  repeated ``event_id`` is a duplicate: counted, never joined twice (so a
+  record replayed after a take-over changes nothing).
+- Feedback is attributed when ``inference.ts - window <= feedback.ts <=
+  inference.ts + window``; later feedback is ``late``, earlier is ``orphan``
+  (no inference log came within the window), and so is feedback whose
+  inference never came, when its wait (``max(feedback.ts) + 2 * window +
+  grace``) closes. Feedback delivered after its own topic partition had
+  passed the end of its window (``inference.ts + window + grace``) is
+  ``late`` too.
 - ``feedback_policy="first"`` emits at the first match; ``"last"`` and
-  ``"sum"`` emit when the window closes (watermark past
+  ``"sum"`` emit when the window closes (closing watermark past
   ``inference.ts + window + grace``), because a later event may still change
   the label. ``last`` takes the feedback with the greatest ``(ts, event_id)``;
   ``sum`` adds the labels (booleans count 0/1), averages the weights and is
@@ -23,16 +34,20 @@ Rules (``JoinerConfig`` names the knobs):
   not change its example_id.
 - A window closing without feedback is dropped or emitted with the default
   label (``label_is_default``), per ``no_feedback_policy``.
-- Feedback whose inference never came is dead-lettered as ``orphan`` when
-  its own window (from its ``ts``) closes.
+- A second inference log for a request (another event_id) is a
+  ``duplicate`` of field ``request_id``, open or closed.
 - ``example_id = training_example_id(request_id, feedback_event_id)``; the
-  example's ``event_id`` is the example_id and its ``ts`` the watermark at
-  emission, so a replay emits byte-for-byte the same example.
+  example's ``event_id`` is the example_id. Its ``ts`` is the event time at
+  which it was decided, from the events alone: ``max(inference.ts,
+  feedback.ts)`` for an example emitted at the match (``first``), the
+  window's end ``inference.ts + window + grace`` for one emitted when the
+  window closed (``last``, ``sum``, default label). So every interleaving of
+  the inputs, and every replay, emits byte-for-byte the same examples.
 - ``join_latency_ms`` is event time too: feedback ``ts`` minus inference
   ``ts``, clamped at 0 (the feedback delay, part of the loop's latency); for a
-  default label, the example's ``ts`` minus inference ``ts`` (when the window
-  closed). The wall-clock time from the first half reaching the joiner to the
-  example is only a metric (:attr:`JoinStats.wall_latency`).
+  default label, ``window + grace`` (when the window closed). The wall-clock
+  time from the first half reaching the joiner to the example is only a
+  metric (:attr:`JoinStats.wall_latency`).
 
 Where duplicates can still arise: the agent sends an example, then dies
 before the store write and the input offset are committed. The replacement
@@ -42,6 +57,7 @@ example_id; the trainer drops it by example_id.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -50,7 +66,13 @@ from dataclasses import dataclass
 from schemas.codec import encode
 from schemas.events import FeedbackEvent, InferenceLog, TrainingExample, training_example_id
 from services.attribution.config import JoinerConfig
-from services.attribution.expiry import ExpiryIndex, Watermarks
+from services.attribution.expiry import (
+    DEFAULT_INPUTS,
+    FEEDBACK,
+    INFERENCE,
+    ExpiryIndex,
+    Watermarks,
+)
 from services.attribution.state import (
     PendingFeedback,
     PendingRequest,
@@ -58,6 +80,8 @@ from services.attribution.state import (
     SourceRef,
 )
 from services.attribution.stats import JoinStats
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,9 @@ def _number(label: bool | int | float | str) -> float:
     return float(label)
 
 
+_READ_AFTER = "feedback read after its topic partition had passed the end of its window"
+
+
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -111,7 +138,11 @@ class AttributionJoiner:
         Counters to update; a fresh :class:`JoinStats` by default.
     clock
         Wall clock in epoch ms, used only for the wall-latency metric
-        (:attr:`JoinStats.wall_latency`), never in an example.
+        (:attr:`JoinStats.wall_latency`) and the idle rule, never in an example.
+    inputs
+        Names of the inputs that can deliver to every partition (the
+        ``input`` of :meth:`on_inference` / :meth:`on_feedback`); the
+        closing watermark is the minimum over them.
     """
 
     def __init__(
@@ -121,14 +152,15 @@ class AttributionJoiner:
         *,
         stats: JoinStats | None = None,
         clock: Callable[[], int] = _wall_clock_ms,
+        inputs: tuple[str, ...] = DEFAULT_INPUTS,
     ) -> None:
         self.config = config
         self.store = store
         self.stats = stats if stats is not None else JoinStats()
         self.clock = clock
         self.index = ExpiryIndex()
-        self.watermarks = Watermarks()
-        self._persisted_marks: dict[int, int] = {}
+        self.watermarks = Watermarks(inputs, idle_ms=config.idle_ms)
+        self._persisted_marks: dict[tuple[int, str], int] = {}
         self._active: set[int] = set()
         self._gauges: dict[int, Counter[str]] = {}
 
@@ -147,15 +179,18 @@ class AttributionJoiner:
         every = self._active | owned
         self.index.drop_partitions(every)
         self.watermarks.drop_partitions(every)
+        self._persisted_marks = {
+            key: mark for key, mark in self._persisted_marks.items() if key[0] not in every
+        }
         for partition in every:
-            self._persisted_marks.pop(partition, None)
             self._gauges.pop(partition, None)
         self._active = set(owned)
         for partition in owned:
-            mark = self.store.get_watermark(partition)
-            self.watermarks.restore(partition, mark)
-            if mark is not None:
-                self._persisted_marks[partition] = mark
+            for input in self.watermarks.inputs:
+                mark = self.store.get_watermark(partition, input)
+                self.watermarks.restore(partition, input, mark)
+                if mark is not None:
+                    self._persisted_marks[(partition, input)] = mark
         for entry in self.store.entries(owned):
             self.index.schedule(entry.partition, entry.request_id, entry.deadline)
             self._count(entry, +1)
@@ -163,27 +198,30 @@ class AttributionJoiner:
 
     # -- inputs -------------------------------------------------------------
 
-    def on_inference(self, log: InferenceLog, source: SourceRef) -> list[Outcome]:
-        """Handle one decoded inference log read from ``source``."""
+    def on_inference(
+        self, log: InferenceLog, source: SourceRef, input: str = INFERENCE
+    ) -> list[Outcome]:
+        """Handle one decoded inference log read from ``source`` (of ``input``)."""
         self.stats.inferences += 1
-        out = self.advance(source.partition, log.ts)
+        behind = self._behind(source.partition, input, log.ts)
+        out = self.advance(source.partition, log.ts, input)
         entry = self.store.get(log.request_id)
+        if behind is not None and behind > self.config.horizon_ms:
+            # its own topic partition had passed the end of its window
+            out.append(self._late(log, source, input, behind))
+            return out
         if entry is not None and entry.has_seen(log.event_id):
             self._duplicate(log, source, out)
             return out
-        if entry is not None and entry.status == "closed":
-            self._remember(entry, log.event_id)
-            self.stats.late += 1
-            out.append(
-                self._reject("late", "inference log after its request was closed", log, source)
-            )
-            return out
-        if entry is not None and entry.inference is not None:
-            self._remember(entry, log.event_id)
+        served = None
+        if entry is not None:
+            served = entry.inference.event_id if entry.inference else entry.closed_inference_id
+        if entry is not None and served is not None:
+            self._remember(entry, log)
             out.append(
                 self._reject(
                     "duplicate",
-                    f"request already has inference log {entry.inference.event_id}",
+                    f"request already has inference log {served}",
                     log,
                     source,
                     field="request_id",
@@ -193,10 +231,13 @@ class AttributionJoiner:
         if entry is None:
             entry = self._new_entry(log.request_id, source.partition)
         else:
+            # open and waiting for its inference, or an orphan tombstone:
+            # nothing was joined there, so this inference opens the request
             self._count(entry, -1)
+            entry.status = "open"
         entry.inference = log
         entry.inference_source = source
-        entry.seen_event_ids.append(log.event_id)
+        entry.saw(log)
         entry.deadline = log.ts + self.config.horizon_ms
         waiting, entry.feedback = entry.feedback, []
         for pending in waiting:
@@ -205,11 +246,17 @@ class AttributionJoiner:
         self._publish_gauges()
         return out
 
-    def on_feedback(self, event: FeedbackEvent, source: SourceRef) -> list[Outcome]:
-        """Handle one decoded feedback event read from ``source``."""
+    def on_feedback(
+        self, event: FeedbackEvent, source: SourceRef, input: str = FEEDBACK
+    ) -> list[Outcome]:
+        """Handle one decoded feedback event read from ``source`` (of ``input``)."""
         self.stats.feedback += 1
-        out = self.advance(source.partition, event.ts)
+        behind = self._behind(source.partition, input, event.ts)
+        out = self.advance(source.partition, event.ts, input)
         entry = self.store.get(event.request_id)
+        if behind is not None and behind > self.config.horizon_ms:
+            out.append(self._late(event, source, input, behind))
+            return out
         if entry is not None and entry.has_seen(event.event_id):
             self._duplicate(event, source, out)
             return out
@@ -224,73 +271,133 @@ class AttributionJoiner:
                 )
             )
             return out
+        mark = None if behind is None else event.ts + behind  # the watermark before it
+        pending = PendingFeedback(event=event, source=source, mark=mark)
         if entry is not None and entry.status == "closed":
-            self._remember(entry, event.event_id)
-            self.stats.late += 1
-            out.append(self._reject("late", "feedback after its window closed", event, source))
-            return out
-        mark = self.watermarks.get(source.partition)
-        if entry is None and mark is not None and event.ts + self.config.horizon_ms < mark:
-            self.stats.late += 1
-            out.append(self._reject("late", "feedback older than any open window", event, source))
-            return out
-        if entry is None:
+            if entry.closed_inference_ts is not None:
+                self._remember(entry, event)
+                out.append(self._after_close(entry.closed_inference_ts, pending))
+                return out
+            self._count(entry, -1)  # an orphan tombstone: wait again for the inference
+            entry.status = "open"
+            entry.deadline = event.ts + self._wait_ms
+        elif entry is None:
             entry = self._new_entry(event.request_id, source.partition)
-            entry.deadline = event.ts + self.config.horizon_ms
+            entry.deadline = event.ts + self._wait_ms
         else:
             self._count(entry, -1)
-        entry.seen_event_ids.append(event.event_id)
-        pending = PendingFeedback(event=event, source=source)
+        entry.saw(event)
         if entry.inference is None:
             if len(entry.feedback) >= self.config.max_feedback_per_request:
                 out.append(self._overflow(pending))
             else:
                 entry.feedback.append(pending)
+                entry.deadline = max(entry.deadline, event.ts + self._wait_ms)
         else:
             out.extend(self._attach(entry, pending))
         self._save(entry)
         self._publish_gauges()
         return out
 
-    def advance(self, partition: int, ts: int) -> list[Outcome]:
-        """Account for an event at ``ts`` on ``partition`` and close what is due.
+    def advance(self, partition: int, ts: int, input: str = INFERENCE) -> list[Outcome]:
+        """Account for an event at ``ts`` from ``input`` on ``partition`` and
+        close what the partition's closing watermark has passed.
 
         Returns the examples and dead letters that closing produced. Called by
         :meth:`on_inference` / :meth:`on_feedback` before they handle the event.
         """
         self._active.add(partition)
-        mark = self.watermarks.observe(partition, ts)
-        last = self._persisted_marks.get(partition)
+        if self.watermarks.observe(partition, input, ts):
+            logger.info(
+                "joiner: %s[%d] delivers again: rejoins the closing watermark", input, partition
+            )
+        mark = self.watermarks.get(partition, input)
+        assert mark is not None
+        last = self._persisted_marks.get((partition, input))
         if last is None or mark - last >= self.config.watermark_persist_step_ms:
-            self.store.put_watermark(partition, mark)
-            self._persisted_marks[partition] = mark
+            self._persist(partition, input, mark)
+        return self._close_due(partition)
+
+    def report_caught_up(self, input: str, partition: int, caught_up: bool = True) -> bool:
+        """The worker's check of ``input``'s partition ``partition``:
+        ``caught_up`` if every record up to its high watermark was handled.
+
+        Applies the idle rule (:meth:`Watermarks.report`) at the wall-clock
+        time now; returns True when this check released the input, which is
+        counted and logged. The windows the release lets close are closed
+        when the partition's next record is handled.
+        """
+        if partition not in self._active:
+            return False
+        now = self.clock()
+        released = self.watermarks.report(partition, input, caught_up=caught_up, now_ms=now)
+        if released:
+            self.stats.idle_releases += 1
+            logger.info(
+                "joiner: %s[%d] read up to its high watermark with nothing new for %d ms: "
+                "left out of partition %d's closing watermark (%s at %s; now %s)",
+                input,
+                partition,
+                self.config.idle_ms,
+                partition,
+                input,
+                self.watermarks.get(partition, input),
+                self.watermarks.closing(partition, now),
+            )
+        return released
+
+    # -- transitions --------------------------------------------------------
+
+    def _behind(self, partition: int, input: str, ts: int) -> int | None:
+        """How far ``ts`` is behind ``input``'s watermark (None: no watermark yet)."""
+        mark = self.watermarks.get(partition, input)
+        return None if mark is None else mark - ts
+
+    def _read_after_window(self, pending: PendingFeedback, inference_ts: int) -> bool:
+        """Whether the feedback's own topic partition had passed the end of the
+        window (``inference_ts + window + grace``) before it delivered it."""
+        return pending.mark is not None and pending.mark > inference_ts + self.config.horizon_ms
+
+    def _close_due(self, partition: int) -> list[Outcome]:
+        closing = self.watermarks.closing(partition, self.clock())
+        if closing is None:
+            return []
+        due = self.index.pop_due(partition, closing)
+        if due:
+            # A closure is a state change made at these watermarks: persist
+            # them with it, so a worker resuming from the stored state never
+            # closes windows at an earlier point than this one did.
+            self._persist_all(partition)
         out: list[Outcome] = []
-        due = self.index.pop_due(partition, mark)
-        if due and self._persisted_marks.get(partition) != mark:
-            # A closure is a state change made at this watermark: persist the
-            # watermark with it, so a worker resuming from the stored state
-            # never closes windows at an earlier point than this one did.
-            self.store.put_watermark(partition, mark)
-            self._persisted_marks[partition] = mark
         for request_id in due:
             entry = self.store.get(request_id)
             if entry is None:
                 continue
-            if entry.deadline >= mark:
+            if entry.deadline >= closing:
                 self.index.schedule(partition, request_id, entry.deadline)
                 continue
-            out.extend(self._close(entry, mark))
-        if out:
+            out.extend(self._close(entry))
+        if due:
             self._publish_gauges()
         return out
-
-    # -- transitions --------------------------------------------------------
 
     def _attach(self, entry: PendingRequest, pending: PendingFeedback) -> list[Outcome]:
         """Attribute ``pending`` to ``entry``, which has its inference."""
         inference = entry.inference
         assert inference is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
         event = pending.event
+        # the window before the model: a tombstone, which knows only the
+        # inference's ts, must give the same verdict (see _after_close)
+        if event.ts > inference.ts + self.config.window_ms:
+            self.stats.late += 1
+            return [
+                self._reject("late", "feedback after its attribution window", event, pending.source)
+            ]
+        if event.ts < inference.ts - self.config.window_ms:
+            return [self._orphan(pending)]
+        if self._read_after_window(pending, inference.ts):
+            self.stats.late += 1
+            return [self._reject("late", _READ_AFTER, event, pending.source)]
         if event.model != inference.model:
             return [
                 self._reject(
@@ -301,53 +408,59 @@ class AttributionJoiner:
                     "model",
                 )
             ]
-        if event.ts > inference.ts + self.config.window_ms:
-            self.stats.late += 1
-            return [
-                self._reject("late", "feedback after its attribution window", event, pending.source)
-            ]
         if entry.status == "emitted":
             self.stats.superseded += 1
             return []
         if self.config.feedback_policy == "first":
             entry.status = "emitted"
             entry.feedback = []
-            mark = self.watermarks.get(entry.partition) or event.ts
-            return [self._emit(entry, event, event.label, event.weight, mark)]
+            ts = max(inference.ts, event.ts)
+            return [self._emit(entry, event, event.label, event.weight, ts)]
         if len(entry.feedback) >= self.config.max_feedback_per_request:
             return [self._overflow(pending)]
         entry.feedback.append(pending)
         return []
 
-    def _close(self, entry: PendingRequest, mark: int) -> list[Outcome]:
-        """The window of ``entry`` is due at watermark ``mark``: emit, reject or forget."""
+    def _after_close(self, inference_ts: int, pending: PendingFeedback) -> Reject:
+        """Feedback for a request whose window closed (it had an inference)."""
+        event = pending.event
+        if event.ts > inference_ts + self.config.window_ms:
+            self.stats.late += 1
+            return self._reject(
+                "late", "feedback after its attribution window", event, pending.source
+            )
+        if event.ts < inference_ts - self.config.window_ms:
+            return self._orphan(pending)
+        if self._read_after_window(pending, inference_ts):
+            self.stats.late += 1
+            return self._reject("late", _READ_AFTER, event, pending.source)
+        # within the window, read in time, yet closed: only after an idle release
+        self.stats.late += 1
+        return self._reject("late", "feedback after its window closed", event, pending.source)
+
+    def _close(self, entry: PendingRequest) -> list[Outcome]:
+        """The closing watermark passed the deadline of ``entry``: emit, reject or forget."""
         self._count(entry, -1)
         if entry.status == "closed":
             self.store.delete(entry.request_id)
             return []
         out: list[Outcome] = []
         if entry.inference is None:
-            for pending in entry.feedback:
-                self.stats.unmatched += 1
-                out.append(
-                    self._reject(
-                        "orphan",
-                        "no inference log came within the window",
-                        pending.event,
-                        pending.source,
-                    )
-                )
+            out.extend(self._orphan(pending) for pending in entry.feedback)
         elif entry.status == "open":
-            out.extend(self._final_label(entry, mark))
+            out.extend(self._final_label(entry, entry.deadline))
+        if entry.inference is not None:
+            entry.closed_inference_id = entry.inference.event_id
+            entry.closed_inference_ts = entry.inference.ts
         entry.status = "closed"
         entry.inference = None
         entry.inference_source = None
         entry.feedback = []
-        entry.deadline = entry.deadline + self.config.retention_ms
+        entry.deadline = self._forget_at(entry)
         self._save(entry)
         return out
 
-    def _final_label(self, entry: PendingRequest, mark: int) -> list[Outcome]:
+    def _final_label(self, entry: PendingRequest, ts: int) -> list[Outcome]:
         feedback = [p.event for p in entry.feedback]
         if not feedback:
             if self.config.no_feedback_policy == "drop":
@@ -355,7 +468,7 @@ class AttributionJoiner:
                 return []
             self.stats.defaults += 1
             return [
-                self._emit(entry, None, self.config.default_label, self.config.default_weight, mark)
+                self._emit(entry, None, self.config.default_label, self.config.default_weight, ts)
             ]
         ordered = sorted(feedback, key=lambda e: (e.ts, e.event_id))
         if self.config.feedback_policy == "sum":
@@ -363,9 +476,9 @@ class AttributionJoiner:
             integral = all(isinstance(e.label, bool | int) for e in ordered)
             label: bool | int | float | str = int(total) if integral else total
             weight = sum(e.weight for e in ordered) / len(ordered)
-            return [self._emit(entry, ordered[0], label, weight, mark)]
+            return [self._emit(entry, ordered[0], label, weight, ts)]
         chosen = ordered[-1]
-        return [self._emit(entry, chosen, chosen.label, chosen.weight, mark)]
+        return [self._emit(entry, chosen, chosen.label, chosen.weight, ts)]
 
     def _emit(
         self,
@@ -373,13 +486,12 @@ class AttributionJoiner:
         feedback: FeedbackEvent | None,
         label: bool | int | float | str,
         weight: float,
-        mark: int,
+        ts: int,
     ) -> Emit:
         inference = entry.inference
         assert inference is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
         feedback_id = feedback.event_id if feedback is not None else None
         example_id = training_example_id(entry.request_id, feedback_id)
-        ts = max(mark, inference.ts)
         decided_at = feedback.ts if feedback is not None else ts
         delay = max(0, decided_at - inference.ts)
         example = TrainingExample.new(
@@ -417,8 +529,68 @@ class AttributionJoiner:
         self.index.schedule(entry.partition, entry.request_id, entry.deadline)
         self._count(entry, +1)
 
-    def _remember(self, entry: PendingRequest, event_id: str) -> None:
-        entry.seen_event_ids.append(event_id)
+    def _persist(self, partition: int, input: str, mark: int) -> None:
+        self.store.put_watermark(partition, input, mark)
+        self._persisted_marks[(partition, input)] = mark
+
+    def _persist_all(self, partition: int) -> None:
+        """Persist every input's watermark of ``partition`` not yet persisted."""
+        for input in self.watermarks.inputs:
+            mark = self.watermarks.get(partition, input)
+            if mark is not None and self._persisted_marks.get((partition, input)) != mark:
+                self._persist(partition, input, mark)
+
+    def _late(
+        self, event: InferenceLog | FeedbackEvent, source: SourceRef, input: str, behind: int
+    ) -> Reject:
+        """``event`` came too far behind its own input's watermark."""
+        self.stats.late += 1
+        self._persist_all(source.partition)  # a decision made at this watermark
+        what = "inference log" if isinstance(event, InferenceLog) else "feedback"
+        return self._reject(
+            "late",
+            f"{what} {behind} ms behind the {input} watermark of its partition"
+            " (its window had passed there)",
+            event,
+            source,
+        )
+
+    def _orphan(self, pending: PendingFeedback) -> Reject:
+        self.stats.unmatched += 1
+        return self._reject(
+            "orphan", "no inference log came within the window", pending.event, pending.source
+        )
+
+    @property
+    def _wait_ms(self) -> int:
+        """How long (event time, after its ``ts``) feedback waits for its
+        inference: ``window`` (the earliest inference it can match is that
+        much later) plus the inference's own ``window + grace``."""
+        return self.config.window_ms + self.config.horizon_ms
+
+    def _forget_at(self, entry: PendingRequest) -> int:
+        """When (closing watermark) a closed request is forgotten.
+
+        An event less than ``window + grace`` behind its own input's
+        watermark (any other is late at once) comes while the closing
+        watermark is at most ``window + grace`` past its ``ts``. So the
+        tombstone is kept until that is past every event it saw (a repeat
+        finds it: a duplicate) and past ``inference.ts + window +
+        closed_retention`` (feedback up to ``closed_retention`` after the
+        window finds it: late)."""
+        latest = entry.max_ts
+        if entry.closed_inference_ts is not None:
+            latest = max(
+                latest,
+                entry.closed_inference_ts + self.config.window_ms + self.config.retention_ms,
+            )
+        return latest + self.config.horizon_ms
+
+    def _remember(self, entry: PendingRequest, event: InferenceLog | FeedbackEvent) -> None:
+        entry.saw(event)
+        if entry.status == "closed":  # kept as long as for the events it saw before
+            entry.deadline = max(entry.deadline, event.ts + self.config.horizon_ms)
+            self.index.schedule(entry.partition, entry.request_id, entry.deadline)
         self.store.put(entry)
 
     def _duplicate(

@@ -8,9 +8,12 @@ seen for it, and its lifecycle ``status``:
 ``open``     waiting: for feedback, for its inference, or for the window to close;
 ``emitted``  under ``feedback_policy="first"`` the example went out; the entry
              stays until the window closes so that repeats are recognised;
-``closed``   the window closed; only the ids are kept (a tombstone) so that late
-             feedback and duplicates are told apart from new requests, until the
-             retention runs out.
+``closed``   the window closed; only the ids are kept (a tombstone), with the
+             inference's event_id and ts when it had one, so that late feedback,
+             a second inference log and duplicates are told apart from new
+             requests, until the retention runs out. A tombstone of feedback
+             that never got its inference (``orphan``) is reopened by later
+             feedback or by an inference log: nothing was joined there.
 
 :class:`PendingStore` is the seam between the join logic and the storage:
 the faust agent implements it on a changelog-backed table
@@ -53,10 +56,13 @@ class SourceRef(BaseModel):
 
 
 class PendingFeedback(BaseModel):
-    """One accepted feedback event and the record it came from."""
+    """One accepted feedback event, the record it came from, and ``mark``: the
+    watermark of its own input just before it (None: none yet), by which it is
+    judged late or not once its inference is known."""
 
     event: FeedbackEvent
     source: SourceRef
+    mark: int | None = None
 
 
 class PendingRequest(BaseModel):
@@ -67,6 +73,9 @@ class PendingRequest(BaseModel):
     indexed and handed over per partition. ``deadline`` is the event time at
     which the entry next changes on its own: the window close for ``open`` and
     ``emitted`` entries, the end of retention for ``closed`` ones.
+    ``closed_inference_id`` and ``closed_inference_ts`` keep, in a tombstone,
+    the inference it had (None for an orphan tombstone); ``max_ts`` is the
+    largest ``ts`` of the events in ``seen_event_ids``.
     """
 
     request_id: str
@@ -79,9 +88,18 @@ class PendingRequest(BaseModel):
     seen_event_ids: list[str] = Field(default_factory=list)
     example_id: str | None = None
     first_seen_ms: int = 0
+    closed_inference_id: str | None = None
+    closed_inference_ts: int | None = None
+    max_ts: int = 0
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.seen_event_ids
+
+    def saw(self, event: InferenceLog | FeedbackEvent) -> None:
+        """Record ``event`` as seen: its event_id, and ``max_ts`` (the largest
+        ``ts`` of any event seen, which bounds how long the entry is kept)."""
+        self.seen_event_ids.append(event.event_id)
+        self.max_ts = max(self.max_ts, event.ts)
 
     def to_bytes(self) -> bytes:
         """JSON bytes for the changelog-backed table."""
@@ -94,7 +112,7 @@ class PendingRequest(BaseModel):
 
 
 class PendingStore(Protocol):
-    """Keyed storage of :class:`PendingRequest` entries and per-partition watermarks.
+    """Keyed storage of :class:`PendingRequest` entries and per-input watermarks.
 
     The joiner calls these synchronously while it handles one input record;
     every write must be durable (or made durable with the record's offset
@@ -118,12 +136,16 @@ class PendingStore(Protocol):
         """Every stored entry whose ``partition`` is in ``partitions``."""
         ...
 
-    def get_watermark(self, partition: int) -> int | None:
-        """The last persisted watermark of ``partition``, or None."""
+    def get_watermark(self, partition: int, input: str) -> int | None:
+        """The last persisted watermark of ``input`` on ``partition``, or None.
+
+        State written before watermarks were kept per input has one value
+        per partition; it is returned for every input.
+        """
         ...
 
-    def put_watermark(self, partition: int, ts: int) -> None:
-        """Persist the watermark of ``partition``."""
+    def put_watermark(self, partition: int, input: str, ts: int) -> None:
+        """Persist the watermark of ``input`` on ``partition``."""
         ...
 
 
@@ -136,7 +158,7 @@ class InMemoryPendingStore:
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
-        self.watermarks: dict[int, int] = {}
+        self.watermarks: dict[tuple[int, str], int] = {}
 
     def get(self, request_id: str) -> PendingRequest | None:
         raw = self.data.get(request_id)
@@ -154,11 +176,11 @@ class InMemoryPendingStore:
             if entry.partition in partitions:
                 yield entry
 
-    def get_watermark(self, partition: int) -> int | None:
-        return self.watermarks.get(partition)
+    def get_watermark(self, partition: int, input: str) -> int | None:
+        return self.watermarks.get((partition, input))
 
-    def put_watermark(self, partition: int, ts: int) -> None:
-        self.watermarks[partition] = ts
+    def put_watermark(self, partition: int, input: str, ts: int) -> None:
+        self.watermarks[(partition, input)] = ts
 
     def __len__(self) -> int:
         return len(self.data)

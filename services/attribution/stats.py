@@ -55,7 +55,9 @@ class JoinStats:
     feedback, dropped); ``late`` (feedback after its window closed);
     ``duplicates`` (an ``event_id`` seen again); ``superseded`` (feedback
     ignored because ``first`` already emitted); ``unmatched`` (feedback whose
-    inference never came); ``dead_letters`` by ``error_kind``.
+    inference never came); ``idle_releases`` (an idle input partition left out
+    of its partition's closing watermark, see
+    :mod:`services.attribution.expiry`); ``dead_letters`` by ``error_kind``.
     Gauges: ``pending_inferences`` and ``pending_feedback`` (open requests
     waiting with an inference / with feedback only) and ``closed_remembered``.
     Latencies of every emitted example, in ms: ``feedback_delay`` in event
@@ -75,6 +77,7 @@ class JoinStats:
     duplicates: int = 0
     superseded: int = 0
     unmatched: int = 0
+    idle_releases: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     pending_inferences: int = 0
     pending_feedback: int = 0
@@ -99,6 +102,7 @@ class JoinStats:
             "duplicates": self.duplicates,
             "superseded": self.superseded,
             "unmatched": self.unmatched,
+            "idle_releases": self.idle_releases,
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "dead_letters_total": sum(self.dead_letters.values()),
             "pending_inferences": self.pending_inferences,
@@ -128,6 +132,7 @@ class JoinStats:
             "duplicates",
             "superseded",
             "unmatched",
+            "idle_releases",
         ):
             metric(f"{name}_total", "counter", getattr(self, name))
         for kind, count in sorted(self.dead_letters.items()):

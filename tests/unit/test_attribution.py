@@ -59,6 +59,11 @@ def feed(
     return joiner.on_feedback(event, src("feedback", p))
 
 
+def tick(joiner: AttributionJoiner, ts: int, p: int = 0) -> list[Outcome]:
+    """Both inputs of partition ``p`` reach ``ts``: close what that passes."""
+    return joiner.advance(p, ts, "inference") + joiner.advance(p, ts, "feedback")
+
+
 def examples(outcomes: list[Outcome]) -> list[Any]:
     return [o.example for o in outcomes if isinstance(o, Emit)]
 
@@ -121,7 +126,7 @@ def test_first_policy_ignores_later_feedback() -> None:
     feed(joiner, inference("r1", 0))
     out = examples(feed(joiner, feedback("r1", 1_000, label=0, eid="f1")))
     out += examples(feed(joiner, feedback("r1", 2_000, label=1, eid="f2")))
-    out += examples(feed(joiner, inference("later", 20 * MIN)))
+    out += examples(tick(joiner, 20 * MIN))
     assert [e.label for e in out] == [0]
     assert joiner.stats.superseded == 1
 
@@ -132,11 +137,12 @@ def test_last_policy_emits_the_latest_feedback_when_the_window_closes() -> None:
     # arrival order differs from event time: "last" is by ts
     assert feed(joiner, feedback("r1", 3_000, label=1, eid="f2")) == []
     assert feed(joiner, feedback("r1", 1_000, label=0, eid="f1")) == []
-    # the watermark must pass ts + window + grace before anything is emitted
-    assert examples(feed(joiner, inference("other", 11 * MIN))) == []
-    out = examples(feed(joiner, inference("later", 11 * MIN + 1)))
+    # both inputs must pass ts + window + grace before anything is emitted
+    assert examples(tick(joiner, 11 * MIN)) == []
+    assert examples(joiner.advance(0, 11 * MIN + 1, "inference")) == []
+    out = examples(joiner.advance(0, 11 * MIN + 1, "feedback"))
     assert [(e.label, e.feedback_event_id) for e in out] == [(1, "f2")]
-    assert out[0].ts == 11 * MIN + 1
+    assert out[0].ts == 11 * MIN  # the window's end, not when it was read
 
 
 def test_sum_policy_adds_labels_and_keeps_the_earliest_feedback_as_its_id() -> None:
@@ -144,7 +150,7 @@ def test_sum_policy_adds_labels_and_keeps_the_earliest_feedback_as_its_id() -> N
     feed(joiner, inference("r1", 0))
     feed(joiner, feedback("r1", 2_000, label=2.5, eid="b", weight=1.0))
     feed(joiner, feedback("r1", 1_000, label=1, eid="a", weight=3.0))
-    out = examples(feed(joiner, inference("later", 12 * MIN)))
+    out = examples(tick(joiner, 12 * MIN))
     assert [(e.label, e.weight, e.feedback_event_id) for e in out] == [(3.5, 2.0, "a")]
 
 
@@ -157,7 +163,7 @@ def test_sum_policy_refuses_text_labels() -> None:
 def test_window_without_feedback_is_dropped_by_default() -> None:
     joiner, store = make()
     feed(joiner, inference("r1", 0))
-    assert examples(feed(joiner, inference("later", 12 * MIN))) == []
+    assert examples(tick(joiner, 12 * MIN)) == []
     assert joiner.stats.dropped_unlabeled == 1
     assert store.get("r1") is not None  # remembered as closed
     assert joiner.stats.closed_remembered == 1
@@ -166,7 +172,7 @@ def test_window_without_feedback_is_dropped_by_default() -> None:
 def test_window_without_feedback_can_emit_the_default_label() -> None:
     joiner, _ = make(no_feedback_policy="default", default_label=0.0, default_weight=0.5)
     feed(joiner, inference("r1", 0, version="v3"))
-    out = examples(feed(joiner, inference("later", 12 * MIN)))
+    out = examples(tick(joiner, 12 * MIN))
     assert len(out) == 1
     ex = out[0]
     assert (ex.label, ex.weight, ex.label_is_default, ex.model_version) == (0.0, 0.5, True, "v3")
@@ -180,6 +186,7 @@ def test_feedback_after_the_window_closed_is_late() -> None:
     joiner, _ = make()
     feed(joiner, inference("r1", 0))
     feed(joiner, inference("later", 12 * MIN))
+    feed(joiner, feedback("later", 12 * MIN, eid="f-later"))
     out = rejects(feed(joiner, feedback("r1", 5 * MIN, eid="f1")))
     assert [r.kind for r in out] == ["late"]
     assert out[0].source.topic == "feedback"
@@ -204,7 +211,7 @@ def test_feedback_within_grace_of_disorder_still_joins() -> None:
 
 def test_old_feedback_for_a_forgotten_request_is_late() -> None:
     joiner, _ = make()
-    feed(joiner, inference("now", 100 * MIN))
+    feed(joiner, feedback("now", 100 * MIN, eid="f0"))
     out = rejects(feed(joiner, feedback("gone", 50 * MIN, eid="f1")))
     assert [r.kind for r in out] == ["late"]
 
@@ -212,11 +219,13 @@ def test_old_feedback_for_a_forgotten_request_is_late() -> None:
 def test_feedback_whose_inference_never_comes_is_an_orphan() -> None:
     joiner, store = make()
     feed(joiner, feedback("r1", 0, eid="f1"))
-    out = rejects(feed(joiner, inference("later", 12 * MIN)))
+    # it waits for an inference stamped up to a window later, and that one's window
+    assert rejects(tick(joiner, 21 * MIN)) == []
+    out = rejects(tick(joiner, 21 * MIN + 1))
     assert [r.kind for r in out] == ["orphan"]
     assert joiner.stats.unmatched == 1
     # and closed state is forgotten after its retention
-    feed(joiner, inference("much-later", 40 * MIN))
+    tick(joiner, 60 * MIN)
     assert store.get("r1") is None
 
 
@@ -257,7 +266,7 @@ def test_feedback_stamped_before_its_inference_has_zero_latency() -> None:
 def test_a_default_label_has_the_window_close_as_its_latency() -> None:
     joiner, _ = make(no_feedback_policy="default")
     feed(joiner, inference("r1", 1_000))
-    (ex,) = examples(feed(joiner, inference("r2", 1_000 + 12 * MIN)))
+    (ex,) = examples(tick(joiner, 1_000 + 12 * MIN))
     assert ex.label_is_default
     assert ex.join_latency_ms == ex.ts - 1_000 >= 10 * MIN
 
@@ -283,8 +292,8 @@ def test_the_same_input_gives_byte_identical_examples_whatever_the_wall_clock() 
 def test_windows_close_per_partition() -> None:
     joiner, _ = make(no_feedback_policy="default")
     feed(joiner, inference("r1", 0), p=0)
-    assert examples(feed(joiner, inference("r2", 30 * MIN), p=1)) == []
-    assert len(examples(feed(joiner, inference("r3", 30 * MIN), p=0))) == 1
+    assert examples(tick(joiner, 30 * MIN, p=1)) == []
+    assert len(examples(tick(joiner, 30 * MIN, p=0))) == 1
 
 
 def test_stats_render_as_prometheus_text() -> None:

@@ -33,15 +33,16 @@ def test_changes_reach_the_table_only_at_flush_and_reads_see_them_before() -> No
     table: dict[str, bytes] = {}
     store = TablePendingStore(table)
     store.put(entry("r1"))
-    store.put_watermark(0, 123)
+    store.put_watermark(0, "inference", 123)
     assert table == {}
     got = store.get("r1")
     assert got is not None
     assert got.request_id == "r1"
-    assert store.get_watermark(0) == 123
+    assert store.get_watermark(0, "inference") == 123
+    assert store.get_watermark(0, "feedback") is None
     store.flush()
     assert PendingRequest.from_bytes(table["r1"]) == entry("r1")
-    assert store.get_watermark(0) == 123
+    assert store.get_watermark(0, "inference") == 123
     assert len(table) == 2
 
 
@@ -87,9 +88,29 @@ def test_entries_flush_first_and_skip_watermarks() -> None:
     store = TablePendingStore(table)
     store.put(entry("r1"))
     store.put(PendingRequest(request_id="r2", partition=1, deadline=5))
-    store.put_watermark(0, 7)
+    store.put_watermark(0, "feedback", 7)
     assert [e.request_id for e in store.entries(frozenset({0}))] == ["r1"]
-    assert set(table) == {"r1", "r2", "\x00watermark:0"}
+    assert set(table) == {"r1", "r2", "\x00watermark:0:feedback"}
+
+
+def test_a_single_watermark_from_older_state_is_read_as_every_inputs() -> None:
+    """Guards the upgrade: state written with one watermark per partition
+    (before watermarks were kept per input) must resume both inputs from it,
+    not from nothing (which would let replayed old events join again)."""
+    table = {"\x00watermark:3": b"5000", "\x00watermark:3:feedback": b"7000"}
+    store = TablePendingStore(table)
+    assert store.get_watermark(3, "inference") == 5000
+    assert store.get_watermark(3, "feedback") == 7000
+    assert store.get_watermark(4, "inference") is None
+    config = JoinerConfig(window_ms=1_000, grace_ms=100)
+    joiner = AttributionJoiner(config, store, clock=lambda: 0)
+    joiner.rebalance([3])
+    assert joiner.watermarks.get(3, "inference") == 5000
+    late = InferenceLog.new(
+        request_id="old", model="m", model_version="v1", ts=3000, features={}, prediction=1
+    )
+    out = joiner.on_inference(late, SourceRef(topic="i", partition=3, offset=0))
+    assert [o.kind for o in out if isinstance(o, Reject)] == ["late"]
 
 
 def _stream(rng: random.Random, requests: int) -> list[InferenceLog | FeedbackEvent]:
