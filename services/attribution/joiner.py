@@ -312,7 +312,7 @@ class AttributionJoiner:
                 "joiner: %s[%d] delivers again: rejoins the closing watermark", input, partition
             )
         mark = self.watermarks.get(partition, input)
-        assert mark is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
+        assert mark is not None  # noqa: S101 - observe() above just set it; narrows the type
         last = self._persisted_marks.get((partition, input))
         if last is None or mark - last >= self.config.watermark_persist_step_ms:
             self._persist(partition, input, mark)
