@@ -117,8 +117,8 @@ def test_oversized_and_refused_records_each_yield_one_dead_letter_that_fits(
         (fb, "over-topic", b" " * (L.TOPIC_MAX_MESSAGE_BYTES + 4096), "too_large"),
         (fb, "str-at-limit", _foreign_feedback("str-at-limit"), None),
         (fb, "payload-at-limit", _foreign_feedback("payload-at-limit"), None),
-        # late: its inference is at 0, outside any window still open at T0
-        (inf, "late", _log("late", ts=0), None),
+        # late: both far more than window + grace behind their topics (which are at T0)
+        (inf, "late", _log("late", ts=0), "late"),
         (fb, "late", _foreign_feedback("late", ts=WINDOW_MS + 5), "late"),
         # orphan: no inference ever comes; closed by the phase-2 pair
         (fb, "orphan", _foreign_feedback("orphan"), "orphan"),

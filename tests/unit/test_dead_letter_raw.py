@@ -100,11 +100,11 @@ def test_every_dead_letter_keeps_the_bytes_sent(worker: JoinerWorker) -> None:
     feed(fb, feedback_bytes("other-model", MIN, model="other"))
     feed(logs, log_bytes("too-late", 0))
     feed(logs, log_bytes("other-model", 0))
-    # both inputs move on in event time: the orphans' windows close
-    feed(logs, log_bytes("later", 15 * MIN))
-    feed(fb, feedback_bytes("later", 15 * MIN))
-    # an inference log for a request already closed: late on arrival
-    feed(logs, log_bytes("orphan", 15 * MIN))
+    # both inputs move on in event time, past 2 windows + grace: the orphans' waits end
+    feed(logs, log_bytes("later", 25 * MIN))
+    feed(fb, feedback_bytes("later", 25 * MIN))
+    # an inference log more than window + grace behind its topic: late on arrival
+    feed(logs, log_bytes("stale", 0))
 
     by_kind = sorted((letter.error_kind, letter.error) for letter in letters)
     assert [kind for kind, _ in by_kind] == ["late", "late", "orphan", "orphan", "validation"]
