@@ -6,7 +6,9 @@ faust app, one consumer group, one consumer thread for ``inference-logs``,
 worker is killed with SIGKILL at >= 6 random moments (while it starts, while
 it recovers its table and restores its models, while it joins and trains a
 slice of the input, between its sends and its offset commits) and restarted
-each time in the same consumer group, on the same checkpoint store. Models
+each time in the same consumer group, on the same checkpoint store; while the
+last one works through the last slice, a second worker joins its group twice
+and is killed, so it rebalances while it fetches. Models
 checkpoint every few dozen examples, so restarts restore mid-stream
 checkpoints and seek ``training-examples`` back to their offsets while the
 joiner replays its uncommitted input.
@@ -221,10 +223,19 @@ def test_kill_9_the_whole_worker_at_random_moments_trains_the_clean_examples(
     topic_of = {"inference": sandbox.topics.inference_logs, "feedback": sandbox.topics.feedback}
     slices, min_kills = 8, 6
     cut = [len(records) * i // slices for i in range(slices + 1)]
+
+    def produce_slice(n: int) -> None:
+        for kind in ("inference", "feedback"):
+            produce(
+                sandbox,
+                topic_of[kind],
+                ((r.key.encode(), r.value) for r in records[cut[n] : cut[n + 1]] if r.kind == kind),
+            )
+
     produced = kills = 0
     crashed: list[str] = []
     moments: list[str] = []
-    while produced < slices or kills < min_kills:
+    while produced < slices - 1 or kills < min_kills:
         worker = start(kills)
         moment = rng.choice(["start-up", "recovery", "stream", "stream", "stream"])
         if moment == "start-up":  # imports, group join, table recovery, model restore
@@ -235,17 +246,8 @@ def test_kill_9_the_whole_worker_at_random_moments_trains_the_clean_examples(
         else:
             for marker in ready:
                 worker.wait_for(marker, timeout_s=DEADLINE_S)
-            if produced < slices:
-                for kind in ("inference", "feedback"):
-                    produce(
-                        sandbox,
-                        topic_of[kind],
-                        (
-                            (r.key.encode(), r.value)
-                            for r in records[cut[produced] : cut[produced + 1]]
-                            if r.kind == kind
-                        ),
-                    )
+            if produced < slices - 1:
+                produce_slice(produced)
                 produced += 1
             time.sleep(rng.uniform(0.0, 2.0))
         if not worker.alive():
@@ -259,6 +261,19 @@ def test_kill_9_the_whole_worker_at_random_moments_trains_the_clean_examples(
     last = start(kills)
     for marker in ready:  # and its signal handlers are installed (SIGUSR1 below)
         last.wait_for(marker, timeout_s=DEADLINE_S)
+    # The last slice, and rebalances while the last one works through it: a
+    # second worker joins the group, takes partitions and is killed, and the
+    # last one takes them back after the dead member's session expires (its
+    # trainer seeks back to a checkpoint while fetches are in flight).
+    produce_slice(slices - 1)
+    for n in range(2):
+        intruder = start(kills + 1 + n)
+        intruder.wait_for("owns partitions", timeout_s=DEADLINE_S)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if not intruder.alive():
+            crashed.append(f"intruder {n} exited {intruder.proc.returncode}")
+        intruder.kill()
+        moments.append("second worker")
     inputs = high_watermarks(sandbox.kafka, topic_of.values())
     assert sum(inputs.values()) == len(records)
     targets: dict[str, dict[int, int]] = {}
@@ -307,5 +322,6 @@ def test_kill_9_the_whole_worker_at_random_moments_trains_the_clean_examples(
     print(
         f"kills={kills} ({', '.join(moments)}) inputs={len(records)} examples={len(expected)}"
         f" emitted={len(emitted)} repeats={len(emitted) - len(expected)}"
-        f" last worker committed all input in {joiner_s:.1f}s, trained all in {trainer_s:.1f}s"
+        f" last worker committed all input in {joiner_s:.1f}s, trained all in {trainer_s:.1f}s;"
+        f" trainer seeks again: {text.count('seek again')}"
     )
