@@ -204,6 +204,7 @@ class TrainerAgent:
             raise
         for part, offset in sorted(targets.items()):
             await consumer.seek(TP(topic, part), offset)
+            self._reseeks[part] = time.monotonic()  # gaps seen meanwhile: this seek's
         self._caught_up = set()
         log.info("trainer owns partitions %s; seek %s", sorted(owned), targets)
         await self._send(self.pool.drain())
