@@ -39,6 +39,24 @@ follows: one record (the first after the committed offset) was skipped. The
 consumer thread now fetches for a snapshot of the set, and for none when it
 is empty.
 
+Seeks, for any broker. faust calls aiokafka's ``seek`` on the event loop's
+thread while the consumer thread fetches: the two race on the fetcher's
+buffers (measured: a restarted ``--role all`` worker died with a
+``KeyError`` in aiokafka's ``fetched_records`` right after the trainer's
+seek). Here every seek runs on the consumer thread. And records the consumer
+thread handed out *before* a seek of their partition may still reach faust
+after it (a ``getmany`` that began before a rebalance returns once the
+rebalance's seeks are done). faust then moves its read offset past them and
+drops, as already read, the records the seek asked for: measured, a
+restarted trainer sought ``training-examples`` back to its checkpoint's
+offset and was handed only later records, for ever (it waits for the
+offset it sought). So the consumer thread counts the seeks of each
+partition, every batch carries the counts as of its fetch, and records of a
+partition sought since their fetch are dropped before faust sees them,
+as aiokafka drops the records it buffered for a partition when it is
+sought. faust's seek to committed offsets (and the rewind above) counts too,
+for the joiner's inputs.
+
 :func:`install` puts the transport on a faust app; :func:`streams.app.make_app`
 does that for every ``kafka://`` app.
 """
@@ -48,8 +66,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
 
 import faust
 from aiokafka import errors as aiokafka_errors
@@ -117,11 +135,24 @@ async def fetch_high_watermarks(consumer: Any, ends: Mapping[TP, int]) -> dict[T
     return found
 
 
+class SoughtRecords(dict[TP, list[Any]]):
+    """A fetched batch and the seek counts of its partitions as of its fetch."""
+
+    def __init__(self, records: Mapping[TP, list[Any]], seeks: Mapping[TP, int]) -> None:
+        super().__init__(records)
+        self.seeks = seeks
+
+
 class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's consumer thread whose highwaters are never below the fetch
     high watermark, whose seek to committed offsets also rewinds input
     partitions with nothing committed, and which fetches for a stable set of
-    active partitions (see the module docstring)."""
+    active partitions, runs every seek and counts them (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Seeks per partition so far (written on this thread only).
+        self.seeks: dict[TP, int] = {}
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = dict(await super()._highwaters(partitions))
@@ -141,14 +172,55 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 )
         return reported | corrected
 
+    def _sought(self, tp: TP) -> None:
+        """Count a seek of ``tp`` (on this thread, where batches are drained)."""
+        self.seeks[tp] = self.seeks.get(tp, 0) + 1
+
+    def seek(self, partition: TP, offset: int) -> None:
+        """Seek ``partition``; run on this thread (:meth:`HighwaterConsumer._seek`)."""
+        self._sought(partition)
+        super().seek(partition, offset)
+
+    async def seek_here(self, partition: TP, offset: int) -> None:
+        """:meth:`seek`, as a coroutine for ``call_thread``."""
+        self.seek(partition, offset)
+
+    async def _seek_wait(self, consumer: Any, partitions: Mapping[TP, int]) -> None:
+        for tp in partitions:
+            self._sought(tp)
+        await super()._seek_wait(consumer, partitions)
+
+    async def seek_to_beginning(self, *partitions: Any) -> None:
+        await self.call_thread(self._seek_to_beginning, *partitions)
+
+    async def _seek_to_beginning(self, *partitions: Any) -> None:
+        consumer = self._ensure_consumer()
+        for tp in partitions or consumer.assignment():
+            self._sought(tp)
+        await consumer.seek_to_beginning(*partitions)
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
-        committed = await super().seek_to_committed()
-        await self.call_thread(self._rewind_uncommitted, committed)
+        return cast(Mapping[TP, int], await self.call_thread(self._seek_to_committed))
+
+    async def _seek_to_committed(self) -> dict[TP, int | None]:
+        """aiokafka's ``seek_to_committed`` plus :meth:`_rewind_uncommitted`, with
+        every position changed at once after the committed offsets are read
+        (aiokafka seeks each partition between the reads, so a batch drained
+        in between would mix sought and unsought partitions)."""
+        consumer = self._ensure_consumer()
+        committed: dict[TP, int | None] = {}
+        for tp in consumer.assignment():
+            committed[tp] = await consumer.committed(tp)
+        for tp, offset in committed.items():
+            if offset and offset > 0:
+                self._sought(tp)
+                consumer.seek(tp, offset)
+        await self._rewind_uncommitted(committed)
         return committed
 
     async def _rewind_uncommitted(self, committed: Mapping[TP, int | None]) -> None:
         """Seek the app's input partitions that aiokafka's ``seek_to_committed``
-        left alone: committed at 0 -> 0; nothing committed -> the reset policy."""
+        leaves alone: committed at 0 -> 0; nothing committed -> the reset policy."""
         consumer = self._ensure_consumer()
         acks_enabled_for = self.app.topics.acks_enabled_for  # inputs, not changelogs
         uncommitted = []
@@ -156,12 +228,16 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             if not acks_enabled_for(tp.topic):
                 continue
             if offset == 0:
+                self._sought(tp)
                 consumer.seek(tp, 0)
             elif offset is None or offset < 0:
                 uncommitted.append(tp)
         if not uncommitted:
             return
         policy = self.app.conf.consumer_auto_offset_reset
+        if policy in ("earliest", "latest"):
+            for tp in uncommitted:  # aiokafka resets them before its first await
+                self._sought(tp)
         if policy == "earliest":
             await consumer.seek_to_beginning(*uncommitted)
         elif policy == "latest":
@@ -184,16 +260,44 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         snapshot = set(active_partitions)
         if not snapshot:
             return {}
-        return await super()._fetch_records(
+        records = await super()._fetch_records(
             consumer, snapshot, timeout=timeout, max_records=max_records
         )
+        # Drained just now, on this thread: no seek ran in between.
+        return SoughtRecords(records, dict(self.seeks))
 
 
 class HighwaterConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer running :class:`HighwaterConsumerThread`."""
+    """faust's aiokafka consumer running :class:`HighwaterConsumerThread`, seeking
+    on it, and dropping records of partitions sought since they were fetched."""
+
+    _batch_seeks: Mapping[TP, int] | None = None
 
     def _new_consumer_thread(self) -> HighwaterConsumerThread:
         return HighwaterConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        # faust runs this on the event loop's thread; the fetcher is the consumer thread's.
+        thread = cast(HighwaterConsumerThread, self._thread)
+        await thread.call_thread(thread.seek_here, partition, offset)
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        records, active = await super()._wait_next_records(timeout)
+        self._batch_seeks = records.seeks if isinstance(records, SoughtRecords) else None
+        return records, active
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        seeks = cast(HighwaterConsumerThread, self._thread).seeks
+        async for tp, message in super().getmany(timeout):
+            fetched = self._batch_seeks  # this batch's (set before its first record)
+            if fetched is not None and seeks.get(tp, 0) != fetched.get(tp, 0):
+                self.dropped_stale += 1
+                log.debug("%s[%d]@%d fetched before a seek: dropped", *tp, message.offset)
+                continue
+            yield tp, message
+
+    #: Records dropped because their partition was sought after they were fetched.
+    dropped_stale: int = 0
 
 
 class DurableProducer(faust_aiokafka.Producer):

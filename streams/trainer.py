@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import logging
 import signal
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -101,6 +102,7 @@ class TrainerAgent:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer")
         self._stopping = False
         self._caught_up: set[int] = set()
+        self._reseeks: dict[int, float] = {}
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
         self.source = app.topic(topics.training_examples, value_serializer="raw", **raw)
         self.checkpoints_topic = app.topic(topics.checkpoint_events, value_serializer="raw", **raw)
@@ -202,6 +204,7 @@ class TrainerAgent:
             raise
         for part, offset in sorted(targets.items()):
             await consumer.seek(TP(topic, part), offset)
+            self._reseeks[part] = time.monotonic()  # gaps seen meanwhile: this seek's
         self._caught_up = set()
         log.info("trainer owns partitions %s; seek %s", sorted(owned), targets)
         await self._send(self.pool.drain())
@@ -212,8 +215,29 @@ class TrainerAgent:
                 continue
             records = [RawRecord.of(event.message) for event in events]
             await self._send(await self._run(self.pool.handle, records))
+            await self._seek_gaps()
             self._report_caught_up()
             yield None
+
+    async def _seek_gaps(self) -> None:
+        """Seek again each partition whose last records lay past the offset its
+        models need, at most once a second per partition.
+
+        Records fetched before a seek are dropped by the transport
+        (:mod:`streams.kafka_compat`), so this should not fire; when records
+        are skipped anyway the trainer would otherwise wait for the offset
+        it needs for ever, and drop every later record."""
+        now = time.monotonic()
+        for part, offset in sorted((await self._run(self.pool.take_gaps)).items()):
+            if now - self._reseeks.get(part, -1e9) < 1.0:
+                continue
+            self._reseeks[part] = now
+            log.warning(
+                "trainer: partition %d handed records past offset %d, which it needs; seek again",
+                part,
+                offset,
+            )
+            await self.app.consumer.seek(TP(self.topics.training_examples, part), offset)
 
     def _report_caught_up(self) -> None:
         """Log once per assignment when a model partition reaches its high watermark

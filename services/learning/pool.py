@@ -209,6 +209,9 @@ class TrainerPool:
         #: Next offset to hand to the trainers, per owned partition with models.
         self.expected: dict[int, int] = {}
         self.outbox: list[Send] = []
+        #: Partitions handed a record past their expected offset since the last
+        #: :meth:`take_gaps`, with that offset (the agent seeks them again).
+        self.gapped: dict[int, int] = {}
         self.stats = PoolStats()
         if from_scratch:
             for lane in self.lanes.values():
@@ -296,6 +299,7 @@ class TrainerPool:
             return dict(self.expected)
         self.assigned = owned
         self.expected = {}
+        self.gapped = {}
         for lane in self.lanes.values():
             lane.trainer = None
             if lane.partition in owned:
@@ -304,6 +308,12 @@ class TrainerPool:
             positions = [t.position(self.topic, part) for _, t in self.active(part)]
             self.expected[part] = min(p or 0 for p in positions)
         return dict(self.expected)
+
+    def take_gaps(self) -> dict[int, int]:
+        """Partitions whose last records lay past the offset they need, with that
+        offset: ``{partition: expected}``. The list is emptied."""
+        gaps, self.gapped = self.gapped, {}
+        return {p: o for p, o in gaps.items() if self.expected.get(p) == o}
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Stop training the models homed on ``partitions`` (another worker takes
@@ -392,11 +402,14 @@ class TrainerPool:
             self.stats.replayed += 1
             return
         if record.offset > expected:
-            # Records fetched before the last seek: the ones we need are re-fetched.
+            # Records fetched before the last seek: the ones we need are re-fetched
+            # (the agent seeks again when they do not come: take_gaps).
             self.stats.gaps += 1
+            self.gapped[part] = expected
             log.debug("drop %s[%d]@%d, want %d", self.topic, part, record.offset, expected)
             return
         self.expected[part] = record.offset + 1
+        self.gapped.pop(part, None)
         self.stats.records += 1
         example = decode_or_dead_letter(TrainingExample, record)
         if isinstance(example, DeadLetter):

@@ -39,6 +39,7 @@ class EmptyingFetcher:
 def _thread() -> HighwaterConsumerThread:
     thread = object.__new__(HighwaterConsumerThread)
     thread.consumer = SimpleNamespace(flow_active=True)
+    thread.seeks = {}
     return thread
 
 
@@ -56,3 +57,30 @@ async def test_an_empty_set_fetches_nothing_rather_than_everything() -> None:
     consumer = SimpleNamespace(_fetcher=fetcher, _closed=False)
     assert await _thread()._fetch_records(consumer, set(), timeout=0.1) == {}
     assert fetcher.asked == []
+
+
+class SeekingConsumer:
+    """aiokafka's consumer as far as a seek uses it: positions per partition."""
+
+    def __init__(self) -> None:
+        self.positions: dict[TP, int] = {}
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.positions[tp] = offset
+
+
+async def test_a_batch_carries_the_seek_counts_as_of_its_fetch() -> None:
+    """What lets the main thread drop records fetched before a seek of their
+    partition: faust would otherwise move its read offset past the records the
+    seek asked for, and drop those as already read (a trainer stalled so)."""
+    live = {TP("in", 0), TP("in", 1)}
+    thread = _thread()
+    aio = SeekingConsumer()
+    thread._consumer = aio  # type: ignore[assignment]
+    await thread.seek_here(TP("in", 0), 5)
+    consumer = SimpleNamespace(_fetcher=EmptyingFetcher(set(live)), _closed=False)
+    before = await thread._fetch_records(consumer, live, timeout=0.1)
+    await thread.seek_here(TP("in", 0), 3)
+    assert aio.positions == {TP("in", 0): 3}
+    assert before.seeks == {TP("in", 0): 1}  # type: ignore[attr-defined]
+    assert thread.seeks == {TP("in", 0): 2}  # so records of `before` on in[0] are stale

@@ -264,3 +264,17 @@ def test_a_manual_request_is_taken_at_the_next_tick(tmp_path: Path, home: int) -
     pool.request_all("SIGUSR1")
     published = [decode(CheckpointEvent, v) for v in sent(pool.tick(), "checkpoints")]
     assert [(e.trigger, e.examples_seen) for e in published] == [("manual", 4)]
+
+
+def test_records_past_the_needed_offset_ask_for_a_seek_back(tmp_path: Path, home: int) -> None:
+    """A trainer handed only records past the offset it needs would wait for
+    that offset for ever: the pool names the partition and offset to seek to."""
+    values = [encode(example(i)) for i in range(12)]
+    pool = make_pool(tmp_path)
+    assert pool.assign([home]) == {home: 0}
+    pool.handle(records(values[5:7], home, start=5))
+    assert pool.take_gaps() == {home: 0}
+    assert pool.take_gaps() == {}  # taken
+    pool.handle(records(values[6:7], home, start=6) + records(values[:3], home))
+    assert pool.take_gaps() == {}  # the needed record came after the gap
+    assert pool.expected == {home: 3}
