@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.manifest import METRIC_PATTERN
+from services.config import redact_url
 
 
 def default_key_dir() -> Path:
@@ -84,6 +85,20 @@ class StoreConfig(BaseSettings):
     signing_key_file: Path | None = None
     trusted_keys: tuple[str, ...] = ()
     key_dir: Path = Field(default_factory=default_key_dir)
+
+    @field_validator("cold_url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str) -> str:
+        # The cold tier's URL becomes the catalog's locations and the CLI's output:
+        # a secret in it would be printed. Filesystems take theirs from their own
+        # settings (s3fs: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile).
+        if redact_url(url) != url:
+            raise ValueError(
+                "the cold tier URL carries a credential (or does not parse): give credentials"
+                " to the filesystem through its own settings (for s3://, AWS_ACCESS_KEY_ID /"
+                " AWS_SECRET_ACCESS_KEY or a profile), never in the URL"
+            )
+        return url
 
     @model_validator(mode="after")
     def _one_signing_key(self) -> StoreConfig:
