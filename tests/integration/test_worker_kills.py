@@ -48,10 +48,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from schemas.codec import decode, encode
-from schemas.events import DeadLetter, FeedbackEvent, InferenceLog, TrainingExample
+from schemas.codec import decode
+from schemas.events import DeadLetter, TrainingExample
 from services.kafka import high_watermarks
 from services.learning.pool import partition_of
+from tests.integration._join_input import InputShape, Record
+from tests.integration._join_input import make_records as make_join_input
 from tests.integration._procs import (
     WorkerProcess,
     newest,
@@ -61,7 +63,6 @@ from tests.integration._procs import (
     worker_env,
 )
 from tests.integration.test_joiner_kills import (
-    Record,
     changelog_history,
     clean_pairs,
     clean_run,
@@ -75,9 +76,6 @@ MODEL = "wk-logreg"
 BATCH = 10
 EVERY_N = 128
 REQUESTS = 2000
-T0 = 1_700_000_000_000
-#: every event time lies within this span, well inside the 10-minute window
-SPAN_MS = 120_000
 #: generous: a loaded 2-core machine; a stall waits for ever, not this long
 DEADLINE_S = 150.0
 
@@ -96,53 +94,20 @@ on_shutdown = true
 """
 
 
-def _inference(i: int, ts: int) -> bytes:
-    return encode(
-        InferenceLog.new(
-            event_id=f"inf-{i}",
-            request_id=f"req-{i}",
-            model=MODEL,
-            model_version="v1",
-            ts=ts,
-            features={"x": (i * 7 % 10) / 10, "y": float(i % 3), "z": i % 2 == 0},
-            prediction=0.5,
-        )
-    )
-
-
-def _feedback(request: str, event_id: str, ts: int, label: bool) -> bytes:
-    return encode(
-        FeedbackEvent.new(event_id=event_id, request_id=request, model=MODEL, ts=ts, label=label)
-    )
+#: The input's shape (see :mod:`tests.integration._join_input`).
+SHAPE = InputShape(
+    model=MODEL,
+    requests=REQUESTS,
+    logged_twice_every=13,
+    feedback_twice_every=5,
+    orphans=10,
+    junk=("inference", "feedback"),
+)
 
 
 def make_records(rng: random.Random) -> list[Record]:
     """The input, in the order it is produced (each request's records in one partition)."""
-    placed: list[tuple[float, Record]] = []
-    for i in range(REQUESTS):
-        rid = f"req-{i}"
-        ts = T0 + rng.randrange(SPAN_MS // 2)
-        placed.append((i, Record("inference", rid, _inference(i, ts))))
-        if i % 13 == 0:  # logged twice
-            placed.append((i + rng.uniform(1, 30), Record("inference", rid, _inference(i, ts))))
-        if i % 10 == 9:  # never answered: no example
-            continue
-        label = (i * 7 % 10) / 10 + (i % 3) / 3 > 0.8
-        at = i + rng.uniform(-12, 20)  # negative: the feedback comes first
-        first = _feedback(rid, f"fb-{i}", ts + rng.randrange(100, 30_000), label)
-        placed.append((at, Record("feedback", rid, first)))
-        if i % 5 == 0:  # delivered twice
-            placed.append((at + rng.uniform(0.5, 40), Record("feedback", rid, first)))
-        if i % 7 == 0:  # a second opinion, superseded under feedback_policy "first"
-            second = _feedback(rid, f"fb2-{i}", ts + 40_000, not label)
-            placed.append((at + rng.uniform(0.5, 10), Record("feedback", rid, second)))
-    for j in range(10):  # feedback whose inference never comes
-        orphan = _feedback(f"lost-{j}", f"fbo-{j}", T0 + rng.randrange(SPAN_MS // 2), True)
-        placed.append((rng.uniform(0, REQUESTS), Record("feedback", f"lost-{j}", orphan)))
-    for j, kind in enumerate(["inference", "feedback"]):
-        placed.append((rng.uniform(0, REQUESTS), Record(kind, f"junk-{j}", b"\xff not json")))
-    placed.sort(key=lambda pair: pair[0])
-    return [record for _, record in placed]
+    return make_join_input(SHAPE, rng)
 
 
 def dead_letters(sandbox: Sandbox) -> list[DeadLetter]:
