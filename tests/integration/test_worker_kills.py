@@ -31,7 +31,7 @@ crashed (no traceback in any log, and the last one exits 0 on SIGTERM); no
 stall (the last incarnation commits all input and its trainer catches up
 before a generous deadline; the times are printed). An invented example
 always fails the test. A lost pair with everything else intact is a known
-open defect (issue 9; about 1 run in 4): the run is reported as xfail with the
+open defect (issue 9; 3 of 14 runs so far): the run is reported as xfail with the
 lost pairs and their changelog history, never as a pass — also when the lost
 request's superseded second feedback was attributed in its place (the skipped
 record was its first feedback), see ``skipped_records_explain``.
@@ -283,7 +283,7 @@ def test_kill_9_the_whole_worker_at_random_moments_trains_the_clean_examples(
     assert caught_up, f"the trainer did not catch up in {DEADLINE_S}s:\n{last.text()[-3000:]}"
     if lost:
         # Known open defect (issue 9): across kill -9, a joiner input record is now and
-        # then never processed although its offset is committed (about 1 run in 4 here, a
+        # then never processed although its offset is committed (3 of 14 runs so far, a
         # 1-of-270 loss once in test_joiner_kills on a loaded CI machine). Everything
         # else this test guards held; report the evidence and mark the run xfail.
         history = "\n".join(changelog_history(sandbox, group, {pair[0] for pair in lost}))
