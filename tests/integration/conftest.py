@@ -31,6 +31,7 @@ import redis
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.kafka import ensure_topics
 from services.stack import EMBEDDED_GROUP_TIMEOUTS, EmbeddedStack, StackInfo
+from tests.integration._procs import WorkerProcess
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -144,3 +145,13 @@ def wait_until_gone() -> Callable[[list[int]], list[int]]:
         return alive
 
     return wait
+
+
+@pytest.fixture
+def started() -> Iterator[list[WorkerProcess]]:
+    """The worker processes a test starts; any still running is killed afterwards."""
+    procs: list[WorkerProcess] = []
+    yield procs
+    for proc in procs:
+        if proc.alive():
+            proc.kill()

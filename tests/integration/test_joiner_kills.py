@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,16 +148,6 @@ def changelog_history(sandbox: Sandbox, group: str, request_ids: set[str]) -> li
 def digest_of(example_ids: set[str]) -> str:
     """The trainer's order-independent digest of a set of trained example ids."""
     return example_digest(sum(id_hash(e) for e in example_ids) % (1 << 256))
-
-
-@pytest.fixture
-def started() -> Iterator[list[WorkerProcess]]:
-    """The worker processes a test starts; any still running is killed afterwards."""
-    procs: list[WorkerProcess] = []
-    yield procs
-    for proc in procs:
-        if proc.alive():
-            proc.kill()
 
 
 @pytest.mark.slow

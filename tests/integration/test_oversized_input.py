@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,14 +38,6 @@ if TYPE_CHECKING:
 
 T0 = 50_000  # event time of the phase-1 requests, ms
 WINDOW_MS, GRACE_MS = 10_000, 20_000
-
-
-@pytest.fixture
-def started() -> Iterator[list[WorkerProcess]]:
-    procs: list[WorkerProcess] = []
-    yield procs
-    for proc in procs:
-        proc.kill()
 
 
 def _log(rid: str, ts: int = T0, *, feature: str = "fr", pad_to: int | None = None) -> bytes:

@@ -44,7 +44,6 @@ import json
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,16 +145,6 @@ def wait_trained(
         proc.proc.send_signal(signal.SIGUSR1)
         time.sleep(1.5)
     return False
-
-
-@pytest.fixture
-def started() -> Iterator[list[WorkerProcess]]:
-    """The worker processes a test starts; any still running is killed afterwards."""
-    procs: list[WorkerProcess] = []
-    yield procs
-    for proc in procs:
-        if proc.alive():
-            proc.kill()
 
 
 @pytest.mark.slow
