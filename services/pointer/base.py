@@ -1,0 +1,130 @@
+"""The version pointer's seam: what every reader and writer of it agrees on.
+
+A model's pointer says which checkpoint versions serve traffic: ``live``,
+``canary`` (with ``canary_percent``), ``shadow``, ``previous`` (what a
+rollback returns to) and ``epoch``, +1 on every change. ``history`` is the
+bounded rollback history, newest first. The Redis implementation
+(:mod:`services.pointer.redis`) keeps it in ``{prefix}{model}:pointer`` and
+``{prefix}{model}:history`` and publishes every change on
+``{prefix}{model}:versions``; the in-memory twin serves unit tests.
+
+Readers (model servers, GC through :meth:`PointerState.references`) need only
+:class:`PointerReader`; writers (CLI, gateway, guard) the full
+:class:`VersionPointer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from schemas.errors import DriftloopError
+from schemas.events import VersionEvent
+from services.checkpoints.retention import VersionReferences
+
+
+@dataclass(frozen=True)
+class PointerState:
+    """One model's pointer as read in one atomic step."""
+
+    model: str
+    epoch: int
+    live: str | None = None
+    previous: str | None = None
+    canary: str | None = None
+    canary_percent: float = 0.0
+    shadow: str | None = None
+    history: tuple[str, ...] = ()
+
+    def references(self) -> VersionReferences:
+        """What retention must keep for this pointer."""
+        return VersionReferences(
+            live=self.live, canary=self.canary, shadow=self.shadow, history=self.history
+        )
+
+    def versions(self) -> tuple[str, ...]:
+        """Every version a server should have resident, live first, no repeats."""
+        named = (self.live, self.canary, self.shadow)
+        return tuple(dict.fromkeys(v for v in named if v is not None))
+
+
+def pointer_key(prefix: str, model: str) -> str:
+    return f"{prefix}{model}:pointer"
+
+
+def history_key(prefix: str, model: str) -> str:
+    return f"{prefix}{model}:history"
+
+
+def channel_name(prefix: str, model: str) -> str:
+    return f"{prefix}{model}:versions"
+
+
+class PointerError(DriftloopError):
+    """A pointer change that was refused or could not be made."""
+
+
+class PointerReader(Protocol):
+    """Reads pointers. An exception means "cannot tell", never "no pointer"."""
+
+    def get(self, model: str) -> PointerState | None:
+        """The model's pointer, or None if it has never been set."""
+        ...
+
+
+class VersionPointer(PointerReader, Protocol):
+    """Reads and changes pointers; every change is one compare-and-set on ``epoch``.
+
+    ``expected_epoch`` None means "whatever it is now"; otherwise a change made
+    since then refuses this one (:class:`PointerError`). Each call returns
+    the :class:`~schemas.events.VersionEvent` it recorded.
+    """
+
+    def promote(
+        self,
+        model: str,
+        version: str,
+        *,
+        actor: str,
+        reason: str = "",
+        expected_epoch: int | None = None,
+    ) -> VersionEvent: ...
+
+    def rollback(
+        self,
+        model: str,
+        *,
+        to: str | None = None,
+        actor: str,
+        reason: str = "",
+        expected_epoch: int | None = None,
+    ) -> VersionEvent: ...
+
+    def set_canary(
+        self,
+        model: str,
+        version: str | None,
+        percent: float = 0.0,
+        *,
+        actor: str,
+        reason: str = "",
+        expected_epoch: int | None = None,
+    ) -> VersionEvent:
+        """``version`` None clears the canary."""
+        ...
+
+    def set_shadow(
+        self,
+        model: str,
+        version: str | None,
+        *,
+        actor: str,
+        reason: str = "",
+        expected_epoch: int | None = None,
+    ) -> VersionEvent:
+        """``version`` None clears the shadow."""
+        ...
+
+    def references(self, model: str) -> VersionReferences:
+        """:class:`~services.checkpoints.retention.ReferenceSource` for GC."""
+        ...
