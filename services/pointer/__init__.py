@@ -8,6 +8,7 @@ from services.pointer.base import (
     channel_name,
     history_key,
     pointer_key,
+    servers_key,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "channel_name",
     "history_key",
     "pointer_key",
+    "servers_key",
 ]

@@ -8,6 +8,10 @@ bounded rollback history, newest first. The Redis implementation
 ``{prefix}{model}:history`` and publishes every change on
 ``{prefix}{model}:versions``; the in-memory twin serves unit tests.
 
+Hash fields are strings: ``epoch`` an integer, ``canary_percent`` a float,
+a version field absent or empty meaning none; the history list holds
+version names, newest first.
+
 Readers (model servers, GC through :meth:`PointerState.references`) need only
 :class:`PointerReader`; writers (CLI, gateway, guard) the full
 :class:`VersionPointer`.
@@ -58,6 +62,13 @@ def history_key(prefix: str, model: str) -> str:
 
 def channel_name(prefix: str, model: str) -> str:
     return f"{prefix}{model}:versions"
+
+
+def servers_key(prefix: str, model: str) -> str:
+    """Hash: server id -> JSON ``{"epoch": int, "ts": ms}``, the epoch each model
+    server has applied, refreshed by the server every few seconds (``status``
+    shows entries older than 30 s as stale)."""
+    return f"{prefix}{model}:servers"
 
 
 class PointerError(DriftloopError):

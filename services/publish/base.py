@@ -48,3 +48,15 @@ class EventPublisher(Protocol):
     def publish(self, event: Event) -> None: ...
 
     def flush(self, timeout_s: float | None = None) -> None: ...
+
+
+class DurablePublisher(EventPublisher, Protocol):
+    """A publisher that can also say "this is safe" per call (model servers).
+
+    :meth:`publish_acked` returns once every event is acknowledged by the
+    broker *or* fsynced to the local spool (sent, in order, when the broker
+    is back); it raises :class:`PublishError` when neither happened within
+    ``timeout_s`` (the feedback route answers 503 then).
+    """
+
+    def publish_acked(self, events: list[Event], timeout_s: float) -> None: ...
