@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from schemas import limits as L
 from schemas.codec import encode
@@ -206,18 +206,36 @@ class KafkaPublisher:
     def _abandon(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                producer.close(timeout=0)
-            except KafkaError as exc:
-                log.warning("abandoned producer did not close cleanly: %s", exc)
+            _close(producer, 0)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Close the producer, letting it send what is queued for up to ``timeout_s``.
 
         Call :meth:`flush` first to learn about failures: close reports none.
+        Whatever is still queued at the deadline is abandoned, never sent.
         """
         with self._lock:
             producer, self._producer = self._producer, None
             self._pending = []
         if producer is not None:
-            producer.close(timeout=timeout_s)
+            _close(producer, timeout_s)
+
+
+def _close(producer: KafkaProducer, timeout_s: float | None) -> None:
+    """Close ``producer``; batches still queued at the deadline are aborted, not sent.
+
+    kafka-python 2.x/3.0 ``close(timeout)`` raises from its flush when the
+    deadline passes *before* it force-closes its sender thread, leaving the
+    producer open (and sending later, behind our back). So the force close
+    is done here, through the sender the producer owns.
+    """
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaTimeoutError:
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()  # aborts the queued batches: their futures fail
+            sender.join(5)
+        producer._closed = True  # closed by hand above; stops __del__ closing it again
+    except KafkaError as exc:
+        log.warning("producer did not close cleanly: %s", exc)
