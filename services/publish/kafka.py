@@ -203,6 +203,20 @@ class KafkaPublisher:
         if failures:
             raise publish_error(failures, total)
 
+    def publish_acked(self, events: list[Event], timeout_s: float) -> None:
+        """Publish ``events`` and wait for the broker's acknowledgement (no spool here).
+
+        Raises
+        ------
+        PublishError
+            An event can never be sent (nothing was queued), or some were not
+            acknowledged within ``timeout_s``.
+        """
+        records = [record_of(e, self.topics) for e in events]  # all checked before any is sent
+        for record in records:
+            self.send(record)
+        self.flush(timeout_s)
+
     def _abandon(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
