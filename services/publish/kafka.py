@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +107,10 @@ class KafkaPublisher:
         Builds the producer (default: :func:`services.kafka.make_producer`
         with the settings above); for tests of failure handling.
 
-    Thread safety: one thread at a time (the spooled publisher's sender thread).
+    Thread safety: :meth:`publish`, :meth:`send`, :meth:`settle` and
+    :meth:`flush` share one queue of records, so one thread at a time uses
+    them (the spooled publisher's sender thread); :meth:`publish_acked` may be
+    called from any number of threads.
     """
 
     def __init__(
@@ -204,7 +208,12 @@ class KafkaPublisher:
             raise publish_error(failures, total)
 
     def publish_acked(self, events: list[Event], timeout_s: float) -> None:
-        """Publish ``events`` and wait for the broker's acknowledgement (no spool here).
+        """Publish ``events`` and wait for the broker's acknowledgement of each (no spool).
+
+        Safe to call from several threads at once: each call waits for its
+        own records only, and a timeout does not abandon the producer, so
+        events of a failed call may still arrive; send them again with the
+        same ``event_id`` (consumers drop the repeat).
 
         Raises
         ------
@@ -213,9 +222,26 @@ class KafkaPublisher:
             acknowledged within ``timeout_s``.
         """
         records = [record_of(e, self.topics) for e in events]  # all checked before any is sent
-        for record in records:
-            self.send(record)
-        self.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        futures: list[tuple[Record, Any]] = []
+        failures: list[Failure] = []
+        with self._lock:
+            for record in records:
+                try:
+                    producer = self._ensure_producer()
+                    futures.append(
+                        (record, producer.send(record.topic, key=record.key, value=record.value))
+                    )
+                except KafkaError as exc:
+                    failures.append((record, exc))
+            self._factory_error = None
+        for record, future in futures:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except KafkaError as exc:
+                failures.append((record, exc))
+        if failures:
+            raise publish_error(failures, len(records))
 
     def _abandon(self) -> None:
         producer, self._producer = self._producer, None

@@ -189,6 +189,7 @@ class SpooledPublisher:
         self._spill_gen = 0
         self._spooling = self.spool.pending_records > 0
         self._closing = False
+        self._close_by = 0.0
         self._closed = False
         self._cond = threading.Condition()
         self._last_drop_log = -1e9
@@ -204,19 +205,35 @@ class SpooledPublisher:
         *,
         topics: TopicsConfig | None = None,
         linger_ms: int = 5,
+        max_buffered: int = 10_000,
+        max_batch: int = 500,
+        max_spool_bytes: int = DEFAULT_MAX_BYTES,
+        settle_timeout_s: float = 10.0,
+        retry_s: float = 1.0,
+        sync_interval_s: float = 1.0,
         registry: CollectorRegistry | None = None,
-        **options: float,
     ) -> SpooledPublisher:
         """A spooled publisher sending through a :class:`KafkaPublisher` on ``kafka``.
 
-        ``options`` are the keyword arguments of the constructor (``max_buffered``, ...).
+        The other arguments are the constructor's.
         """
         settings = topics if topics is not None else TopicsConfig()
 
         def factory() -> RecordSender:
             return KafkaPublisher(kafka, settings, linger_ms=linger_ms)
 
-        return cls(factory, spool_dir, topics=settings, registry=registry, **options)  # type: ignore[arg-type]  # options are the numeric keyword arguments
+        return cls(
+            factory,
+            spool_dir,
+            topics=settings,
+            max_buffered=max_buffered,
+            max_batch=max_batch,
+            max_spool_bytes=max_spool_bytes,
+            settle_timeout_s=settle_timeout_s,
+            retry_s=retry_s,
+            sync_interval_s=sync_interval_s,
+            registry=registry,
+        )
 
     # -- callers -------------------------------------------------------------------------
 
@@ -308,14 +325,17 @@ class SpooledPublisher:
             self.spool.sync()
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop taking events; send what is buffered (or spool it), then stop the thread.
+        """Stop taking events, send what waits, stop the thread.
 
-        Records still in the spool stay there for the next start.
+        The buffer is sent (or spooled, broker away), then the spool is sent
+        while the broker takes it, for most of ``timeout_s``. Records still in
+        the spool then stay there (fsynced) for the next start.
         """
         with self._cond:
             if self._closed:
                 return
             self._closing = True
+            self._close_by = time.monotonic() + timeout_s * 0.8
             self._cond.notify_all()
         self._thread.join(timeout_s)
         with self._cond:
@@ -394,25 +414,37 @@ class SpooledPublisher:
                     spooling, closing = self._spooling, self._closing
                     batch = list(self._buffer)[: self.max_batch] if not spooling else []
                     gen = self._spill_gen
-                if sender is None:
-                    sender = self._factory()
-                if spooling:
-                    progressed = self._send_spool(sender)
-                    if closing:
-                        return
-                    if not progressed:
-                        with self._cond:
-                            self._cond.wait(self.retry_s)
-                elif batch:
-                    self._send_buffer(sender, batch, gen)
-                elif closing:
-                    return
-        except SHUTDOWN_EXCEPTIONS:
-            raise
-        except Exception:
-            log.exception("event publisher thread failed; events go to the spool from now")
-            with self._cond:
-                self._spill([], sync=True)
+                try:
+                    if sender is None:
+                        sender = self._factory()
+                    if spooling:
+                        progressed = self._send_spool(sender)
+                    elif batch:
+                        self._send_buffer(sender, batch, gen)
+                        progressed = True
+                    else:
+                        progressed = True
+                except SHUTDOWN_EXCEPTIONS:
+                    raise
+                except Exception:
+                    # A bug or a sender that broke: never lose the thread (events would pile
+                    # up in the spool for good). Spool what waits, start a fresh sender.
+                    log.exception("event publisher: sending failed; retrying with a new sender")
+                    with self._cond:
+                        if self._buffer:
+                            self._spill([], sync=False)
+                        self.spool.rewind()
+                    if sender is not None:
+                        sender.close(timeout_s=0)
+                        sender = None
+                    progressed = False
+                if closing:
+                    drained = spooling and progressed and time.monotonic() < self._close_by
+                    if not drained and (spooling or not batch):
+                        return  # sent what the broker took in time; the spool keeps the rest
+                if not progressed:
+                    with self._cond:
+                        self._cond.wait(self.retry_s)
         finally:
             if sender is not None:
                 sender.close(timeout_s=0)

@@ -232,3 +232,48 @@ def test_the_in_memory_twin_fails_a_flush_when_told() -> None:
     with pytest.raises(PublishError, match="1 events"):
         twin.flush()
     assert twin.sent == []
+
+
+def test_close_sends_the_spool_while_the_broker_takes_it(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    broker.up.clear()
+    pub = publisher(broker, tmp_path, max_batch=7)
+    for i in range(100):
+        pub.publish(log(i))
+    wait_until(lambda: pub.spooled == 100)
+    broker.up.set()
+    pub.close(timeout_s=60)
+    assert broker.event_ids() == [f"e{i:05d}" for i in range(100)]
+    assert pub.spool.pending_records == 0
+
+
+def test_the_sender_thread_survives_a_broken_sender(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = FakeBroker()
+    made: list[FakeSender] = []
+
+    class Breaks(FakeSender):
+        def settle(self, timeout_s: float | None = None) -> tuple[int, list[Failure]]:
+            if len(made) == 1:
+                raise RuntimeError("sender bug")
+            return super().settle(timeout_s)
+
+    def factory() -> FakeSender:
+        made.append(Breaks(broker))
+        return made[-1]
+
+    with SpooledPublisher(factory, tmp_path, retry_s=0.01) as pub:
+        for i in range(10):
+            pub.publish(log(i))
+        wait_until(lambda: len(set(broker.event_ids())) == 10)
+    assert len(made) == 2
+    assert "sending failed" in caplog.text
+    assert list(dict.fromkeys(broker.event_ids())) == [f"e{i:05d}" for i in range(10)]
+
+
+def test_an_event_type_without_a_topic_cannot_be_routed() -> None:
+    from schemas.events import Event
+
+    with pytest.raises(PublishError, match="no topic"):
+        route(Event.new(), TopicsConfig())
