@@ -277,3 +277,22 @@ def test_an_event_type_without_a_topic_cannot_be_routed() -> None:
 
     with pytest.raises(PublishError, match="no topic"):
         route(Event.new(), TopicsConfig())
+
+
+def test_publish_acked_spools_what_a_slow_broker_has_not_acknowledged(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    gate = threading.Event()
+
+    class Slow(FakeSender):
+        def settle(self, timeout_s: float | None = None) -> tuple[int, list[Failure]]:
+            gate.wait(60)  # the broker takes its time
+            return super().settle(timeout_s)
+
+    with SpooledPublisher(lambda: Slow(broker), tmp_path, retry_s=0.01) as pub:
+        pub.publish_acked([log(0), log(1)], timeout_s=1.0)  # returns: fsynced to the spool
+        assert pub.spool.pending_records == 2
+        assert not pub.spool.unsynced
+        gate.set()
+        wait_until(lambda: pub.spool.pending_records == 0)
+    # the batch in flight when the spool took it arrives twice; once by event_id
+    assert list(dict.fromkeys(broker.event_ids())) == ["e00000", "e00001"]
