@@ -153,6 +153,7 @@ class SpooledPublisher:
         Longest time a record appended by :meth:`publish` stays un-fsynced.
     registry
         Where the metrics are registered (default: a new registry, ``.registry``).
+        One SpooledPublisher per registry: the metric names carry no label.
     """
 
     def __init__(
