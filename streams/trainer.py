@@ -28,7 +28,8 @@ from services.config import TopicsConfig
 from services.deadletters import RawRecord
 from services.learning.buildcheck import check_buildable
 from services.learning.config import ModelConfig
-from services.learning.pool import Send, TrainerPool
+from services.learning.pool import Outgoing, TrainerPool
+from services.publish.faust import FaustPublisher
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,8 @@ class TrainerAgent:
         self._reseeks: dict[int, float] = {}
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
         self.source = app.topic(topics.training_examples, value_serializer="raw", **raw)
-        self.checkpoints_topic = app.topic(topics.checkpoint_events, value_serializer="raw", **raw)
-        self.dead_letters_topic = app.topic(topics.dead_letters, value_serializer="raw", **raw)
+        #: Where CheckpointEvents and dead letters go (topic and key by event type).
+        self.publisher = FaustPublisher(app, topics)
         app.agent(self.source, name="online-trainer")(self._agent)
         app.timer(tick_interval_s, name="trainer-tick")(self._tick)
         app.on_partitions_assigned.connect(self._install_seek)
@@ -256,15 +257,17 @@ class TrainerAgent:
         if not self._stopping:
             await self._send(await self._run(self.pool.tick))
 
-    async def _send(self, sends: list[Send]) -> None:
-        for kind, key, value in sends:
-            target = self.checkpoints_topic if kind == "checkpoints" else self.dead_letters_topic
-            await target.send(key=key, value=value)
+    async def _send(self, events: list[Outgoing]) -> None:
+        for event in events:
+            await self.publisher.send(event)
 
     async def _on_shutdown(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         """Called by faust when the app stops (SIGTERM/SIGINT), after the consumer
         stopped and before the producer's last flush: take the shutdown
-        checkpoints and publish their events. A failure is logged."""
+        checkpoints, publish their events and wait for the broker's
+        acknowledgement of everything published. A failure is logged (a
+        CheckpointEvent lost here is published again from the restored
+        checkpoint at the next start)."""
         self._stopping = True
         try:
             await self._send(await self._run(self.pool.shutdown))
@@ -273,4 +276,8 @@ class TrainerAgent:
             log.exception("trainer shutdown checkpoint failed")
         finally:
             self._executor.shutdown(wait=True)
+        try:
+            await self.publisher.aflush(timeout_s=30.0)
+        except Exception:
+            log.exception("trainer: events not acknowledged at shutdown")
         log.info("trainer stopped: %s", self.pool.describe()["models"])

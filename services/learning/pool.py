@@ -3,8 +3,11 @@
 :class:`TrainerPool` owns one :class:`~services.learning.trainer.OnlineTrainer`
 per configured model, the checkpoint store behind them, and the bookkeeping of
 which input offset comes next. It decodes raw records, feeds the trainers, and
-queues what has to be sent: dead letters and CheckpointEvents. The faust agent
-(:mod:`streams.trainer`) hands it records and sends what it returns.
+queues what has to be sent: dead letters and CheckpointEvents, as events (the
+agent's :class:`~services.publish.base.EventPublisher` gives each its topic
+and key). The faust agent (:mod:`streams.trainer`) hands it records and
+publishes what it returns.
+
 One trainer per model, one partition per model
 ----------------------------------------------
 Micro-batches are formed by count in input order, so a replay must present a
@@ -71,8 +74,9 @@ from services.learning.trainer import CheckpointRecord, OnlineTrainer
 log = logging.getLogger(__name__)
 
 
-#: What the pool asks the agent to send: (``"checkpoints"`` | ``"dead_letters"``, key, value).
-Send = tuple[str, bytes, bytes]
+#: What the pool asks the agent to publish (through an
+#: :class:`~services.publish.base.EventPublisher`, which routes each by its type).
+Outgoing = CheckpointEvent | DeadLetter
 
 
 def partition_of(model: str, partitions: int) -> int:
@@ -208,7 +212,7 @@ class TrainerPool:
         self.assigned: frozenset[int] = frozenset()
         #: Next offset to hand to the trainers, per owned partition with models.
         self.expected: dict[int, int] = {}
-        self.outbox: list[Send] = []
+        self.outbox: list[Outgoing] = []
         #: Partitions handed a record past their expected offset since the last
         #: :meth:`take_gaps`, with that offset (the agent seeks them again).
         self.gapped: dict[int, int] = {}
@@ -381,7 +385,7 @@ class TrainerPool:
 
     # -- input -----------------------------------------------------------------------------
 
-    def handle(self, records: Sequence[RawRecord]) -> list[Send]:
+    def handle(self, records: Sequence[RawRecord]) -> list[Outgoing]:
         """Feed a chunk of raw records (offset order per partition); return what to send.
 
         Never raises for bad input: undecodable examples, labels the model
@@ -490,15 +494,15 @@ class TrainerPool:
         for manifest in manifests:
             location = self.store.hot.location(manifest.model, manifest.version)
             event = checkpoint_event(manifest, location)
-            self.outbox.append(("checkpoints", manifest.model.encode(), encode(event)))
+            self.outbox.append(event)
 
     def _dead(self, letter: DeadLetter) -> None:
         self.stats.dead_letters += 1
-        self.outbox.append(("dead_letters", letter.source_topic.encode(), encode(letter)))
+        self.outbox.append(letter)
 
     # -- time and stopping ------------------------------------------------------------------
 
-    def tick(self) -> list[Send]:
+    def tick(self) -> list[Outgoing]:
         """Evaluate wall-clock and requested triggers of every active model (timer)."""
         return self._each(lambda t: t.tick())
 
@@ -513,7 +517,7 @@ class TrainerPool:
         for name in self.lanes:
             self.request_checkpoint(name, reason)
 
-    def reconfigure(self, models: Iterable[ModelConfig]) -> list[Send]:
+    def reconfigure(self, models: Iterable[ModelConfig]) -> list[Outgoing]:
         """Apply new settings to the models this pool trains (SIGHUP on the worker).
 
         Each active trainer whose settings changed checkpoints first, under
@@ -540,7 +544,7 @@ class TrainerPool:
                 log.exception("model %s: new settings refused; old ones kept", name)
         return self.drain()
 
-    def shutdown(self) -> list[Send]:
+    def shutdown(self) -> list[Outgoing]:
         """Checkpoint unsaved progress of every active model (SIGTERM), then stop
         taking input. The open batches are not trained: their records are
         re-read on the next start."""
@@ -548,7 +552,7 @@ class TrainerPool:
         self.expected = {}
         return sends
 
-    def _each(self, call: Callable[[OnlineTrainer], list[CheckpointRecord]]) -> list[Send]:
+    def _each(self, call: Callable[[OnlineTrainer], list[CheckpointRecord]]) -> list[Outgoing]:
         for lane, trainer in self.active():
             try:
                 self._collect(lane, call(trainer))
@@ -556,7 +560,7 @@ class TrainerPool:
                 log.exception("model %s: checkpoint failed", lane.config.name)
         return self.drain()
 
-    def drain(self) -> list[Send]:
+    def drain(self) -> list[Outgoing]:
         """Everything queued to send, oldest first (the queue is emptied)."""
         out, self.outbox = self.outbox, []
         return out

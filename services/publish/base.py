@@ -12,6 +12,25 @@ event queued before the call; if any of them failed it raises
 :class:`PublishError` naming how many and the first cause, and those events
 are *not* retried by a later flush: the caller decides (an agent fails its
 batch so its input is read again; a server spools or answers 503).
+
+Implementations, and when they are flushed:
+
+- :class:`~services.publish.kafka.KafkaPublisher` (kafka-python): by its
+  caller. At the deadline, records still unacknowledged count as failed and
+  are abandoned (never sent later behind the caller's back).
+- :class:`~services.publish.faust.FaustPublisher` (agents): by faust before
+  every offset commit; ``await aflush()`` on the event loop (its sync
+  ``flush`` only from another thread) raises as above.
+- :class:`~services.publish.spooled.SpooledPublisher` (model servers), a
+  :class:`DurablePublisher`: its failures *are* retried, from its local
+  spool, in order, which is its purpose; so its ``flush`` returns once every
+  event queued before the call is acknowledged or in the spool, and raises
+  PublishError only when that did not happen within ``timeout_s`` (nothing
+  is lost by that). What does not fit the spool is dropped, counted and
+  logged; ``publish_acked`` raises for it.
+- :class:`~services.publish.memory.InMemoryPublisher`: the twin unit tests use.
+
+Delivery is at least once everywhere; consumers drop repeats by ``event_id``.
 """
 
 from __future__ import annotations

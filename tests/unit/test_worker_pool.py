@@ -12,9 +12,11 @@ from schemas.codec import decode, encode
 from schemas.events import CheckpointEvent, DeadLetter, TrainingExample, training_example_id
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.store import CheckpointStore
+from services.config import TopicsConfig
 from services.deadletters import RawRecord
 from services.learning.config import ModelConfig, parse_config
-from services.learning.pool import TrainerPool, partition_of
+from services.learning.pool import Outgoing, TrainerPool, partition_of
+from services.publish import InMemoryPublisher
 
 TOPIC = "training-examples"
 PARTS = 3
@@ -64,8 +66,17 @@ def home() -> int:
     return partition_of("m", PARTS)
 
 
-def sent(pool_output: list[tuple[str, bytes, bytes]], kind: str) -> list[bytes]:
-    return [value for k, _, value in pool_output if k == kind]
+def sent(pool_output: list[Outgoing], kind: str) -> list[bytes]:
+    """The bytes of the ``kind`` events the pool asks to publish, as a publisher sends them."""
+    twin = InMemoryPublisher()
+    for event in pool_output:
+        twin.publish(event)
+    twin.flush()
+    topic = {
+        "checkpoints": TopicsConfig().checkpoint_events,
+        "dead_letters": TopicsConfig().dead_letters,
+    }[kind]
+    return [encode(event) for name, _, event in twin.sent if name == topic]
 
 
 def test_partition_of_matches_the_partitioner_faust_producers_use() -> None:
