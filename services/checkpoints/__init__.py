@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from services.checkpoints.catalog import Catalog, CheckpointRecord
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.files import CheckpointFiles
 from services.checkpoints.gc import GcPlan, Leftover, Quarantined
 from services.checkpoints.memory_storage import MemoryStorage
-from services.checkpoints.reader import CheckpointFiles, CheckpointReader
+from services.checkpoints.reader import CheckpointReader
 from services.checkpoints.retention import (
     InMemoryReferences,
     KeepAny,

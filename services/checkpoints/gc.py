@@ -1,7 +1,7 @@
 """Garbage collection: delete what no retention policy keeps, and remove leftovers.
 
 GC works one model at a time in two steps: :func:`plan` decides (pure, no
-I/O), and the store executes the plan. What is kept:
+I/O), and :meth:`GarbageCollector.execute` carries the plan out. What is kept:
 
 - whatever the retention policy keeps, plus pinned checkpoints and what the
   version pointer references, whatever the policy says;

@@ -1,4 +1,12 @@
-"""The catalog kept in line with the manifests: how a writing store finds its versions.
+"""Where a reader finds committed versions: the tiers' manifests, or the catalog.
+
+:class:`VersionIndex` is what :class:`~services.checkpoints.reader.CheckpointReader`
+asks: which tier holds a committed version, and which versions of a model
+are committed. Two answer it:
+
+- :class:`TierIndex` reads the manifests in the tiers (the truth) on every
+  call and writes nothing: what a read-only process uses;
+- :class:`CatalogIndex`, the store's, answers from the catalog.
 
 The manifests are the truth; :class:`CatalogIndex` syncs the catalog's rows
 of a model from them (:func:`~services.checkpoints.scan.scan_model`) the
@@ -16,8 +24,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
-from schemas.errors import CheckpointNotFoundError
+from schemas.errors import CheckpointNotFoundError, SchemaError
+from schemas.manifest import decode_manifest
+from services.checkpoints import layout
 from services.checkpoints.catalog import Catalog, Tier
 from services.checkpoints.pins import PinBook
 from services.checkpoints.scan import scan_model
@@ -25,6 +36,49 @@ from services.checkpoints.storage import CheckpointStorage
 
 #: Called with (done, total) while long work proceeds.
 Progress = Callable[[int, int], None]
+
+
+class VersionIndex(Protocol):
+    """Where the reader looks up which versions are committed, and in which tier."""
+
+    def locate(self, model: str, version: str) -> Tier:
+        """The tier to read ``version`` from first; raises CheckpointNotFoundError."""
+        ...
+
+    def versions(self, model: str) -> list[str]:
+        """The committed versions of ``model``, oldest first."""
+        ...
+
+
+class TierIndex:
+    """A :class:`VersionIndex` over the manifests in the tiers, read on every call."""
+
+    def __init__(self, tiers: Mapping[Tier, CheckpointStorage]) -> None:
+        self._tiers = dict(tiers)
+
+    def locate(self, model: str, version: str) -> Tier:
+        for tier, storage in self._tiers.items():
+            if storage.read_manifest(model, version) is not None:
+                return tier
+        raise CheckpointNotFoundError("checkpoint has no manifest", model=model, version=version)
+
+    def versions(self, model: str) -> list[str]:
+        """Version directories whose manifest validates and names them, oldest first."""
+        found: set[str] = set()
+        for storage in self._tiers.values():
+            for name in storage.entries(model):
+                if layout.parse_seq(model, name) is None or name in found:
+                    continue
+                raw = storage.read_manifest(model, name)
+                if raw is None:
+                    continue
+                try:
+                    manifest = decode_manifest(raw, model=model, version=name)
+                except SchemaError:
+                    continue
+                if manifest.model == model and manifest.version == name:
+                    found.add(name)
+        return sorted(found, key=lambda v: layout.parse_seq(model, v) or 0)
 
 
 class CatalogIndex:
@@ -87,7 +141,7 @@ class CatalogIndex:
                     progress(i, len(models))
             return len(self.catalog.query(None))
 
-    # -- the reader's VersionIndex ------------------------------------------------------------
+    # -- a VersionIndex ------------------------------------------------------------
 
     def locate(self, model: str, version: str) -> Tier:
         """The tier the catalog says holds committed ``version``.

@@ -9,164 +9,35 @@ then refused as well, see :class:`~services.checkpoints.readonly.ReadOnlyStorage
 a writing :class:`~services.checkpoints.store.CheckpointStore` composes one
 over its own tiers and catalog.
 
-Which versions exist is asked of a :class:`VersionIndex`: by default
-:class:`TierIndex`, which reads the manifests in the tiers (the truth) each
-time; the store passes its catalog-backed
+Which versions exist is asked of a
+:class:`~services.checkpoints.index.VersionIndex`: by default
+:class:`~services.checkpoints.index.TierIndex`, which reads the manifests in
+the tiers (the truth) each time; the store passes its catalog-backed
 :class:`~services.checkpoints.index.CatalogIndex`.
 
 Authenticity before deserialization: :meth:`CheckpointReader.open` — the only
 way to state bytes — verifies the manifest's signature, and that it names the
-model and version opened, before a :class:`CheckpointFiles` exists; that
-verifies the manifest of every older checkpoint it reads reused files from
+model and version opened, before a :class:`~services.checkpoints.files.CheckpointFiles`
+exists; that verifies the manifest of every older checkpoint it reads reused files from
 the same way, and checks each file's size and sha256 against the manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from schemas.errors import (
-    CheckpointCorruptError,
-    CheckpointError,
-    CheckpointNotFoundError,
-    SchemaError,
-)
-from schemas.manifest import CheckpointManifest, FileEntry, decode_manifest
+from schemas.errors import CheckpointError, CheckpointNotFoundError, SchemaError
+from schemas.manifest import CheckpointManifest, decode_manifest
 from services.checkpoints import layout
 from services.checkpoints.catalog import Tier
+from services.checkpoints.files import CheckpointFiles
+from services.checkpoints.index import TierIndex, VersionIndex
 from services.checkpoints.scan import Quarantined, quarantined_in, quarantined_version
 from services.checkpoints.signing import TrustedKeys
 from services.checkpoints.storage import CheckpointStorage
 
 if TYPE_CHECKING:
     from services.checkpoints.checkpointer import LoadedCheckpoint, StateAdapter
-
-
-class VersionIndex(Protocol):
-    """Where the reader looks up which versions are committed, and in which tier."""
-
-    def locate(self, model: str, version: str) -> Tier:
-        """The tier to read ``version`` from first; raises CheckpointNotFoundError."""
-        ...
-
-    def versions(self, model: str) -> list[str]:
-        """The committed versions of ``model``, oldest first."""
-        ...
-
-
-class TierIndex:
-    """A :class:`VersionIndex` over the manifests in the tiers, read on every call."""
-
-    def __init__(self, tiers: Mapping[Tier, CheckpointStorage]) -> None:
-        self._tiers = dict(tiers)
-
-    def locate(self, model: str, version: str) -> Tier:
-        for tier, storage in self._tiers.items():
-            if storage.read_manifest(model, version) is not None:
-                return tier
-        raise CheckpointNotFoundError("checkpoint has no manifest", model=model, version=version)
-
-    def versions(self, model: str) -> list[str]:
-        """Version directories whose manifest validates and names them, oldest first."""
-        found: set[str] = set()
-        for storage in self._tiers.values():
-            for name in storage.entries(model):
-                if layout.parse_seq(model, name) is None or name in found:
-                    continue
-                raw = storage.read_manifest(model, name)
-                if raw is None:
-                    continue
-                try:
-                    manifest = decode_manifest(raw, model=model, version=name)
-                except SchemaError:
-                    continue
-                if manifest.model == model and manifest.version == name:
-                    found.add(name)
-        return sorted(found, key=lambda v: layout.parse_seq(model, v) or 0)
-
-
-class CheckpointFiles:
-    """Read access to one committed checkpoint; every read is verified.
-
-    Obtained from :meth:`CheckpointReader.open` (or the store's ``open``),
-    which has verified the manifest's signature. ``read`` returns a file's
-    bytes after checking size and sha256 against the manifest, wherever the
-    bytes live (this checkpoint, an older one it reuses them from — whose
-    manifest is verified first too — hot or cold tier).
-    """
-
-    def __init__(self, source: CheckpointReader, manifest: CheckpointManifest, tier: Tier) -> None:
-        self.manifest = manifest
-        self.tier = tier
-        self._source = source
-        self._holders: dict[str, tuple[CheckpointManifest, Tier]] = {}
-
-    @property
-    def location(self) -> str:
-        return self._source.storage(self.tier).location(self.manifest.model, self.manifest.version)
-
-    def names(self) -> list[str]:
-        """Names of the files of this checkpoint, in manifest order."""
-        return [f.name for f in self.manifest.files]
-
-    def read(self, name: str) -> bytes:
-        """The verified bytes of file ``name``.
-
-        Raises
-        ------
-        CheckpointNotFoundError
-            No file of that name in the manifest.
-        CheckpointCorruptError
-            The bytes are missing or their size or sha256 differ from the manifest.
-        """
-        return bytes(self._read(name, buffer=False))
-
-    def read_buffer(self, name: str) -> bytearray:
-        """Like :meth:`read`, in a fresh writable buffer the caller owns.
-
-        For decoders that view the bytes in place (tensors over the buffer)
-        instead of copying them out; raises what :meth:`read` raises.
-        """
-        data = self._read(name, buffer=True)
-        return data if isinstance(data, bytearray) else bytearray(data)
-
-    def _read(self, name: str, *, buffer: bool) -> bytes | bytearray:
-        m = self.manifest
-        entry = m.file(name)
-        if entry is None:
-            raise CheckpointNotFoundError(
-                f"no file {name!r} in checkpoint", model=m.model, version=m.version
-            )
-        if entry.ref_version is None:
-            return self._source.read_verified(
-                m.model, m.version, self.tier, entry.name, entry, buffer=buffer
-            )
-        if entry.ref_version not in self._holders:
-            self._holders[entry.ref_version] = self._source.verified_manifest(
-                m.model, entry.ref_version
-            )
-        holder, tier = self._holders[entry.ref_version]
-        stored = next(
-            (f for f in holder.files if f.sha256 == entry.sha256 and not f.ref_version), None
-        )
-        if stored is None:
-            raise CheckpointCorruptError(
-                f"referenced checkpoint holds no file with the sha256 of {name!r}",
-                model=m.model,
-                version=m.version,
-                ref_version=entry.ref_version,
-                expected_sha256=entry.sha256,
-            )
-        return self._source.read_verified(
-            m.model, holder.version, tier, stored.name, entry, buffer=buffer
-        )
-
-    def verify(self) -> None:
-        """Read and check every file; raises :class:`CheckpointCorruptError` on a bad one."""
-        for name in self.names():
-            self.read(name)
 
 
 class CheckpointReader:
@@ -179,8 +50,8 @@ class CheckpointReader:
     trusted
         The public keys whose manifest signatures are accepted.
     index
-        Where committed versions are looked up; default :class:`TierIndex`
-        (the manifests themselves).
+        Where committed versions are looked up; default
+        :class:`~services.checkpoints.index.TierIndex` (the manifests themselves).
     """
 
     def __init__(
@@ -253,8 +124,14 @@ class CheckpointReader:
         Raises
         ------
         CheckpointNotFoundError
-            No such committed version, or its manifest does not validate.
+            ``version`` is not a version id of ``model``, no such version
+            is committed, or its manifest does not validate.
         """
+        layout.check_model(model)
+        if layout.parse_seq(model, version) is None:  # never build a path from it
+            raise CheckpointNotFoundError(
+                f"not a version id of {model}", model=model, version=version
+            )
         first = self.index.locate(model, version)
         order: list[Tier] = [first] + [t for t in self.tiers() if t != first]
         for tier in order:
@@ -411,59 +288,3 @@ class CheckpointReader:
         loaded = self.load(model, version)
         adapter.restore(loaded.state)
         return loaded.manifest
-
-    def read_verified(
-        self,
-        model: str,
-        version: str,
-        tier: Tier,
-        stored_name: str,
-        entry: FileEntry,
-        *,
-        buffer: bool = False,
-    ) -> bytes | bytearray:
-        """The bytes of ``stored_name`` of ``version`` checked against ``entry``.
-
-        Tried in ``tier`` first, then the other tiers.
-
-        Raises
-        ------
-        CheckpointCorruptError
-            The file is missing in every tier, or its size or sha256 differ.
-        """
-        order: list[Tier] = [tier] + [t for t in self.tiers() if t != tier]
-        path = f"{self.storage(tier).location(model, version)}/{stored_name}"
-        data: bytes | bytearray | None = None
-        for t in order:
-            storage = self.storage(t)
-            try:
-                if buffer:
-                    data = storage.read_buffer(model, version, stored_name)
-                else:
-                    data = storage.read_file(model, version, stored_name)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            path = f"{self.storage(t).location(model, version)}/{stored_name}"
-            break
-        if data is None:
-            raise CheckpointCorruptError(
-                "file listed in the manifest is missing",
-                model=model,
-                version=version,
-                path=path,
-                expected_sha256=entry.sha256,
-                actual_sha256="missing",
-            )
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != entry.sha256 or len(data) != entry.size:
-            raise CheckpointCorruptError(
-                "file does not match its manifest",
-                model=model,
-                version=version,
-                path=path,
-                expected_sha256=entry.sha256,
-                actual_sha256=actual,
-                expected_size=entry.size,
-                actual_size=len(data),
-            )
-        return data

@@ -1,7 +1,9 @@
 """The storage seam: where checkpoint bytes go, and how a save commits.
 
-:class:`CheckpointStorage` is the narrow protocol the store writes through;
-two implementations sit beside it:
+:class:`CheckpointStorage` is the narrow protocol the store writes and the
+reader reads through; two implementations sit beside it (and, for unit
+tests, :class:`~services.checkpoints.memory_storage.MemoryStorage`; a
+read-only view: :class:`~services.checkpoints.readonly.ReadOnlyStorage`):
 
 - :class:`LocalStorage` — a local directory. A save writes into a temporary
   directory ``{model}/.tmp-{pid}-{rand}`` inside the model directory, fsyncs

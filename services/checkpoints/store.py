@@ -40,11 +40,12 @@ from schemas.manifest import CheckpointManifest, ManifestDraft
 from services.checkpoints import layout
 from services.checkpoints.catalog import Catalog, CheckpointRecord, Tier
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.files import CheckpointFiles
 from services.checkpoints.gc import GarbageCollector, GcPlan, Leftover, Quarantined
 from services.checkpoints.index import CatalogIndex, Progress
 from services.checkpoints.layout import now_ms
 from services.checkpoints.pins import PinBook
-from services.checkpoints.reader import CheckpointFiles, CheckpointReader
+from services.checkpoints.reader import CheckpointReader
 from services.checkpoints.readonly import ReadOnlyStorage
 from services.checkpoints.retention import ReferenceSource, RetentionPolicy, policy_from_config
 from services.checkpoints.scan import scan_model

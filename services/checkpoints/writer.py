@@ -35,8 +35,9 @@ from schemas.manifest import (
 )
 from services.checkpoints import layout
 from services.checkpoints.catalog import Catalog
+from services.checkpoints.files import CheckpointFiles
 from services.checkpoints.index import CatalogIndex, Progress
-from services.checkpoints.reader import CheckpointFiles, CheckpointReader
+from services.checkpoints.reader import CheckpointReader
 from services.checkpoints.sequence import reserve_version
 from services.checkpoints.signing import Signer, TrustedKeys
 from services.checkpoints.storage import CheckpointStorage, Payload, payload_size
