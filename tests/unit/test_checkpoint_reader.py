@@ -245,3 +245,16 @@ def test_the_store_reads_through_the_same_reader(
         assert [r.version for r in store.query(MODEL)] == sorted(weights)
         manifest: CheckpointManifest = store.reader.verify(MODEL, max(weights), deep=True)
         assert manifest.version == max(weights)
+
+
+@pytest.mark.parametrize("version", ["../other/fraud-000001", "fraud-000001/..", "other-000001"])
+def test_a_version_that_is_not_an_id_of_the_model_is_refused_before_any_read(
+    tmp_path: Path, version: str
+) -> None:
+    memory = MemoryStorage()
+    store = CheckpointStore(_config(tmp_path), hot=memory, catalog=Catalog(":memory:"))
+    _fill(store, saves=1)
+    memory.models_["other"] = {"other-000001": dict(memory.models_[MODEL]["fraud-000001"])}
+    reader = CheckpointReader(memory, trusted=store.trusted)
+    with pytest.raises(CheckpointNotFoundError, match="not a version id of fraud"):
+        reader.verify(MODEL, version)
