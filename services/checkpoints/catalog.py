@@ -1,7 +1,9 @@
 """The SQLite catalog: a fast, queryable index of committed checkpoints.
 
 The manifests are the truth; the catalog is rebuilt from them by
-:meth:`CheckpointStore.reindex`, so losing the file loses nothing. It records
+:meth:`CheckpointStore.reindex`, so losing the file loses nothing. This
+module holds every SQL statement of the checkpoint store; the rest of the
+package goes through :class:`Catalog`'s methods. It records
 per checkpoint: model, version, parent, created time, step, trigger, metrics,
 tier and location, size, pins and status (``committed``, or ``deleting``
 while GC removes it), and answers queries by model, trigger, time range,
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,11 +195,40 @@ class Catalog:
                 (tier, location, model, version),
             )
 
-    def remove(self, model: str, version: str) -> None:
+    def remove(self, model: str, version: str, db: Any = None) -> None:
+        """Drop the row of one checkpoint (inside transaction ``db`` when given)."""
+        sql = "DELETE FROM checkpoints WHERE model=? AND version=?"
+        if db is not None:
+            db.execute(sql, (model, version))
+            return
         with self._lock:
-            self._db.execute(
-                "DELETE FROM checkpoints WHERE model=? AND version=?", (model, version)
-            )
+            self._db.execute(sql, (model, version))
+
+    def sync_model(
+        self,
+        model: str,
+        *,
+        stale: Sequence[str],
+        upserts: Sequence[tuple[CheckpointManifest, Tier, str]],
+        pins: Mapping[str, str],
+    ) -> None:
+        """Apply one scan of ``model`` in one transaction.
+
+        Drops the rows of ``stale`` versions, records each ``(manifest, tier,
+        location)`` of ``upserts`` and replaces the pins (label -> version).
+        """
+        with self.transaction() as db:
+            for version in stale:
+                self.remove(model, version, db=db)
+            for manifest, tier, location in upserts:
+                self.upsert(manifest, tier=tier, location=location, db=db)
+            self.replace_pins(model, pins, db=db)
+
+    def clear(self) -> None:
+        """Drop every checkpoint row and pin (before a reindex rebuilds them)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM checkpoints")
+            db.execute("DELETE FROM pins")
 
     def models(self) -> list[str]:
         with self._lock:

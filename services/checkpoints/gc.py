@@ -1,7 +1,7 @@
 """Garbage collection: delete what no retention policy keeps, and remove leftovers.
 
 GC works one model at a time in two steps: :func:`plan` decides (pure, no
-I/O), and the store executes the plan. What is kept:
+I/O), and :meth:`GarbageCollector.execute` carries the plan out. What is kept:
 
 - whatever the retention policy keeps, plus pinned checkpoints and what the
   version pointer references, whatever the policy says;
@@ -36,50 +36,37 @@ deleted: it is moved to ``{model}/.quarantine/{version}-{ts}/`` with a note of
 the reason (the evidence, and maybe the only copy of a model). GC never
 deletes quarantined data on its own; ``CheckpointStore.purge_quarantine``
 (``driftloop checkpoints gc --purge-quarantine``) does, when asked.
+
+:class:`GarbageCollector` runs both steps over the pieces it is given (the
+catalog index and its tiers, the pin book, the policies); it does not know
+the store facade.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import orjson
+
 from services.checkpoints import layout
-from services.checkpoints.catalog import CheckpointRecord, Tier
+from services.checkpoints.catalog import CheckpointRecord
+from services.checkpoints.index import CatalogIndex
+from services.checkpoints.pins import PinBook
 from services.checkpoints.retention import (
     KeepPinned,
     KeepReferenced,
     ReferenceSource,
     RetentionPolicy,
 )
+from services.checkpoints.scan import Leftover, Quarantined, scan_model
+from services.checkpoints.sequence import raise_high_water
 
+__all__ = ["GarbageCollector", "GcPlan", "Leftover", "Quarantined", "plan", "protect"]
 
-@dataclass(frozen=True)
-class Leftover:
-    """A directory GC removes: not a committed checkpoint the catalog knows."""
-
-    tier: Tier
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    """A version directory moved aside because its manifest did not validate."""
-
-    model: str
-    tier: Tier
-    name: str
-    reason: str
-    quarantined_ts: int | None
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "model": self.model,
-            "tier": self.tier,
-            "name": self.name,
-            "reason": self.reason,
-            "quarantined_ts": self.quarantined_ts,
-        }
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -208,3 +195,107 @@ def plan(
         (c for c in checkpoints if c.version not in kept), key=lambda c: c.seq, reverse=True
     )
     return GcPlan(model, kept, delete, list(leftovers), list(quarantine))
+
+
+class GarbageCollector:
+    """Plans and executes GC of the models of one store.
+
+    Parameters
+    ----------
+    index
+        The catalog index (and the tiers it syncs from): GC syncs deeply first.
+    pins
+        The pin book; pinned versions are kept, and protected when damaged.
+    retention
+        What to keep beyond the newest, pinned and referenced versions.
+    references
+        The versions the version pointer references (kept), if known.
+    history_depth
+        How many previous live versions of the pointer are kept.
+    lock
+        Serialises GC with the store's commits and tier moves.
+    """
+
+    def __init__(
+        self,
+        index: CatalogIndex,
+        *,
+        pins: PinBook,
+        retention: RetentionPolicy,
+        references: ReferenceSource | None,
+        history_depth: int,
+        lock: threading.RLock,
+    ) -> None:
+        self.index = index
+        self.pins = pins
+        self.retention = retention
+        self.references = references
+        self.history_depth = history_depth
+        self._lock = lock
+
+    def collect(self, models: Sequence[str], *, dry_run: bool = False) -> list[GcPlan]:
+        """Apply retention, remove leftovers and quarantine corrupt versions; returns the plans."""
+        plans = []
+        with self._lock:
+            for m in models:
+                self.index.sync(m, deep=True)
+                scan = scan_model(m, self.index.tiers, self.index.catalog, deep=False)
+                leftovers, damaged = protect(scan.leftovers, self.pins.read(m), self.references, m)
+                p = plan(
+                    m,
+                    self.index.catalog.query(m),
+                    self.retention,
+                    now_ms=layout.now_ms(),
+                    references=self.references,
+                    history_depth=self.history_depth,
+                    leftovers=leftovers,
+                    quarantine=scan.corrupt + damaged,
+                )
+                plans.append(p)
+                if not dry_run:
+                    self.execute(p)
+        return plans
+
+    def execute(self, p: GcPlan) -> None:
+        """Carry out ``p`` in the order that survives a kill at any point (module docstring)."""
+        tiers = self.index.tiers
+        catalog = self.index.catalog
+        seqs = [r.seq for r in p.delete] + [
+            layout.parse_seq(p.model, x.name) or 0 for x in p.leftovers + p.quarantine
+        ]
+        if seqs:
+            raise_high_water(tiers["hot"], p.model, max(seqs))
+        for record in p.delete:
+            if record.tier not in tiers:
+                continue  # this store was not given that tier: leave its copy alone
+            catalog.set_status(p.model, record.version, "deleting")
+            for storage in tiers.values():
+                storage.remove_manifest(p.model, record.version)
+            for storage in tiers.values():
+                storage.remove_entry(p.model, record.version)
+            catalog.remove(p.model, record.version)
+        for corrupt in p.quarantine:
+            note = {
+                "reason": corrupt.reason,
+                "version": corrupt.name,
+                "quarantined_ts": layout.now_ms(),
+            }
+            moved = tiers[corrupt.tier].quarantine(p.model, corrupt.name, orjson.dumps(note))
+            log.warning(
+                "quarantined %s/%s (%s): %s; delete it with `driftloop checkpoints gc "
+                "--purge-quarantine`",
+                p.model,
+                moved,
+                corrupt.tier,
+                corrupt.reason,
+            )
+        for leftover in p.leftovers:
+            storage = tiers[leftover.tier]
+            storage.remove_manifest(p.model, leftover.name)
+            storage.remove_entry(p.model, leftover.name)
+
+    def purge(self, found: Sequence[Quarantined]) -> None:
+        """Delete the quarantined directories ``found`` for good (only ever on request)."""
+        with self._lock:
+            for q in found:
+                self.index.tiers[q.tier].purge_quarantined(q.model, q.name)

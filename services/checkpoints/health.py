@@ -20,28 +20,15 @@ from __future__ import annotations
 
 from schemas.errors import CheckpointError
 from services.checkpoints import layout
-from services.checkpoints.catalog import Tier
-from services.checkpoints.scan import scan_model
+from services.checkpoints.scan import quarantined_version, scan_model
 from services.checkpoints.state.encoding import INDEX_NAME
 from services.checkpoints.state.reader import load_state
-from services.checkpoints.storage import CheckpointStorage
 from services.checkpoints.store import CheckpointStore
+
+__all__ = ["damaged", "dangling_pins", "quarantined_version", "restore_order", "unloadable"]
 
 #: Reason given for a pinned version directory without a manifest.
 PINNED_NO_MANIFEST = "pinned, manifest missing"
-
-
-def _tiers(store: CheckpointStore) -> dict[Tier, CheckpointStorage]:
-    tiers: dict[Tier, CheckpointStorage] = {"hot": store.hot}
-    if store.cold is not None:
-        tiers["cold"] = store.cold
-    return tiers
-
-
-def quarantined_version(model: str, name: str) -> str | None:
-    """``fraud-000042-1733000000000`` (a quarantined directory) -> ``fraud-000042``."""
-    version = name.rsplit("-", 1)[0]
-    return version if layout.parse_seq(model, version) is not None else None
 
 
 def damaged(store: CheckpointStore, model: str) -> dict[str, str]:
@@ -50,7 +37,7 @@ def damaged(store: CheckpointStore, model: str) -> dict[str, str]:
     Corrupt manifests, pinned directories without a manifest, and quarantined
     directories (by the version they held); ``{version: reason}``.
     """
-    scan = scan_model(model, _tiers(store), store.catalog, deep=True)
+    scan = scan_model(model, store.reader.tiers(), store.catalog, deep=True)
     found: dict[str, str] = {}
     for q in store.quarantined(model):
         version = quarantined_version(model, q.name)

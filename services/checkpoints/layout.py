@@ -94,6 +94,11 @@ def meta_temp_pid(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds (``created_ts``, quarantine notes, retention)."""
+    return time.time_ns() // 1_000_000
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host."""
     if pid <= 0:

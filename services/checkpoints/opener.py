@@ -19,7 +19,11 @@ is actually given.
 
 A store opened ``read_only`` creates, migrates and repairs nothing (see
 :class:`~services.checkpoints.store.CheckpointStore`); one that does not
-exist is an error rather than an empty store.
+exist is an error rather than an empty store. A process that only ever
+reads state — a model server, a CLI check before a version goes live — calls
+:func:`open_reader` instead: a bare
+:class:`~services.checkpoints.reader.CheckpointReader` over the tiers, with
+no catalog at all (not even in memory) and every write refused by the tiers.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from typing import TYPE_CHECKING
 
 from schemas.errors import CheckpointNotFoundError, ConfigError
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.reader import CheckpointReader
+from services.checkpoints.readonly import ReadOnlyStorage
 from services.checkpoints.retention import ReferenceSource, RetentionPolicy
+from services.checkpoints.signing import signer_from_config, trusted_from_config
+from services.checkpoints.storage import CheckpointStorage, open_tiers
 from services.checkpoints.store import CheckpointStore
 
 if TYPE_CHECKING:
@@ -67,17 +75,66 @@ def open_store(
     CheckpointNotFoundError
         ``read_only`` and there is no store at the root.
     """
-    root = store.root
-    if root.exists() and not root.is_dir():
-        raise ConfigError("the checkpoint store root is not a directory", path=str(root))
-    if read_only and not root.is_dir():
-        raise CheckpointNotFoundError("no checkpoint store here", path=str(root))
+    _check_root(store, read_only=read_only)
     return CheckpointStore(
         store,
         references=references,
         retention=retention_for(store, learning, references),
         read_only=read_only,
     )
+
+
+def open_reader(
+    store: StoreConfig,
+    *,
+    hot: CheckpointStorage | None = None,
+    cold: CheckpointStorage | None = None,
+) -> CheckpointReader:
+    """Open the checkpoint store described by ``store`` for reading only.
+
+    The reader lists versions, verifies them and loads their state (see
+    :class:`~services.checkpoints.reader.CheckpointReader`) straight from
+    the manifests: it opens no catalog, creates no directory or file, and
+    its tiers (wrapped in :class:`~services.checkpoints.readonly.ReadOnlyStorage`)
+    refuse every write, so several replicas can share one store. Trusted
+    keys are ``store.trusted_keys`` plus the public key of the signing key,
+    if one is configured.
+
+    Parameters
+    ----------
+    store
+        The store settings (``DRIFTLOOP_STORE_*``).
+    hot, cold
+        Storage to read instead of ``store.root`` / ``store.cold_url``
+        (unit tests pass a :class:`~services.checkpoints.memory_storage.MemoryStorage`).
+
+    Raises
+    ------
+    ConfigError
+        The store root is not a directory, a key or the cold tier cannot be opened.
+    CheckpointNotFoundError
+        There is no store at the root.
+    """
+    if hot is None:
+        _check_root(store, read_only=True)
+    if hot is None or (cold is None and store.cold_url):
+        default_hot, default_cold = open_tiers(store)
+        hot = hot if hot is not None else default_hot
+        cold = cold if cold is not None else default_cold
+    signer = signer_from_config(store)
+    return CheckpointReader(
+        ReadOnlyStorage(hot),
+        ReadOnlyStorage(cold) if cold is not None else None,
+        trusted=trusted_from_config(store, signer),
+    )
+
+
+def _check_root(store: StoreConfig, *, read_only: bool) -> None:
+    root = store.root
+    if root.exists() and not root.is_dir():
+        raise ConfigError("the checkpoint store root is not a directory", path=str(root))
+    if read_only and not root.is_dir():
+        raise CheckpointNotFoundError("no checkpoint store here", path=str(root))
 
 
 def retention_for(

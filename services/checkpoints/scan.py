@@ -9,19 +9,54 @@ deleting it. Anything else under a model directory that looks like ours
 (temp dirs of dead writers, version dirs without a manifest, the
 ``.seq.{pid}.tmp`` files of interrupted bookkeeping writes) is a leftover GC
 removes, unless a live process on this host is still writing it.
+
+Also the two findings GC acts on (:class:`Leftover`, :class:`Quarantined`)
+and :func:`quarantined_in`, which lists quarantined directories (reads only:
+the read-only reader uses it too).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import orjson
 
 from schemas.errors import SchemaError
 from schemas.manifest import CheckpointManifest, decode_manifest
 from services.checkpoints import layout
 from services.checkpoints.catalog import Catalog, Tier
-from services.checkpoints.gc import Leftover
 from services.checkpoints.storage import CheckpointStorage
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A directory GC removes: not a committed checkpoint the catalog knows."""
+
+    tier: Tier
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A version directory moved aside because its manifest did not validate."""
+
+    model: str
+    tier: Tier
+    name: str
+    reason: str
+    quarantined_ts: int | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "tier": self.tier,
+            "name": self.name,
+            "reason": self.reason,
+            "quarantined_ts": self.quarantined_ts,
+        }
 
 
 @dataclass
@@ -94,3 +129,31 @@ def scan_model(
     # Rows of a tier this store was not configured with are left alone, not dropped.
     result.stale_rows = [v for v, r in rows.items() if v not in copies and r.tier in tiers]
     return result
+
+
+def quarantined_in(model: str, tiers: Mapping[Tier, CheckpointStorage]) -> list[Quarantined]:
+    """Quarantined directories of ``model`` in every tier, with the reason each was moved."""
+    found: list[Quarantined] = []
+    for tier, storage in tiers.items():
+        for name, note in storage.quarantined(model):
+            facts: dict[str, object] = {}
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                loaded = orjson.loads(note or b"")
+                facts = loaded if isinstance(loaded, dict) else {}
+            ts = facts.get("quarantined_ts")
+            found.append(
+                Quarantined(
+                    model,
+                    tier,
+                    name,
+                    str(facts.get("reason", "no note (reason unknown)")),
+                    ts if isinstance(ts, int) else None,
+                )
+            )
+    return found
+
+
+def quarantined_version(model: str, name: str) -> str | None:
+    """``fraud-000042-1733000000000`` (a quarantined directory) -> ``fraud-000042``."""
+    version = name.rsplit("-", 1)[0]
+    return version if layout.parse_seq(model, version) is not None else None

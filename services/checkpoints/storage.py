@@ -1,7 +1,9 @@
 """The storage seam: where checkpoint bytes go, and how a save commits.
 
-:class:`CheckpointStorage` is the narrow protocol the store writes through;
-two implementations sit beside it:
+:class:`CheckpointStorage` is the narrow protocol the store writes and the
+reader reads through; two implementations sit beside it (and, for unit
+tests, :class:`~services.checkpoints.memory_storage.MemoryStorage`; a
+read-only view: :class:`~services.checkpoints.readonly.ReadOnlyStorage`):
 
 - :class:`LocalStorage` — a local directory. A save writes into a temporary
   directory ``{model}/.tmp-{pid}-{rand}`` inside the model directory, fsyncs
@@ -41,9 +43,11 @@ from typing import BinaryIO, Protocol, TypeAlias
 import fsspec
 import orjson
 
-from schemas.errors import CheckpointError, SchemaError
+from schemas.errors import CheckpointError, ConfigError, SchemaError
 from schemas.manifest import MANIFEST_NAME, check_file_name
 from services.checkpoints import layout
+from services.checkpoints.config import StoreConfig
+from services.config import redact_url
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 #: The content of one file: bytes, or buffers written back to back.
@@ -530,6 +534,27 @@ class FsspecStorage:
 
     def lock(self, model: str) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+
+def open_tiers(config: StoreConfig) -> tuple[CheckpointStorage, CheckpointStorage | None]:
+    """The hot tier at ``config.root`` and the cold tier ``config.cold_url`` names (if any).
+
+    Opening creates nothing (a missing root is created by the first write).
+
+    Raises
+    ------
+    ConfigError
+        The cold tier's URL cannot be opened (the message carries it without credentials).
+    """
+    hot = LocalStorage(config.root, fsync=config.fsync)
+    if not config.cold_url:
+        return hot, None
+    try:
+        return hot, open_storage(config.cold_url, fsync=config.fsync)
+    except (ValueError, ImportError, OSError) as exc:
+        raise ConfigError(
+            f"cannot open the cold tier: {exc}", url=redact_url(config.cold_url)
+        ) from exc
 
 
 def open_storage(url: str, *, fsync: bool = True) -> CheckpointStorage:

@@ -143,11 +143,7 @@ class CheckpointerSink:
                 raise NoLoadableCheckpointError(model, skipped)
             return None
         state = loaded.state
-        live = adapter.live_objects()
-        if "module" in live:
-            TorchState(live["module"], live["optimizer"], capture_rngs=False).restore(state)
-        else:
-            adapter.load_objects({"model": river.pop("model")})
+        _apply(adapter, state, river)
         self.checkpointer.resume_from(model, version)
         return RestoredTrainer(
             version=str(loaded.manifest.version),
@@ -167,3 +163,33 @@ class CheckpointerSink:
                 version=loaded.manifest.version,
             )
         return loaded, restore_river(loaded.state)
+
+
+def load_into(adapter: ModelAdapter, state: CheckpointState) -> dict[str, Any]:
+    """Put the model of a loaded checkpoint's ``state`` into ``adapter``, as a restore does.
+
+    Torch: the module and optimizer state (RNGs are left alone); river: the
+    model from the river blob, loaded through the restricted unpickler.
+    Returns the other river objects of the checkpoint (metrics, drift
+    detectors). For a process that only reads, e.g. a model server::
+
+        loaded = open_reader(store_config).load(model, version)  # verified
+        load_into(adapter, loaded.state)
+
+    Raises
+    ------
+    CheckpointError
+        The state holds no river objects, or they do not unpickle under the
+        allow-list (raised before the adapter is touched).
+    """
+    river = restore_river(state)
+    _apply(adapter, state, river)
+    return river
+
+
+def _apply(adapter: ModelAdapter, state: CheckpointState, river: dict[str, Any]) -> None:
+    live = adapter.live_objects()
+    if "module" in live:
+        TorchState(live["module"], live["optimizer"], capture_rngs=False).restore(state)
+    else:
+        adapter.load_objects({"model": river.pop("model")})

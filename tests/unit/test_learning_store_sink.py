@@ -10,9 +10,11 @@ from river import datasets
 
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.opener import open_reader
 from services.checkpoints.store import CheckpointStore
+from services.learning.adapters import build_adapter
 from services.learning.config import ModelConfig, example_path, load_config
-from services.learning.store_sink import CheckpointerSink
+from services.learning.store_sink import CheckpointerSink, load_into
 from services.learning.synthetic import examples_from
 from services.learning.trainer import OnlineTrainer
 
@@ -68,3 +70,24 @@ def test_checkpoints_round_trip_through_the_store(kind: str, tmp_path: Path) -> 
     assert second.adapter.state_digest() == clean.adapter.state_digest()
     assert second.digest == clean.digest
     assert second.metrics.values() == clean.metrics.values()
+
+
+@pytest.mark.parametrize("kind", ["river", "torch"])
+def test_a_read_only_reader_loads_a_trained_version_into_a_fresh_adapter(
+    kind: str, tmp_path: Path
+) -> None:
+    """What a model server does: open_reader, load a version verified, put it in an adapter."""
+    config = _config(kind)
+    trainer = OnlineTrainer(config, _sink(tmp_path / "store"))
+    for i, ex in enumerate(examples_from(datasets.Phishing(), "m", limit=100)):
+        trainer.process(ex, topic=TOPIC, partition=0, offset=i)
+    trained = trainer.adapter.state_digest()
+
+    reader = open_reader(StoreConfig(root=tmp_path / "store", fsync=False))
+    version = reader.versions("m")[-1]
+    assert reader.manifest("m", version).examples_seen == 100
+    fresh = build_adapter(config)
+    assert fresh.state_digest() != trained
+    river = load_into(fresh, reader.load("m", version).state)
+    assert fresh.state_digest() == trained  # the newest save is that of the 100th example
+    assert "model" not in river

@@ -42,7 +42,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
 
 class StateReader(Protocol):
-    """One committed checkpoint, as the storage layer's ``CheckpointReader`` exposes it."""
+    """One committed checkpoint, as the storage layer's ``CheckpointFiles`` exposes it."""
 
     @property
     def manifest(self) -> CheckpointManifest: ...

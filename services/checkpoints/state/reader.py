@@ -54,7 +54,7 @@ MAX_CHAIN = 1024
 
 
 class StateSource(Protocol):
-    """The part of the storage layer's ``CheckpointStore`` a load needs."""
+    """The part of the storage layer a load needs: a ``CheckpointStore`` or ``CheckpointReader``."""
 
     def open(self, model: str, version: str | None = None) -> Any: ...
 
