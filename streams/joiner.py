@@ -1,12 +1,17 @@
 """The attribution joiner as a faust agent on changelog-backed tables.
 
-One agent reads ``inference-logs`` and ``feedback`` together (they are
-co-partitioned by request_id, so partition ``p`` of both holds the same
-requests), decodes each raw record, hands it to
-:class:`~services.attribution.AttributionJoiner` and sends what comes back:
+One agent reads ``inference-logs``, ``feedback`` and the internal
+``join-repartition`` topic together (faust assigns partition ``p`` of all
+three to one worker), decodes each raw record, hands it to
+:class:`~services.attribution.RoutedJoin` and sends what comes back:
 examples to ``training-examples`` (key: model), refusals and undecodable
-records to ``dead-letters`` (key: source topic). Nothing a producer sends
-stops the agent.
+records to ``dead-letters`` (key: source topic), records read on another
+partition than their request's join partition to ``join-repartition`` at
+that partition (raw key and value as read, source coordinates in a header).
+Its timer sends the watermark markers the other partitions need
+(:mod:`services.attribution.routing`), between two records: a marker never
+overtakes the forwards it accounts for. Nothing a producer sends stops the
+agent.
 
 Pending state lives in one faust ``Table`` (``join-pending``: request_id ->
 JSON bytes, plus one watermark key per input and partition; a single
@@ -45,7 +50,7 @@ before the example it records. The remaining gap is a broker error on the
 example's batch alone followed by a kill within the producer's retry;
 closing that needs Kafka transactions.
 
-Idle inputs: a timer (every ``idle_ms / 4``, at most 1 s) checks each owned
+Idle inputs: the timer (every ``idle_ms / 4``, at most 1 s) checks each owned
 input partition, and tells the joiner whether the agent has handled every
 record up to the partition's high watermark, the one carried in fetch
 responses (``consumer.highwater``; ``end_offsets`` reads short on Tansu, see

@@ -3,10 +3,14 @@
 Which clock closes a window
 ---------------------------
 Windows close in **event time**, never on the wall clock, so the joined set
-depends on the events and not on how fast a worker ran. Each *input* (the
-``inference`` and ``feedback`` topics today; a repartition topic can be a
-third) has, per partition, its own watermark: the largest ``ts`` that input
-has delivered on that partition. Two rules use them:
+depends on the events and not on how fast a worker ran. Each *input* has,
+per partition, its own watermark: the largest ``ts`` that input has
+delivered to that partition. In the agent the inputs are the input *topic
+partitions* (``inference:0`` ... ``feedback:N-1``), each of which can deliver
+to every join partition, directly or forwarded through the repartition
+topic (:mod:`services.attribution.routing`, which also says how a partition
+learns the watermarks of the others); the unit tests of the join alone use
+the two topics of one partition. Two rules use them:
 
 1. **Lateness is judged per input.** Let ``W`` be the watermark of an
    event's own input just before the event: a property of that topic

@@ -407,10 +407,9 @@ class AttributionJoiner:
         if released:
             self.stats.idle_releases += 1
             logger.info(
-                "joiner: %s[%d] read up to its high watermark with nothing new for %d ms: "
+                "joiner: %s read up to its high watermark with nothing new for %d ms: "
                 "left out of partition %d's closing watermark (%s at %s; now %s)",
-                input,
-                partition,
+                input if ":" in input else f"{input}[{partition}]",
                 self.config.idle_ms,
                 partition,
                 input,
