@@ -231,7 +231,7 @@ class AttributionJoiner:
         entry = self.store.get(log.request_id)
         if behind is not None and behind > self.config.horizon_ms:
             # its own topic partition had passed the end of its window
-            out.append(self._late(log, source, input, behind))
+            out.append(self._late(log, source, input, behind, partition))
             return out
         if entry is not None and entry.has_seen(log.event_id):
             self._duplicate(log, source, out)
@@ -286,7 +286,7 @@ class AttributionJoiner:
         out = self.advance(partition, self._seen_ts(event.ts, before), input)
         entry = self.store.get(event.request_id)
         if behind is not None and behind > self.config.horizon_ms:
-            out.append(self._late(event, source, input, behind))
+            out.append(self._late(event, source, input, behind, partition))
             return out
         if entry is not None and entry.has_seen(event.event_id):
             self._duplicate(event, source, out)
@@ -621,11 +621,16 @@ class AttributionJoiner:
                 self._persist(partition, input, mark)
 
     def _late(
-        self, event: InferenceLog | FeedbackEvent, source: SourceRef, input: str, behind: int
+        self,
+        event: InferenceLog | FeedbackEvent,
+        source: SourceRef,
+        input: str,
+        behind: int,
+        partition: int,
     ) -> Reject:
-        """``event`` came too far behind its own input's watermark."""
+        """``event`` came too far behind its own input's watermark (joined on ``partition``)."""
         self.stats.late += 1
-        self._persist_all(source.partition)  # a decision made at this watermark
+        self._persist_all(partition)  # a decision made at this watermark
         what = "inference log" if isinstance(event, InferenceLog) else "feedback"
         return self._reject(
             "late",

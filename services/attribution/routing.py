@@ -36,8 +36,9 @@ interleaving and every routing. The module docstring of
 :mod:`services.attribution.expiry` gives the argument; it holds per source.
 
 Markers are sent by the worker's timer (:meth:`MarkerSchedule.due`), for a
-source whose watermark moved since its last marker, and on every tick for an
-idle source (a heartbeat: the release lapses where it is not repeated). A
+source whose watermark moved since its last marker, and every ``idle_ms / 2``
+for an idle source (a heartbeat: the release lapses where it is not
+repeated for ``idle_ms``). A
 source released as idle by its owner is released on every join partition
 (:meth:`AttributionJoiner.on_marker`).
 
@@ -194,25 +195,30 @@ class MarkerSchedule:
 
     :meth:`due` is called from the worker's timer with the watermarks of the
     sources it owns; a source is due when its ``(ts, idle)`` changed since it
-    was last sent, and on every call while it is idle (a heartbeat). The
-    caller must call it only between records (never while a record's
-    forwards are still unsent), so a marker never overtakes them.
+    was last sent, and, while it is idle, again every ``heartbeat_ms`` (the
+    release lapses at a partition that hears nothing for ``idle_ms``, so
+    keep it well below that: the worker uses ``idle_ms / 2``). The caller
+    must call it only between records (never while a record's forwards are
+    still unsent), so a marker never overtakes them.
     """
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, heartbeat_ms: int = 0) -> None:
         self.partitions = partitions
-        self._sent: dict[str, tuple[int | None, bool]] = {}
+        self.heartbeat_ms = heartbeat_ms
+        self._sent: dict[str, tuple[int | None, bool, int]] = {}  # input -> ts, idle, when
 
-    def due(self, owned: Iterable[tuple[str, int | None, bool]]) -> list[Marker]:
-        """Markers for ``owned`` sources ``(input, watermark, idle)``, to every
-        partition but the source's own."""
+    def due(self, owned: Iterable[tuple[str, int | None, bool]], now_ms: int = 0) -> list[Marker]:
+        """Markers for ``owned`` sources ``(input, watermark, idle)`` at
+        wall-clock ``now_ms``, to every partition but the source's own."""
         out: list[Marker] = []
         for input, ts, idle in owned:
-            # idle: a heartbeat every call; else only news (a source that
-            # delivered nothing and was never idle has none)
-            if not idle and self._sent.get(input, (None, False)) == (ts, idle):
+            last = self._sent.get(input)
+            if last is None:
+                if ts is None and not idle:
+                    continue  # delivered nothing, never idle: nothing to say
+            elif last[:2] == (ts, idle) and not (idle and now_ms - last[2] >= self.heartbeat_ms):
                 continue
-            self._sent[input] = (ts, idle)
+            self._sent[input] = (ts, idle, now_ms)
             own = kind_of(input)[1]
             out.extend(Marker(p, input, ts, idle) for p in range(self.partitions) if p != own)
         return out
@@ -246,7 +252,9 @@ class RoutedJoin:
             )
         self.joiner = joiner
         self.partitions = partitions
-        self.schedule = MarkerSchedule(partitions)
+        # an idle source's heartbeat: well inside the idle_ms after which
+        # its release lapses where no marker came
+        self.schedule = MarkerSchedule(partitions, heartbeat_ms=joiner.config.idle_ms // 2)
 
     def on_event(
         self, event: InferenceLog | FeedbackEvent, source: SourceRef
@@ -298,4 +306,4 @@ class RoutedJoin:
             for q in sorted(owned)
             for input in (source_input(kind, q) for kind in KINDS)
         ]
-        return self.schedule.due(sources)
+        return self.schedule.due(sources, self.joiner.clock())

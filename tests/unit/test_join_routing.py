@@ -121,17 +121,21 @@ def test_a_repartition_record_not_written_by_a_joiner_is_a_schema_error(
 
 
 def test_markers_say_what_is_new_and_repeat_while_idle() -> None:
-    schedule = MarkerSchedule(3)
-    assert schedule.due([("inference:0", None, False)]) == []  # nothing to say yet
-    first = schedule.due([("inference:0", 10, False)])
+    schedule = MarkerSchedule(3, heartbeat_ms=100)
+    assert schedule.due([("inference:0", None, False)], 0) == []  # nothing to say yet
+    first = schedule.due([("inference:0", 10, False)], 0)
     assert first == [Marker(1, "inference:0", 10, False), Marker(2, "inference:0", 10, False)]
-    assert schedule.due([("inference:0", 10, False)]) == []  # no news
+    assert schedule.due([("inference:0", 10, False)], 500) == []  # no news
     idle = [Marker(1, "inference:0", 10, True), Marker(2, "inference:0", 10, True)]
-    assert schedule.due([("inference:0", 10, True)]) == idle
-    assert schedule.due([("inference:0", 10, True)]) == idle  # a heartbeat
-    assert len(schedule.due([("inference:0", 10, False)])) == 2  # busy again: said once
+    assert schedule.due([("inference:0", 10, True)], 600) == idle
+    assert schedule.due([("inference:0", 10, True)], 650) == []  # heartbeat not due yet
+    assert schedule.due([("inference:0", 10, True)], 700) == idle  # a heartbeat
+    assert len(schedule.due([("inference:0", 10, False)], 710)) == 2  # busy again: said once
+    assert schedule.due([("inference:0", 10, False)], 2000) == []
+    assert len(schedule.due([("feedback:1", None, True)], 0)) == 2  # idle before any record
+    assert len(schedule.due([("feedback:1", None, False)], 1)) == 2  # and busy again
     schedule.forget()
-    assert len(schedule.due([("inference:0", 10, False)])) == 2
+    assert len(schedule.due([("inference:0", 10, False)], 2000)) == 2
 
 
 def _joiner(config: JoinerConfig, clock: list[int] | None = None) -> AttributionJoiner:
