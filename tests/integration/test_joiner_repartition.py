@@ -26,7 +26,9 @@ import pytest
 
 from schemas.codec import decode, encode
 from schemas.events import DeadLetter, FeedbackEvent, InferenceLog, TrainingExample
-from services.kafka import high_watermarks, make_admin, make_producer
+from services.attribution import Forward, join_partition
+from services.attribution.routing import parse_route
+from services.kafka import high_watermarks, make_admin, make_consumer, make_producer
 from tests.integration._procs import WorkerProcess, read_topic, wait_committed, worker_env
 
 if TYPE_CHECKING:
@@ -88,14 +90,45 @@ def _wait_split(procs: list[WorkerProcess], timeout_s: float = 120.0) -> None:
 
 def _produce_randomly(
     sandbox: Sandbox, topic: str, records: list[tuple[str, bytes]], rng: random.Random
-) -> None:
-    """Each value on a random partition, keyed by its request id, another string, or nothing."""
+) -> set[tuple[str, int, int]]:
+    """Each value on a random partition, keyed by its request id, another
+    string, or nothing; returns where those not on their join partition are."""
     producer = make_producer(sandbox.kafka, linger_ms=5)
+    sent = []
     for i, (request_id, value) in enumerate(records):
         key = [request_id.encode(), f"wrong-{i}".encode(), None][i % 3]
-        producer.send(topic, key=key, value=value, partition=rng.randrange(3))
+        partition = rng.randrange(3)
+        sent.append((producer.send(topic, key=key, value=value, partition=partition), request_id))
     producer.flush()
     producer.close()
+    misplaced = set()
+    for future, request_id in sent:
+        meta = future.get(timeout=30)
+        if meta.partition != join_partition(request_id, 3):
+            misplaced.add((topic, meta.partition, meta.offset))
+    return misplaced
+
+
+def _forwarded(sandbox: Sandbox) -> set[tuple[str, int, int]]:
+    """The source of every record forwarded through the repartition topic."""
+    topic = sandbox.topics.join_repartition
+    end = sum(high_watermarks(sandbox.kafka, [topic]).values())
+    consumer = make_consumer(sandbox.kafka, topic)
+    found: set[tuple[str, int, int]] = set()
+    read = 0
+    deadline = time.monotonic() + 60
+    try:
+        while read < end and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=300).values():
+                for record in batch:
+                    read += 1
+                    route = parse_route(record.headers, record.partition)
+                    if isinstance(route, Forward):
+                        found.add((route.source.topic, route.source.partition, route.source.offset))
+    finally:
+        consumer.close(autocommit=False)
+    assert read >= end, f"read {read} of {end} repartition records"
+    return found
 
 
 def _wait_processed(sandbox: Sandbox, group: str, procs: list[WorkerProcess]) -> None:
@@ -166,12 +199,15 @@ def test_records_on_random_partitions_join_across_two_workers(
         )  # fmt: skip
         logs.append((log.request_id, encode(log)))
         feedback.append((fb.request_id, encode(fb)))
-    _produce_randomly(sandbox, sandbox.topics.inference_logs, logs, rng)
-    _produce_randomly(sandbox, sandbox.topics.feedback, feedback, rng)
+    misplaced = _produce_randomly(sandbox, sandbox.topics.inference_logs, logs, rng)
+    misplaced |= _produce_randomly(sandbox, sandbox.topics.feedback, feedback, rng)
     _wait_processed(sandbox, group, started)
 
     examples, letters = _outputs(sandbox)
     _report("random partitioner, two workers", PAIRS, examples, letters)
+    print(f"{len(misplaced)} of {2 * PAIRS} records off their join partition")
+    assert len(misplaced) > PAIRS  # about two thirds: the test is about them
+    assert _forwarded(sandbox) == misplaced  # every misplaced record forwarded, nothing else
     assert [(d.source_topic, d.error_kind, d.error) for d in letters] == []
     joined = sorted(int(e.request_id.removeprefix("req-")) for e in examples)
     assert joined == list(range(PAIRS)), (
