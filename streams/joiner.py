@@ -411,11 +411,11 @@ class JoinerWorker:
         return ("dead_letters", letter.source_topic.encode(), encode(letter), None, None)
 
     def _send(self, outcome: Outcome, current: RawRecord) -> Send:
-        """An outcome as ``(kind, key, value)``. A refusal of ``current`` (the
-        record being handled) keeps its key and value as read; one of an earlier
-        record (an orphan or late feedback held in the pending state) keeps the
-        value its :class:`SourceRef` carried, else the canonical encoding, which
-        then *is* the value as it arrived."""
+        """An outcome as a :data:`Send` to ``examples`` or ``dead_letters``. A
+        refusal of ``current`` (the record being handled) keeps its key and
+        value as read; one of an earlier record (an orphan or late feedback held
+        in the pending state) keeps the value its :class:`SourceRef` carried,
+        else the canonical encoding, which then *is* the value as it arrived."""
         if isinstance(outcome, Emit):
             example = outcome.example
             return ("examples", example.model.encode(), encode(example), None, None)
