@@ -50,6 +50,15 @@ before the example it records. The remaining gap is a broker error on the
 example's batch alone followed by a kill within the producer's retry;
 closing that needs Kafka transactions.
 
+A forward is an output of the record it forwards, like an example: sent
+before that record's table writes, replayed with it. The owner of the join
+partition then finds the replayed copy's event_id already seen (a
+duplicate: nothing emitted twice). Markers are sent by the timer between
+records, never tied to an offset: a replay after a kill may resend records
+a marker already covered, which is harmless for the same reason, and a
+marker lost with a dying worker is sent again by the next owner (it
+resends every source's state after each rebalance).
+
 Idle inputs: the timer (every ``idle_ms / 4``, at most 1 s) checks each owned
 input partition, and tells the joiner whether the agent has handled every
 record up to the partition's high watermark, the one carried in fetch
