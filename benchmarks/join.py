@@ -11,12 +11,18 @@ joiner's ceiling: the join logic alone on the same records (decode, join over
 the joiner's table store with a dict for the faust table, encode), in memory.
 
     .venv/bin/python -m benchmarks.join [--pairs 5000] [--rounds 3] [--json]
+        [--partitioner murmur2|random]
+
+``--partitioner random`` puts every record on a random partition, so about
+two thirds of them reach the joiner through its repartition topic: the cost
+of a producer that does not key by request_id with murmur2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -55,12 +61,17 @@ def _pairs(pairs: int) -> Iterator[tuple[str, bytes, bytes]]:
         yield rid, encode(log), encode(fb)
 
 
-def _produce(info: StackInfo, topics: TopicsConfig, pairs: int) -> None:
+def _produce(info: StackInfo, topics: TopicsConfig, pairs: int, partitioner: str) -> None:
+    """Keyed by request id; ``murmur2``: kafka-python's default partitioner
+    (every record on its join partition), ``random``: a random partition each
+    (about two thirds forwarded through the repartition topic)."""
     kafka = info.kafka_config()
     producer = make_producer(kafka, linger_ms=5, acks=1)
+    rng = random.Random(0)
     for rid, log, fb in _pairs(pairs):
-        producer.send(topics.inference_logs, key=rid.encode(), value=log)
-        producer.send(topics.feedback, key=rid.encode(), value=fb)
+        for topic, value in ((topics.inference_logs, log), (topics.feedback, fb)):
+            where = rng.randrange(topics.partitions) if partitioner == "random" else None
+            producer.send(topic, key=rid.encode(), value=value, partition=where)
     producer.flush()
     producer.close()
 
@@ -125,13 +136,13 @@ def _baseline(info: StackInfo, topics: TopicsConfig, out: str, pairs: int) -> No
     consumer.close()
 
 
-def _round(info: StackInfo, pairs: int) -> dict[str, float]:
+def _round(info: StackInfo, pairs: int, partitioner: str) -> dict[str, float]:
     """One baseline run and one joiner run on fresh topics: seconds each."""
     topics = TopicsConfig(prefix=f"bench{uuid.uuid4().hex[:8]}.", partitions=3)
     kafka = info.kafka_config()
     baseline_out = topics.prefix + "baseline-joined"
     ensure_topics(kafka, [*topics.all_names(), baseline_out], topics)
-    _produce(info, topics, pairs)
+    _produce(info, topics, pairs, partitioner)
 
     thread = threading.Thread(target=_baseline, args=(info, topics, baseline_out, pairs))
     thread.start()
@@ -172,11 +183,17 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--partitioner",
+        choices=["murmur2", "random"],
+        default="murmur2",
+        help="where the producer puts records (random: most are forwarded)",
+    )
     args = parser.parse_args()
     rounds: list[dict[str, float]] = []
     with EmbeddedStack(create_topics=False) as info:
         for index in range(args.rounds):
-            timing = _round(info, args.pairs)
+            timing = _round(info, args.pairs, args.partitioner)
             joiner = args.pairs / timing["joiner_s"]
             baseline = args.pairs / timing["baseline_s"]
             rounds.append({"joiner_pairs_per_s": joiner, "baseline_pairs_per_s": baseline})
@@ -189,6 +206,7 @@ def main() -> None:
     logic = _logic_rate(args.pairs)
     result = {
         "pairs": args.pairs,
+        "partitioner": args.partitioner,
         "rounds": rounds,
         "logic_pairs_per_s": logic,
         "joiner_pairs_per_s": statistics.median(r["joiner_pairs_per_s"] for r in rounds),

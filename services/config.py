@@ -40,6 +40,13 @@ TOPIC_NAMES: dict[str, str] = {
     "version_events": "version-events",
     "dead_letters": "dead-letters",
 }
+#: Topics driftloop's workers use among themselves, before the prefix: not part
+#: of the contract (nobody else reads or writes them), created by the worker
+#: that needs them. ``join_repartition``: records the joiner read on another
+#: partition than their request's join partition (:mod:`services.attribution.routing`).
+INTERNAL_TOPIC_NAMES: dict[str, str] = {
+    "join_repartition": "join-repartition",
+}
 
 
 class KafkaConfig(BaseSettings):
@@ -159,10 +166,11 @@ class TopicsConfig(BaseSettings):
 
     def name(self, key: str) -> str:
         """The full topic name for a contract key such as ``"feedback"``."""
+        known = TOPIC_NAMES | INTERNAL_TOPIC_NAMES
         try:
-            return self.prefix + TOPIC_NAMES[key]
+            return self.prefix + known[key]
         except KeyError:
-            raise ConfigError(f"unknown topic key {key!r}; known: {sorted(TOPIC_NAMES)}") from None
+            raise ConfigError(f"unknown topic key {key!r}; known: {sorted(known)}") from None
 
     @property
     def inference_logs(self) -> str:
@@ -188,7 +196,13 @@ class TopicsConfig(BaseSettings):
     def dead_letters(self) -> str:
         return self.name("dead_letters")
 
+    @property
+    def join_repartition(self) -> str:
+        """The joiner's repartition topic (internal, see :data:`INTERNAL_TOPIC_NAMES`)."""
+        return self.name("join_repartition")
+
     def all_names(self) -> list[str]:
+        """The contract's topics (not the internal ones)."""
         return [self.prefix + name for name in TOPIC_NAMES.values()]
 
 

@@ -1,12 +1,17 @@
 """The attribution joiner as a faust agent on changelog-backed tables.
 
-One agent reads ``inference-logs`` and ``feedback`` together (they are
-co-partitioned by request_id, so partition ``p`` of both holds the same
-requests), decodes each raw record, hands it to
-:class:`~services.attribution.AttributionJoiner` and sends what comes back:
+One agent reads ``inference-logs``, ``feedback`` and the internal
+``join-repartition`` topic together (faust assigns partition ``p`` of all
+three to one worker), decodes each raw record, hands it to
+:class:`~services.attribution.RoutedJoin` and sends what comes back:
 examples to ``training-examples`` (key: model), refusals and undecodable
-records to ``dead-letters`` (key: source topic). Nothing a producer sends
-stops the agent.
+records to ``dead-letters`` (key: source topic), records read on another
+partition than their request's join partition to ``join-repartition`` at
+that partition (raw key and value as read, source coordinates in a header).
+Its timer sends the watermark markers the other partitions need
+(:mod:`services.attribution.routing`), between two records: a marker never
+overtakes the forwards it accounts for. Nothing a producer sends stops the
+agent.
 
 Pending state lives in one faust ``Table`` (``join-pending``: request_id ->
 JSON bytes, plus one watermark key per input and partition; a single
@@ -45,7 +50,16 @@ before the example it records. The remaining gap is a broker error on the
 example's batch alone followed by a kill within the producer's retry;
 closing that needs Kafka transactions.
 
-Idle inputs: a timer (every ``idle_ms / 4``, at most 1 s) checks each owned
+A forward is an output of the record it forwards, like an example: sent
+before that record's table writes, replayed with it. The owner of the join
+partition then finds the replayed copy's event_id already seen (a
+duplicate: nothing emitted twice). Markers are sent by the timer between
+records, never tied to an offset: a replay after a kill may resend records
+a marker already covered, which is harmless for the same reason, and a
+marker lost with a dying worker is sent again by the next owner (it
+resends every source's state after each rebalance).
+
+Idle inputs: the timer (every ``idle_ms / 4``, at most 1 s) checks each owned
 input partition, and tells the joiner whether the agent has handled every
 record up to the partition's high watermark, the one carried in fetch
 responses (``consumer.highwater``; ``end_offsets`` reads short on Tansu, see
@@ -58,6 +72,7 @@ Run a worker with ``python -m streams.joiner`` (settings from
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -69,6 +84,7 @@ from typing import Any
 import faust
 
 from schemas.codec import encode
+from schemas.errors import SchemaError
 from schemas.events import DeadLetter, FeedbackEvent, InferenceLog
 from schemas.limits import MAX_PENDING_RAW_BYTES
 from services.attribution import (
@@ -80,14 +96,23 @@ from services.attribution import (
     JoinStats,
     Outcome,
     PendingRequest,
+    RoutedJoin,
     SourceRef,
+    source_input,
+    source_inputs,
 )
+from services.attribution.routing import ROUTE_HEADER, Forward, Marker, parse_route
 from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
-from services.kafka import topic_configs
+from services.kafka import ensure_topics, topic_configs
 from streams.app import make_app, make_worker
 
 log = logging.getLogger(__name__)
+
+#: One output of a record: ``(kind, key, value, partition, headers)``; kind
+#: ``examples``, ``dead_letters`` or ``repartition`` (partition and headers
+#: only for the latter).
+Send = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
 
 #: Table keys that are not request ids start with this character.
 _META = "\x00"
@@ -143,7 +168,14 @@ class TablePendingStore:
 
     def get_watermark(self, partition: int, input: str) -> int | None:
         raw = self._read(f"{_META}watermark:{partition}:{input}")
-        if raw is None:  # one watermark per partition (earlier versions)
+        kind, _, source = input.partition(":")
+        if raw is None and source == str(partition):
+            # state of earlier versions, when only a partition's own topic
+            # partitions delivered to it: one key per input kind ...
+            raw = self._read(f"{_META}watermark:{partition}:{kind}")
+            if raw is None:  # ... or one per partition
+                raw = self._read(f"{_META}watermark:{partition}")
+        elif raw is None and not source:
             raw = self._read(f"{_META}watermark:{partition}")
         return None if raw is None else int(raw)
 
@@ -191,10 +223,15 @@ class JoinerWorker:
         self.stats = JoinStats()
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
         self.source = app.topic(
-            topics.inference_logs, topics.feedback, value_serializer="raw", **raw
+            topics.inference_logs,
+            topics.feedback,
+            topics.join_repartition,
+            value_serializer="raw",
+            **raw,
         )
         self.examples_topic = app.topic(topics.training_examples, value_serializer="raw", **raw)
         self.dead_letters_topic = app.topic(topics.dead_letters, value_serializer="raw", **raw)
+        self.repartition_topic = app.topic(topics.join_repartition, value_serializer="raw", **raw)
         self.table = app.Table(
             TABLE_NAME,
             key_type=str,
@@ -203,17 +240,53 @@ class JoinerWorker:
             extra_topic_configs=topic_configs(),  # entries hold events of up to 2 MiB
         )
         self.store = TablePendingStore(self.table)
-        self.joiner = AttributionJoiner(config, self.store, stats=self.stats)
+        self.joiner = AttributionJoiner(
+            config, self.store, stats=self.stats, inputs=source_inputs(topics.partitions)
+        )
+        self.routed = RoutedJoin(self.joiner, topics.partitions)
+        # one record's outputs, or one tick's markers, at a time: a marker
+        # must never overtake the forwards of a record it accounts for
+        self._turn = asyncio.Lock()
         self._handled: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         app.agent(self.source, name="attribution-joiner")(self._agent)
         app.on_rebalance_complete.connect(self.on_rebalance)
-        if config.idle_ms > 0:
-            interval = min(1.0, config.idle_ms / 4000)
-            timer: Callable[[], Awaitable[None]] = self.check_idle
-            app.timer(interval, name="attribution-joiner-idle")(timer)
+        interval = min(1.0, config.idle_ms / 4000) if config.idle_ms > 0 else 1.0
+        timer: Callable[[], Awaitable[None]] = self.tick
+        app.timer(interval, name="attribution-joiner-tick")(timer)
 
-    def _input(self, topic: str) -> str:
-        return INFERENCE if topic == self.topics.inference_logs else FEEDBACK
+    def _input(self, topic: str, partition: int) -> str:
+        kind = INFERENCE if topic == self.topics.inference_logs else FEEDBACK
+        return source_input(kind, partition)
+
+    async def tick(self) -> None:
+        """The timer: the idle check (if ``idle_ms``), then the markers due to
+        the other partitions, sent between two records."""
+        async with self._turn:
+            if self.config.idle_ms > 0:
+                await self.check_idle()
+            await self.send_markers()
+
+    async def send_markers(self) -> None:
+        """Send the markers due for the sources this worker owns
+        (:meth:`services.attribution.RoutedJoin.markers`). A failed send is
+        logged, and its markers are sent again at the next tick."""
+        owned = {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.topics.inference_logs
+        }
+        markers = self.routed.markers(owned)
+        try:
+            for marker in markers:
+                await self.repartition_topic.send(
+                    key=None,
+                    value=b"",
+                    partition=marker.partition,
+                    headers=[(ROUTE_HEADER, marker.header())],
+                )
+        except Exception:  # a broker error must not stop the timer: resent next tick
+            log.exception("joiner: sending watermark markers failed; resending next tick")
+            self.routed.schedule.forget({m.input for m in markers})
 
     async def check_idle(self) -> None:
         """Report to the joiner, for every owned input partition, whether the
@@ -230,7 +303,9 @@ class JoinerWorker:
             if handled is None:  # nothing handled since the assignment
                 handled = await consumer.position(tp)
             caught_up = handled is not None and handled >= highwater
-            self.joiner.report_caught_up(self._input(tp.topic), tp.partition, caught_up)
+            self.joiner.report_caught_up(
+                self._input(tp.topic, tp.partition), tp.partition, caught_up
+            )
 
     async def on_rebalance(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Called by faust once a rebalance's table recovery is complete and
@@ -243,58 +318,116 @@ class JoinerWorker:
         }
         self._handled.clear()
         self.joiner.rebalance(owned)
+        self.routed.schedule.forget()  # tell the other partitions again
         log.info("joiner owns partitions %s: %s", sorted(owned), self.stats.snapshot())
 
     async def _agent(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
-            record = RawRecord.of(event.message)
+            message = event.message
+            record = RawRecord.of(message)
             self._handled[(record.topic, record.partition)] = record.offset + 1
-            try:
-                for topic, key, value in self.handle(record):
-                    target = self.examples_topic if topic == "examples" else self.dead_letters_topic
-                    await target.send(key=key, value=value)
-            except BaseException:
-                self.store.discard()  # a send failed: keep the state that matches Kafka
-                raise
-            self.store.flush()  # state after its outputs: see "Delivery"
+            async with self._turn:
+                try:
+                    for out in self.handle(record, message.headers):
+                        await self._deliver(out)
+                except BaseException:
+                    self.store.discard()  # a send failed: keep the state that matches Kafka
+                    raise
+                self.store.flush()  # state after its outputs: see "Delivery"
             yield None
 
-    def handle(self, record: RawRecord) -> list[tuple[str, bytes, bytes]]:
-        """Decode one input record and join it: ``(kind, key, value)`` to send,
-        kind ``examples`` or ``dead_letters``. Never raises for bad input; an
+    async def _deliver(self, out: Send) -> None:
+        kind, key, value, partition, headers = out
+        if kind == "repartition":
+            await self.repartition_topic.send(
+                key=key, value=value, partition=partition, headers=headers
+            )
+            return
+        target = self.examples_topic if kind == "examples" else self.dead_letters_topic
+        await target.send(key=key, value=value)
+
+    def handle(self, record: RawRecord, headers: Any = None) -> list[Send]:
+        """Decode one input or repartition record and join it: what to send,
+        ``(kind, key, value, partition, headers)`` with kind ``examples``,
+        ``dead_letters`` or ``repartition``. Never raises for bad input; an
         unexpected failure of the join itself is dead-lettered as ``processing``.
-        Every dead letter carries the record's raw bytes (see :meth:`_send`)."""
+        Every dead letter carries the record's raw bytes (see :meth:`_send`),
+        and that of a forwarded record its first source's coordinates."""
+        if record.topic == self.topics.join_repartition:
+            return self._repartitioned(record, headers)
         try:
-            if record.topic == self.topics.inference_logs:
-                log_event = decode_or_dead_letter(InferenceLog, record)
-                if isinstance(log_event, DeadLetter):
-                    return [self._dead(log_event)]
-                outcomes = self.joiner.on_inference(log_event, source_of(record, log_event))
-            else:
-                feedback = decode_or_dead_letter(FeedbackEvent, record)
-                if isinstance(feedback, DeadLetter):
-                    return [self._dead(feedback)]
-                outcomes = self.joiner.on_feedback(feedback, source_of(record, feedback))
+            event = self._decode(record.topic == self.topics.inference_logs, record)
+            if isinstance(event, DeadLetter):
+                return [self._dead(event)]
+            results = self.routed.on_event(event, source_of(record, event))
         except Exception as exc:  # a bug or a store failure must not stop the agent
             log.exception(
                 "joiner failed on %s[%d]@%d", record.topic, record.partition, record.offset
             )
             return [self._dead(dead_letter(record, exc))]
-        return [self._send(outcome, record) for outcome in outcomes]
+        out: list[Send] = []
+        for result in results:
+            if isinstance(result, Forward):
+                out.append(
+                    (
+                        "repartition",
+                        record.key,
+                        record.value if record.value is not None else b"",
+                        result.partition,
+                        [(ROUTE_HEADER, result.header())],
+                    )
+                )
+            else:
+                out.append(self._send(result, record))
+        return out
 
-    def _dead(self, letter: DeadLetter) -> tuple[str, bytes, bytes]:
+    def _repartitioned(self, record: RawRecord, headers: Any) -> list[Send]:
+        """A record of the repartition topic: a marker, or a forwarded input
+        record joined here as a record of where it was first read."""
+        try:
+            route = parse_route(headers, record.partition)
+        except SchemaError as exc:  # not written by a joiner: keep it as read
+            return [self._dead(dead_letter(record, exc, kind="decode"))]
+        if isinstance(route, Marker):
+            try:
+                outcomes = self.routed.on_marker(route)
+            except Exception as exc:  # e.g. a source of another partition count
+                log.exception("joiner failed on marker %s", route)
+                return [self._dead(dead_letter(record, exc))]
+            return [self._send(outcome, record) for outcome in outcomes]
+        where = route.source
+        first = RawRecord(where.topic, where.partition, where.offset, record.key, record.value)
+        try:
+            event = self._decode(route.kind == INFERENCE, first)
+            if isinstance(event, DeadLetter):
+                return [self._dead(event)]
+            outcomes = self.routed.on_forward(route, event, source_of(first, event))
+        except Exception as exc:  # a bug or a store failure must not stop the agent
+            log.exception(
+                "joiner failed on forwarded %s[%d]@%d", first.topic, first.partition, first.offset
+            )
+            return [self._dead(dead_letter(first, exc))]
+        return [self._send(outcome, first) for outcome in outcomes]
+
+    @staticmethod
+    def _decode(inference: bool, record: RawRecord) -> InferenceLog | FeedbackEvent | DeadLetter:
+        if inference:
+            return decode_or_dead_letter(InferenceLog, record)
+        return decode_or_dead_letter(FeedbackEvent, record)
+
+    def _dead(self, letter: DeadLetter) -> Send:
         self.stats.dead_letters[letter.error_kind] += 1
-        return ("dead_letters", letter.source_topic.encode(), encode(letter))
+        return ("dead_letters", letter.source_topic.encode(), encode(letter), None, None)
 
-    def _send(self, outcome: Outcome, current: RawRecord) -> tuple[str, bytes, bytes]:
-        """An outcome as ``(kind, key, value)``. A refusal of ``current`` (the
-        record being handled) keeps its key and value as read; one of an earlier
-        record (an orphan or late feedback held in the pending state) keeps the
-        value its :class:`SourceRef` carried, else the canonical encoding, which
-        then *is* the value as it arrived."""
+    def _send(self, outcome: Outcome, current: RawRecord) -> Send:
+        """An outcome as a :data:`Send` to ``examples`` or ``dead_letters``. A
+        refusal of ``current`` (the record being handled) keeps its key and
+        value as read; one of an earlier record (an orphan or late feedback held
+        in the pending state) keeps the value its :class:`SourceRef` carried,
+        else the canonical encoding, which then *is* the value as it arrived."""
         if isinstance(outcome, Emit):
             example = outcome.example
-            return ("examples", example.model.encode(), encode(example))
+            return ("examples", example.model.encode(), encode(example), None, None)
         source = outcome.source
         if (source.topic, source.partition, source.offset) == (
             current.topic,
@@ -314,7 +447,7 @@ class JoinerWorker:
             value_size=size,
             value_sha256=digest,
         )
-        return ("dead_letters", letter.source_topic.encode(), encode(letter))
+        return ("dead_letters", letter.source_topic.encode(), encode(letter), None, None)
 
 
 def source_of(record: RawRecord, event: InferenceLog | FeedbackEvent) -> SourceRef:
@@ -350,6 +483,7 @@ def build_worker(
 ) -> JoinerWorker:
     """A faust app with the joiner on it, ready for :func:`streams.app.make_worker`."""
     app = make_app(app_id, kafka, datadir=datadir, topics=topics, **settings)
+    ensure_topics(kafka, [topics.join_repartition], topics)
     return JoinerWorker(app, topics, config)
 
 

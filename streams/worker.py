@@ -145,7 +145,7 @@ def build(
         from streams.joiner import JoinerWorker
 
         joiner = JoinerWorker(app, topics, JoinerConfig())
-        wanted += [topics.inference_logs, topics.feedback]
+        wanted += [topics.inference_logs, topics.feedback, topics.join_repartition]
         log.info("joiner on %s + %s", topics.inference_logs, topics.feedback)
     if role in ("trainer", "all"):
         path = models_path or worker.models

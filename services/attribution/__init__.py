@@ -15,7 +15,16 @@ from services.attribution.expiry import (
     ExpiryIndex,
     Watermarks,
 )
-from services.attribution.joiner import AttributionJoiner, Emit, Outcome, Reject
+from services.attribution.joiner import OWN, AttributionJoiner, Emit, Outcome, Own, Reject
+from services.attribution.routing import (
+    Forward,
+    Marker,
+    MarkerSchedule,
+    RoutedJoin,
+    join_partition,
+    source_input,
+    source_inputs,
+)
 from services.attribution.state import (
     InMemoryPendingStore,
     PendingFeedback,
@@ -29,20 +38,29 @@ __all__ = [
     "DEFAULT_INPUTS",
     "FEEDBACK",
     "INFERENCE",
+    "OWN",
     "AttributionJoiner",
     "Emit",
     "ExpiryIndex",
     "FeedbackPolicy",
+    "Forward",
     "InMemoryPendingStore",
     "JoinStats",
     "JoinerConfig",
     "LatencyStats",
+    "Marker",
+    "MarkerSchedule",
     "NoFeedbackPolicy",
     "Outcome",
+    "Own",
     "PendingFeedback",
     "PendingRequest",
     "PendingStore",
     "Reject",
+    "RoutedJoin",
     "SourceRef",
     "Watermarks",
+    "join_partition",
+    "source_input",
+    "source_inputs",
 ]

@@ -3,10 +3,14 @@
 Which clock closes a window
 ---------------------------
 Windows close in **event time**, never on the wall clock, so the joined set
-depends on the events and not on how fast a worker ran. Each *input* (the
-``inference`` and ``feedback`` topics today; a repartition topic can be a
-third) has, per partition, its own watermark: the largest ``ts`` that input
-has delivered on that partition. Two rules use them:
+depends on the events and not on how fast a worker ran. Each *input* has,
+per partition, its own watermark: the largest ``ts`` that input has
+delivered to that partition. In the agent the inputs are the input *topic
+partitions* (``inference:0`` ... ``feedback:N-1``), each of which can deliver
+to every join partition, directly or forwarded through the repartition
+topic (:mod:`services.attribution.routing`, which also says how a partition
+learns the watermarks of the others); the unit tests of the join alone use
+the two topics of one partition. Two rules use them:
 
 1. **Lateness is judged per input.** Let ``W`` be the watermark of an
    event's own input just before the event: a property of that topic
@@ -180,16 +184,19 @@ class Watermarks:
         clock = self._clocks.get(partition)
         return None if clock is None else clock.marks.get(input)
 
-    def observe(self, partition: int, input: str, ts: int) -> bool:
+    def observe(self, partition: int, input: str, ts: int, *, rejoin: bool = True) -> bool:
         """Account for an event at ``ts`` from ``input``; True if it rejoined.
 
-        A record of a released input makes it rejoin the minimum.
+        A record of a released input makes it rejoin the minimum (not so an
+        idle marker, ``rejoin=False``, which only carries the watermark).
         """
         self._check(input)
         clock = self._clock(partition)
         current = clock.marks.get(input)
         if current is None or ts > current:
             clock.marks[input] = ts
+        if not rejoin:
+            return False
         clock.caught_up_since.pop(input, None)
         if input in clock.idle:
             clock.idle.discard(input)
@@ -244,6 +251,27 @@ class Watermarks:
             return False
         clock.idle.add(input)
         return True
+
+    def release(self, partition: int, input: str, now_ms: int) -> bool:
+        """Release ``input`` on ``partition`` because its owner found it idle
+        (a marker, :mod:`services.attribution.routing`); True if it was not
+        released already. Each call counts as a check at ``now_ms``: the
+        release lapses in :meth:`closing` when none came for ``idle_ms``."""
+        self._check(input)
+        clock = self._clock(partition)
+        clock.last_check[input] = now_ms
+        if input in clock.idle:
+            return False
+        clock.idle.add(input)
+        return True
+
+    def rejoin(self, partition: int, input: str) -> None:
+        """Put ``input`` back into ``partition``'s minimum (its owner found it
+        busy again)."""
+        self._check(input)
+        clock = self._clock(partition)
+        clock.idle.discard(input)
+        clock.caught_up_since.pop(input, None)
 
     def is_idle(self, partition: int, input: str) -> bool:
         """Whether ``input`` is released from ``partition``'s minimum."""

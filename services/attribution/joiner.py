@@ -117,6 +117,16 @@ def _number(label: bool | int | float | str) -> float:
     return float(label)
 
 
+class Own:
+    """The type of :data:`OWN`."""
+
+    def __repr__(self) -> str:
+        return "OWN"
+
+
+#: ``before`` of a record read locally: the joiner's own watermark of its input.
+OWN = Own()
+
 _READ_AFTER = "feedback read after its topic partition had passed the end of its window"
 
 
@@ -199,16 +209,29 @@ class AttributionJoiner:
     # -- inputs -------------------------------------------------------------
 
     def on_inference(
-        self, log: InferenceLog, source: SourceRef, input: str = INFERENCE
+        self,
+        log: InferenceLog,
+        source: SourceRef,
+        input: str = INFERENCE,
+        *,
+        partition: int | None = None,
+        before: int | Own | None = OWN,
     ) -> list[Outcome]:
-        """Handle one decoded inference log read from ``source`` (of ``input``)."""
+        """Handle one decoded inference log read from ``source`` (of ``input``).
+
+        ``partition`` is the join partition (default: the source's);
+        ``before`` the watermark of ``input`` just before the record, for a
+        record forwarded from another partition (:mod:`services.attribution.routing`;
+        default :data:`OWN`: this joiner's watermark of ``input`` on ``partition``).
+        """
         self.stats.inferences += 1
-        behind = self._behind(source.partition, input, log.ts)
-        out = self.advance(source.partition, log.ts, input)
+        partition = source.partition if partition is None else partition
+        behind = self._behind(partition, input, log.ts, before)
+        out = self.advance(partition, self._seen_ts(log.ts, before), input)
         entry = self.store.get(log.request_id)
         if behind is not None and behind > self.config.horizon_ms:
             # its own topic partition had passed the end of its window
-            out.append(self._late(log, source, input, behind))
+            out.append(self._late(log, source, input, behind, partition))
             return out
         if entry is not None and entry.has_seen(log.event_id):
             self._duplicate(log, source, out)
@@ -229,7 +252,7 @@ class AttributionJoiner:
             )
             return out
         if entry is None:
-            entry = self._new_entry(log.request_id, source.partition)
+            entry = self._new_entry(log.request_id, partition)
         else:
             # open and waiting for its inference, or an orphan tombstone:
             # nothing was joined there, so this inference opens the request
@@ -247,15 +270,23 @@ class AttributionJoiner:
         return out
 
     def on_feedback(
-        self, event: FeedbackEvent, source: SourceRef, input: str = FEEDBACK
+        self,
+        event: FeedbackEvent,
+        source: SourceRef,
+        input: str = FEEDBACK,
+        *,
+        partition: int | None = None,
+        before: int | Own | None = OWN,
     ) -> list[Outcome]:
-        """Handle one decoded feedback event read from ``source`` (of ``input``)."""
+        """Handle one decoded feedback event read from ``source`` (of ``input``);
+        ``partition`` and ``before`` as for :meth:`on_inference`."""
         self.stats.feedback += 1
-        behind = self._behind(source.partition, input, event.ts)
-        out = self.advance(source.partition, event.ts, input)
+        partition = source.partition if partition is None else partition
+        behind = self._behind(partition, input, event.ts, before)
+        out = self.advance(partition, self._seen_ts(event.ts, before), input)
         entry = self.store.get(event.request_id)
         if behind is not None and behind > self.config.horizon_ms:
-            out.append(self._late(event, source, input, behind))
+            out.append(self._late(event, source, input, behind, partition))
             return out
         if entry is not None and entry.has_seen(event.event_id):
             self._duplicate(event, source, out)
@@ -282,7 +313,7 @@ class AttributionJoiner:
             entry.status = "open"
             entry.deadline = event.ts + self._wait_ms
         elif entry is None:
-            entry = self._new_entry(event.request_id, source.partition)
+            entry = self._new_entry(event.request_id, partition)
             entry.deadline = event.ts + self._wait_ms
         else:
             self._count(entry, -1)
@@ -318,6 +349,48 @@ class AttributionJoiner:
             self._persist(partition, input, mark)
         return self._close_due(partition)
 
+    def route(self, partition: int, input: str, ts: int) -> tuple[int | None, list[Outcome]]:
+        """Account for a record of ``input`` read on ``partition`` that is
+        joined on another partition (it is forwarded there).
+
+        Returns the watermark of ``input`` just before it (the forward carries
+        it, so the record is judged late or not exactly as if read locally)
+        and what advancing this partition's watermark of ``input`` closed.
+        """
+        self.stats.forwarded += 1
+        before = self.watermarks.get(partition, input)
+        return before, self.advance(partition, ts, input)
+
+    def on_marker(self, partition: int, input: str, ts: int | None, idle: bool) -> list[Outcome]:
+        """Apply a marker read on join ``partition``: source ``input``, owned by
+        another worker, has delivered up to ``ts`` (every record of it forwarded
+        here before that came before the marker) and is ``idle`` or not.
+
+        An idle marker releases the source from this partition's closing
+        watermark until a record or a non-idle marker of it comes, or no idle
+        marker came for ``idle_ms`` (its owner stopped: the release lapses).
+        Returns what the move of the closing watermark closed.
+        """
+        self._active.add(partition)
+        if ts is not None:
+            self.watermarks.observe(partition, input, ts, rejoin=not idle)
+            mark = self.watermarks.get(partition, input)
+            last = self._persisted_marks.get((partition, input))
+            if mark is not None and (
+                last is None or mark - last >= self.config.watermark_persist_step_ms
+            ):
+                self._persist(partition, input, mark)
+        elif not idle:
+            self.watermarks.rejoin(partition, input)
+        if idle and self.watermarks.release(partition, input, self.clock()):
+            self.stats.idle_releases += 1
+            logger.info(
+                "joiner: %s idle at its owner: left out of partition %d's closing watermark",
+                input,
+                partition,
+            )
+        return self._close_due(partition)
+
     def report_caught_up(self, input: str, partition: int, caught_up: bool = True) -> bool:
         """The worker's check of ``input``'s partition ``partition``:
         ``caught_up`` if every record up to its high watermark was handled.
@@ -334,10 +407,9 @@ class AttributionJoiner:
         if released:
             self.stats.idle_releases += 1
             logger.info(
-                "joiner: %s[%d] read up to its high watermark with nothing new for %d ms: "
+                "joiner: %s read up to its high watermark with nothing new for %d ms: "
                 "left out of partition %d's closing watermark (%s at %s; now %s)",
-                input,
-                partition,
+                input if ":" in input else f"{input}[{partition}]",
                 self.config.idle_ms,
                 partition,
                 input,
@@ -348,10 +420,18 @@ class AttributionJoiner:
 
     # -- transitions --------------------------------------------------------
 
-    def _behind(self, partition: int, input: str, ts: int) -> int | None:
+    def _behind(
+        self, partition: int, input: str, ts: int, before: int | Own | None = OWN
+    ) -> int | None:
         """How far ``ts`` is behind ``input``'s watermark (None: no watermark yet)."""
-        mark = self.watermarks.get(partition, input)
+        mark = self.watermarks.get(partition, input) if isinstance(before, Own) else before
         return None if mark is None else mark - ts
+
+    @staticmethod
+    def _seen_ts(ts: int, before: int | Own | None) -> int:
+        """What a record tells of its input's watermark: its ``ts``, and for a
+        forwarded record the watermark it carried."""
+        return ts if isinstance(before, Own) or before is None else max(ts, before)
 
     def _read_after_window(self, pending: PendingFeedback, inference_ts: int) -> bool:
         """Whether the feedback's own topic partition had passed the end of the
@@ -541,11 +621,16 @@ class AttributionJoiner:
                 self._persist(partition, input, mark)
 
     def _late(
-        self, event: InferenceLog | FeedbackEvent, source: SourceRef, input: str, behind: int
+        self,
+        event: InferenceLog | FeedbackEvent,
+        source: SourceRef,
+        input: str,
+        behind: int,
+        partition: int,
     ) -> Reject:
-        """``event`` came too far behind its own input's watermark."""
+        """``event`` came too far behind its own input's watermark (joined on ``partition``)."""
         self.stats.late += 1
-        self._persist_all(source.partition)  # a decision made at this watermark
+        self._persist_all(partition)  # a decision made at this watermark
         what = "inference log" if isinstance(event, InferenceLog) else "feedback"
         return self._reject(
             "late",

@@ -68,8 +68,9 @@ class PendingFeedback(BaseModel):
 class PendingRequest(BaseModel):
     """Everything the joiner keeps for one ``request_id``.
 
-    ``partition`` is the input partition the request belongs to (inference
-    logs and feedback are co-partitioned by request_id), so state can be
+    ``partition`` is the request's join partition (a function of its
+    request_id, :func:`~services.attribution.routing.join_partition`, when
+    the agent routes; the source partition otherwise), so state can be
     indexed and handed over per partition. ``deadline`` is the event time at
     which the entry next changes on its own: the window close for ``open`` and
     ``emitted`` entries, the end of retention for ``closed`` ones.

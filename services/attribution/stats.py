@@ -57,7 +57,10 @@ class JoinStats:
     ignored because ``first`` already emitted); ``unmatched`` (feedback whose
     inference never came); ``idle_releases`` (an idle input partition left out
     of its partition's closing watermark, see
-    :mod:`services.attribution.expiry`); ``dead_letters`` by ``error_kind``.
+    :mod:`services.attribution.expiry`); ``forwarded`` (records read on another
+    partition than their request's join partition, sent on through the
+    repartition topic, :mod:`services.attribution.routing`); ``dead_letters``
+    by ``error_kind``.
     Gauges: ``pending_inferences`` and ``pending_feedback`` (open requests
     waiting with an inference / with feedback only) and ``closed_remembered``.
     Latencies of every emitted example, in ms: ``feedback_delay`` in event
@@ -78,6 +81,7 @@ class JoinStats:
     superseded: int = 0
     unmatched: int = 0
     idle_releases: int = 0
+    forwarded: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     pending_inferences: int = 0
     pending_feedback: int = 0
@@ -103,6 +107,7 @@ class JoinStats:
             "superseded": self.superseded,
             "unmatched": self.unmatched,
             "idle_releases": self.idle_releases,
+            "forwarded": self.forwarded,
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "dead_letters_total": sum(self.dead_letters.values()),
             "pending_inferences": self.pending_inferences,
@@ -133,6 +138,7 @@ class JoinStats:
             "superseded",
             "unmatched",
             "idle_releases",
+            "forwarded",
         ):
             metric(f"{name}_total", "counter", getattr(self, name))
         for kind, count in sorted(self.dead_letters.items()):

@@ -162,7 +162,7 @@ def test_a_feedback_partition_with_nothing_to_read_is_released_and_windows_close
     produce(sandbox, inf, [(key, encode(first))])
     (tp,) = [tp for tp, end in high_watermarks(sandbox.kafka, [inf]).items() if end]
     # released once that partition's feedback has been idle for idle_ms after the log
-    marker = f"feedback[{tp.partition}] read up to its high watermark"
+    marker = f"feedback:{tp.partition} read up to its high watermark"
     assert joiner.wait_for(marker, timeout_s=60), joiner.text()[-3000:]
     later = first.model_copy(
         update={"event_id": "inf-b", "request_id": "b", "ts": T0 + 20 * 60_000}

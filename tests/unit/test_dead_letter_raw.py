@@ -22,14 +22,14 @@ import pytest
 from schemas.codec import decode, encode
 from schemas.events import DeadLetter, FeedbackEvent, InferenceLog
 from schemas.limits import MAX_PENDING_RAW_BYTES
-from services.attribution import AttributionJoiner, InMemoryPendingStore, JoinerConfig
+from services.attribution import InMemoryPendingStore, JoinerConfig
 from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord
 from streams.app import make_app
 from streams.joiner import JoinerWorker
 
 MIN = 60_000
-TOPICS = TopicsConfig()
+TOPICS = TopicsConfig(partitions=1)  # every request's join partition is 0: nothing forwarded
 
 
 def _foreign(fields: dict[str, Any], pad: int = 0) -> bytes:
@@ -71,7 +71,7 @@ def feedback_bytes(rid: str, ts: int, *, model: str = "ctr", pad: int = 0) -> by
 def worker(tmp_path: Path) -> JoinerWorker:
     app = make_app("raw-test", KafkaConfig(bootstrap="localhost:1"), datadir=tmp_path)
     worker = JoinerWorker(app, TOPICS, JoinerConfig(window_ms=10 * MIN, grace_ms=MIN))
-    worker.joiner = AttributionJoiner(worker.config, InMemoryPendingStore(), stats=worker.stats)
+    worker.joiner.store = InMemoryPendingStore()
     return worker
 
 
@@ -84,7 +84,7 @@ def test_every_dead_letter_keeps_the_bytes_sent(worker: JoinerWorker) -> None:
         offset = next(offsets)
         sent[(topic, offset)] = value
         record = RawRecord(topic=topic, partition=0, offset=offset, key=b"k", value=value)
-        for kind, _key, data in worker.handle(record):
+        for kind, _key, data, _partition, _headers in worker.handle(record):
             if kind == "dead_letters":
                 letters.append(decode(DeadLetter, data))
 
