@@ -282,8 +282,11 @@ class CheckpointEvent(Event):
 class VersionEvent(Event):
     """A change of a model's Redis version pointer; the topic is its durable log.
 
-    The version fields and ``epoch`` describe the pointer *after* the change,
-    so the pointer can be rebuilt from the last event of each model.
+    The version fields, ``history`` and ``epoch`` describe the pointer *after*
+    the change, so the pointer can be rebuilt from the last event of each
+    model alone; the ``from_*`` fields say what the slots held before.
+    ``event_id`` is ``{model}:{epoch}`` for events the pointer records, which
+    makes copies of one change recognisable (see :mod:`services.pointer.relay`).
     """
 
     topic: ClassVar[str] = "version_events"
@@ -308,6 +311,14 @@ class VersionEvent(Event):
     """Who made the change (a user, ``cli``, ``trainer``)."""
     reason: Text = ""
     """Why, in words."""
+    history: Annotated[tuple[Name, ...], Field(max_length=L.MAX_ROLLBACK_HISTORY)] = ()
+    """The rollback history after the change: earlier live versions, newest first."""
+    from_live: Name | None = None
+    """Version that served live traffic before the change."""
+    from_canary: Name | None = None
+    """Canary version before the change."""
+    from_shadow: Name | None = None
+    """Shadow version before the change."""
 
 
 class DeadLetter(Event):
