@@ -149,3 +149,42 @@ def test_version_events_is_created_with_unlimited_retention() -> None:
     assert topic_configs(topics.version_events, topics)["retention.ms"] == "-1"
     assert "retention.ms" not in topic_configs(topics.feedback, topics)
     assert "retention.ms" not in topic_configs()
+
+
+def test_tiering_keeps_what_the_pointer_references_hot(tmp_path: Path) -> None:
+    pointer = InMemoryPointer(history_depth=1)
+    plain = make_store(tmp_path, gc_after_commit=False)
+    versions = [save(plain, M, step).version for step in range(8)]
+    store = CheckpointStore(
+        plain.config.model_copy(
+            update={
+                "hot_keep_newest": 1,
+                "rollback_depth": 1,
+                "cold_url": f"file://{tmp_path / 'cold'}",
+            }
+        ),
+        references=pointer,
+    )
+    pointer.promote(M, versions[1], actor="a")
+    pointer.promote(M, versions[2], actor="a")  # history: 1
+    pointer.set_canary(M, versions[4], 5.0, actor="a")
+    pointer.set_shadow(M, versions[5], actor="a")
+    moved = store.move_tiers(M)
+    assert moved == [versions[i] for i in (0, 3, 6)]
+    hot = {r.version for r in store.query(M) if r.tier == "hot"}
+    assert hot == {versions[i] for i in (1, 2, 4, 5, 7)}
+
+
+def test_tiering_moves_nothing_when_the_pointer_cannot_be_read(tmp_path: Path) -> None:
+    plain = make_store(tmp_path, gc_after_commit=False)
+    for step in range(3):
+        save(plain, M, step)
+    store = CheckpointStore(
+        plain.config.model_copy(
+            update={"hot_keep_newest": 1, "cold_url": f"file://{tmp_path / 'cold'}"}
+        ),
+        references=Unreadable(),
+    )
+    with pytest.raises(PointerLostError):
+        store.move_tiers(M)
+    assert {r.tier for r in store.query(M)} == {"hot"}
