@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +85,8 @@ class BuiltWorker:
     joiner: object | None
     #: faust's datadir when this worker made it (removed on exit), else None.
     workdir: WorkDir | None = None
+    #: One relay of the pointer outbox, as the worker's timer runs it (None without Redis).
+    relay_tick: Callable[[], Awaitable[None]] | None = None
 
 
 def select_models(learning: LearningConfig, names: Sequence[str]) -> list[ModelConfig]:
@@ -149,8 +151,9 @@ def build(
     app = make_app(app_id, kafka, datadir=datadir, topics=topics, **extra)
     wanted = [topics.training_examples, topics.dead_letters]
     redis_config = redis_config if redis_config is not None else RedisConfig()
+    relay_tick = None
     if redis_config.url:
-        install_relay(app, redis_config, kafka, topics)
+        relay_tick = install_relay(app, redis_config, kafka, topics)
         wanted.append(topics.version_events)
     trainer: TrainerAgent | None = None
     joiner: object | None = None
@@ -209,7 +212,14 @@ def build(
             topics.training_examples,
         )
     ensure_topics(kafka, wanted, topics)
-    return BuiltWorker(app=app, role=role, trainer=trainer, joiner=joiner, workdir=workdir)
+    return BuiltWorker(
+        app=app,
+        role=role,
+        trainer=trainer,
+        joiner=joiner,
+        workdir=workdir,
+        relay_tick=relay_tick,
+    )
 
 
 #: Seconds between two relays of the pointer outbox by a worker.
@@ -223,11 +233,11 @@ def install_relay(
     topics: TopicsConfig,
     *,
     interval_s: float = RELAY_INTERVAL_S,
-) -> None:
+) -> Callable[[], Awaitable[None]]:
     """Relay pending pointer changes to ``version-events`` on a faust timer (off the loop).
 
     A failed relay is logged and retried at the next tick; the entries stay
-    in the outbox meanwhile.
+    in the outbox meanwhile. Returns the timer's function (one relay).
     """
     relay = OutboxRelay(
         redis_client(redis_config),
@@ -248,6 +258,7 @@ def install_relay(
             )
 
     app.timer(interval_s, name="pointer-outbox-relay")(relay_pointer_outbox)
+    return relay_pointer_outbox
 
 
 def run(built: BuiltWorker, *, log_level: str = "info") -> None:

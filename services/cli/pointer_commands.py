@@ -38,6 +38,7 @@ from schemas.events import VersionEvent
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
+from services.kafka import ensure_topics
 from services.pointer.base import PointerError, PointerState, outbox_key, servers_key
 from services.pointer.factory import pointer_for_changes, redis_client
 from services.pointer.log import KafkaVersionLog
@@ -120,12 +121,19 @@ def _changing(store: Path | None, config: Path | None) -> Iterator[RedisPointer]
         from services.learning.config import load_config
 
         learning = load_config(path)
+    _ensure_log()
     with open_store(store_config, learning, read_only=True) as s:
         pointer = pointer_for_changes(store_config, StoreVersionCheck(s))
         try:
             yield pointer
         finally:
             pointer.client.close()
+
+
+def _ensure_log() -> None:
+    """Create ``version-events`` (unlimited retention) if this deployment has none yet."""
+    topics = TopicsConfig()
+    ensure_topics(KafkaConfig(), [topics.version_events], topics)
 
 
 def _relay(client: redis.Redis[str], *, wait_s: float = RELAY_WAIT_S) -> RelayResult | None:
@@ -160,7 +168,11 @@ def _apply(
         relayed = _relay(pointer.client)
     if json:
         _print_json(
-            {"event": orjson.loads(event.model_dump_json()), "relayed": relayed is not None}
+            {
+                "event": orjson.loads(event.model_dump_json()),
+                "relayed": relayed is not None,
+                "pending": relayed.left if relayed is not None else None,
+            }
         )
         return
     slots = f"live={event.live or '-'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import threading
@@ -18,6 +19,7 @@ from services.pointer.log import KafkaVersionLog, read_records
 from services.pointer.redis import RedisPointer
 from services.pointer.relay import OutboxRelay, relay_pending
 from services.pointer.restore import restore_pointers
+from streams import worker as worker_module
 from tests.unit.pointer_contract import CONTRACT, CONTRACT_IDS, M, v
 
 if TYPE_CHECKING:
@@ -216,3 +218,21 @@ def test_a_new_model_starts_at_epoch_one_when_the_log_does_not_know_it(
     p.promote("known", "known-000001", actor="a")
     make_relay(sandbox, redis_client).relay_pending()
     assert p.promote("fresh", "fresh-000001", actor="a").epoch == 1
+
+
+def test_a_worker_relays_what_a_dead_cli_left_pending(
+    sandbox: Sandbox, redis_client: redis.Redis[str], tmp_path: Any
+) -> None:
+    p = make_pointer(sandbox, redis_client, log=False)
+    left = p.promote(M, v(3), actor="cli", reason="the CLI died before relaying")
+    built = worker_module.build(
+        "joiner",
+        kafka=sandbox.kafka,
+        topics=sandbox.topics,
+        worker=worker_module.WorkerConfig(datadir=tmp_path / "faust"),
+        redis_config=sandbox.redis,
+    )
+    assert built.relay_tick is not None  # installed as the worker's timer
+    asyncio.run(built.relay_tick())
+    assert logged(sandbox) == [left]
+    assert outbox_events(redis_client, sandbox.redis.key_prefix) == []
