@@ -28,6 +28,11 @@ relays could otherwise both find an entry missing and both send it. A relay
 that holds the lock past its TTL (a send stuck longer than the producer's
 own timeouts allow) could let a second one in; the producer's timeouts are
 kept well below the TTL for that reason.
+
+An entry whose event id is on the topic with *different* content means
+epochs were reused (Redis restored from an older snapshot rather than
+emptied): it is neither sent nor deleted, counted in
+:attr:`RelayResult.conflicts` and logged at ERROR.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from dataclasses import dataclass
 import kafka.errors
 import redis
 
-from schemas.errors import BrokerError
+from schemas.codec import decode
+from schemas.errors import BrokerError, SchemaError
+from schemas.events import VersionEvent
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.kafka import make_producer
 from services.pointer.base import (
@@ -68,11 +75,13 @@ return 0
 
 @dataclass(frozen=True)
 class RelayResult:
-    """What one run did: records sent, entries found already on the topic, entries left."""
+    """What one run did: records sent, entries found already on the topic, entries left,
+    and entries left because the topic holds a *different* change with their event id."""
 
     sent: int
     duplicates: int
     left: int
+    conflicts: int = 0
 
 
 class OutboxRelay:
@@ -123,10 +132,10 @@ class OutboxRelay:
             if token is None:
                 return RelayResult(0, 0, self.pending())
             try:
-                sent, dups = self._relay_locked(key)
+                sent, dups, conflicts = self._relay_locked(key)
             finally:
                 self._release(keys=[relay_lock_key(self.prefix)], args=[token])
-            return RelayResult(sent, dups, self.pending())
+            return RelayResult(sent, dups, self.pending(), conflicts)
         except redis.RedisError as exc:
             raise PointerUnavailableError(f"cannot relay the outbox: {exc}") from exc
 
@@ -140,10 +149,10 @@ class OutboxRelay:
                 return None
             time.sleep(0.05)
 
-    def _relay_locked(self, key: str) -> tuple[int, int]:
+    def _relay_locked(self, key: str) -> tuple[int, int, int]:
         entries = self.client.xrange(key, count=BATCH)
         if not entries:
-            return 0, 0
+            return 0, 0, 0
         marks_raw = self.client.hgetall(relayed_key(self.prefix))
         start = {
             int(k.rsplit(":", 1)[1]): int(v)
@@ -154,17 +163,30 @@ class OutboxRelay:
             logged, hw = read_records(self.kafka, self.topic, start, timeout_s=self.timeout_s)
         except kafka.errors.KafkaError as exc:
             raise BrokerError(f"cannot read {self.topic}: {exc}", topic=self.topic) from exc
-        on_topic = {e.event.event_id for e in logged if e.event is not None}
+        on_topic = {e.event.event_id: e.event for e in logged if e.event is not None}
         marks = {p: max(off, start.get(p, 0)) for p, off in hw.items()}
         done: list[str] = []
-        duplicates = 0
+        duplicates = conflicts = 0
         to_send: list[tuple[str, str, str]] = []
         for entry_id, fields in entries:
             model, epoch, event = fields.get("model"), fields.get("epoch"), fields.get("event")
             if not model or not epoch or not event:
                 log.error("outbox entry %s is malformed, left in place: %s", entry_id, fields)
                 continue
-            if f"{model}:{epoch}" in on_topic:
+            logged_event = on_topic.get(f"{model}:{epoch}")
+            if logged_event is not None:
+                if not _same_event(logged_event, event):
+                    # The topic holds another change with this epoch: Redis went back in
+                    # time (restored from an older snapshot?). Keep this record for a human.
+                    log.error(
+                        "outbox entry %s (%s epoch %s) collides with a different logged change;"
+                        " left in the outbox, see `driftloop status`",
+                        entry_id,
+                        model,
+                        epoch,
+                    )
+                    conflicts += 1
+                    continue
                 duplicates += 1
                 done.append(entry_id)
             else:
@@ -182,7 +204,7 @@ class OutboxRelay:
                     mapping={f"{self.topic}:{p}": off for p, off in marks.items()},
                 )
             pipe.execute()
-        return len(to_send), duplicates
+        return len(to_send), duplicates, conflicts
 
     def _send(self, items: list[tuple[str, str, str]]) -> list[tuple[str, int, int]]:
         timeout_ms = int(self.timeout_s * 1000)
@@ -213,6 +235,13 @@ class OutboxRelay:
             ) from exc
         finally:
             producer.close(timeout=5)
+
+
+def _same_event(logged: VersionEvent, raw: str) -> bool:
+    try:
+        return decode(VersionEvent, raw) == logged
+    except SchemaError:
+        return False
 
 
 def relay_pending(

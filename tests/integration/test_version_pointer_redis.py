@@ -236,3 +236,24 @@ def test_a_worker_relays_what_a_dead_cli_left_pending(
     asyncio.run(built.relay_tick())
     assert logged(sandbox) == [left]
     assert outbox_events(redis_client, sandbox.redis.key_prefix) == []
+
+
+def test_a_reused_epoch_is_kept_for_a_human_not_dropped_as_a_duplicate(
+    sandbox: Sandbox, redis_client: redis.Redis[str]
+) -> None:
+    p = make_pointer(sandbox, redis_client, log=False)
+    first = p.promote(M, v(1), actor="a")
+    relay = make_relay(sandbox, redis_client)
+    relay.relay_pending()
+    # Redis went back to a snapshot older than that relay (its confirmed offsets too)
+    # and epoch 1 was made again, differently
+    redis_client.delete(relayed_key(sandbox.redis.key_prefix))
+    other = first.model_copy(update={"live": v(2), "actor": "b"})
+    redis_client.xadd(
+        outbox_key(sandbox.redis.key_prefix),
+        {"model": M, "epoch": "1", "event": other.model_dump_json()},
+    )
+    result = relay.relay_pending()
+    assert (result.sent, result.duplicates, result.conflicts, result.left) == (0, 0, 1, 1)
+    assert logged(sandbox) == [first]
+    assert outbox_events(redis_client, sandbox.redis.key_prefix) == [other]
