@@ -25,7 +25,14 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from schemas import limits as L
 
@@ -279,6 +286,11 @@ class CheckpointEvent(Event):
     """sha256 (lowercase hex) of the checkpoint's ``manifest.json``."""
 
 
+def _list_as_tuple(value: object) -> object:
+    """A JSON array parsed on its own (a list) is the tuple a strict field expects."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 class VersionEvent(Event):
     """A change of a model's Redis version pointer; the topic is its durable log.
 
@@ -311,7 +323,11 @@ class VersionEvent(Event):
     """Who made the change (a user, ``cli``, ``trainer``)."""
     reason: Text = ""
     """Why, in words."""
-    history: Annotated[tuple[Name, ...], Field(max_length=L.MAX_ROLLBACK_HISTORY)] = ()
+    history: Annotated[
+        tuple[Name, ...],
+        Field(max_length=L.MAX_ROLLBACK_HISTORY),
+        BeforeValidator(_list_as_tuple),
+    ] = ()
     """The rollback history after the change: earlier live versions, newest first."""
     from_live: Name | None = None
     """Version that served live traffic before the change."""
