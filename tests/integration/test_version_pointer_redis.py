@@ -14,13 +14,20 @@ import redis
 
 from schemas.codec import decode
 from schemas.events import VersionEvent
-from services.pointer.base import PointerLostError, channel_name, outbox_key, relayed_key
+from services.pointer.base import (
+    PointerLostError,
+    PointerUnavailableError,
+    channel_name,
+    outbox_key,
+    relayed_key,
+)
 from services.pointer.log import KafkaVersionLog, read_records
 from services.pointer.redis import RedisPointer
 from services.pointer.relay import OutboxRelay, relay_pending
 from services.pointer.restore import restore_pointers
 from streams import worker as worker_module
 from tests.unit.pointer_contract import CONTRACT, CONTRACT_IDS, M, v
+from tests.unit.store_helpers import make_store, save
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
@@ -257,3 +264,52 @@ def test_a_reused_epoch_is_kept_for_a_human_not_dropped_as_a_duplicate(
     assert (result.sent, result.duplicates, result.conflicts, result.left) == (0, 0, 1, 1)
     assert logged(sandbox) == [first]
     assert outbox_events(redis_client, sandbox.redis.key_prefix) == [other]
+
+
+WORKER_MODELS = """
+[[model]]
+name = "fraud"
+kind = "river"
+factory = { path = "river.linear_model.LogisticRegression" }
+[model.retention]
+policies = [{ policy = "latest_n", params = { n = 1 } }]
+"""
+
+
+def test_the_workers_gc_keeps_what_the_pointer_names(
+    sandbox: Sandbox, redis_client: redis.Redis[str], tmp_path: Any
+) -> None:
+    store = make_store(tmp_path, gc_after_commit=False)
+    versions = [save(store, M, step).version for step in range(6)]
+    store.close()
+    p = make_pointer(sandbox, redis_client, log=False, history_depth=3)
+    p.promote(M, versions[0], actor="a")
+    p.promote(M, versions[1], actor="a")
+    p.set_shadow(M, versions[2], actor="a")
+    models = tmp_path / "models.toml"
+    models.write_text(WORKER_MODELS)
+    built = worker_module.build(
+        "trainer",
+        kafka=sandbox.kafka,
+        topics=sandbox.topics,
+        worker=worker_module.WorkerConfig(datadir=tmp_path / "faust"),
+        models_path=models,
+        store=store.config,
+        redis_config=sandbox.redis,
+        from_scratch=True,  # the helper's checkpoints hold no model state
+    )
+    assert built.trainer is not None
+    worker_store = built.trainer.pool.store
+    try:
+        (plan,) = worker_store.gc(M)
+        assert sorted(plan.kept) == [versions[i] for i in (0, 1, 2, 5)]
+        assert (plan.kept[versions[1]], plan.kept[versions[2]]) == ("live", "shadow")
+        # Redis unreachable: the worker's GC stops before deleting anything
+        assert isinstance(worker_store.references, RedisPointer)
+        worker_store.references.client = redis.Redis(host="127.0.0.1", port=1)
+        save(worker_store, M, 99)
+        with pytest.raises(PointerUnavailableError):
+            worker_store.gc(M)
+        assert len(worker_store.manifests(M)) == 5
+    finally:
+        built.trainer.pool.close()
