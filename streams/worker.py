@@ -176,7 +176,7 @@ def build(
             raise ConfigError("the model configuration declares no model", path=str(path))
         check_buildable(chosen)  # config errors now, before topics or the group
         store_config = store if store is not None else StoreConfig()
-        references = references_from_env(store_config, redis_config)
+        references = references_from_env(store_config, redis_config, kafka=kafka, topics=topics)
         checkpoint_store = open_store(store_config, learning, references=references)
         checkpoint_store.require_signer()  # a writer without a key refuses to start
         pool = TrainerPool(

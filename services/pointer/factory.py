@@ -29,18 +29,28 @@ def redis_client(config: RedisConfig) -> redis.Redis[str]:
 
 
 def references_from_env(
-    store: StoreConfig, config: RedisConfig | None = None
+    store: StoreConfig,
+    config: RedisConfig | None = None,
+    *,
+    kafka: KafkaConfig | None = None,
+    topics: TopicsConfig | None = None,
 ) -> RedisPointer | None:
     """The Redis pointer, read-only use, for GC and tiering; None without a Redis URL.
 
-    Its :meth:`~RedisPointer.references` raises when Redis cannot be read,
-    which aborts a GC run before anything is deleted.
+    Its :meth:`~RedisPointer.references` raises when Redis cannot be read or
+    has lost a pointer the ``version-events`` log knows (see
+    :meth:`~services.pointer.writer.PointerWriter.references`), which aborts
+    a GC run before anything is deleted.
     """
     rc = config if config is not None else RedisConfig()
     if not rc.url:
         return None
+    log = KafkaVersionLog(
+        kafka if kafka is not None else KafkaConfig(),
+        (topics if topics is not None else TopicsConfig()).version_events,
+    )
     return RedisPointer(
-        redis_client(rc), key_prefix=rc.key_prefix, history_depth=store.rollback_depth, log=None
+        redis_client(rc), key_prefix=rc.key_prefix, history_depth=store.rollback_depth, log=log
     )
 
 

@@ -45,6 +45,8 @@ from services.pointer.base import (
 
 #: Attempts of a change with ``expected_epoch`` None before it gives up.
 MAX_ATTEMPTS = 50
+#: Seconds :meth:`PointerWriter.references` trusts the log's "no such model".
+LOG_CACHE_S = 60.0
 
 
 def now_ms() -> int:
@@ -76,6 +78,8 @@ class PointerWriter(ABC):
         self.history_depth = history_depth
         self.check = check
         self.log = log
+        self._seen: set[str] = set()
+        self._unknown_until: dict[str, float] = {}
 
     @abstractmethod
     def get(self, model: str) -> PointerState | None: ...
@@ -89,10 +93,29 @@ class PointerWriter(ABC):
     def references(self, model: str) -> VersionReferences:
         """:class:`~services.checkpoints.retention.ReferenceSource` for GC and tiering.
 
-        Raises when the pointer cannot be read, which aborts GC before it deletes anything.
+        Raises when the pointer cannot be read, which aborts GC before it
+        deletes anything — and when it is *lost*: a model without a pointer
+        that this object has seen with one, or that the log knows
+        (:class:`~services.pointer.base.PointerLostError`), so GC after a
+        Redis flush cannot delete the live version before the restore. The
+        log's "never heard of it" is trusted for :data:`LOG_CACHE_S` seconds,
+        so GC after every commit of a model nobody promoted does not read
+        the topic each time.
         """
         state = self.get(model)
-        return state.references() if state is not None else VersionReferences()
+        if state is not None:
+            self._seen.add(model)
+            return state.references()
+        if model in self._seen:
+            raise PointerLostError(
+                "the pointer of this model vanished from Redis: run `driftloop pointer restore`",
+                model=model,
+            )
+        unknown_until = self._unknown_until.get(model, 0.0)
+        if time.monotonic() >= unknown_until:
+            self._refuse_if_lost(model)
+            self._unknown_until[model] = time.monotonic() + LOG_CACHE_S
+        return VersionReferences()
 
     def promote(
         self,
@@ -219,7 +242,7 @@ class PointerWriter(ABC):
         if last is not None:
             raise PointerLostError(
                 "Redis has no pointer for this model but version-events has its changes: "
-                "run `driftloop pointer restore` first; nothing was changed",
+                "run `driftloop pointer restore` first; nothing was changed or deleted",
                 model=model,
                 logged_epoch=last.epoch,
             )

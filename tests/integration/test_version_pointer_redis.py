@@ -203,6 +203,8 @@ def test_flush_refuses_changes_until_restore_brings_pointer_and_epoch_back(
         p.promote(M, v(5), actor="a")
     with pytest.raises(PointerLostError):
         p.rollback(M, actor="a")
+    with pytest.raises(PointerLostError):  # GC stops rather than deleting the live version
+        make_pointer(sandbox, redis_client).references(M)
     assert p.get(M) is None
     log = KafkaVersionLog(sandbox.kafka, sandbox.topics.version_events)
     done = restore_pointers(p, log)

@@ -188,3 +188,20 @@ def test_tiering_moves_nothing_when_the_pointer_cannot_be_read(tmp_path: Path) -
     with pytest.raises(PointerLostError):
         store.move_tiers(M)
     assert {r.tier for r in store.query(M)} == {"hot"}
+
+
+def test_gc_references_of_a_lost_pointer_raise_instead_of_naming_nothing() -> None:
+    log = InMemoryVersionLog()
+    p = InMemoryPointer(log=log)
+    p.promote(M, v(1), actor="a")
+    assert p.references(M).live == v(1)
+    p.relay_pending()
+    p.lose_everything()
+    with pytest.raises(PointerLostError):
+        p.references(M)  # this process saw the pointer
+    fresh = InMemoryPointer(log=log)  # another process, after the flush
+    with pytest.raises(PointerLostError):
+        fresh.references(M)  # the log knows the model
+    assert fresh.references("never-promoted").live is None
+    restore_pointers(fresh, log)
+    assert fresh.references(M).live == v(1)
