@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import threading
@@ -17,6 +18,7 @@ from schemas.events import VersionEvent
 from services.pointer.base import (
     PointerLostError,
     PointerUnavailableError,
+    StaleEpochError,
     channel_name,
     outbox_key,
     relayed_key,
@@ -152,6 +154,57 @@ def test_a_process_killed_after_its_change_loses_no_audit_record(
     assert result.sent == 1
     (event,) = logged(sandbox)
     assert (event.event_id, event.live, event.actor) == (f"{M}:1", v(7), "doomed")
+
+
+def _race(
+    url: str, options: dict[str, Any], prefix: str, writer: int, each: int, start: Any
+) -> None:
+    client = redis.Redis.from_url(url, **options)
+    p = RedisPointer(client, key_prefix=prefix, history_depth=3, log=None)
+    start.wait()  # every writer imported and connected: they race from here
+    for i in range(each):
+        while True:
+            state = p.get(M)
+            try:
+                p.promote(
+                    M,
+                    v(1000 * (writer + 1) + i),
+                    actor=f"proc{writer}",
+                    expected_epoch=state.epoch if state else 0,
+                )
+                break
+            except StaleEpochError:
+                client.incr(prefix + "test:stale")
+                continue
+
+
+def test_racing_writer_processes_get_one_epoch_each_in_one_chain(
+    sandbox: Sandbox, redis_client: redis.Redis[str]
+) -> None:
+    writers, each = 4, 25
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(writers + 1)
+    args = (sandbox.redis.url, sandbox.redis.client_options(), sandbox.redis.key_prefix)
+    procs = [ctx.Process(target=_race, args=(*args, w, each, start)) for w in range(writers)]
+    for proc in procs:
+        proc.start()
+    start.wait(timeout=300)
+    for proc in procs:
+        proc.join(300)
+    assert [proc.exitcode for proc in procs] == [0] * writers
+    stale = redis_client.get(sandbox.redis.key_prefix + "test:stale") or "0"
+    print(f"{writers} writer processes, {writers * each} promotions, {stale} lost races retried")
+    events = outbox_events(redis_client, sandbox.redis.key_prefix)
+    assert [e.epoch for e in events] == list(range(1, writers * each + 1))
+    for before, after in itertools.pairwise(events):
+        assert after.from_live == before.live  # nobody overwrote a change it had not seen
+        assert after.history == (before.live, *before.history)[:3]
+    assert sorted(e.live for e in events if e.live) == sorted(
+        v(1000 * (w + 1) + i) for w in range(writers) for i in range(each)
+    )
+    state = make_pointer(sandbox, redis_client).get(M)
+    assert state is not None
+    assert (state.epoch, state.live) == (writers * each, events[-1].live)
 
 
 def test_concurrent_relays_publish_each_change_once(
