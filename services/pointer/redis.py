@@ -136,7 +136,8 @@ class RedisPointer(PointerWriter):
             keys = list(self.client.scan_iter(match=pattern, count=500))
         except redis.RedisError as exc:
             raise PointerUnavailableError(f"cannot list pointers: {exc}") from exc
-        return sorted(k[len(self.prefix) : -len(":pointer")] for k in keys)
+        names = (k[len(self.prefix) : -len(":pointer")] for k in keys)
+        return sorted(n for n in names if n and ":" not in n)  # model names hold no ":"
 
     def _store(self, change: transitions.Change) -> bool:
         expected = change.before.epoch if change.before is not None else 0
