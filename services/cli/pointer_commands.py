@@ -123,7 +123,7 @@ def _changing(store: Path | None, config: Path | None) -> Iterator[RedisPointer]
         learning = load_config(path)
     _ensure_log()
     with open_store(store_config, learning, read_only=True) as s:
-        pointer = pointer_for_changes(store_config, StoreVersionCheck(s))
+        pointer = pointer_for_changes(store_config, StoreVersionCheck(s.reader))
         try:
             yield pointer
         finally:

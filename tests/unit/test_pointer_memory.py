@@ -108,7 +108,7 @@ def test_gc_aborts_before_deleting_when_the_pointer_cannot_be_read(tmp_path: Pat
 
 
 def _store_pointer(store: CheckpointStore) -> InMemoryPointer:
-    return InMemoryPointer(check=StoreVersionCheck(store))
+    return InMemoryPointer(check=StoreVersionCheck(store.reader))
 
 
 def test_absent_damaged_and_quarantined_versions_cannot_serve(tmp_path: Path) -> None:
