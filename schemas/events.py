@@ -25,7 +25,14 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from schemas import limits as L
 
@@ -279,11 +286,19 @@ class CheckpointEvent(Event):
     """sha256 (lowercase hex) of the checkpoint's ``manifest.json``."""
 
 
+def _list_as_tuple(value: object) -> object:
+    """A JSON array parsed on its own (a list) is the tuple a strict field expects."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 class VersionEvent(Event):
     """A change of a model's Redis version pointer; the topic is its durable log.
 
-    The version fields and ``epoch`` describe the pointer *after* the change,
-    so the pointer can be rebuilt from the last event of each model.
+    The version fields, ``history`` and ``epoch`` describe the pointer *after*
+    the change, so the pointer can be rebuilt from the last event of each
+    model alone; the ``from_*`` fields say what the slots held before.
+    ``event_id`` is ``{model}:{epoch}`` for events the pointer records, which
+    makes copies of one change recognisable (see :mod:`services.pointer.relay`).
     """
 
     topic: ClassVar[str] = "version_events"
@@ -308,6 +323,18 @@ class VersionEvent(Event):
     """Who made the change (a user, ``cli``, ``trainer``)."""
     reason: Text = ""
     """Why, in words."""
+    history: Annotated[
+        tuple[Name, ...],
+        Field(max_length=L.MAX_ROLLBACK_HISTORY),
+        BeforeValidator(_list_as_tuple),
+    ] = ()
+    """The rollback history after the change: earlier live versions, newest first."""
+    from_live: Name | None = None
+    """Version that served live traffic before the change."""
+    from_canary: Name | None = None
+    """Canary version before the change."""
+    from_shadow: Name | None = None
+    """Shadow version before the change."""
 
 
 class DeadLetter(Event):

@@ -92,6 +92,8 @@ MAX_ID_CHARS: Final[int] = 128
 MAX_NAME_CHARS: Final[int] = 128
 #: Pattern of model and version names: safe as a path segment and a Redis key part.
 NAME_PATTERN: Final[str] = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+#: Versions in a pointer's rollback history (``VersionEvent.history``, ``rollback_depth``).
+MAX_ROLLBACK_HISTORY: Final[int] = 64
 #: Kafka topic names (Kafka's own limit and alphabet).
 MAX_TOPIC_CHARS: Final[int] = 249
 TOPIC_PATTERN: Final[str] = r"^[A-Za-z0-9._-]+$"

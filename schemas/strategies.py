@@ -223,6 +223,10 @@ def version_events() -> st.SearchStrategy[VersionEvent]:
             "canary_percent": finite_floats(min_value=0.0, max_value=100.0),
             "shadow": _maybe(names()),
             "reason": text(),
+            "history": st.lists(names(), max_size=L.MAX_ROLLBACK_HISTORY).map(tuple),
+            "from_live": _maybe(names()),
+            "from_canary": _maybe(names()),
+            "from_shadow": _maybe(names()),
         },
     )
 

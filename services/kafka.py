@@ -14,7 +14,8 @@ Producers accept, topics admit and consumers fetch records of up to
 :data:`~schemas.limits.TOPIC_MAX_MESSAGE_BYTES` (the derivation is in
 :mod:`schemas.limits`): :func:`make_producer` sets ``max_request_size``,
 :func:`make_consumer` ``max_partition_fetch_bytes`` and :func:`ensure_topics`
-creates topics with ``max.message.bytes`` (:func:`topic_configs`); the
+creates topics with ``max.message.bytes`` (:func:`topic_configs`, which also
+gives ``version-events`` unlimited retention); the
 broker's own ``message.max.bytes`` must be as large for faust's changelog
 topics (docker-compose.yml sets it).
 
@@ -90,14 +91,23 @@ def make_admin(config: KafkaConfig, **overrides: Any) -> KafkaAdminClient:
     return KafkaAdminClient(**(config.kafka_python_options() | overrides))
 
 
-def topic_configs() -> dict[str, str]:
-    """Topic-level configs every driftloop topic is created with.
+def topic_configs(name: str | None = None, topics: TopicsConfig | None = None) -> dict[str, str]:
+    """Topic-level configs the topic ``name`` is created with (None: any topic).
 
     ``max.message.bytes`` is :data:`~schemas.limits.TOPIC_MAX_MESSAGE_BYTES`:
     Apache Kafka's default (about 1 MiB) would refuse a valid 2 MiB event and
-    the dead letter of a larger record.
+    the dead letter of a larger record. ``version-events`` (by the names of
+    ``topics``, default ``TopicsConfig()``) keeps everything
+    (``retention.ms`` and ``retention.bytes`` -1): it is the durable log the
+    version pointers are restored from.
     """
-    return {"max.message.bytes": str(L.TOPIC_MAX_MESSAGE_BYTES)}
+    configs = {"max.message.bytes": str(L.TOPIC_MAX_MESSAGE_BYTES)}
+    if (
+        name is not None
+        and name == (topics if topics is not None else TopicsConfig()).version_events
+    ):
+        configs |= {"retention.ms": "-1", "retention.bytes": "-1"}
+    return configs
 
 
 def ensure_topics(
@@ -110,7 +120,8 @@ def ensure_topics(
     """Create the topics in ``names`` that do not exist yet; wait until all are usable.
 
     Partition count and replication factor come from ``topics`` (default:
-    ``TopicsConfig()``), topic configs from :func:`topic_configs`. Existing
+    ``TopicsConfig()``), topic configs from :func:`topic_configs` (``version-events``
+    keeps everything). Existing
     topics are left as they are, whatever their partition count and configs
     (raise an older topic's ``max.message.bytes`` with ``kafka-configs.sh``).
     Safe to call concurrently from several processes.
@@ -134,7 +145,7 @@ def ensure_topics(
         name: {
             "num_partitions": settings.partitions,
             "replication_factor": settings.replication_factor,
-            "configs": topic_configs(),
+            "configs": topic_configs(name, settings),
         }
         for name in wanted
     }

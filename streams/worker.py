@@ -9,15 +9,17 @@ cleanly on SIGINT/SIGTERM (the trainer takes its shutdown checkpoints) and
 exits the process.
 
 Settings come from the environment: ``DRIFTLOOP_KAFKA_*``, ``DRIFTLOOP_TOPIC_*``,
-``DRIFTLOOP_STORE_*``, ``DRIFTLOOP_CHECKPOINTER_*``, ``DRIFTLOOP_JOIN_*`` and
-:class:`WorkerConfig` (``DRIFTLOOP_WORKER_*``).
+``DRIFTLOOP_REDIS_*`` (the version pointer, optional), ``DRIFTLOOP_STORE_*``,
+``DRIFTLOOP_CHECKPOINTER_*``, ``DRIFTLOOP_JOIN_*`` and :class:`WorkerConfig`
+(``DRIFTLOOP_WORKER_*``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,15 +28,17 @@ import faust
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, DriftloopError
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
-from services.config import KafkaConfig, TopicsConfig
+from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.kafka import ensure_topics
 from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
+from services.pointer.factory import redis_client, references_from_env
+from services.pointer.relay import OutboxRelay
 from services.stack.workdirs import WorkDir, remove_stale
 from streams.app import make_app, make_worker
 from streams.trainer import TrainerAgent
@@ -81,6 +85,8 @@ class BuiltWorker:
     joiner: object | None
     #: faust's datadir when this worker made it (removed on exit), else None.
     workdir: WorkDir | None = None
+    #: One relay of the pointer outbox, as the worker's timer runs it (None without Redis).
+    relay_tick: Callable[[], Awaitable[None]] | None = None
 
 
 def select_models(learning: LearningConfig, names: Sequence[str]) -> list[ModelConfig]:
@@ -101,6 +107,7 @@ def build(
     store: StoreConfig | None = None,
     checkpointer: CheckpointerConfig | None = None,
     from_scratch: bool = False,
+    redis_config: RedisConfig | None = None,
 ) -> BuiltWorker:
     """Assemble the app for ``role`` from settings (environment when omitted).
 
@@ -109,6 +116,11 @@ def build(
     model whose checkpoints all fail to load stops the start-up here, unless
     ``from_scratch`` (``--from-scratch``) says to ignore its checkpoints.
     Stale datadirs of killed workers are removed (never a live one's).
+    With a Redis URL (``DRIFTLOOP_REDIS_URL``, or ``redis_config``) the
+    version pointer is the store's reference source (GC and tiering keep
+    what it names; a pointer that cannot be read aborts that GC run), and the
+    worker relays pending pointer changes to ``version-events`` every
+    :data:`RELAY_INTERVAL_S` seconds (:func:`services.pointer.relay.relay_pending`).
 
     Raises
     ------
@@ -138,6 +150,11 @@ def build(
         extra["broker_commit_interval"] = worker.commit_interval_s
     app = make_app(app_id, kafka, datadir=datadir, topics=topics, **extra)
     wanted = [topics.training_examples, topics.dead_letters]
+    redis_config = redis_config if redis_config is not None else RedisConfig()
+    relay_tick = None
+    if redis_config.url:
+        relay_tick = install_relay(app, redis_config, kafka, topics)
+        wanted.append(topics.version_events)
     trainer: TrainerAgent | None = None
     joiner: object | None = None
     if role in ("joiner", "all"):
@@ -159,7 +176,8 @@ def build(
             raise ConfigError("the model configuration declares no model", path=str(path))
         check_buildable(chosen)  # config errors now, before topics or the group
         store_config = store if store is not None else StoreConfig()
-        checkpoint_store = open_store(store_config, learning)
+        references = references_from_env(store_config, redis_config, kafka=kafka, topics=topics)
+        checkpoint_store = open_store(store_config, learning, references=references)
         checkpoint_store.require_signer()  # a writer without a key refuses to start
         pool = TrainerPool(
             chosen,
@@ -194,7 +212,53 @@ def build(
             topics.training_examples,
         )
     ensure_topics(kafka, wanted, topics)
-    return BuiltWorker(app=app, role=role, trainer=trainer, joiner=joiner, workdir=workdir)
+    return BuiltWorker(
+        app=app,
+        role=role,
+        trainer=trainer,
+        joiner=joiner,
+        workdir=workdir,
+        relay_tick=relay_tick,
+    )
+
+
+#: Seconds between two relays of the pointer outbox by a worker.
+RELAY_INTERVAL_S = 5.0
+
+
+def install_relay(
+    app: faust.App,
+    redis_config: RedisConfig,
+    kafka: KafkaConfig,
+    topics: TopicsConfig,
+    *,
+    interval_s: float = RELAY_INTERVAL_S,
+) -> Callable[[], Awaitable[None]]:
+    """Relay pending pointer changes to ``version-events`` on a faust timer (off the loop).
+
+    A failed relay is logged and retried at the next tick; the entries stay
+    in the outbox meanwhile. Returns the timer's function (one relay).
+    """
+    relay = OutboxRelay(
+        redis_client(redis_config),
+        key_prefix=redis_config.key_prefix,
+        kafka=kafka,
+        topic=topics.version_events,
+    )
+
+    async def relay_pointer_outbox() -> None:
+        try:
+            result = await asyncio.to_thread(relay.relay_pending)
+        except DriftloopError as exc:
+            log.warning("pointer outbox relay failed (retried in %ss): %s", interval_s, exc)
+            return
+        if result.sent or result.duplicates:
+            log.info(
+                "relayed %d pointer changes (%d already logged)", result.sent, result.duplicates
+            )
+
+    app.timer(interval_s, name="pointer-outbox-relay")(relay_pointer_outbox)
+    return relay_pointer_outbox
 
 
 def run(built: BuiltWorker, *, log_level: str = "info") -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import limits as L
 from schemas.manifest import METRIC_PATTERN
 from services.config import redact_url
 
@@ -34,7 +35,8 @@ class StoreConfig(BaseSettings):
     min for losses and errors); one per ``keep_one_per_s`` seconds; everything
     younger than ``keep_newer_than_s``; pinned milestones and whatever the
     version pointer references (live, canary, shadow and ``rollback_depth``
-    previous versions) are always kept.
+    previous versions, at most 64; the version pointer keeps as many in its
+    rollback history) are always kept.
 
     Tiering: checkpoints beyond the newest ``hot_keep_newest`` or older than
     ``hot_max_age_s`` move to the cold tier (needs ``cold_url``).
@@ -76,7 +78,7 @@ class StoreConfig(BaseSettings):
     best_mode: Literal["min", "max"] | None = None
     keep_one_per_s: float | None = Field(default=None, gt=0)
     keep_newer_than_s: float | None = Field(default=None, gt=0)
-    rollback_depth: int = Field(default=3, ge=0)
+    rollback_depth: int = Field(default=3, ge=0, le=L.MAX_ROLLBACK_HISTORY)
 
     hot_keep_newest: int | None = Field(default=None, ge=1)
     hot_max_age_s: float | None = Field(default=None, gt=0)

@@ -56,7 +56,7 @@ from services.checkpoints.signing import (
     trusted_from_config,
 )
 from services.checkpoints.storage import CheckpointStorage, Payload, open_tiers
-from services.checkpoints.tiering import TierPolicy, move_to_cold
+from services.checkpoints.tiering import TierPolicy, move_to_cold, referenced_versions
 from services.checkpoints.writer import CheckpointWriter, Finish
 
 __all__ = ["CheckpointFiles", "CheckpointStore", "Finish", "Progress", "now_ms"]
@@ -418,7 +418,8 @@ class CheckpointStore:
         with self._lock:
             for m in self._models(model):
                 self.index.sync(m)
-                todo = self.tiering.to_move(self.catalog.query(m), now_ms())
+                referenced = referenced_versions(self.references, m, self.config.rollback_depth)
+                todo = self.tiering.to_move(self.catalog.query(m), now_ms(), referenced=referenced)
                 for i, record in enumerate(todo, start=1):
                     move_to_cold(record, self.hot, cold, self.catalog)
                     moved.append(record.version)

@@ -11,13 +11,14 @@ remain; GC removes the duplicate the catalog does not point to.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from schemas.errors import CheckpointCorruptError, CheckpointError
 from schemas.manifest import decode_manifest
 from services.checkpoints.catalog import Catalog, CheckpointRecord
 from services.checkpoints.config import StoreConfig
+from services.checkpoints.retention import ReferenceSource
 from services.checkpoints.storage import CheckpointStorage
 
 
@@ -25,23 +26,32 @@ from services.checkpoints.storage import CheckpointStorage
 class TierPolicy:
     """Keep the newest ``keep_hot_newest`` hot and move anything older than ``max_hot_age_s``.
 
-    A checkpoint moves when either rule says so; the newest checkpoint never moves.
+    A checkpoint moves when either rule says so; the newest checkpoint never moves,
+    nor does a version the pointer references.
     """
 
     keep_hot_newest: int | None = None
     max_hot_age_s: float | None = None
 
     def to_move(
-        self, checkpoints: Sequence[CheckpointRecord], now_ms: int
+        self,
+        checkpoints: Sequence[CheckpointRecord],
+        now_ms: int,
+        *,
+        referenced: Collection[str] = (),
     ) -> list[CheckpointRecord]:
-        """The hot checkpoints of one model to move to cold, oldest first."""
+        """The hot checkpoints of one model to move to cold, oldest first.
+
+        ``referenced`` (what the version pointer serves or may roll back to,
+        :func:`referenced_versions`) stays hot whatever its age.
+        """
         ordered = sorted(checkpoints, key=lambda c: c.seq)
         if not ordered:
             return []
         newest = ordered[-1].version
         move: list[CheckpointRecord] = []
         for i, c in enumerate(ordered):
-            if c.tier != "hot" or c.version == newest:
+            if c.tier != "hot" or c.version == newest or c.version in referenced:
                 continue
             beyond = self.keep_hot_newest is not None and i < len(ordered) - self.keep_hot_newest
             old = self.max_hot_age_s is not None and c.created_ts < now_ms - int(
@@ -56,6 +66,19 @@ class TierPolicy:
         if not config.tiering_enabled:
             return None
         return cls(config.hot_keep_newest, config.hot_max_age_s)
+
+
+def referenced_versions(source: ReferenceSource | None, model: str, depth: int) -> set[str]:
+    """Live, canary, shadow and the ``depth`` newest rollback-history versions of ``model``.
+
+    Raises what ``source`` raises: a pointer that cannot be read stops the
+    tier move before anything moves.
+    """
+    if source is None:
+        return set()
+    refs = source.references(model)
+    named = {refs.live, refs.canary, refs.shadow, *refs.history[:depth]}
+    return {v for v in named if v is not None}
 
 
 def move_to_cold(

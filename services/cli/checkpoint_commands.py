@@ -34,6 +34,7 @@ from services.checkpoints.health import dangling_pins, quarantined_version, unlo
 from services.checkpoints.opener import open_store
 from services.checkpoints.retention import best_mode
 from services.checkpoints.store import CheckpointStore, now_ms
+from services.pointer.factory import references_from_env
 
 if TYPE_CHECKING:
     from services.learning.config import LearningConfig
@@ -87,19 +88,31 @@ class _ModelsSetting(BaseSettings):
 
 @contextmanager
 def _store(
-    store: Path | None, *, read_only: bool, learning: LearningConfig | None = None
+    store: Path | None,
+    *,
+    read_only: bool,
+    learning: LearningConfig | None = None,
+    pointer: bool = False,
 ) -> Iterator[CheckpointStore]:
     """The store every command works on, opened by :func:`open_store`.
 
     A command never creates a store: one that does not exist is an error
-    for reading and writing commands alike.
+    for reading and writing commands alike. With ``pointer`` (``gc``,
+    ``tier``) the version pointer in Redis is the store's reference source
+    when ``DRIFTLOOP_REDIS_URL`` is set: what it names is never deleted or
+    moved, and a pointer that cannot be read aborts the run before anything is.
     """
     try:
         config = StoreConfig() if store is None else StoreConfig(root=store)
         if not read_only and not config.root.exists():
             raise CheckpointNotFoundError("no checkpoint store here", path=str(config.root))
-        with open_store(config, learning, read_only=read_only) as s:
-            yield s
+        references = references_from_env(config) if pointer else None
+        try:
+            with open_store(config, learning, read_only=read_only, references=references) as s:
+                yield s
+        finally:
+            if references is not None:
+                references.client.close()
     except DriftloopError as exc:
         _fail(str(exc))
 
@@ -411,7 +424,7 @@ def gc(
             out.print(f"  {q.model}/.quarantine/{q.name} ({q.tier}): {q.reason}", highlight=False)
         return
     models = _models(config, "gc")
-    with _store(store, read_only=dry_run, learning=models.learning) as s:
+    with _store(store, read_only=dry_run, learning=models.learning, pointer=True) as s:
         chosen = _configured(s, models, model)
         skipped = [m for m in s.models() if m not in chosen] if model is None else []
         plans = [p for m in chosen for p in s.gc(m, dry_run=dry_run)]
@@ -534,7 +547,7 @@ def tier(
     worker runs with) are moved; without one nothing is.
     """
     models = _models(config, "tier")
-    with _store(store, read_only=False, learning=models.learning) as s:
+    with _store(store, read_only=False, learning=models.learning, pointer=True) as s:
         chosen = _configured(s, models, model)
         if s.cold is None or s.tiering is None:
             _fail(

@@ -71,8 +71,64 @@ def servers_key(prefix: str, model: str) -> str:
     return f"{prefix}{model}:servers"
 
 
+def outbox_key(prefix: str) -> str:
+    """Stream: every pointer change's VersionEvent JSON (field ``event``), appended by
+    the same script that changed the pointer, until the relay has copied it to
+    ``version-events`` (:mod:`services.pointer.relay`). One stream for all models;
+    the leading ``_`` keeps it apart from every model's keys (names start alphanumeric)."""
+    return f"{prefix}_pointer:outbox"
+
+
+def relayed_key(prefix: str) -> str:
+    """Hash: ``{topic}:{partition}`` -> offset below which the relay knows every record."""
+    return f"{prefix}_pointer:relayed"
+
+
+def relay_lock_key(prefix: str) -> str:
+    """String: the token of the one relay copying the outbox right now (with a TTL)."""
+    return f"{prefix}_pointer:relay-lock"
+
+
 class PointerError(DriftloopError):
     """A pointer change that was refused or could not be made."""
+
+
+class StaleEpochError(PointerError):
+    """The pointer changed since ``expected_epoch``: this change was not made."""
+
+
+class PointerLostError(PointerError):
+    """Redis has no pointer for a model the durable log knows: run ``driftloop pointer restore``."""
+
+
+class VersionRefusedError(PointerError):
+    """The version cannot serve: absent from the store, not verified, or quarantined."""
+
+
+class PointerUnavailableError(PointerError):
+    """Redis (or the log) could not be read or written: nothing can be told."""
+
+
+class VersionCheck(Protocol):
+    """Decides whether a version may be made live, canary or shadow.
+
+    Called by the pointer before every change that names a version (the
+    target of promote and rollback, a new canary or shadow); raises
+    :class:`VersionRefusedError` saying why not.
+    """
+
+    def check(self, model: str, version: str) -> None: ...
+
+
+class VersionLog(Protocol):
+    """The durable log of pointer changes (the ``version-events`` topic), as pointers read it."""
+
+    def latest(self, model: str) -> VersionEvent | None:
+        """The event with the highest epoch for ``model``, or None if the log has none.
+
+        An exception means "cannot tell"; the change that asked is refused.
+        """
+        ...
 
 
 class PointerReader(Protocol):

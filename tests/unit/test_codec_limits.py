@@ -106,6 +106,12 @@ def largest_events() -> list[Event]:
             epoch=L.MAX_INT,
             actor=ID,
             reason=worst(L.MAX_TEXT_CHARS),
+            history=tuple(
+                f"{i}".ljust(L.MAX_NAME_CHARS, "n") for i in range(L.MAX_ROLLBACK_HISTORY)
+            ),
+            from_live=NAME,
+            from_canary=NAME,
+            from_shadow=NAME,
         ),
         DeadLetter(
             **COMMON,
