@@ -27,12 +27,19 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from services.cli import checkpoint_commands, demo_commands, stack_commands, worker_commands
+    from services.cli import (
+        checkpoint_commands,
+        demo_commands,
+        serve_commands,
+        stack_commands,
+        worker_commands,
+    )
 
     stack_commands.register(app)
     demo_commands.register(app)
     worker_commands.register(app)
     checkpoint_commands.register(app)
+    serve_commands.register(app)
 
 
 _register()

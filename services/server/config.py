@@ -1,0 +1,44 @@
+"""Settings of a model server (``DRIFTLOOP_SERVER_*``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_server_id() -> str:
+    """``{host}-{pid}``: unique per process on a machine, readable in ``driftloop status``."""
+    return f"{socket.gethostname()}-{os.getpid()}"[:128]
+
+
+class ServerConfig(BaseSettings):
+    """How a model server runs.
+
+    ``resident_versions`` (K): checkpoint versions kept loaded per model,
+    those the pointer names plus the most recently used others, so a rollback
+    to one of them is a switch, not a load. ``poll_interval_s``: how often the
+    pointer's epoch is read even without a Redis notification (the catch-up
+    that cannot miss a change). ``report_interval_s``: how often the applied
+    epoch is written to the pointer's ``servers`` hash. Request limits:
+    ``max_body_bytes`` (413 above), ``max_instances`` per predict call,
+    ``max_feedback_events`` per feedback call (422 above).
+    ``feedback_timeout_s``: how long ``POST /v1/feedback`` waits for the
+    broker's (or the spool's) acknowledgement before answering 503.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_SERVER_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    server_id: str = Field(default_factory=default_server_id, min_length=1, max_length=128)
+    resident_versions: int = Field(default=4, ge=1, le=64)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    report_interval_s: float = Field(default=3.0, gt=0, le=60)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_instances: int = Field(default=1000, ge=1, le=100_000)
+    max_feedback_events: int = Field(default=1000, ge=1, le=100_000)
+    feedback_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    log_level: str = "info"
