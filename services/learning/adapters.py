@@ -206,7 +206,7 @@ def _check_all(adapter: ModelAdapter, features: Sequence[Mapping[str, FeatureVal
         try:
             adapter.check_features(x)
         except SchemaError as exc:
-            raise SchemaError(exc.message, index=i, **exc.context) from None
+            raise SchemaError(exc.reason, field=exc.field, index=i, **exc.context) from None
 
 
 def _contained(name: str, index: int, exc: BaseException) -> PredictError:
