@@ -47,22 +47,27 @@ log = logging.getLogger(__name__)
 class InterimKafkaPublisher:
     """A :class:`DurablePublisher` over kafka-python, without a spool (see the module notes).
 
-    ``publish`` queues in kafka-python's bounded buffer (``buffer_memory``) and
-    blocks at most ``max_block_s`` when it is full or the broker unknown;
+    ``publish`` queues in kafka-python's producer, at most ``max_pending``
+    unacknowledged events (kafka-python 3 has no byte bound of its own): it
+    blocks at most ``max_block_s`` while that many are pending or the broker is
+    unknown, then raises :class:`PublishError`;
     ``flush`` raises :class:`PublishError` for the events that failed since the
     last flush.
     """
 
     def __init__(
-        self, kafka: KafkaConfig, topics: TopicsConfig, *, max_block_s: float = 5.0
+        self,
+        kafka: KafkaConfig,
+        topics: TopicsConfig,
+        *,
+        max_block_s: float = 5.0,
+        max_pending: int = 50_000,
     ) -> None:
         self.topics = topics
+        self.max_block_s = max_block_s
+        self._slots = threading.BoundedSemaphore(max_pending)
         self._producer = make_producer(
-            kafka,
-            linger_ms=5,
-            buffer_memory=64 * 1024 * 1024,
-            max_block_ms=int(max_block_s * 1000),
-            retries=5,
+            kafka, linger_ms=5, max_block_ms=int(max_block_s * 1000), retries=5
         )
         self._lock = threading.Lock()
         self._failed = 0
@@ -73,10 +78,15 @@ class InterimKafkaPublisher:
         value = encode(event)
         if len(value) > L.MAX_RECORD_VALUE_BYTES:
             raise PublishError("event over the record size limit", topic=topic, size=len(value))
+        if not self._slots.acquire(timeout=self.max_block_s):
+            raise PublishError("publish buffer full (broker not acknowledging)", topic=topic)
         try:
-            return self._producer.send(topic, key=key, value=value)
+            future = self._producer.send(topic, key=key, value=value)
         except KafkaError as exc:
+            self._slots.release()
             raise PublishError(f"not queued: {exc}", topic=topic) from exc
+        future.add_both(lambda _: self._slots.release())
+        return future
 
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
