@@ -84,9 +84,13 @@ def serve(
     redis_config = RedisConfig()
     if not redis_config.url:
         raise ConfigError("a model server needs Redis: set DRIFTLOOP_REDIS_URL")
-    publisher = make_publisher(KafkaConfig(), TopicsConfig())
     ctx = build_server(
-        settings, learning, store_config, redis_config, publisher, models=tuple(model or ())
+        settings,
+        learning,
+        store_config,
+        redis_config,
+        lambda: make_publisher(KafkaConfig(), TopicsConfig()),
+        models=tuple(model or ()),
     )
     app = create_app(ctx)
     uvicorn.run(

@@ -141,6 +141,16 @@ def _scores(p: Prediction) -> dict[str, float] | None:
     return scores if len(scores) <= L.MAX_SCORES else None
 
 
+_UNKNOWN_MODEL: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Unknown model"}
+}
+_BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Body is not JSON"},
+    413: {"model": ErrorBody, "description": "Body over DRIFTLOOP_SERVER_MAX_BODY_BYTES"},
+    422: {"model": ErrorBody, "description": "Body does not validate, or over a count limit"},
+}
+
+
 def create_app(ctx: ServerContext) -> FastAPI:
     """The FastAPI app for ``ctx``; the follower (if any) runs for the app's lifespan."""
 
@@ -162,11 +172,6 @@ def create_app(ctx: ServerContext) -> FastAPI:
         title="driftloop model server",
         version="1",
         lifespan=lifespan,
-        responses={
-            404: {"model": ErrorBody, "description": "Unknown model"},
-            413: {"model": ErrorBody, "description": "Body over the size limit"},
-            422: {"model": ErrorBody, "description": "Body does not validate"},
-        },
     )
 
     @app.exception_handler(RequestValidationError)
@@ -192,7 +197,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
         """The process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorBody}})
+    @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "Not ready"}})
     def readyz() -> JSONResponse:
         """200 when every model has a live version loaded, else 503 naming those that do not."""
         waiting = [m for m, r in ctx.registries.items() if _live(r.serving) is None]
@@ -200,13 +205,17 @@ def create_app(ctx: ServerContext) -> FastAPI:
             return _error(503, f"not ready: no live version loaded for {sorted(waiting)}")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus"}},
+    )
     def metrics() -> Response:
         """Prometheus text format."""
         _refresh_gauges(ctx)
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models/{model}", response_model=ModelStatus)
+    @app.get("/v1/models/{model}", response_model=ModelStatus, responses=_UNKNOWN_MODEL)
     def model_status(model: str) -> ModelStatus:
         """Versions served, the pointer epoch applied, readiness and the last load error."""
         registry = registry_of(model)
@@ -234,7 +243,11 @@ def create_app(ctx: ServerContext) -> FastAPI:
     @app.post(
         "/v1/models/{model}:predict",
         response_model=PredictResponse,
-        responses={503: {"model": ErrorBody, "description": "No live version loaded yet"}},
+        responses={
+            **_UNKNOWN_MODEL,
+            **_BAD_BODY,
+            503: {"model": ErrorBody, "description": "No live version loaded yet"},
+        },
     )
     def predict(model: str, body: Annotated[PredictRequest, Body()]) -> PredictResponse:
         """Predict a batch; each instance is served by the live or the canary version."""
@@ -256,7 +269,11 @@ def create_app(ctx: ServerContext) -> FastAPI:
         "/v1/feedback",
         status_code=202,
         response_model=FeedbackAccepted,
-        responses={503: {"model": ErrorBody, "description": "Not acknowledged in time"}},
+        responses={
+            **_BAD_BODY,
+            404: {"model": ErrorBody, "description": "An event names a model not served here"},
+            503: {"model": ErrorBody, "description": "Not acknowledged in time: retry"},
+        },
     )
     def feedback(
         body: Annotated[FeedbackEvent | list[FeedbackEvent], Body()],

@@ -8,10 +8,13 @@ import socket
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import limits as L
+
 
 def default_server_id() -> str:
     """``{host}-{pid}``: unique per process on a machine, readable in ``driftloop status``."""
-    return f"{socket.gethostname()}-{os.getpid()}"[:128]
+    suffix = f"-{os.getpid()}"
+    return socket.gethostname()[: L.MAX_ID_CHARS - len(suffix)] + suffix
 
 
 class ServerConfig(BaseSettings):
@@ -33,7 +36,10 @@ class ServerConfig(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    server_id: str = Field(default_factory=default_server_id, min_length=1, max_length=128)
+    #: Named in every InferenceLog (``server``) and in the pointer's servers hash.
+    server_id: str = Field(
+        default_factory=default_server_id, min_length=1, max_length=L.MAX_ID_CHARS
+    )
     resident_versions: int = Field(default=4, ge=1, le=64)
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     report_interval_s: float = Field(default=3.0, gt=0, le=60)

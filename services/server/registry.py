@@ -58,6 +58,11 @@ class Serving:
     canary_percent: float
     shadow: Resident | None
 
+    def versions(self) -> tuple[str, ...]:
+        """The versions this snapshot serves from."""
+        named = (self.live, self.canary, self.shadow)
+        return tuple(dict.fromkeys(r.version for r in named if r is not None))
+
 
 @dataclass(frozen=True)
 class LoadFailure:
@@ -101,7 +106,10 @@ class ModelRegistry:
         #: The last failed pointer change (None once a later one applied).
         self.last_error: LoadFailure | None = None
         self._resident: OrderedDict[str, Resident] = OrderedDict()
+        #: Held for a whole apply (loads included): one change at a time.
         self._apply_lock = threading.Lock()
+        #: Held only to touch ``_resident``: status reads never wait for a load.
+        self._lru_lock = threading.Lock()
 
     @property
     def epoch(self) -> int | None:
@@ -111,7 +119,7 @@ class ModelRegistry:
 
     def resident_versions(self) -> list[str]:
         """Loaded versions, least recently used first."""
-        with self._apply_lock:
+        with self._lru_lock:
             return list(self._resident)
 
     def apply(self, state: PointerState) -> bool:
@@ -135,6 +143,7 @@ class ModelRegistry:
             for version in state.versions():
                 resident = self._get_or_load(version, state.epoch)
                 if resident is None:
+                    self._trim(set(current.versions()) if current is not None else set())
                     return False
                 loaded[version] = resident
             serving = Serving(
@@ -160,10 +169,11 @@ class ModelRegistry:
             return True
 
     def _get_or_load(self, version: str, epoch: int) -> Resident | None:
-        found = self._resident.get(version)
-        if found is not None:
-            self._resident.move_to_end(version)
-            return found
+        with self._lru_lock:
+            found = self._resident.get(version)
+            if found is not None:
+                self._resident.move_to_end(version)
+                return found
         try:
             adapter = self.loader.load(self.model, version)
             adapter.predict_many([WARMUP_FEATURES])  # warm: one prediction before any request
@@ -186,13 +196,15 @@ class ModelRegistry:
                 self.on_failure(failure)
             return None
         resident = Resident(version, adapter)
-        self._resident[version] = resident
+        with self._lru_lock:
+            self._resident[version] = resident
         return resident
 
     def _trim(self, keep: set[str]) -> None:
         """Evict least recently used versions beyond K, never one in ``keep``."""
-        for version in list(self._resident):
-            if len(self._resident) <= self.resident_limit:
-                break
-            if version not in keep:
-                del self._resident[version]
+        with self._lru_lock:
+            for version in list(self._resident):
+                if len(self._resident) <= self.resident_limit:
+                    break
+                if version not in keep:
+                    del self._resident[version]

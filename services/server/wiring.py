@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 
 from schemas import limits as L
 from schemas.codec import encode
+from schemas.errors import BrokerError
 from schemas.events import Event
 from services.checkpoints.config import StoreConfig
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
@@ -62,13 +63,23 @@ class InterimKafkaPublisher:
         *,
         max_block_s: float = 5.0,
         max_pending: int = 50_000,
+        bootstrap_timeout_s: float = 30.0,
     ) -> None:
         self.topics = topics
         self.max_block_s = max_block_s
         self._slots = threading.BoundedSemaphore(max_pending)
-        self._producer = make_producer(
-            kafka, linger_ms=5, max_block_ms=int(max_block_s * 1000), retries=5
-        )
+        try:
+            self._producer = make_producer(
+                kafka,
+                linger_ms=5,
+                max_block_ms=int(max_block_s * 1000),
+                retries=5,
+                bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000),
+            )
+        except KafkaError as exc:
+            raise BrokerError(
+                f"cannot reach Kafka for the server's publisher: {exc}", bootstrap=kafka.bootstrap
+            ) from None
         self._lock = threading.Lock()
         self._failed = 0
         self._first_cause: str | None = None
@@ -143,12 +154,13 @@ def build_server(
     learning: LearningConfig,
     store: StoreConfig,
     redis_config: RedisConfig,
-    publisher: DurablePublisher,
+    publisher: Callable[[], DurablePublisher],
     *,
     models: tuple[str, ...] = (),
 ) -> ServerContext:
     """The context of a real server: store read-only, pointer and hints from Redis.
 
+    ``publisher`` is called last, once the models and the store checked out.
     ``models``: serve only these models of ``learning`` (all when empty).
 
     Raises
@@ -157,6 +169,8 @@ def build_server(
         A named model is not configured, or Redis is not configured.
     CheckpointNotFoundError
         There is no store at ``store.root``.
+    BrokerError
+        The publisher cannot reach Kafka.
     """
     names = models or tuple(m.name for m in learning.models)
     for name in names:
@@ -185,7 +199,7 @@ def build_server(
     return ServerContext(
         config=server,
         registries=registries,
-        publisher=publisher,
+        publisher=publisher(),
         metrics=metrics,
         follower=follower,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from typing import Any
@@ -264,38 +265,72 @@ def test_rollback_to_a_resident_version_is_a_switch_not_a_load() -> None:
 
 
 def test_swaps_are_atomic_under_concurrent_predictions() -> None:
-    """While the pointer flips between two shapes, every response is entirely one epoch's:
+    """While the pointer changes without pause, every response is entirely one epoch's:
     each prediction comes from the version that epoch names for its route."""
     h = harness()
     client = _ready(h, canary="c1", canary_percent=50.0)
-    stop = threading.Event()
+    done = threading.Event()
     seen: list[dict[str, Any]] = []
     errors: list[str] = []
 
     def predict_loop() -> None:
-        while not stop.is_set():
-            r = client.post("/v1/models/m:predict", json={"instances": _instances(20)})
+        for _ in range(60):
+            r = client.post("/v1/models/m:predict", json={"instances": _instances(8)})
             if r.status_code != 200:
                 errors.append(r.text)
             else:
                 seen.append(r.json())
 
-    threads = [threading.Thread(target=predict_loop) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        for epoch in range(2, 80):
+    def swap_loop() -> None:
+        epoch = 1
+        while not done.is_set():
+            epoch += 1
             h.registry.apply(
                 pointer(epoch, live=f"v{epoch}", canary=f"c{epoch}", canary_percent=50.0)
             )
-    finally:
-        stop.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    swapper = threading.Thread(target=swap_loop)
+    swapper.start()
+    threads = [threading.Thread(target=predict_loop) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
         for t in threads:
             t.join()
+    finally:
+        done.set()
+        swapper.join()
+        sys.setswitchinterval(interval)
     assert not errors
-    assert seen
+    assert len({body["epoch"] for body in seen}) > 10  # swaps really happened meanwhile
     for body in seen:
         e = body["epoch"]
         for p in body["predictions"]:
             want = f"c{e}" if p["route"] == "canary" else (f"v{e}" if e > 1 else "v1")
             assert p["model_version"] == p["prediction"] == want, (e, p)
+
+
+def test_openapi_documents_each_route_with_its_real_answers() -> None:
+    spec = harness().app.openapi()
+    answers = {
+        (m.upper(), path): sorted(op["responses"])
+        for path, ops in spec["paths"].items()
+        for m, op in ops.items()
+    }
+    assert answers[("POST", "/v1/models/{model}:predict")] == [
+        "200",
+        "400",
+        "404",
+        "413",
+        "422",
+        "503",
+    ]
+    assert answers[("POST", "/v1/feedback")] == ["202", "400", "404", "413", "422", "503"]
+    assert answers[("GET", "/healthz")] == ["200"]
+    assert answers[("GET", "/readyz")] == ["200", "503"]
+    body = spec["paths"]["/v1/models/{model}:predict"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PredictRequest"
+    }
