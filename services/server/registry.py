@@ -16,8 +16,8 @@ Residency: the versions of the current snapshot plus the most recently used
 others, up to ``resident`` (K) versions, stay loaded, so a rollback to the
 previous live version is a switch. Memory: K times one model's parameters
 (river: the pickled model's objects; torch: the module's tensors; no
-optimizer state), e.g. about 8.4 MiB per ``torch_fm`` example version
-(262,144 buckets x (8 factors + 1) float32) and a few KiB for ``river_logreg``.
+optimizer state), e.g. 9 MiB per ``torch_fm`` example version
+(262,144 buckets x (8 factors + 1) float32) and about 1.5 KiB for ``river_logreg``.
 """
 
 from __future__ import annotations
