@@ -38,7 +38,8 @@ from services.pointer.base import channel_name, history_key, pointer_key, server
 from services.server.loader import StoreLoader
 from services.server.routing import routes_to_canary
 from services.stack import EmbeddedStack
-from services.stack.process import free_port
+from services.stack.binaries import redis_binary
+from services.stack.process import ChildProcess, free_port
 from tests.integration._procs import read_topic
 
 if TYPE_CHECKING:
@@ -330,3 +331,68 @@ def test_serve_keeps_serving_while_redis_is_away_and_catches_up(
         assert server.predict(_instances(2, "after")).json()["model_version"] == v1
         client.close()
         assert server.stop() in (0, -signal.SIGTERM)
+
+
+def _start_redis(port: int, workdir: Path) -> ChildProcess:
+    """A redis-server of this test's own, no persistence: a restart comes back empty."""
+    workdir.mkdir(exist_ok=True)
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir), "--daemonize", "no"]
+    child = ChildProcess("redis", argv, workdir / f"redis-{port}.log", port)
+    client: redis.Redis[str] = redis.Redis(port=port, decode_responses=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or child.exit_code() is not None:
+                raise AssertionError(child.output_tail()) from None
+            time.sleep(0.05)
+    client.close()
+    return child
+
+
+def test_serve_survives_a_redis_restart_and_hears_the_channel_again(
+    sandbox: Sandbox, versions: Versions, tmp_path: Path, servers: list[Server]
+) -> None:
+    """Redis killed and restarted empty, the pointer restored (as from version-events):
+    the server kept serving, and after the restart a channel message alone (the
+    epoch check runs only every 60 s here) makes it apply a promote."""
+    v1, v2, _ = versions.names
+    prefix = sandbox.redis.key_prefix
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    child = _start_redis(port, tmp_path / "redis")
+    try:
+        client: redis.Redis[str] = redis.Redis(port=port, decode_responses=True)
+        set_pointer(client, prefix, 1, live=v1)
+        env = server_env(sandbox, versions.store, url, DRIFTLOOP_SERVER_POLL_INTERVAL_S="60")
+        server = Server(env, versions.store, tmp_path / "serve.log")
+        servers.append(server)
+        server.wait(lambda: server.get("/readyz").status_code == 200, "ready")
+
+        child.stop()  # Redis gone
+        for i in range(3):
+            r = server.predict(_instances(2, f"down{i}"))
+            assert (r.status_code, r.json()["model_version"]) == (200, v1)
+
+        child = _start_redis(port, tmp_path / "redis")  # back, empty
+        assert client.hgetall(pointer_key(prefix, MODEL)) == {}
+        assert server.predict(_instances(2, "empty")).json()["model_version"] == v1
+        set_pointer(client, prefix, 1, publish=False, live=v1)  # restored from version-events
+
+        # The listener resubscribes on its own; then one message makes the server look.
+        channel = channel_name(prefix, MODEL)
+
+        def subscribed() -> bool:
+            return bool(dict(client.pubsub_numsub(channel)).get(channel, 0) >= 1)
+
+        server.wait(subscribed, "the server subscribed to the channel again", 60)
+        set_pointer(client, prefix, 2, live=v2, previous=v1, history=(v1,))
+        # Well under the 60 s epoch check: only the channel message can explain it.
+        server.wait(lambda: server.status()["epoch"] == 2, "the promote heard on the channel", 40)
+        assert server.predict(_instances(1, "after")).json()["model_version"] == v2
+        client.close()
+    finally:
+        child.stop()
