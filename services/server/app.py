@@ -35,8 +35,8 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Request
@@ -81,6 +81,8 @@ class ServerContext:
     publisher: DurablePublisher
     metrics: ServerMetrics
     follower: PointerFollower | None = None
+    #: Called in order when the app stops, after the last flush (publisher, store, Redis).
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
 class _Refused(Exception):
@@ -167,6 +169,11 @@ def create_app(ctx: ServerContext) -> FastAPI:
                 ctx.publisher.flush(ctx.config.feedback_timeout_s)
             except PublishError as exc:
                 log.error("inference logs not acknowledged at shutdown: %s", exc)
+            for close in ctx.closers:
+                try:
+                    close()
+                except Exception as exc:  # noqa: BLE001 - shutting down: each closer runs whatever the others did
+                    log.warning("closing at shutdown failed: %s", exc)
 
     app = FastAPI(
         title="driftloop model server",
@@ -368,14 +375,14 @@ def _run(
         return resident.adapter.predict_many(features)
     except SchemaError as exc:
         where = idx[int(exc.context.get("index", 0))]
-        field = exc.context.get("field", "features")
+        where_field = exc.field or "features"
         raise _Refused(
             422,
             f"instance {where}: {exc.message}",
             [
                 {
-                    "loc": ["body", "instances", str(where), *str(field).split(".")],
-                    "msg": exc.message,
+                    "loc": ["body", "instances", str(where), *where_field.split(".", 1)],
+                    "msg": exc.reason,
                 }
             ],
         ) from None

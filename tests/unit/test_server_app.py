@@ -334,3 +334,15 @@ def test_openapi_documents_each_route_with_its_real_answers() -> None:
     assert body["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/PredictRequest"
     }
+
+
+def test_a_feature_the_model_refuses_names_its_location() -> None:
+    h = harness()
+    client = _ready(h)
+    instances = _instances(2)
+    instances[1]["features"] = {"bad": 2.0}
+    r = client.post("/v1/models/m:predict", json={"instances": instances})
+    assert r.status_code == 422
+    assert r.json()["detail"] == [
+        {"loc": ["body", "instances", "1", "features", "bad"], "msg": "refused by the model"}
+    ]
