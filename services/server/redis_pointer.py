@@ -52,6 +52,10 @@ def parse_pointer(model: str, fields: dict[str, str], history: list[str]) -> Poi
         percent = float(fields.get("canary_percent") or 0.0)
     except (KeyError, ValueError) as exc:
         raise PointerError(f"pointer hash does not parse: {exc!r}", model=model) from None
+    if epoch < 0 or not 0.0 <= percent <= 100.0:  # also refuses a NaN percent
+        raise PointerError(
+            "pointer hash out of range", model=model, epoch=epoch, canary_percent=percent
+        )
 
     def version(name: str) -> str | None:
         return fields.get(name) or None

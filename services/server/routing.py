@@ -46,7 +46,14 @@ def bucket(salt: str, request_id: str) -> int:
 
 
 def in_share(salt: str, request_id: str, percent: float) -> bool:
-    """True when the request falls in a ``percent`` share (0-100) of the ``salt`` purpose."""
+    """True when the request falls in a ``percent`` share (0-100) of the ``salt`` purpose.
+
+    Below 0 (or NaN) is no request, 100 and above every request.
+    """
+    if not percent > 0:
+        return False
+    if percent >= 100:
+        return True
     return bucket(salt, request_id) < round(percent * BUCKETS / 100)
 
 

@@ -346,3 +346,22 @@ def test_a_feature_the_model_refuses_names_its_location() -> None:
     assert r.json()["detail"] == [
         {"loc": ["body", "instances", "1", "features", "bad"], "msg": "refused by the model"}
     ]
+
+
+def test_a_version_that_fails_its_warm_up_is_never_swapped_in() -> None:
+    h = harness()
+    client = _ready(h)
+
+    class Crashes:
+        def predict_many(self, features: Any) -> Any:
+            raise RuntimeError("segfault-ish")
+
+    original = h.loader.load
+    h.loader.load = lambda model, version: (
+        Crashes() if version == "v2" else original(model, version)
+    )  # type: ignore[method-assign]
+    h.reader.states["m"] = pointer(2, live="v2")
+    assert not h.follower.check("m")
+    status = client.get("/v1/models/m").json()
+    assert (status["epoch"], status["live"]) == (1, "v1")
+    assert "segfault-ish" in status["last_error"]["error"]
