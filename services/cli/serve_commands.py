@@ -89,7 +89,9 @@ def serve(
         learning,
         store_config,
         redis_config,
-        lambda: make_publisher(KafkaConfig(), TopicsConfig()),
+        lambda registry: make_publisher(
+            KafkaConfig(), TopicsConfig(), settings.spool_path, registry
+        ),
         models=tuple(model or ()),
     )
     app = create_app(ctx)

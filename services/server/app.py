@@ -52,6 +52,7 @@ from schemas.events import FeedbackEvent, InferenceLog
 from services.learning.adapters import PredictError, Prediction
 from services.learning.hashing import FeatureValue
 from services.publish.base import DurablePublisher, PublishError
+from services.publish.feedback import validate_feedback
 from services.server.config import ServerConfig
 from services.server.follower import PointerFollower
 from services.server.limits import BodyLimit
@@ -286,9 +287,11 @@ def create_app(ctx: ServerContext) -> FastAPI:
         body: Annotated[FeedbackEvent | list[FeedbackEvent], Body()],
     ) -> FeedbackAccepted:
         """One FeedbackEvent or a list: 202 once acknowledged by the broker or spooled."""
-        events = body if isinstance(body, list) else [body]
-        if not events:
-            raise _Refused(422, "an empty list of feedback events")
+        try:  # the one check every feedback producer shares
+            events = validate_feedback(body)
+        except SchemaError as exc:
+            ctx.metrics.feedback.labels("rejected").inc()
+            raise _Refused(422, f"feedback does not validate: {exc}") from None
         if len(events) > ctx.config.max_feedback_events:
             raise _Refused(
                 422,

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import limits as L
+
+
+def default_spool_root() -> Path:
+    """``$XDG_STATE_HOME/driftloop/spool`` (default ``~/.local/state/driftloop/spool``)."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if state else Path.home() / ".local" / "state"
+    return base / "driftloop" / "spool"
 
 
 def default_server_id() -> str:
@@ -30,6 +38,10 @@ class ServerConfig(BaseSettings):
     ``max_feedback_events`` per feedback call (422 above).
     ``feedback_timeout_s``: how long ``POST /v1/feedback`` waits for the
     broker's (or the spool's) acknowledgement before answering 503.
+    ``spool_dir``: where events wait while the broker is away (one server per
+    directory); default ``{default_spool_root()}/{server_id}``, so give each
+    replica a stable ``server_id`` (or its own ``spool_dir``) for a restarted
+    replica to send what its predecessor spooled.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_SERVER_", frozen=True, extra="ignore")
@@ -47,4 +59,12 @@ class ServerConfig(BaseSettings):
     max_instances: int = Field(default=1000, ge=1, le=100_000)
     max_feedback_events: int = Field(default=1000, ge=1, le=100_000)
     feedback_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    spool_dir: Path | None = None
     log_level: str = "info"
+
+    @property
+    def spool_path(self) -> Path:
+        """The spool directory in force."""
+        return (
+            self.spool_dir if self.spool_dir is not None else default_spool_root() / self.server_id
+        )

@@ -4,28 +4,31 @@
 :func:`build_server` opens the store read-only, connects to Redis and returns
 the :class:`~services.server.app.ServerContext` the app serves from.
 
-The publisher: until ``services.publish`` ships its Kafka publisher with a
-bounded batching buffer and a local spool,
-:class:`~services.server.interim_publisher.InterimKafkaPublisher` stands in
-(no spool: feedback is refused with 503 while the broker is away; see its
-module). Switching is one line in :func:`make_publisher`.
+The publisher is :class:`~services.publish.spooled.SpooledPublisher` over
+Kafka: ``publish`` (inference logs) never waits for the broker, and while the
+broker is away events go to a local spool (``DRIFTLOOP_SERVER_SPOOL_DIR``)
+and are sent, in order, when it returns; ``publish_acked`` (feedback) returns
+once the broker acknowledged or the spool fsynced. Its metrics
+(``driftloop_publish_*``) are in the server's ``/metrics``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
+from prometheus_client import CollectorRegistry
 
 from services.checkpoints.config import StoreConfig
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.learning.config import LearningConfig
 from services.publish.base import DurablePublisher
+from services.publish.spooled import SpooledPublisher
 from services.server.app import ServerContext
 from services.server.config import ServerConfig
 from services.server.follower import PointerFollower
-from services.server.interim_publisher import InterimKafkaPublisher
 from services.server.loader import StoreLoader
 from services.server.metrics import ServerMetrics
 from services.server.redis_pointer import RedisEpochReporter, RedisHints, RedisPointerReader
@@ -34,9 +37,11 @@ from services.server.registry import LoadFailure, ModelRegistry
 log = logging.getLogger(__name__)
 
 
-def make_publisher(kafka: KafkaConfig, topics: TopicsConfig) -> DurablePublisher:
-    """The server's event publisher (the one line to switch to ``services.publish``'s)."""
-    return InterimKafkaPublisher(kafka, topics)
+def make_publisher(
+    kafka: KafkaConfig, topics: TopicsConfig, spool_dir: Path, registry: CollectorRegistry
+) -> DurablePublisher:
+    """The server's event publisher: spooled, metrics in the server's ``registry``."""
+    return SpooledPublisher.for_kafka(kafka, spool_dir, topics=topics, registry=registry)
 
 
 def _count_failures(metrics: ServerMetrics, model: str) -> Callable[[LoadFailure], None]:
@@ -56,13 +61,14 @@ def build_server(
     learning: LearningConfig,
     store: StoreConfig,
     redis_config: RedisConfig,
-    publisher: Callable[[], DurablePublisher],
+    publisher: Callable[[CollectorRegistry], DurablePublisher],
     *,
     models: tuple[str, ...] = (),
 ) -> ServerContext:
     """The context of a real server: store read-only, pointer and hints from Redis.
 
-    ``publisher`` is called last, once the models and the store checked out.
+    ``publisher`` is called last, once the models and the store checked out, with
+    the registry ``/metrics`` exposes.
     ``models``: serve only these models of ``learning`` (all when empty).
 
     Raises
@@ -71,8 +77,6 @@ def build_server(
         A named model is not configured, or Redis is not configured.
     CheckpointNotFoundError
         There is no store at ``store.root``.
-    BrokerError
-        The publisher cannot reach Kafka.
     """
     names = models or tuple(m.name for m in learning.models)
     for name in names:
@@ -98,7 +102,7 @@ def build_server(
         reporter=RedisEpochReporter(client, prefix, server.server_id),
         report_interval_s=server.report_interval_s,
     )
-    made = publisher()
+    made = publisher(metrics.registry)
     closers: list[Callable[[], None]] = [loader.close, client.close]
     close = getattr(made, "close", None)
     if callable(close):

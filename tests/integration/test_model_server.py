@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,7 @@ def server_env(sandbox: Sandbox, store: Path, redis_url: str, **extra: str) -> d
             "DRIFTLOOP_STORE_ROOT": str(store),
             "DRIFTLOOP_SERVER_POLL_INTERVAL_S": "0.5",
             "DRIFTLOOP_SERVER_REPORT_INTERVAL_S": "0.5",
+            "DRIFTLOOP_SERVER_SPOOL_DIR": str(store.parent / f"spool-{uuid.uuid4().hex[:8]}"),
         }
     )
     env.update(extra)
@@ -243,6 +245,8 @@ def test_serve_loads_live_follows_changes_and_logs_every_prediction(
         ),
         "epoch 2 in /metrics",
     )
+
+    assert "driftloop_publish_sent_total" in server.get("/metrics").text  # the publisher's own
 
     # A canary at 50 %, routed by request id.
     set_pointer(

@@ -55,26 +55,3 @@ def test_settings_that_cannot_work_exit_2(
     result = runner.invoke(app, argv)
     assert result.exit_code == 2, result.output
     assert message in result.output
-
-
-def test_kafka_unreachable_is_one_line_and_exit_2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from services.stack.process import free_port
-
-    monkeypatch.setenv("DRIFTLOOP_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
-    monkeypatch.setenv("DRIFTLOOP_KAFKA_REQUEST_TIMEOUT_MS", "1000")
-    monkeypatch.setenv("DRIFTLOOP_REDIS_URL", "redis://127.0.0.1:1/0")
-    from services.server import wiring
-
-    monkeypatch.setattr(
-        wiring,
-        "make_publisher",
-        lambda k, t: wiring.InterimKafkaPublisher(k, t, max_block_s=1.0, bootstrap_timeout_s=2.0),
-    )
-    store = tmp_path / "store"
-    store.mkdir()
-    argv = ["serve", "--config", str(example_path("river_logreg")), "--store", str(store)]
-    result = runner.invoke(app, argv)
-    assert result.exit_code == 2, result.output
-    assert "cannot reach Kafka" in result.output
