@@ -3,7 +3,10 @@
 For the shipped river and torch examples (checkpoints written by the trainer
 into a temporary store, loaded back verified through the server's loader):
 
-- ``direct``: instances/s of ``predict_many`` on batches of ``--batch`` (the baseline);
+- ``direct``: instances/s of ``predict_many`` on batches of ``--batch``, on a
+  worker thread as the server runs it (the baseline; torch on the main thread
+  of a busy two-core machine measured several times slower: its intra-op
+  threads contend);
 - ``served``: instances/s of ``POST /v1/models/{model}:predict`` with the same
   batches, in process (FastAPI TestClient: validation, routing, response and
   InferenceLog building; an in-memory publisher, no network); ``ratio`` is
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +129,8 @@ def measure(example: str, batch: int, calls: int, rounds: int) -> dict[str, Any]
             return time.perf_counter() - start
 
         change(v2)  # both resident from here on
-        pairs = [(direct(), served()) for _ in range(rounds)]  # interleaved: same conditions
+        with ThreadPoolExecutor(1) as pool:  # interleaved rounds: same conditions
+            pairs = [(pool.submit(direct).result(), served()) for _ in range(rounds)]
         d = min(p[0] for p in pairs)
         s = min(p[1] for p in pairs)
         switch = _best(rounds, lambda: change(v1) + change(v2)) / 2
