@@ -52,7 +52,6 @@ def test_the_loader_never_writes_to_the_store(tmp_path: Path) -> None:
     (version,) = _write(config)
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     loader = StoreLoader(config, LEARNING)
-    assert loader.store.read_only
     loader.load(MODEL, version)
     loader.close()
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
@@ -66,15 +65,16 @@ def test_a_checkpoint_signed_by_an_untrusted_key_is_refused_before_any_state_is_
     writer = StoreConfig(root=tmp_path / "store", fsync=False, signing_key_file=other)
     (version,) = _write(writer)
     read: list[Any] = []
-    from services.checkpoints.store import CheckpointReader
+    from services.checkpoints.files import CheckpointFiles
 
-    original = CheckpointReader.read_buffer
+    for method in ("read", "read_buffer"):
+        original = getattr(CheckpointFiles, method)
 
-    def spy(self: Any, name: str) -> Any:
-        read.append(name)
-        return original(self, name)
+        def spy(self: Any, name: str, _original: Any = original) -> Any:
+            read.append(name)
+            return _original(self, name)
 
-    monkeypatch.setattr(CheckpointReader, "read_buffer", spy)
+        monkeypatch.setattr(CheckpointFiles, method, spy)
     loader = StoreLoader(StoreConfig(root=tmp_path / "store", fsync=False), LEARNING)
     with pytest.raises(CheckpointSignatureError) as info:
         loader.load(MODEL, version)
