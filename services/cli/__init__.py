@@ -31,6 +31,7 @@ def _register() -> None:
         checkpoint_commands,
         demo_commands,
         pointer_commands,
+        serve_commands,
         stack_commands,
         worker_commands,
     )
@@ -40,6 +41,7 @@ def _register() -> None:
     worker_commands.register(app)
     checkpoint_commands.register(app)
     pointer_commands.register(app)
+    serve_commands.register(app)
 
 
 _register()

@@ -15,6 +15,13 @@ Torch (:class:`TorchAdapter`): the batch is scored with the parameters as they
 were before the batch, then one optimizer step is taken on the batch loss
 (example weights as loss weights). Scoring reuses the training forward pass.
 
+Inference (model servers): :meth:`ModelAdapter.predict_many` scores a batch
+of feature maps with no label and changes nothing. An adapter built with
+:func:`build_predictor` is inference-only: a torch one builds no optimizer
+(``learn`` refuses) and puts its module in ``eval()`` mode, and torch predicts
+under ``torch.inference_mode()``; river models are the same objects either way
+(river has no optimizer apart from the model).
+
 Labels are converted by :mod:`services.learning.labels`; what each adapter
 accepts is checked per example by :meth:`ModelAdapter.validate` (see
 :mod:`services.learning.validation`) before the example enters a batch.
@@ -44,7 +51,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError, LearnError
+from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError, DriftloopError, LearnError, SchemaError
 from services.learning.config import EncodingConfig, ModelConfig
 from services.learning.factory import build, call, resolve
 from services.learning.hashing import FeatureHasher, FeatureValue
@@ -96,8 +103,29 @@ class Score:
     error: float
 
 
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One prediction of :meth:`ModelAdapter.predict_many`.
+
+    Attributes
+    ----------
+    value
+        Predicted class or value; None while a classifier knows no class, or
+        when a regressor's output is not finite.
+    scores
+        Class probabilities (classifiers), else None.
+    """
+
+    value: Label | None
+    scores: dict[Label, float] | None = None
+
+
+class PredictError(DriftloopError):
+    """The model failed on an input that passed validation (``index``: which one)."""
+
+
 class ModelAdapter(Protocol):
-    """The trainer's view of a model, river or torch."""
+    """The trainer's (and a model server's) view of a model, river or torch."""
 
     name: str
     kind: str
@@ -143,6 +171,19 @@ class ModelAdapter(Protocol):
         """sha256 over the full model state: equal digests, bitwise-equal state."""
         ...
 
+    def check_features(self, features: Mapping[str, FeatureValue]) -> None:
+        """SchemaError (``field`` ``features.<name>``) for a value the model cannot take."""
+        ...
+
+    def predict_many(self, features: Sequence[Mapping[str, FeatureValue]]) -> list[Prediction]:
+        """Predict each feature map; no label, nothing learned, nothing changed.
+
+        Every map is checked first (:meth:`check_features`: SchemaError with
+        ``index`` naming which), so a bad one predicts nothing. A failure of
+        model code on a valid input raises :class:`PredictError` with its index.
+        """
+        ...
+
 
 def _classification_score(
     y_true: Label, y_pred: Label | None, proba: Mapping[Label, float]
@@ -158,6 +199,25 @@ def _sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def _check_all(adapter: ModelAdapter, features: Sequence[Mapping[str, FeatureValue]]) -> None:
+    for i, x in enumerate(features):
+        try:
+            adapter.check_features(x)
+        except SchemaError as exc:
+            raise SchemaError(exc.reason, field=exc.field, index=i, **exc.context) from None
+
+
+def _contained(name: str, index: int, exc: BaseException) -> PredictError:
+    """A PredictError for a failure of model code (re-raising what means "stop")."""
+    if isinstance(exc, SHUTDOWN_EXCEPTIONS):
+        raise exc
+    return PredictError(f"{type(exc).__name__}: {exc}", model=name, index=index)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 class RiverAdapter:
@@ -260,6 +320,28 @@ class RiverAdapter:
                     example_id=example.example_id,
                 ) from exc
 
+    def check_features(self, features: Mapping[str, FeatureValue]) -> None:
+        check_features(features, numeric_only=self.numeric_features, model=self.name)
+
+    def predict_many(self, features: Sequence[Mapping[str, FeatureValue]]) -> list[Prediction]:
+        _check_all(self, features)
+        out: list[Prediction] = []
+        for i, x in enumerate(features):
+            try:
+                out.append(self._predict_one(dict(x)))
+            except BaseException as exc:  # model code may raise any (a pyo3 PanicException)
+                raise _contained(self.name, i, exc) from exc
+        return out
+
+    def _predict_one(self, x: dict[str, FeatureValue]) -> Prediction:
+        if self.task == "classification":
+            proba = self.model.predict_proba_one(x)
+            scores = {k: float(p) for k, p in proba.items()}
+            if not all(math.isfinite(p) for p in scores.values()):
+                return Prediction(None)
+            return Prediction(self.model.predict_one(x), scores)
+        return Prediction(_finite_or_none(float(self.model.predict_one(x))))
+
     def live_objects(self) -> dict[str, Any]:
         return {"model": self.model}
 
@@ -290,10 +372,12 @@ class TorchAdapter:
 
     kind = "torch"
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, inference: bool = False) -> None:
         # ModelConfig guarantees both for torch models.
         assert config.task is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
         assert config.optimizer is not None  # noqa: S101 - narrows a type that validation guarantees; guards no input
+        #: Inference-only: no optimizer is built, the module is in eval mode, learning refuses.
+        self.inference = inference
         self.name = config.name
         self.task: str = config.task
         self._positive = config.positive_label
@@ -309,6 +393,12 @@ class TorchAdapter:
                 path=config.factory.path,
             )
         self.module: nn.Module = module
+        self.loss_name = config.torch_loss
+        self._loss = _LOSSES[self.loss_name](reduction="none")
+        self._optimizer: torch.optim.Optimizer | None = None
+        if inference:
+            self.module.eval()
+            return
         opt_factory = resolve(config.optimizer.path)
         if not (isinstance(opt_factory, type) and issubclass(opt_factory, torch.optim.Optimizer)):
             raise ConfigError(
@@ -317,7 +407,7 @@ class TorchAdapter:
                 path=config.optimizer.path,
             )
         try:
-            self.optimizer: torch.optim.Optimizer = call(
+            self._optimizer = call(
                 opt_factory,
                 config.optimizer.path,
                 self.module.parameters(),
@@ -325,8 +415,13 @@ class TorchAdapter:
             )
         except ConfigError as exc:
             raise ConfigError(exc.message, model=config.name, **exc.context) from exc
-        self.loss_name = config.torch_loss
-        self._loss = _LOSSES[self.loss_name](reduction="none")
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer; an inference-only adapter has none (LearnError)."""
+        if self._optimizer is None:
+            raise LearnError("an inference-only adapter cannot learn", index=0, model=self.name)
+        return self._optimizer
 
     def target(self, example: Example) -> Label:
         if self.task == "classification":
@@ -370,11 +465,13 @@ class TorchAdapter:
         self.optimizer.step()
 
     def learn(self, batch: Sequence[Example]) -> None:
+        self.optimizer  # noqa: B018 - an inference-only adapter refuses before any forward pass
         if batch:
             targets = [self.target(e) for e in batch]
             self._step(self._forward(batch), targets, batch)
 
     def test_then_train(self, batch: Sequence[Example]) -> list[Score]:
+        self.optimizer  # noqa: B018 - an inference-only adapter refuses before any forward pass
         if not batch:
             return []
         targets = [self.target(e) for e in batch]
@@ -383,21 +480,52 @@ class TorchAdapter:
         self._step(out, targets, batch)
         return scores
 
+    def check_features(self, features: Mapping[str, FeatureValue]) -> None:
+        check_features(features, numeric_only=False, model=self.name)
+
+    def predict_many(self, features: Sequence[Mapping[str, FeatureValue]]) -> list[Prediction]:
+        if not features:
+            return []
+        _check_all(self, features)
+        try:
+            with torch.inference_mode():
+                indices, offsets, weights = self.hasher.encode_batch(list(features))
+                values: list[float] = self.module(indices, offsets, weights).tolist()
+        except BaseException as exc:  # model code may raise any
+            raise _contained(self.name, 0, exc) from exc
+        if self.task == "classification":
+            out = []
+            for raw in values:
+                if math.isnan(raw):
+                    out.append(Prediction(None))
+                    continue
+                p = _sigmoid(raw)
+                out.append(Prediction(p >= 0.5, {False: 1.0 - p, True: p}))
+            return out
+        return [Prediction(_finite_or_none(raw)) for raw in values]
+
     def live_objects(self) -> dict[str, Any]:
-        return {"module": self.module, "optimizer": self.optimizer}
+        # An inference-only adapter has no optimizer: None (restores the module only).
+        return {"module": self.module, "optimizer": self._optimizer}
 
     def load_objects(self, objects: Mapping[str, Any]) -> None:
         if objects["module"] is not self.module:
             self.module.load_state_dict(objects["module"].state_dict())
-        if objects["optimizer"] is not self.optimizer:
-            self.optimizer.load_state_dict(copy.deepcopy(objects["optimizer"].state_dict()))
+        optimizer = objects.get("optimizer")
+        if (
+            self._optimizer is not None
+            and optimizer is not None
+            and optimizer is not self._optimizer
+        ):
+            self._optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
 
     def state_digest(self) -> str:
         h = hashlib.sha256()
         for key, tensor in sorted(self.module.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().contiguous().numpy().tobytes())
-        for pid, pstate in sorted(self.optimizer.state_dict()["state"].items()):
+        opt_state = self._optimizer.state_dict()["state"] if self._optimizer is not None else {}
+        for pid, pstate in sorted(opt_state.items()):
             for key, value in sorted(pstate.items()):
                 h.update(f"{pid}.{key}".encode())
                 if isinstance(value, torch.Tensor):
@@ -418,3 +546,17 @@ def build_adapter(config: ModelConfig) -> ModelAdapter:
     if config.kind == "river":
         return RiverAdapter(config)
     return TorchAdapter(config)
+
+
+def build_predictor(config: ModelConfig) -> ModelAdapter:
+    """An inference-only adapter for ``config`` (model servers): a torch one builds
+    no optimizer and its module is in eval mode; it refuses to learn.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`build_adapter`.
+    """
+    if config.kind == "river":
+        return RiverAdapter(config)
+    return TorchAdapter(config, inference=True)
