@@ -11,7 +11,9 @@ For each shipped example model (river logistic regression, torch hashed FM):
   decoding each value with orjson: the transport's limit.
 
 Prints absolute numbers and the ratios kafka/memory and kafka/transport
-(``--json`` for machine-readable output). Anchors (issue 4): Microsoft's
+(``--json`` for machine-readable output), and each model's drift alarms on
+river streams in memory: false alarms per 10,000 stationary examples and how
+many examples after a concept change the first drift checkpoint came. Anchors (issue 4): Microsoft's
 Decision Service learner did 2,000 events/s per core; river's
 LogisticRegression alone does about 200k examples/s here; kafka-python
 consumes about 60k small messages/s from the embedded broker.
@@ -44,6 +46,7 @@ from services.kafka import ensure_topics, make_consumer, make_producer
 from services.learning.config import LearningConfig, ModelConfig, example_path, load_config
 from services.learning.pool import TrainerPool, partition_of
 from services.learning.sink import InMemorySink
+from services.learning.synthetic import drift_scenario, examples_from
 from services.learning.trainer import OnlineTrainer
 from services.stack import EMBEDDED_GROUP_TIMEOUTS, EmbeddedStack
 from streams.app import make_app
@@ -141,6 +144,31 @@ async def kafka_rate(
     return n / elapsed, {"checkpoints": checkpoints}
 
 
+def drift_alarms(config: ModelConfig, seeds: tuple[int, ...] = (1, 2, 3)) -> dict[str, Any]:
+    """Drift checkpoints of the in-memory trainer on river streams of 10,000
+    examples: per stationary stream, the count per seed (a false alarm each);
+    per changing stream (change at 5,000), examples from the change to the
+    first drift checkpoint after it (None: not caught)."""
+    out: dict[str, Any] = {}
+    for scenario in ("agrawal", "sea", "sea-0-to-3", "sea-inverted"):
+        counts, delays = [], []
+        for seed in seeds:
+            trainer = OnlineTrainer(config, InMemorySink())
+            stream = examples_from(drift_scenario(scenario, seed), config.name)
+            at = [
+                i
+                for i, example in enumerate(stream)
+                for record in trainer.process(example, topic="t", partition=0, offset=i).checkpoints
+                if record.trigger == "drift"
+            ]
+            counts.append(len(at) if scenario in ("agrawal", "sea") else sum(a < 5000 for a in at))
+            delays.append(next((a - 5000 for a in at if a >= 5000), None))
+        out[scenario] = {"false_alarms": counts}
+        if scenario not in ("agrawal", "sea"):
+            out[scenario]["delay"] = delays
+    return out
+
+
 def run(n: int, kinds: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {"examples": n, "models": {}}
     with EmbeddedStack(create_topics=False) as info, tempfile.TemporaryDirectory() as tmp:
@@ -165,6 +193,7 @@ def run(n: int, kinds: list[str]) -> dict[str, Any]:
                 "ratio_to_transport": round(through / transport, 3),
                 "mean_message_bytes": round(sum(map(len, values)) / n, 1),
                 **extra,
+                "drift": drift_alarms(config),
             }
     return results
 
@@ -188,6 +217,13 @@ def main() -> None:
             f"transport {r['transport_messages_per_s']:>9,.0f}/s "
             f"(ratio {r['ratio_to_transport']:.3f}) | checkpoints {r['checkpoints']}"
         )
+        for scenario, d in r["drift"].items():
+            rate = sum(d["false_alarms"]) / len(d["false_alarms"])
+            caught = f" | caught after {d['delay']} examples" if "delay" in d else ""
+            print(
+                f"{'':>13}  drift {scenario:>12}: false alarms per 10,000 examples "
+                f"{rate:.2f} (seeds 1-3: {d['false_alarms']}){caught}"
+            )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_shipped_examples_load_and_build_their_models() -> None:
     assert isinstance(build_adapter(river_cfg), RiverAdapter)
     assert isinstance(build_adapter(torch_cfg), TorchAdapter)
     assert river_cfg.triggers.adaptive is not None
-    assert [d.kind for d in torch_cfg.drift] == ["ADWIN", "HDDM_A"]
+    assert [(d.kind, d.input) for d in torch_cfg.drift] == [("ADWIN", "error")]
     assert [p.policy for p in river_cfg.retention.policies] == ["latest_n", "best_n"]
 
 
