@@ -153,10 +153,11 @@ def test_records_left_in_the_spool_are_sent_by_the_next_start(tmp_path: Path) ->
         pub.publish(log(i))
     wait_until(lambda: pub.spooled == 25)
     pub.close(timeout_s=30)
-    broker.up.set()
-    with publisher(broker, tmp_path) as again:
+    with publisher(broker, tmp_path) as again:  # the broker is still away: nothing drains yet
         assert again.spooling
+        assert again.spool.pending_records == 25
         again.publish(log(25))
+        broker.up.set()
         wait_until(lambda: again.sent == 26)
     assert broker.event_ids() == [f"e{i:05d}" for i in range(26)]
 
