@@ -17,7 +17,7 @@ from typing import Protocol
 from schemas.errors import CheckpointCorruptError, CheckpointNotFoundError
 from schemas.manifest import CheckpointManifest, FileEntry
 from services.checkpoints.catalog import Tier
-from services.checkpoints.storage import CheckpointStorage
+from services.checkpoints.storage import CheckpointStorage, WritableBuffer
 
 
 class ManifestSource(Protocol):
@@ -66,16 +66,16 @@ class CheckpointFiles:
         """
         return bytes(self._read(name, buffer=False))
 
-    def read_buffer(self, name: str) -> bytearray:
+    def read_buffer(self, name: str) -> WritableBuffer:
         """Like :meth:`read`, in a fresh writable buffer the caller owns.
 
         For decoders that view the bytes in place (tensors over the buffer)
         instead of copying them out; raises what :meth:`read` raises.
         """
         data = self._read(name, buffer=True)
-        return data if isinstance(data, bytearray) else bytearray(data)
+        return data if isinstance(data, bytearray | memoryview) else bytearray(data)
 
-    def _read(self, name: str, *, buffer: bool) -> bytes | bytearray:
+    def _read(self, name: str, *, buffer: bool) -> bytes | WritableBuffer:
         m = self.manifest
         entry = m.file(name)
         if entry is None:
@@ -122,7 +122,7 @@ def read_verified(
     entry: FileEntry,
     *,
     buffer: bool = False,
-) -> bytes | bytearray:
+) -> bytes | WritableBuffer:
     """The bytes of ``stored_name`` of ``version`` checked against ``entry``.
 
     Read from ``tier`` first, then from the other tiers.
@@ -134,7 +134,7 @@ def read_verified(
     """
     order: list[Tier] = [tier] + [t for t in tiers if t != tier]
     path = f"{tiers[tier].location(model, version)}/{stored_name}"
-    data: bytes | bytearray | None = None
+    data: bytes | WritableBuffer | None = None
     for t in order:
         storage = tiers[t]
         try:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from schemas.errors import CheckpointError
 from schemas.manifest import MANIFEST_NAME, check_file_name
 from services.checkpoints import layout
-from services.checkpoints.storage import Payload, PendingCheckpoint, buffers
+from services.checkpoints.storage import Payload, PendingCheckpoint, WritableBuffer, buffers
 
 _counter = itertools.count(1)
 
@@ -115,7 +115,7 @@ class MemoryStorage:
     def read_file(self, model: str, version: str, name: str) -> bytes:
         return bytes(self._file(model, version, name))
 
-    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+    def read_buffer(self, model: str, version: str, name: str) -> WritableBuffer:
         return bytearray(self._file(model, version, name))
 
     def read_manifest(self, model: str, version: str) -> bytes | None:

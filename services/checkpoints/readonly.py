@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 
 from schemas.errors import CheckpointError
-from services.checkpoints.storage import CheckpointStorage, PendingCheckpoint
+from services.checkpoints.storage import CheckpointStorage, PendingCheckpoint, WritableBuffer
 
 
 class ReadOnlyStorage:
@@ -41,7 +41,7 @@ class ReadOnlyStorage:
     def read_file(self, model: str, version: str, name: str) -> bytes:
         return self._storage.read_file(model, version, name)
 
-    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+    def read_buffer(self, model: str, version: str, name: str) -> WritableBuffer:
         return self._storage.read_buffer(model, version, name)
 
     def read_manifest(self, model: str, version: str) -> bytes | None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, TypeAlias
 
 import fsspec
+import numpy
 import orjson
 
 from schemas.errors import CheckpointError, ConfigError, SchemaError
@@ -50,6 +51,8 @@ from services.checkpoints.config import StoreConfig
 from services.config import redact_url
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
+#: A writable buffer the caller owns: decoded tensors may view it in place.
+WritableBuffer: TypeAlias = bytearray | memoryview
 #: The content of one file: bytes, or buffers written back to back.
 Payload: TypeAlias = BytesLike | Sequence[BytesLike]
 
@@ -119,7 +122,7 @@ class CheckpointStorage(Protocol):
     def read_file(self, model: str, version: str, name: str) -> bytes:
         """The bytes of one file; raises FileNotFoundError when absent."""
 
-    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+    def read_buffer(self, model: str, version: str, name: str) -> WritableBuffer:
         """The bytes of one file in a writable buffer (tensors can view it without a copy)."""
 
     def read_manifest(self, model: str, version: str) -> bytes | None:
@@ -245,18 +248,19 @@ class LocalStorage:
     def read_file(self, model: str, version: str, name: str) -> bytes:
         return (self.root / model / version / check_file_name(name)).read_bytes()
 
-    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+    def read_buffer(self, model: str, version: str, name: str) -> WritableBuffer:
         with open(self.root / model / version / check_file_name(name), "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
-            buf = bytearray(size)
-            view = memoryview(buf)
+            # numpy.empty, not bytearray(size): no zero-fill pass over memory
+            # the read overwrites anyway (a third of a large load's time).
+            view = numpy.empty(size, dtype=numpy.uint8).data
             got = 0
             while got < size:
                 n = fh.readinto(view[got:])
                 if not n:
                     break
                 got += n
-            return buf if got == size else buf[:got]
+            return view if got == size else view[:got]
 
     def read_manifest(self, model: str, version: str) -> bytes | None:
         try:
@@ -444,7 +448,7 @@ class FsspecStorage:
         data: bytes = self.fs.cat_file(f"{self.location(model, version)}/{check_file_name(name)}")
         return data
 
-    def read_buffer(self, model: str, version: str, name: str) -> bytearray:
+    def read_buffer(self, model: str, version: str, name: str) -> WritableBuffer:
         return bytearray(self.read_file(model, version, name))
 
     def read_manifest(self, model: str, version: str) -> bytes | None:

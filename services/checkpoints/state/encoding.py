@@ -51,7 +51,7 @@ class StateReader(Protocol):
         """The verified bytes of a file (raises CheckpointCorruptError on mismatch)."""
         ...
 
-    def read_buffer(self, name: str) -> bytearray:
+    def read_buffer(self, name: str) -> bytearray | memoryview:
         """The verified bytes of a file in a writable buffer the caller owns."""
         ...
 
@@ -128,7 +128,7 @@ def tensor_file_digest(tensor: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _view_tensors(data: bytearray) -> dict[str, torch.Tensor] | None:
+def _view_tensors(data: bytearray | memoryview) -> dict[str, torch.Tensor] | None:
     """Tensors viewing ``data`` in place, or None when the file is not plain enough."""
     if len(data) < 8:
         return None
@@ -163,16 +163,16 @@ def _view_tensors(data: bytearray) -> dict[str, torch.Tensor] | None:
 
 
 def decode_tensors(
-    data: bytes | bytearray, *, name: str, manifest: CheckpointManifest
+    data: bytes | bytearray | memoryview, *, name: str, manifest: CheckpointManifest
 ) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file; malformed bytes are a corrupt checkpoint.
 
-    From a ``bytearray`` (the store's ``read_buffer``) the tensors view the
+    From a writable buffer (the store's ``read_buffer``) the tensors view the
     buffer without a copy (the caller must not reuse it); from ``bytes``, or
     for a file this fast path does not handle, safetensors copies them out.
     """
     try:
-        if isinstance(data, bytearray):
+        if isinstance(data, bytearray) or (isinstance(data, memoryview) and not data.readonly):
             viewed = _view_tensors(data)
             if viewed is not None:
                 return viewed
