@@ -47,10 +47,11 @@ def serve(
     Loads the live, canary and shadow versions the Redis pointer names from the
     checkpoint store (read-only, every manifest's signature checked), follows
     pointer changes (the version channel, plus a pointer read every
-    DRIFTLOOP_SERVER_POLL_INTERVAL_S) and logs every prediction to
-    inference-logs. Settings: DRIFTLOOP_SERVER_*, DRIFTLOOP_REDIS_*,
-    DRIFTLOOP_KAFKA_*, DRIFTLOOP_TOPIC_*, DRIFTLOOP_STORE_* (readers need only
-    trusted public keys).
+    DRIFTLOOP_SERVER_POLL_INTERVAL_S), logs every prediction to
+    inference-logs, and relays pointer changes left in the Redis outbox to
+    version-events every DRIFTLOOP_SERVER_RELAY_INTERVAL_S. Settings:
+    DRIFTLOOP_SERVER_*, DRIFTLOOP_REDIS_*, DRIFTLOOP_KAFKA_*, DRIFTLOOP_TOPIC_*,
+    DRIFTLOOP_STORE_* (readers need only trusted public keys).
     """
     import uvicorn
 
@@ -93,6 +94,8 @@ def serve(
             KafkaConfig(), TopicsConfig(), settings.spool_path, registry
         ),
         models=tuple(model or ()),
+        kafka=KafkaConfig(),
+        topics=TopicsConfig(),
     )
     app = create_app(ctx)
     uvicorn.run(

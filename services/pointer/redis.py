@@ -120,14 +120,7 @@ class RedisPointer(PointerWriter):
         self._restore = client.register_script(_RESTORE)
 
     def get(self, model: str) -> PointerState | None:
-        try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(pointer_key(self.prefix, model))
-                pipe.lrange(history_key(self.prefix, model), 0, -1)
-                fields, history = pipe.execute()
-        except redis.RedisError as exc:
-            raise PointerUnavailableError(f"cannot read the pointer: {exc}", model=model) from exc
-        return parse_state(model, fields, history)
+        return read_state(self.client, self.prefix, model)
 
     def models(self) -> list[str]:
         """Every model with a pointer under this prefix."""
@@ -180,25 +173,71 @@ class RedisPointer(PointerWriter):
         return bool(done)
 
 
+class RedisPointerReader:
+    """Read-only :class:`~services.pointer.base.PointerReader` over Redis (model servers).
+
+    Reads exactly what :class:`RedisPointer` reads (:func:`read_state`), without
+    what only a writer needs (history depth, version check, log).
+    """
+
+    def __init__(self, client: redis.Redis[str], *, key_prefix: str) -> None:
+        self.client = client
+        self.prefix = key_prefix
+
+    def get(self, model: str) -> PointerState | None:
+        return read_state(self.client, self.prefix, model)
+
+
+def read_state(client: redis.Redis[str], prefix: str, model: str) -> PointerState | None:
+    """The pointer hash and history list read in one MULTI, so both describe one change.
+
+    Raises
+    ------
+    PointerUnavailableError
+        Redis did not answer, or the hash does not parse ("cannot tell", never "no pointer").
+    """
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(pointer_key(prefix, model))
+            pipe.lrange(history_key(prefix, model), 0, -1)
+            fields, history = pipe.execute()
+    except redis.RedisError as exc:
+        raise PointerUnavailableError(f"cannot read the pointer: {exc}", model=model) from exc
+    return parse_state(model, dict(fields), list(history))
+
+
 def parse_state(model: str, fields: dict[str, str], history: list[str]) -> PointerState | None:
-    """The :class:`PointerState` of a pointer hash and history list (None: no pointer)."""
-    if not fields or "epoch" not in fields:
+    """The :class:`PointerState` of a pointer hash and history list (None: no hash at all).
+
+    Formats per :mod:`services.pointer.base`. A hash that exists but has no
+    integer ``epoch`` >= 0, or whose ``canary_percent`` is not a number in
+    [0, 100], raises :class:`~services.pointer.base.PointerUnavailableError`:
+    a malformed pointer is "cannot tell", not "no pointer" (which would let
+    a writer create epoch 1 over it, or a server think it was flushed).
+    """
+    if not fields:
         return None
     try:
-        return PointerState(
-            model=model,
-            epoch=int(fields["epoch"]),
-            live=fields.get("live") or None,
-            previous=fields.get("previous") or None,
-            canary=fields.get("canary") or None,
-            canary_percent=float(fields.get("canary_percent") or 0.0),
-            shadow=fields.get("shadow") or None,
-            history=tuple(history),
-        )
-    except ValueError as exc:
+        epoch = int(fields["epoch"])
+        percent = float(fields.get("canary_percent") or 0.0)
+    except (KeyError, ValueError) as exc:
         raise PointerUnavailableError(
-            f"the pointer hash is malformed: {exc}", model=model
+            f"the pointer hash is malformed: {exc!r}", model=model
         ) from None
+    if epoch < 0 or not 0.0 <= percent <= 100.0:  # also refuses a NaN percent
+        raise PointerUnavailableError(
+            "the pointer hash is out of range", model=model, epoch=epoch, canary_percent=percent
+        )
+    return PointerState(
+        model=model,
+        epoch=epoch,
+        live=fields.get("live") or None,
+        previous=fields.get("previous") or None,
+        canary=fields.get("canary") or None,
+        canary_percent=percent,
+        shadow=fields.get("shadow") or None,
+        history=tuple(history),
+    )
 
 
 def _glob_escape(text: str) -> str:

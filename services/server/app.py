@@ -245,6 +245,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
                 epoch=error.epoch, version=error.version, error=error.error, ts=error.ts
             ),
             pointer_error=None if follow is None else follow.pointer_error,
+            pointer_missing=follow is not None and follow.pointer_missing,
             server=ctx.config.server_id,
         )
 

@@ -33,7 +33,9 @@ class ServerConfig(BaseSettings):
     to one of them is a switch, not a load. ``poll_interval_s``: how often the
     pointer's epoch is read even without a Redis notification (the catch-up
     that cannot miss a change). ``report_interval_s``: how often the applied
-    epoch is written to the pointer's ``servers`` hash. Request limits:
+    epoch is written to the pointer's ``servers`` hash. ``relay_interval_s``:
+    how often the server copies pointer changes left in the Redis outbox to
+    ``version-events`` (:mod:`services.server.relaying`). Request limits:
     ``max_body_bytes`` (413 above), ``max_instances`` per predict call,
     ``max_feedback_events`` per feedback call (422 above).
     ``feedback_timeout_s``: how long ``POST /v1/feedback`` waits for the
@@ -55,6 +57,7 @@ class ServerConfig(BaseSettings):
     resident_versions: int = Field(default=4, ge=1, le=64)
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     report_interval_s: float = Field(default=3.0, gt=0, le=60)
+    relay_interval_s: float = Field(default=5.0, gt=0, le=300)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_instances: int = Field(default=1000, ge=1, le=100_000)
     max_feedback_events: int = Field(default=1000, ge=1, le=100_000)

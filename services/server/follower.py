@@ -20,6 +20,10 @@ missed a message, catches up within one interval of Redis answering again.
 
 Every ``report_interval_s`` the applied epoch of each model is written through
 the :class:`EpochReporter` (the ``servers`` hash ``driftloop status`` reads).
+
+A ``relay`` (:class:`~.relaying.PeriodicRelay`: the pointer outbox copied to
+``version-events``) runs on a thread of its own, so a broker that does not
+answer never delays a pointer check.
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ class HintSource(Protocol):
     def run(self, on_hint: Callable[[str], None], stop: threading.Event) -> None:
         """Call ``on_hint(model)`` per notification until ``stop`` is set."""
         ...
+
+
+class Background(Protocol):
+    """Work that runs beside the follower until ``stop`` is set (the outbox relay)."""
+
+    def run(self, stop: threading.Event) -> None: ...
 
 
 class EpochReporter(Protocol):
@@ -77,6 +87,7 @@ class PointerFollower:
         hints: HintSource | None = None,
         reporter: EpochReporter | None = None,
         report_interval_s: float = 3.0,
+        relay: Background | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registries = dict(registries)
@@ -85,6 +96,7 @@ class PointerFollower:
         self.hints = hints
         self.reporter = reporter
         self.report_interval_s = report_interval_s
+        self.relay = relay
         self.clock = clock
         self.status = {m: FollowStatus() for m in self.registries}
         self._wake = threading.Event()
@@ -161,6 +173,12 @@ class PointerFollower:
                     args=(self.hint, self._stop),
                     name="pointer-hints",
                     daemon=True,
+                )
+            )
+        if self.relay is not None:
+            self._threads.append(
+                threading.Thread(
+                    target=self.relay.run, args=(self._stop,), name="pointer-relay", daemon=True
                 )
             )
         for thread in self._threads:

@@ -56,6 +56,16 @@ class ServerMetrics:
             ["outcome"],
             registry=r,
         )
+        self.relayed = Counter(
+            "driftloop_server_pointer_relayed",
+            "Pointer changes this server copied from the Redis outbox to version-events.",
+            registry=r,
+        )
+        self.relay_failures = Counter(
+            "driftloop_server_pointer_relay_failures",
+            "Outbox relays that failed (Redis or broker away; retried next interval).",
+            registry=r,
+        )
         self.predict_seconds = Histogram(
             "driftloop_server_predict_seconds",
             "Time to answer one predict call (all its instances).",

@@ -1,17 +1,12 @@
-"""The Redis side of a model server: reading pointers, change hints, epoch reports.
+"""The Redis side of a model server besides reading pointers: change hints, epoch reports.
 
-Read-only with respect to the pointer: a server never changes it. What it
-reads follows :mod:`services.pointer.base` (hash ``{prefix}{model}:pointer``
-with string fields, ``epoch`` an integer, ``canary_percent`` a float, an
-absent or empty version field meaning none; list ``{prefix}{model}:history``,
-newest first), both read in one MULTI so they describe the same change. What
-it writes is its own entry in ``{prefix}{model}:servers`` (server id -> JSON
-``{"epoch": int, "ts": ms}``).
-
-:class:`RedisPointerReader` is a :class:`~services.pointer.base.PointerReader`
-of its own so that the server does not depend on the writer's module; any
-other reader (``services.pointer.redis.RedisPointer``) plugs into
-:func:`services.server.wiring.build_server` the same way.
+Pointers are read through :class:`services.pointer.redis.RedisPointerReader`
+(the same parsing as the writer's :class:`~services.pointer.redis.RedisPointer`);
+a server never changes them. What it writes is its own entry in
+``{prefix}{model}:servers`` (:func:`~services.pointer.base.servers_key`:
+server id -> JSON ``{"epoch": int, "ts": ms}``, what ``driftloop status``
+shows). What it listens to is each model's version channel
+(:func:`~services.pointer.base.channel_name`), as a hint to read the pointer now.
 """
 
 from __future__ import annotations
@@ -25,66 +20,9 @@ from collections.abc import Callable, Iterable
 import orjson
 import redis
 
-from services.pointer.base import (
-    PointerError,
-    PointerState,
-    channel_name,
-    history_key,
-    pointer_key,
-    servers_key,
-)
+from services.pointer.base import channel_name, servers_key
 
 log = logging.getLogger(__name__)
-
-
-def parse_pointer(model: str, fields: dict[str, str], history: list[str]) -> PointerState | None:
-    """A :class:`PointerState` from the hash's fields (None: no pointer).
-
-    Raises
-    ------
-    PointerError
-        A field that does not parse (the pointer cannot be told).
-    """
-    if not fields:
-        return None
-    try:
-        epoch = int(fields["epoch"])
-        percent = float(fields.get("canary_percent") or 0.0)
-    except (KeyError, ValueError) as exc:
-        raise PointerError(f"pointer hash does not parse: {exc!r}", model=model) from None
-    if epoch < 0 or not 0.0 <= percent <= 100.0:  # also refuses a NaN percent
-        raise PointerError(
-            "pointer hash out of range", model=model, epoch=epoch, canary_percent=percent
-        )
-
-    def version(name: str) -> str | None:
-        return fields.get(name) or None
-
-    return PointerState(
-        model=model,
-        epoch=epoch,
-        live=version("live"),
-        previous=version("previous"),
-        canary=version("canary"),
-        canary_percent=percent,
-        shadow=version("shadow"),
-        history=tuple(history),
-    )
-
-
-class RedisPointerReader:
-    """Reads pointers from Redis (hash and history in one transaction)."""
-
-    def __init__(self, client: redis.Redis[str], prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix
-
-    def get(self, model: str) -> PointerState | None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hgetall(pointer_key(self.prefix, model))
-        pipe.lrange(history_key(self.prefix, model), 0, -1)
-        fields, history = pipe.execute()
-        return parse_pointer(model, dict(fields), list(history))
 
 
 class RedisEpochReporter:

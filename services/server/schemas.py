@@ -83,6 +83,9 @@ class ModelStatus(BaseModel):
     """The last pointer change that could not be applied, until a later one is."""
     pointer_error: str | None
     """Why the pointer could not be read at the last check (None: it could)."""
+    pointer_missing: bool = False
+    """Redis answered without a pointer at the last check (flushed or restarted empty:
+    the applied versions keep serving until ``driftloop pointer restore``)."""
     server: str
 
 

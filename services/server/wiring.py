@@ -18,12 +18,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
 from prometheus_client import CollectorRegistry
 
 from services.checkpoints.config import StoreConfig
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.learning.config import LearningConfig
+from services.pointer.factory import redis_client
+from services.pointer.redis import RedisPointerReader
+from services.pointer.relay import OutboxRelay
 from services.publish.base import DurablePublisher
 from services.publish.spooled import SpooledPublisher
 from services.server.app import ServerContext
@@ -31,10 +33,14 @@ from services.server.config import ServerConfig
 from services.server.follower import PointerFollower
 from services.server.loader import StoreLoader
 from services.server.metrics import ServerMetrics
-from services.server.redis_pointer import RedisEpochReporter, RedisHints, RedisPointerReader
+from services.server.redis_pointer import RedisEpochReporter, RedisHints
 from services.server.registry import LoadFailure, ModelRegistry
+from services.server.relaying import PeriodicRelay
 
 log = logging.getLogger(__name__)
+
+#: How long one relay waits for the broker (a stuck one delays only the relay thread).
+RELAY_TIMEOUT_S = 10.0
 
 
 def make_publisher(
@@ -51,11 +57,6 @@ def _count_failures(metrics: ServerMetrics, model: str) -> Callable[[LoadFailure
     return count
 
 
-def redis_client(config: RedisConfig) -> redis.Redis[str]:
-    client: redis.Redis[str] = redis.Redis.from_url(config.url, **config.client_options())
-    return client
-
-
 def build_server(
     server: ServerConfig,
     learning: LearningConfig,
@@ -64,8 +65,14 @@ def build_server(
     publisher: Callable[[CollectorRegistry], DurablePublisher],
     *,
     models: tuple[str, ...] = (),
+    kafka: KafkaConfig | None = None,
+    topics: TopicsConfig | None = None,
 ) -> ServerContext:
     """The context of a real server: store read-only, pointer and hints from Redis.
+
+    The follower also relays the pointer outbox to ``version-events`` (of
+    ``kafka`` / ``topics``, default the environment) every
+    ``server.relay_interval_s`` (:mod:`services.server.relaying`).
 
     ``publisher`` is called last, once the models and the store checked out, with
     the registry ``/metrics`` exposes.
@@ -96,11 +103,22 @@ def build_server(
     prefix = redis_config.key_prefix
     follower = PointerFollower(
         registries,
-        RedisPointerReader(client, prefix),
+        RedisPointerReader(client, key_prefix=prefix),
         poll_interval_s=server.poll_interval_s,
         hints=RedisHints(lambda: redis_client(redis_config), prefix, names),
         reporter=RedisEpochReporter(client, prefix, server.server_id),
         report_interval_s=server.report_interval_s,
+        relay=PeriodicRelay(
+            OutboxRelay(
+                client,
+                key_prefix=prefix,
+                kafka=kafka if kafka is not None else KafkaConfig(),
+                topic=(topics if topics is not None else TopicsConfig()).version_events,
+                timeout_s=RELAY_TIMEOUT_S,
+            ),
+            interval_s=server.relay_interval_s,
+            metrics=metrics,
+        ),
     )
     made = publisher(metrics.registry)
     closers: list[Callable[[], None]] = [loader.close, client.close]

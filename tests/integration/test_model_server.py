@@ -3,155 +3,53 @@
 Checkpoints are written by the project's own trainer and checkpointer into a
 temporary store (signed with the session key of tests/conftest.py). The pointer
 is changed the way the contract writes it (hash fields per
-``services.pointer.base``, a PUBLISH on the version channel).
+``services.pointer.base``, a PUBLISH on the version channel); the tests that
+change it through the CLI are in test_serving_cli.py and test_redis_loss.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 import redis
-from river import datasets
 
 from schemas.codec import decode
 from schemas.events import FeedbackEvent, InferenceLog
-from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.store import CheckpointStore
 from services.config import RedisConfig
-from services.learning.config import example_path, load_config
-from services.learning.store_sink import CheckpointerSink
-from services.learning.synthetic import examples_from
-from services.learning.trainer import OnlineTrainer
-from services.pointer.base import channel_name, history_key, pointer_key, servers_key
+from services.learning.config import load_config
+from services.pointer.base import channel_name, pointer_key, servers_key
 from services.server.loader import StoreLoader
 from services.server.routing import routes_to_canary
 from services.stack import EmbeddedStack
-from services.stack.binaries import redis_binary
-from services.stack.process import ChildProcess, free_port
+from services.stack.process import free_port
 from tests.integration._procs import read_topic
+from tests.integration._serving import (
+    CONFIG,
+    MODEL,
+    Server,
+    Versions,
+    predict_instances,
+    reported_ts,
+    server_env,
+    set_pointer,
+    start_redis,
+    train_versions,
+)
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
 
-MODEL = "river-logreg"
-CONFIG = example_path("river_logreg")
-SERVE = [sys.executable, "-c", "from services.cli import main; main()", "serve"]
-
-
-@dataclass
-class Versions:
-    store: Path
-    names: list[str]
-
 
 @pytest.fixture
 def versions(tmp_path: Path) -> Versions:
-    """Three checkpoints of the shipped river example, trained on more data each time."""
-    store = tmp_path / "store"
-    config = load_config(CONFIG).model(MODEL)
-    sink = CheckpointerSink(
-        Checkpointer(
-            CheckpointStore(StoreConfig(root=store, fsync=False)),
-            CheckpointerConfig(async_saves=False),
-        )
-    )
-    trainer = OnlineTrainer(config, sink)
-    names = []
-    exs = list(examples_from(datasets.Phishing(), MODEL, limit=600))
-    for i, ex in enumerate(exs):
-        trainer.process(ex, topic="training-examples", partition=0, offset=i)
-        if i in (199, 399, 599):
-            names.append(trainer.checkpoint("manual", "test").version)
-    return Versions(store, names)
-
-
-def set_pointer(
-    client: redis.Redis[str],
-    prefix: str,
-    epoch: int,
-    *,
-    publish: bool = True,
-    history: tuple[str, ...] = (),
-    **fields: str,
-) -> None:
-    """Write the pointer as the contract's writer would (one MULTI), then hint."""
-    values = {"live": "", "previous": "", "canary": "", "canary_percent": "0", "shadow": ""}
-    values |= fields | {"epoch": str(epoch)}
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(pointer_key(prefix, MODEL), mapping=values)
-    pipe.delete(history_key(prefix, MODEL))
-    if history:
-        pipe.rpush(history_key(prefix, MODEL), *history)
-    pipe.execute()
-    if publish:
-        client.publish(channel_name(prefix, MODEL), str(epoch))
-
-
-class Server:
-    """One ``driftloop serve`` subprocess and an HTTP client for it."""
-
-    def __init__(self, env: dict[str, str], store: Path, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        self.server_id = f"it-{self.port}"
-        argv = [*SERVE, "--config", str(CONFIG), "--store", str(store)]
-        argv += ["--port", str(self.port), "--server-id", self.server_id]
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30.0)
-
-    def get(self, path: str) -> httpx.Response:
-        return self.http.get(path)
-
-    def predict(self, instances: list[dict[str, Any]]) -> httpx.Response:
-        return self.http.post(f"/v1/models/{MODEL}:predict", json={"instances": instances})
-
-    def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = self.get(f"/v1/models/{MODEL}").json()
-        return body
-
-    def wait(self, cond: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                if cond():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM and wait; the exit status (uvicorn re-raises SIGTERM after a
-        graceful shutdown, so -15 is a clean stop when the log says so)."""
-        self.http.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return -9
-        return self.proc.returncode
+    return train_versions(tmp_path / "store")
 
 
 @pytest.fixture
@@ -160,37 +58,6 @@ def servers() -> Iterator[list[Server]]:
     yield started
     for s in started:
         s.stop()
-
-
-def server_env(sandbox: Sandbox, store: Path, redis_url: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(sandbox.stack.env())
-    env.update(
-        {
-            "DRIFTLOOP_REDIS_URL": redis_url,
-            "DRIFTLOOP_REDIS_KEY_PREFIX": sandbox.redis.key_prefix,
-            "DRIFTLOOP_REDIS_SOCKET_TIMEOUT_S": "1",
-            "DRIFTLOOP_TOPIC_PREFIX": sandbox.topics.prefix,
-            "DRIFTLOOP_STORE_ROOT": str(store),
-            "DRIFTLOOP_SERVER_POLL_INTERVAL_S": "0.5",
-            "DRIFTLOOP_SERVER_REPORT_INTERVAL_S": "0.5",
-            "DRIFTLOOP_SERVER_SPOOL_DIR": str(store.parent / f"spool-{uuid.uuid4().hex[:8]}"),
-        }
-    )
-    env.update(extra)
-    return env
-
-
-def reported_ts(client: redis.Redis[str], prefix: str, server_id: str) -> int:
-    raw = client.hget(servers_key(prefix, MODEL), server_id)
-    return 0 if raw is None else int(json.loads(raw)["ts"])
-
-
-def _instances(n: int, prefix: str) -> list[dict[str, Any]]:
-    exs = list(examples_from(datasets.Phishing(), MODEL, limit=n))
-    return [
-        {"request_id": f"{prefix}-{i}", "features": dict(e.features)} for i, e in enumerate(exs)
-    ]
 
 
 def test_serve_loads_live_follows_changes_and_logs_every_prediction(
@@ -211,7 +78,7 @@ def test_serve_loads_live_follows_changes_and_logs_every_prediction(
     servers.append(server)
     server.wait(lambda: server.get("/readyz").status_code == 200, "ready")
 
-    instances = _instances(20, "a")
+    instances = predict_instances(20, "a")
     r = server.predict(instances)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -301,7 +168,7 @@ def test_serve_keeps_serving_while_redis_is_away_and_catches_up(
         try:
             server.wait(lambda: server.status()["pointer_error"] is not None, "pointer unreadable")
             for i in range(5):
-                r = server.predict(_instances(3, f"paused{i}"))
+                r = server.predict(predict_instances(3, f"paused{i}"))
                 assert r.status_code == 200, r.text
                 assert r.json()["model_version"] == v1
             assert server.get("/readyz").status_code == 200
@@ -315,7 +182,7 @@ def test_serve_keeps_serving_while_redis_is_away_and_catches_up(
 
         # Redis restarted empty: the server keeps its versions; a lower epoch never applies.
         client.flushall()
-        assert server.predict(_instances(2, "empty")).json()["model_version"] == v2
+        assert server.predict(predict_instances(2, "empty")).json()["model_version"] == v2
         set_pointer(client, prefix, 1, live=v3)
         written_ms = time.time_ns() // 1_000_000
         # Reports follow checks in the server's loop: one 1.2 s newer than the write
@@ -332,29 +199,9 @@ def test_serve_keeps_serving_while_redis_is_away_and_catches_up(
         status = server.status()
         assert status["live"] == v1
         assert v3 not in status["resident"]
-        assert server.predict(_instances(2, "after")).json()["model_version"] == v1
+        assert server.predict(predict_instances(2, "after")).json()["model_version"] == v1
         client.close()
         assert server.stop() in (0, -signal.SIGTERM)
-
-
-def _start_redis(port: int, workdir: Path) -> ChildProcess:
-    """A redis-server of this test's own, no persistence: a restart comes back empty."""
-    workdir.mkdir(exist_ok=True)
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir), "--daemonize", "no"]
-    child = ChildProcess("redis", argv, workdir / f"redis-{port}.log", port)
-    client: redis.Redis[str] = redis.Redis(port=port, decode_responses=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or child.exit_code() is not None:
-                raise AssertionError(child.output_tail()) from None
-            time.sleep(0.05)
-    client.close()
-    return child
 
 
 def test_serve_survives_a_redis_restart_and_hears_the_channel_again(
@@ -367,7 +214,7 @@ def test_serve_survives_a_redis_restart_and_hears_the_channel_again(
     prefix = sandbox.redis.key_prefix
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    child = _start_redis(port, tmp_path / "redis")
+    child = start_redis(port, tmp_path / "redis")
     try:
         client: redis.Redis[str] = redis.Redis(port=port, decode_responses=True)
         set_pointer(client, prefix, 1, live=v1)
@@ -378,12 +225,12 @@ def test_serve_survives_a_redis_restart_and_hears_the_channel_again(
 
         child.stop()  # Redis gone
         for i in range(3):
-            r = server.predict(_instances(2, f"down{i}"))
+            r = server.predict(predict_instances(2, f"down{i}"))
             assert (r.status_code, r.json()["model_version"]) == (200, v1)
 
-        child = _start_redis(port, tmp_path / "redis")  # back, empty
+        child = start_redis(port, tmp_path / "redis")  # back, empty
         assert client.hgetall(pointer_key(prefix, MODEL)) == {}
-        assert server.predict(_instances(2, "empty")).json()["model_version"] == v1
+        assert server.predict(predict_instances(2, "empty")).json()["model_version"] == v1
         set_pointer(client, prefix, 1, publish=False, live=v1)  # restored from version-events
 
         # The listener resubscribes on its own; then one message makes the server look.
@@ -396,7 +243,7 @@ def test_serve_survives_a_redis_restart_and_hears_the_channel_again(
         set_pointer(client, prefix, 2, live=v2, previous=v1, history=(v1,))
         # Well under the 60 s epoch check: only the channel message can explain it.
         server.wait(lambda: server.status()["epoch"] == 2, "the promote heard on the channel", 40)
-        assert server.predict(_instances(1, "after")).json()["model_version"] == v2
+        assert server.predict(predict_instances(1, "after")).json()["model_version"] == v2
         client.close()
     finally:
         child.stop()

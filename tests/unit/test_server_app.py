@@ -196,6 +196,7 @@ def test_status_and_metrics_report_the_applied_epoch() -> None:
         "resident": ["v1", "v2", "v3"],
         "last_error": None,
         "pointer_error": None,
+        "pointer_missing": False,
         "server": "test-server",
     }
     text = client.get("/metrics").text
@@ -365,3 +366,17 @@ def test_a_version_that_fails_its_warm_up_is_never_swapped_in() -> None:
     status = client.get("/v1/models/m").json()
     assert (status["epoch"], status["live"]) == (1, "v1")
     assert "segfault-ish" in status["last_error"]["error"]
+
+
+def test_a_pointer_gone_from_redis_is_shown_and_the_applied_version_keeps_serving() -> None:
+    h = harness()
+    client = _ready(h)
+    h.reader.states["m"] = None  # Redis flushed
+    h.follower.check("m")
+    status = client.get("/v1/models/m").json()
+    assert (status["pointer_missing"], status["epoch"], status["live"]) == (True, 1, "v1")
+    r = client.post("/v1/models/m:predict", json={"instances": _instances(1)})
+    assert r.json()["model_version"] == "v1"
+    h.reader.states["m"] = pointer(1, live="v1")  # restored: same epoch
+    h.follower.check("m")
+    assert client.get("/v1/models/m").json()["pointer_missing"] is False

@@ -1,11 +1,14 @@
-"""How a model server reads the pointer hash's string fields (services.pointer.base formats)."""
+"""How the pointer hash's string fields parse (services.pointer.base formats).
+
+One parser for writers and model servers: services.pointer.redis.parse_state.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from services.pointer.base import PointerError, PointerState
-from services.server.redis_pointer import parse_pointer
+from services.pointer.redis import parse_state as parse_pointer
 from services.server.routing import routes_to_canary
 
 
