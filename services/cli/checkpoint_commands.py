@@ -30,9 +30,9 @@ from schemas.errors import CheckpointNotFoundError, CheckpointSignatureError, Dr
 from schemas.manifest import TRIGGERS
 from services.checkpoints.catalog import CheckpointRecord
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.health import dangling_pins, quarantined_version, unloadable
 from services.checkpoints.opener import open_store
 from services.checkpoints.retention import best_mode
+from services.checkpoints.scan import quarantined_version
 from services.checkpoints.store import CheckpointStore, now_ms
 from services.pointer.factory import references_from_env
 
@@ -516,6 +516,9 @@ def verify(model: ModelOpt = None, store: StoreOpt = None, json: JsonOpt = False
                         }
                     )
             # Every version that cannot be loaded, children of a broken chain included.
+            # (health loads state, so torch: imported here, not for every command.)
+            from services.checkpoints.health import dangling_pins, unloadable
+
             listed = {p["version"] for p in problems if p["model"] == m}
             listed |= {quarantined_version(m, q.name) for q in s.quarantined(m)}
             problems += [
