@@ -44,11 +44,11 @@ Rules (``JoinerConfig`` names the knobs; the clocks are explained in
   duplicate nor is dead-lettered as one of it. When the request's window
   closes the shadow log is counted (:attr:`JoinStats.shadows_closed`) and
   dropped without a dead letter (scoring shadows is the gateway's work);
-  one that comes after the window closed is remembered and dropped the same
-  way. A second shadow log for the request (another event_id) is a
-  ``duplicate`` of field ``request_id``; a shadow log too far behind its
-  topic's watermark is ``late``, as every event is; a repeat of its
-  event_id is a duplicate like any repeat.
+  one that comes after the window closed, and a second shadow log for the
+  request (another event_id; which of two comes first depends on the read
+  order), are remembered and dropped the same way. A shadow log too far
+  behind its topic's watermark is ``late``, as every event is; a repeat of
+  its event_id is a duplicate like any repeat.
 - ``example_id = training_example_id(request_id, feedback_event_id)``; the
   example's ``event_id`` is the example_id. Its ``ts`` is the event time at
   which it was decided, from the events alone: ``max(inference.ts,
@@ -250,7 +250,7 @@ class AttributionJoiner:
             self._duplicate(log, source, out)
             return out
         if log.route == "shadow":
-            out.extend(self._on_shadow(entry, log, source))
+            out.extend(self._on_shadow(entry, log, source, partition))
             self._publish_gauges()
             return out
         served = None
@@ -287,24 +287,26 @@ class AttributionJoiner:
         return out
 
     def _on_shadow(
-        self, entry: PendingRequest | None, log: InferenceLog, source: SourceRef
+        self, entry: PendingRequest | None, log: InferenceLog, source: SourceRef, partition: int
     ) -> list[Outcome]:
         """Keep ``log``, a shadow log of its request (see the module rules)."""
         held = None
         if entry is not None:
             held = entry.shadow.event_id if entry.shadow else entry.closed_shadow_id
-        if entry is not None and held is not None:
-            self._remember(entry, log)
-            reason = f"request already has shadow log {held}"
-            return [self._reject("duplicate", reason, log, source, field="request_id")]
         self.stats.shadow_logs += 1
+        if entry is not None and held is not None:
+            # a second one: which of two shadow logs comes first is the read
+            # order's (they may sit on different partitions), so neither is refused
+            self._remember(entry, log)
+            self.stats.shadows_closed += 1
+            return []
         if entry is not None and entry.status == "closed":
             entry.closed_shadow_id = log.event_id  # so a second one is told apart
             self._remember(entry, log)
             self.stats.shadows_closed += 1
             return []
         if entry is None:
-            entry = self._new_entry(log.request_id, source.partition)
+            entry = self._new_entry(log.request_id, partition)
             entry.deadline = log.ts + self.config.horizon_ms
         else:
             self._count(entry, -1)
