@@ -38,6 +38,31 @@ return with changelog writes still buffered). A worker killed after sending an e
 before that commit has its records replayed by the next owner, which may send
 the example again with the same ``example_id``; the trainer drops repeats.
 
+The committed offsets are not trusted to be behind the join, though: across
+kill -9, now and then an input record's offset was committed although the
+record never reached the agent, and its pair was lost (issue 9). faust counts
+offsets it never delivered as acknowledged (its "gaps", and a missing record
+right at the committed offset, see ``Consumer._new_offset``), so one record
+skipped on its way to the agent is committed past. So the table itself
+records, per input topic partition, the next offset the join has handled
+(``\x00offset:<topic>:<partition>``, written last among each record's
+held-back changes, :meth:`TablePendingStore.flush`), and that offset, not the
+group's, is the truth:
+
+- every record is judged against it (:mod:`streams.frontier`): one delivered
+  past it reveals skipped records; the agent counts it
+  (:attr:`JoinStats.skips`), logs it, and seeks the partition back to it, so
+  the skipped records are read again;
+- at every assignment, after the table's recovery, :meth:`on_rebalance`
+  reads it for each owned input partition, and faust's seek to committed
+  offsets never goes past it (:class:`streams.kafka_compat.InputFloor`):
+  a committed offset beyond the table's is sought back to it, counted
+  (:attr:`JoinStats.rewinds`) and logged with both offsets.
+
+Records read again that the table already reflects are known by their
+event_ids and change nothing. State written before these offsets were kept
+(a watermark, no offset) is taken as it is: nothing is rewound there.
+
 The state a new owner restores can be *ahead* of the committed offsets
 (changelog writes that landed after the last commit); the replayed records
 are then known by their event_ids and change nothing. That is only safe if
@@ -78,10 +103,11 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import faust
+from aiokafka import errors as aiokafka_errors
 
 from schemas.codec import encode
 from schemas.errors import SchemaError
@@ -105,7 +131,9 @@ from services.attribution.routing import ROUTE_HEADER, Forward, Marker, parse_ro
 from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
 from services.kafka import ensure_topics, topic_configs
+from streams import kafka_compat
 from streams.app import make_app, make_worker
+from streams.frontier import Frontier
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +144,8 @@ Send = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | Non
 
 #: Table keys that are not request ids start with this character.
 _META = "\x00"
+#: Prefix of the keys holding the next offset of an input partition the table accounts for.
+_OFFSET = f"{_META}offset:"
 TABLE_NAME = "join-pending"
 
 
@@ -182,9 +212,28 @@ class TablePendingStore:
     def put_watermark(self, partition: int, input: str, ts: int) -> None:
         self._writes[f"{_META}watermark:{partition}:{input}"] = str(ts).encode()
 
+    def get_handled(self, topic: str, partition: int) -> int | None:
+        """The next offset of input ``topic[partition]`` the table accounts for
+        (None: no record of it handled since offsets were kept)."""
+        raw = self._read(f"{_OFFSET}{topic}:{partition}")
+        return None if raw is None else int(raw)
+
+    def put_handled(self, topic: str, partition: int, offset: int) -> None:
+        """Record that the join handled ``topic[partition]`` up to ``offset``
+        (exclusive), with the record's other held-back changes; written last
+        at :meth:`flush`, after them."""
+        self._writes[f"{_OFFSET}{topic}:{partition}"] = str(offset).encode()
+
+    def knows_input(self, partition: int, input: str) -> bool:
+        """Whether the table holds a watermark of ``input`` on ``partition``,
+        which the join writes with the first record it handles there."""
+        return self.get_watermark(partition, input) is not None
+
     def flush(self) -> None:
-        """Write the held-back changes to the table, so to its changelog."""
-        for key, value in self._writes.items():
+        """Write the held-back changes to the table, so to its changelog;
+        handled offsets last, after the state they account for."""
+        writes = sorted(self._writes.items(), key=lambda item: item[0].startswith(_OFFSET))
+        for key, value in writes:
             if value is not None:
                 self.table[key] = value
             elif key in self.table:
@@ -248,8 +297,13 @@ class JoinerWorker:
         # must never overtake the forwards of a record it accounts for
         self._turn = asyncio.Lock()
         self._handled: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
+        #: How far the table accounts for each owned input partition; read by
+        #: the consumer thread on every seek to committed offsets (:meth:`floor`).
+        self.frontier = Frontier()
         app.agent(self.source, name="attribution-joiner")(self._agent)
+        app.on_partitions_revoked.connect(self.on_revoked)
         app.on_rebalance_complete.connect(self.on_rebalance)
+        kafka_compat.set_input_floor(app, self)
         interval = min(1.0, config.idle_ms / 4000) if config.idle_ms > 0 else 1.0
         timer: Callable[[], Awaitable[None]] = self.tick
         app.timer(interval, name="attribution-joiner-tick")(timer)
@@ -307,25 +361,86 @@ class JoinerWorker:
                 self._input(tp.topic, tp.partition), tp.partition, caught_up
             )
 
+    async def on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Called by faust when partitions are revoked: forget every floor until
+        the next assignment's table is recovered (:meth:`on_rebalance`)."""
+        self.frontier.clear()
+
     async def on_rebalance(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Called by faust once a rebalance's table recovery is complete and
-        before streams resume: rebuild the joiner's index for the partitions
-        now owned. A failure here is logged by faust and fails the worker."""
-        owned = {
-            tp.partition
-            for tp in self.app.assignor.assigned_actives()
-            if tp.topic == self.topics.inference_logs
-        }
+        before streams resume (and before faust seeks them to their committed
+        offsets): rebuild the joiner's index for the partitions now owned, and
+        read from the table how far it accounts for each owned input partition
+        (:meth:`floor`). A failure here is logged by faust and fails the worker."""
+        actives = sorted(self.app.assignor.assigned_actives())
+        owned = {tp.partition for tp in actives if tp.topic == self.topics.inference_logs}
         self._handled.clear()
+        floors = self.read_floors(actives)
         self.joiner.rebalance(owned)
         self.routed.schedule.forget()  # tell the other partitions again
+        log.info(
+            "joiner table accounts for input up to %s (records dropped as fetched before a"
+            " seek so far: %d)",
+            ", ".join(f"{t}[{p}]={o}" for (t, p), o in sorted(floors.items())) or "nothing",
+            getattr(self.app.consumer, "dropped_stale", 0),
+        )
         log.info("joiner owns partitions %s: %s", sorted(owned), self.stats.snapshot())
+
+    def read_floors(self, actives: Iterable[Any]) -> dict[tuple[str, int], int]:
+        """Read from the table how far it accounts for each input partition in
+        ``actives`` (:func:`table_floor`); these become the floors (:meth:`floor`)."""
+        floors: dict[tuple[str, int], int] = {}
+        for tp in actives:
+            if tp.topic in (self.topics.inference_logs, self.topics.feedback):
+                floor = table_floor(
+                    self.store, tp.topic, tp.partition, self._input(tp.topic, tp.partition)
+                )
+                if floor is not None:
+                    floors[(tp.topic, tp.partition)] = floor
+        self.frontier.reset(floors)
+        return floors
+
+    def floor(self, tp: Any) -> int | None:
+        """:class:`streams.kafka_compat.InputFloor`: the next offset of ``tp``
+        the table accounts for (the consumer thread never seeks past it)."""
+        return self.frontier.floor((tp.topic, tp.partition))
+
+    def rewound(self, tp: Any, committed: int, floor: int) -> None:
+        """:class:`streams.kafka_compat.InputFloor`: ``tp``'s committed offset was
+        past what the table accounts for, and it was sought back: counted
+        (:attr:`JoinStats.rewinds`) and logged. Called on the consumer thread."""
+        self.stats.rewinds += 1
+        log.warning(
+            "joiner: %s[%d] committed at %d but its table accounts for it only up to %d:"
+            " %d record(s) committed without being joined, read again (rewind %d)",
+            tp.topic,
+            tp.partition,
+            committed,
+            floor,
+            committed - floor,
+            self.stats.rewinds,
+        )
 
     async def _agent(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             message = event.message
             record = RawRecord.of(message)
-            self._handled[(record.topic, record.partition)] = record.offset + 1
+            where = (record.topic, record.partition)
+            verdict = self.frontier.admit(where, record.offset)
+            if verdict == "drop":  # queued before a rewind's seek: read again
+                continue
+            if verdict == "rewind":
+                await self._rewind_skipped(message.tp, record.offset)
+                continue
+            if verdict == "accept":
+                log.warning(
+                    "joiner: %s[%d] has no records below %d since %s: a gap in the topic",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    self.frontier.floor(where),
+                )
+            self._handled[where] = record.offset + 1
             async with self._turn:
                 try:
                     for out in self.handle(record, message.headers):
@@ -333,8 +448,39 @@ class JoinerWorker:
                 except BaseException:
                     self.store.discard()  # a send failed: keep the state that matches Kafka
                     raise
-                self.store.flush()  # state after its outputs: see "Delivery"
+                self.handled(record)  # state after its outputs: see "Delivery"
             yield None
+
+    def handled(self, record: RawRecord) -> None:
+        """Write ``record``'s state changes, after its outputs went to the
+        producer, and with them the next offset of its partition the table
+        accounts for (see "Delivery")."""
+        known = self.store.get_handled(record.topic, record.partition)
+        floor = self.frontier.handled((record.topic, record.partition), record.offset, known)
+        self.store.put_handled(record.topic, record.partition, floor)
+        self.store.flush()
+
+    async def _rewind_skipped(self, tp: Any, offset: int) -> None:
+        """The stream delivered ``tp`` at ``offset``, past what the table accounts
+        for: records were skipped on their way to the agent. Count and log it,
+        and seek ``tp`` back to the table's offset (see :mod:`streams.frontier`)."""
+        floor = self.frontier.floor((tp.topic, tp.partition))
+        assert floor is not None  # noqa: S101 - Frontier rewinds only past a known floor; narrows the type
+        self.stats.skips += 1
+        log.warning(
+            "joiner: %s[%d] delivered offset %d but its table accounts for it only up to %d:"
+            " %d record(s) skipped by delivery, read again (skip %d)",
+            tp.topic,
+            tp.partition,
+            offset,
+            floor,
+            offset - floor,
+            self.stats.skips,
+        )
+        try:
+            await self.app.consumer.seek(tp, floor)
+        except aiokafka_errors.IllegalStateError as exc:  # revoked: the next owner rewinds
+            log.warning("joiner: seeking %s[%d] back to %d failed: %r", *tp, floor, exc)
 
     async def _deliver(self, out: Send) -> None:
         kind, key, value, partition, headers = out
@@ -448,6 +594,18 @@ class JoinerWorker:
             value_sha256=digest,
         )
         return ("dead_letters", letter.source_topic.encode(), encode(letter), None, None)
+
+
+def table_floor(store: TablePendingStore, topic: str, partition: int, input: str) -> int | None:
+    """The next offset of ``topic[partition]`` (input ``input``) the table
+    accounts for: the handled offset it records; 0 when it holds nothing of
+    that input at all (no handled offset, no watermark: it has joined none of
+    its records); None, unknown, for state written before handled offsets
+    were kept (a watermark but no offset)."""
+    handled = store.get_handled(topic, partition)
+    if handled is not None:
+        return handled
+    return None if store.knows_input(partition, input) else 0
 
 
 def source_of(record: RawRecord, event: InferenceLog | FeedbackEvent) -> SourceRef:

@@ -57,6 +57,12 @@ as aiokafka drops the records it buffered for a partition when it is
 sought. faust's seek to committed offsets (and the rewind above) counts too,
 for the joiner's inputs.
 
+A floor under the seek to committed offsets: an app whose state records how
+far it handled each input partition registers an :class:`InputFloor`
+(:func:`set_input_floor`; the joiner does), and no input partition is sought
+past it: a committed offset beyond it (records committed but never handled)
+is sought back to it and reported.
+
 :func:`install` puts the transport on a faust app; :func:`streams.app.make_app`
 does that for every ``kafka://`` app.
 """
@@ -67,10 +73,11 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 from aiokafka import errors as aiokafka_errors
+from aiokafka import structs as aiokafka_structs
 from aiokafka.protocol.fetch import FetchRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -133,6 +140,46 @@ async def fetch_high_watermarks(consumer: Any, ends: Mapping[TP, int]) -> dict[T
                         error_code,
                     )
     return found
+
+
+class InputFloor(Protocol):
+    """The offsets up to which an app's own state accounts for its input.
+
+    An app whose state records, per input partition, the next offset it
+    handled (the joiner's table) registers one with :func:`set_input_floor`.
+    On every seek to committed offsets the consumer thread asks :meth:`floor`
+    for each assigned partition and, where the committed offset is beyond it,
+    seeks to the floor instead (:func:`rewind_target`) and reports the rewind
+    to :meth:`rewound`. Both are called on the consumer thread: they must
+    only read (and count) plain values.
+    """
+
+    def floor(self, tp: TP) -> int | None:
+        """The next offset of ``tp`` the app's state accounts for (None: unknown)."""
+        ...
+
+    def rewound(self, tp: TP, committed: int, floor: int) -> None:
+        """``tp`` was sought to ``floor``, back from its ``committed`` offset."""
+        ...
+
+
+def rewind_target(committed: int, floor: int | None) -> int:
+    """Where a partition committed at ``committed`` is sought when the app's
+    state accounts for it up to ``floor``: never past the floor, so records
+    committed but never handled are read again; a floor ahead of the committed
+    offset (state written after the last commit) changes nothing, the
+    replayed records are known to the state."""
+    if floor is None or floor >= committed:
+        return committed
+    return max(floor, 0)
+
+
+def set_input_floor(app: faust.App, floor: InputFloor | None) -> None:
+    """Make ``floor`` bound every seek to committed offsets of ``app``'s consumer
+    (see :class:`InputFloor`). A no-op for apps not on :class:`HighwaterTransport`."""
+    transport = app.transport
+    if isinstance(transport, HighwaterTransport):
+        transport.input_floor = floor
 
 
 class SoughtRecords(dict[TP, list[Any]]):
@@ -206,17 +253,36 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         """aiokafka's ``seek_to_committed`` plus :meth:`_rewind_uncommitted`, with
         every position changed at once after the committed offsets are read
         (aiokafka seeks each partition between the reads, so a batch drained
-        in between would mix sought and unsought partitions)."""
+        in between would mix sought and unsought partitions), and never past
+        the app's :class:`InputFloor`. Returns the offsets sought to (faust
+        sets its read and committed offsets from them) and logs them."""
         consumer = self._ensure_consumer()
         committed: dict[TP, int | None] = {}
         for tp in consumer.assignment():
             committed[tp] = await consumer.committed(tp)
+        floor = getattr(self.transport, "input_floor", None)
+        targets = dict(committed)
         for tp, offset in committed.items():
             if offset and offset > 0:
+                handled = floor.floor(tp) if floor is not None else None
+                target = rewind_target(offset, handled)
+                if floor is not None and handled is not None and target != offset:
+                    floor.rewound(tp, offset, handled)
+                    targets[tp] = target
                 self._sought(tp)
-                consumer.seek(tp, offset)
+                consumer.seek(tp, target)
         await self._rewind_uncommitted(committed)
-        return committed
+        log.info(
+            "seek to committed offsets: %s (dropped %d records fetched before a seek so far)",
+            ", ".join(
+                f"{tp.topic}[{tp.partition}]={committed[tp]}"
+                + (f"->{targets[tp]}" if targets[tp] != committed[tp] else "")
+                for tp in sorted(committed)
+                if self.app.topics.acks_enabled_for(tp.topic)
+            ),
+            getattr(self.consumer, "dropped_stale", 0),
+        )
+        return targets
 
     async def _rewind_uncommitted(self, committed: Mapping[TP, int | None]) -> None:
         """Seek the app's input partitions that aiokafka's ``seek_to_committed``
@@ -243,6 +309,21 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         elif policy == "latest":
             await consumer.seek_to_end(*uncommitted)
         log.debug("rewound %s to the %s offset (nothing committed)", uncommitted, policy)
+
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        """faust's livelock check of ``tp``, skipped while the partition has no
+        position yet (assigned and not yet sought, or awaiting its offset
+        reset): faust reads aiokafka's ``position`` there, which asserts one
+        exists, and the ``AssertionError`` crashed a worker while its input
+        was being sought to committed offsets (measured in the worker kill test)."""
+        consumer = self._ensure_consumer()
+        assignment = consumer._fetcher._subscriptions.subscription
+        state = None
+        if assignment is not None:
+            aiotp = aiokafka_structs.TopicPartition(tp.topic, tp.partition)
+            state = assignment.assignment.state_value(aiotp)
+        if state is not None and state.has_valid_position:
+            super().verify_event_path(now, tp)
 
     async def _fetch_records(
         self,
@@ -345,6 +426,9 @@ class HighwaterTransport(faust_aiokafka.Transport):
 
     Consumer = HighwaterConsumer
     Producer = DurableProducer
+
+    #: Bounds seeks to committed offsets (:func:`set_input_floor`); None: none.
+    input_floor: InputFloor | None = None
 
 
 def install(app: faust.App) -> None:

@@ -34,8 +34,21 @@ Rules (``JoinerConfig`` names the knobs; the clocks are explained in
   not change its example_id.
 - A window closing without feedback is dropped or emitted with the default
   label (``label_is_default``), per ``no_feedback_policy``.
-- A second inference log for a request (another event_id) is a
-  ``duplicate`` of field ``request_id``, open or closed.
+- One inference log per route for a request: its live or canary log (route
+  ``live``, ``canary`` or none) is the one that makes the training example,
+  and a second one (another event_id) is a ``duplicate`` of field
+  ``request_id``, open or closed. A shadow log (``route="shadow"``), from
+  the shadow slot answering the same request for scoring, is kept beside it
+  (:attr:`PendingRequest.shadow`) whichever comes first: it never makes a
+  training example, never receives the feedback, never makes the live log a
+  duplicate nor is dead-lettered as one of it. When the request's window
+  closes the shadow log is counted (:attr:`JoinStats.shadows_closed`) and
+  dropped without a dead letter (scoring shadows is the gateway's work);
+  one that comes after the window closed, and a second shadow log for the
+  request (another event_id; which of two comes first depends on the read
+  order), are remembered and dropped the same way. A shadow log too far
+  behind its topic's watermark is ``late``, as every event is; a repeat of
+  its event_id is a duplicate like any repeat.
 - ``example_id = training_example_id(request_id, feedback_event_id)``; the
   example's ``event_id`` is the example_id. Its ``ts`` is the event time at
   which it was decided, from the events alone: ``max(inference.ts,
@@ -236,6 +249,10 @@ class AttributionJoiner:
         if entry is not None and entry.has_seen(log.event_id):
             self._duplicate(log, source, out)
             return out
+        if log.route == "shadow":
+            out.extend(self._on_shadow(entry, log, source, partition))
+            self._publish_gauges()
+            return out
         served = None
         if entry is not None:
             served = entry.inference.event_id if entry.inference else entry.closed_inference_id
@@ -268,6 +285,37 @@ class AttributionJoiner:
         self._save(entry)
         self._publish_gauges()
         return out
+
+    def _on_shadow(
+        self, entry: PendingRequest | None, log: InferenceLog, source: SourceRef, partition: int
+    ) -> list[Outcome]:
+        """Keep ``log``, a shadow log of its request (see the module rules)."""
+        held = None
+        if entry is not None:
+            held = entry.shadow.event_id if entry.shadow else entry.closed_shadow_id
+        self.stats.shadow_logs += 1
+        if entry is not None and held is not None:
+            # a second one: which of two shadow logs comes first is the read
+            # order's (they may sit on different partitions), so neither is refused
+            self._remember(entry, log)
+            self.stats.shadows_closed += 1
+            return []
+        if entry is not None and entry.status == "closed":
+            entry.closed_shadow_id = log.event_id  # so a second one is told apart
+            self._remember(entry, log)
+            self.stats.shadows_closed += 1
+            return []
+        if entry is None:
+            entry = self._new_entry(log.request_id, partition)
+            entry.deadline = log.ts + self.config.horizon_ms
+        else:
+            self._count(entry, -1)
+            if entry.inference is None:  # never sooner than its feedback waits
+                entry.deadline = max(entry.deadline, log.ts + self.config.horizon_ms)
+        entry.shadow = log
+        entry.saw(log)
+        self._save(entry)
+        return []
 
     def on_feedback(
         self,
@@ -532,8 +580,12 @@ class AttributionJoiner:
         if entry.inference is not None:
             entry.closed_inference_id = entry.inference.event_id
             entry.closed_inference_ts = entry.inference.ts
+        if entry.shadow is not None:  # kept for scoring only: dropped, no dead letter
+            self.stats.shadows_closed += 1
+            entry.closed_shadow_id = entry.shadow.event_id
         entry.status = "closed"
         entry.inference = None
+        entry.shadow = None
         entry.inference_source = None
         entry.feedback = []
         entry.deadline = self._forget_at(entry)
@@ -709,7 +761,7 @@ class AttributionJoiner:
     def _count(self, entry: PendingRequest, sign: int) -> None:
         if entry.status == "closed":
             kind = "closed_remembered"
-        elif entry.inference is not None:
+        elif entry.inference is not None or entry.shadow is not None:
             kind = "pending_inferences"
         else:
             kind = "pending_feedback"

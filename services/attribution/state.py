@@ -9,9 +9,10 @@ seen for it, and its lifecycle ``status``:
 ``emitted``  under ``feedback_policy="first"`` the example went out; the entry
              stays until the window closes so that repeats are recognised;
 ``closed``   the window closed; only the ids are kept (a tombstone), with the
-             inference's event_id and ts when it had one, so that late feedback,
-             a second inference log and duplicates are told apart from new
-             requests, until the retention runs out. A tombstone of feedback
+             inference's event_id and ts when it had one (and the shadow
+             log's event_id), so that late feedback, a second inference log
+             and duplicates are told apart from new requests, until the
+             retention runs out. A tombstone of feedback
              that never got its inference (``orphan``) is reopened by later
              feedback or by an inference log: nothing was joined there.
 
@@ -76,7 +77,11 @@ class PendingRequest(BaseModel):
     ``emitted`` entries, the end of retention for ``closed`` ones.
     ``closed_inference_id`` and ``closed_inference_ts`` keep, in a tombstone,
     the inference it had (None for an orphan tombstone); ``max_ts`` is the
-    largest ``ts`` of the events in ``seen_event_ids``.
+    largest ``ts`` of the events in ``seen_event_ids``. ``inference`` is the
+    request's live or canary log, the one that makes its example;
+    ``shadow`` its shadow log (``route="shadow"``), kept for scoring only,
+    and ``closed_shadow_id`` that log's event_id in a tombstone. Entries
+    written before shadow logs were kept have neither and read unchanged.
     """
 
     request_id: str
@@ -92,6 +97,8 @@ class PendingRequest(BaseModel):
     closed_inference_id: str | None = None
     closed_inference_ts: int | None = None
     max_ts: int = 0
+    shadow: InferenceLog | None = None
+    closed_shadow_id: str | None = None
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.seen_event_ids

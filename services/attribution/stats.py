@@ -55,14 +55,23 @@ class JoinStats:
     feedback, dropped); ``late`` (feedback after its window closed);
     ``duplicates`` (an ``event_id`` seen again); ``superseded`` (feedback
     ignored because ``first`` already emitted); ``unmatched`` (feedback whose
-    inference never came); ``idle_releases`` (an idle input partition left out
+    inference never came); ``shadow_logs`` (shadow inference logs kept for
+    a request, never joined) and ``shadows_closed`` (those dropped, without a
+    dead letter, when their request's window closed or because it had
+    closed); ``idle_releases`` (an idle input partition left out
     of its partition's closing watermark, see
     :mod:`services.attribution.expiry`); ``forwarded`` (records read on another
     partition than their request's join partition, sent on through the
-    repartition topic, :mod:`services.attribution.routing`); ``dead_letters``
-    by ``error_kind``.
+    repartition topic, :mod:`services.attribution.routing`); ``rewinds`` (an
+    input partition found committed past the offset the join state accounts
+    for, at an assignment, and read again from there: each one is a record
+    that would have been lost, see ``streams/joiner.py``); ``skips`` (a
+    record delivered past that offset while the worker ran: the records
+    between were skipped on their way to the join, and are read again);
+    ``dead_letters`` by ``error_kind``.
     Gauges: ``pending_inferences`` and ``pending_feedback`` (open requests
-    waiting with an inference / with feedback only) and ``closed_remembered``.
+    waiting with an inference log, shadow logs included / with feedback
+    only) and ``closed_remembered``.
     Latencies of every emitted example, in ms: ``feedback_delay`` in event
     time (the example's ``join_latency_ms``: feedback ``ts`` minus inference
     ``ts``, or the window close for a default label) and ``wall_latency``, the
@@ -80,8 +89,12 @@ class JoinStats:
     duplicates: int = 0
     superseded: int = 0
     unmatched: int = 0
+    shadow_logs: int = 0
+    shadows_closed: int = 0
     idle_releases: int = 0
     forwarded: int = 0
+    rewinds: int = 0
+    skips: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     pending_inferences: int = 0
     pending_feedback: int = 0
@@ -106,8 +119,12 @@ class JoinStats:
             "duplicates": self.duplicates,
             "superseded": self.superseded,
             "unmatched": self.unmatched,
+            "shadow_logs": self.shadow_logs,
+            "shadows_closed": self.shadows_closed,
             "idle_releases": self.idle_releases,
             "forwarded": self.forwarded,
+            "rewinds": self.rewinds,
+            "skips": self.skips,
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "dead_letters_total": sum(self.dead_letters.values()),
             "pending_inferences": self.pending_inferences,
@@ -137,8 +154,12 @@ class JoinStats:
             "duplicates",
             "superseded",
             "unmatched",
+            "shadow_logs",
+            "shadows_closed",
             "idle_releases",
             "forwarded",
+            "rewinds",
+            "skips",
         ):
             metric(f"{name}_total", "counter", getattr(self, name))
         for kind, count in sorted(self.dead_letters.items()):

@@ -98,10 +98,27 @@ def make_records(shape: InputShape, rng: random.Random) -> list[Record]:
 
 
 def skipped_records_explain(lost: list[tuple[str, str, str]], extra: list[tuple[str, str]]) -> bool:
-    """Whether ``lost`` pairs and ``extra`` (request, feedback) pairs are the known
-    open defect (issue 9): an input record committed but never processed across
-    kill -9. A skipped first feedback loses its pair, and a later, superseded
-    feedback of the same request may then be attributed instead, so every extra
-    pair must belong to a request whose pair was lost. Anything else is an
-    invented example."""
+    """Whether ``lost`` pairs and ``extra`` (request, feedback) pairs have the
+    signature of issue 9: an input record committed but never processed across
+    kill -9 (fixed: the kill tests fail on it, and use this to say so). A
+    skipped first feedback loses its pair, and a later, superseded feedback of
+    the same request may then be attributed instead, so every extra pair must
+    belong to a request whose pair was lost. Anything else is an invented
+    example."""
     return bool(lost) and {request for request, _ in extra} <= {pair[0] for pair in lost}
+
+
+#: What the joiner logs when an assignment finds a committed offset past its table's.
+REWIND_MARKER = "committed without being joined, read again"
+#: What the joiner logs when a record is delivered past its table's offset.
+SKIP_MARKER = "skipped by delivery, read again"
+
+
+def rewinds_in(log_text: str) -> list[str]:
+    """The joiner's rewind and skip lines in a worker log: each one records
+    that kill -9 or a skipped delivery would have lost (see ``streams/joiner.py``)."""
+    return [
+        line.strip()
+        for line in log_text.splitlines()
+        if REWIND_MARKER in line or SKIP_MARKER in line
+    ]

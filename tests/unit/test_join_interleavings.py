@@ -11,6 +11,14 @@ out of order by more than grace; topics of different densities) are fed to
 the join in many merges that keep each topic's own order, and every merge
 must give the same training examples (bytes) and the same dead letters
 (record, kind, reason). No idle release is involved (none is reported).
+
+Some requests also have shadow logs (``route="shadow"``, some twice with
+another event_id), on either side of their live or canary log: they must
+never make an example nor a dead letter other than ``late``, and the
+examples and the other records' dead letters must be those of the same
+merge with each shadow log replaced by an inference log of a request nobody
+answers (same ``ts``, so the same watermarks): a shadow log changes nothing
+but itself.
 """
 
 from __future__ import annotations
@@ -72,6 +80,20 @@ def scenarios(draw: st.DrawFn) -> Scenario:
                     ts=ts,
                     features={"x": float(i)},
                     prediction=0.5,
+                    route=rng.choice([None, "live", "canary"]),
+                )
+            )
+        for k in range(rng.choice([0, 0, 1, 1, 2])):  # the shadow slot's answers
+            logs.append(
+                InferenceLog.new(
+                    event_id=f"shadow-{i}-{k}",
+                    request_id=f"r{i}",
+                    model="m",
+                    model_version="v2",
+                    ts=max(0, ts + rng.randint(-GRACE, GRACE)),
+                    features={"x": float(i)},
+                    prediction=0.7,
+                    route="shadow",
                 )
             )
         for k in range(rng.choice([0, 0, 1, 1, 2, 3])):
@@ -124,6 +146,18 @@ def _merge(scenario: Scenario, rng: random.Random, bias: float) -> list[tuple[st
     return order
 
 
+def _without_shadows(scenario: Scenario) -> Scenario:
+    """``scenario`` with each shadow log replaced by a log, at the same ts and
+    place, of its own request that no feedback answers."""
+    logs = [
+        log.model_copy(update={"request_id": f"sink-{log.event_id}", "route": None})
+        if log.route == "shadow"
+        else log
+        for log in scenario.inference
+    ]
+    return Scenario(scenario.config, logs, scenario.feedback)
+
+
 def _join(scenario: Scenario, order: list[tuple[str, int]]) -> tuple[list[bytes], list[tuple]]:
     joiner = AttributionJoiner(scenario.config, InMemoryPendingStore(), clock=lambda: 0)
     outcomes = []
@@ -166,3 +200,16 @@ def test_every_interleaving_joins_the_same_examples_and_dead_letters_the_same_ev
     results = [_join(scenario, order) for order in merges]
     for order, result in zip(merges[1:], results[1:], strict=True):
         assert result == results[0], f"merge {order} differs from {merges[0]}"
+    shadows = {offset for offset, log in enumerate(scenario.inference) if log.route == "shadow"}
+    examples, letters = results[0]
+    assert not any(b'"inference_event_id":"shadow-' in example for example in examples)
+    for topic, offset, kind, reason in letters:  # a shadow log is dead-lettered only as late
+        if topic == "inference-logs" and offset in shadows:
+            assert kind == "late", reason
+    # a shadow log changes nothing but itself
+    sinks = _join(_without_shadows(scenario), merges[0])
+    sink_examples = [e for e in sinks[0] if b'"request_id":"sink-' not in e]
+    assert examples == sink_examples
+    others = [x for x in letters if not (x[0] == "inference-logs" and x[1] in shadows)]
+    sink_others = [x for x in sinks[1] if not (x[0] == "inference-logs" and x[1] in shadows)]
+    assert others == sink_others

@@ -84,3 +84,32 @@ async def test_a_batch_carries_the_seek_counts_as_of_its_fetch() -> None:
     assert aio.positions == {TP("in", 0): 3}
     assert before.seeks == {TP("in", 0): 1}  # type: ignore[attr-defined]
     assert thread.seeks == {TP("in", 0): 2}  # so records of `before` on in[0] are stale
+
+
+class _State:
+    def __init__(self, position: int | None) -> None:
+        self.has_valid_position = position is not None
+
+
+def _positioned_thread(position: int | None) -> HighwaterConsumerThread:
+    thread = _thread()
+    states = {("in", 0): _State(position)}
+    assignment = SimpleNamespace(state_value=lambda tp: states.get((tp.topic, tp.partition)))
+    subscriptions = SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+    thread._consumer = SimpleNamespace(  # type: ignore[assignment]
+        _fetcher=SimpleNamespace(_subscriptions=subscriptions)
+    )
+    return thread
+
+
+def test_the_livelock_check_skips_a_partition_without_a_position(monkeypatch: Any) -> None:
+    """faust's check reads aiokafka's position, which asserts that one exists:
+    a partition assigned and not yet sought crashed the worker."""
+    checked: list[TP] = []
+    parent = HighwaterConsumerThread.__mro__[1]
+    monkeypatch.setattr(parent, "verify_event_path", lambda self, now, tp: checked.append(tp))
+    _positioned_thread(None).verify_event_path(0.0, TP("in", 0))
+    _positioned_thread(None).verify_event_path(0.0, TP("in", 9))  # not in the assignment
+    assert checked == []
+    _positioned_thread(5).verify_event_path(0.0, TP("in", 0))
+    assert checked == [TP("in", 0)]
