@@ -5,7 +5,8 @@ One agent reads ``inference-logs``, ``feedback`` and the internal
 three to one worker), decodes each raw record, hands it to
 :class:`~services.attribution.RoutedJoin` and sends what comes back:
 examples to ``training-examples`` (key: model), refusals and undecodable
-records to ``dead-letters`` (key: source topic), records read on another
+records to ``dead-letters`` (key: source topic) — both through the one event
+publisher (:class:`~services.publish.faust.FaustPublisher`) — records read on another
 partition than their request's join partition to ``join-repartition`` at
 that partition (raw key and value as read, source coordinates in a header).
 Its timer sends the watermark markers the other partitions need
@@ -104,6 +105,7 @@ import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -111,7 +113,7 @@ from aiokafka import errors as aiokafka_errors
 
 from schemas.codec import encode
 from schemas.errors import SchemaError
-from schemas.events import DeadLetter, FeedbackEvent, InferenceLog
+from schemas.events import DeadLetter, FeedbackEvent, InferenceLog, TrainingExample
 from schemas.limits import MAX_PENDING_RAW_BYTES
 from services.attribution import (
     FEEDBACK,
@@ -131,16 +133,29 @@ from services.attribution.routing import ROUTE_HEADER, Forward, Marker, parse_ro
 from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
 from services.kafka import ensure_topics, topic_configs
+from services.publish.faust import FaustPublisher
 from streams import kafka_compat
 from streams.app import make_app, make_worker
 from streams.frontier import Frontier
 
 log = logging.getLogger(__name__)
 
-#: One output of a record: ``(kind, key, value, partition, headers)``; kind
-#: ``examples``, ``dead_letters`` or ``repartition`` (partition and headers
-#: only for the latter).
-Send = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
+
+@dataclass(frozen=True)
+class Forwarded:
+    """An input record forwarded to its join partition of the repartition topic,
+    key and value as read, its first source in the route header."""
+
+    key: bytes | None
+    value: bytes
+    partition: int
+    headers: list[tuple[str, bytes]]
+
+
+#: One output of a record: an example or a dead letter (contract events, sent
+#: through the :class:`~services.publish.faust.FaustPublisher`), or a record
+#: forwarded to the repartition topic (internal, raw).
+Send = TrainingExample | DeadLetter | Forwarded
 
 #: Table keys that are not request ids start with this character.
 _META = "\x00"
@@ -278,8 +293,7 @@ class JoinerWorker:
             value_serializer="raw",
             **raw,
         )
-        self.examples_topic = app.topic(topics.training_examples, value_serializer="raw", **raw)
-        self.dead_letters_topic = app.topic(topics.dead_letters, value_serializer="raw", **raw)
+        self.publisher = FaustPublisher(app, topics)
         self.repartition_topic = app.topic(topics.join_repartition, value_serializer="raw", **raw)
         self.table = app.Table(
             TABLE_NAME,
@@ -483,19 +497,16 @@ class JoinerWorker:
             log.warning("joiner: seeking %s[%d] back to %d failed: %r", *tp, floor, exc)
 
     async def _deliver(self, out: Send) -> None:
-        kind, key, value, partition, headers = out
-        if kind == "repartition":
+        if isinstance(out, Forwarded):
             await self.repartition_topic.send(
-                key=key, value=value, partition=partition, headers=headers
+                key=out.key, value=out.value, partition=out.partition, headers=out.headers
             )
-            return
-        target = self.examples_topic if kind == "examples" else self.dead_letters_topic
-        await target.send(key=key, value=value)
+        else:  # topic and key from the event's type, as every publisher does
+            await self.publisher.send(out)
 
     def handle(self, record: RawRecord, headers: Any = None) -> list[Send]:
-        """Decode one input or repartition record and join it: what to send,
-        ``(kind, key, value, partition, headers)`` with kind ``examples``,
-        ``dead_letters`` or ``repartition``. Never raises for bad input; an
+        """Decode one input or repartition record and join it: what to send
+        (:data:`Send`: examples, dead letters, forwards). Never raises for bad input; an
         unexpected failure of the join itself is dead-lettered as ``processing``.
         Every dead letter carries the record's raw bytes (see :meth:`_send`),
         and that of a forwarded record its first source's coordinates."""
@@ -515,8 +526,7 @@ class JoinerWorker:
         for result in results:
             if isinstance(result, Forward):
                 out.append(
-                    (
-                        "repartition",
+                    Forwarded(
                         record.key,
                         record.value if record.value is not None else b"",
                         result.partition,
@@ -561,19 +571,18 @@ class JoinerWorker:
             return decode_or_dead_letter(InferenceLog, record)
         return decode_or_dead_letter(FeedbackEvent, record)
 
-    def _dead(self, letter: DeadLetter) -> Send:
+    def _dead(self, letter: DeadLetter) -> DeadLetter:
         self.stats.dead_letters[letter.error_kind] += 1
-        return ("dead_letters", letter.source_topic.encode(), encode(letter), None, None)
+        return letter
 
-    def _send(self, outcome: Outcome, current: RawRecord) -> Send:
-        """An outcome as a :data:`Send` to ``examples`` or ``dead_letters``. A
+    def _send(self, outcome: Outcome, current: RawRecord) -> TrainingExample | DeadLetter:
+        """An outcome as the example or dead letter to send. A
         refusal of ``current`` (the record being handled) keeps its key and
         value as read; one of an earlier record (an orphan or late feedback held
         in the pending state) keeps the value its :class:`SourceRef` carried,
         else the canonical encoding, which then *is* the value as it arrived."""
         if isinstance(outcome, Emit):
-            example = outcome.example
-            return ("examples", example.model.encode(), encode(example), None, None)
+            return outcome.example
         source = outcome.source
         if (source.topic, source.partition, source.offset) == (
             current.topic,
@@ -585,7 +594,7 @@ class JoinerWorker:
             value = source.raw if source.raw is not None else outcome.value
             record = RawRecord(source.topic, source.partition, source.offset, outcome.key, value)
             size, digest = source.raw_size, source.raw_sha256
-        letter = dead_letter(
+        return dead_letter(
             record,
             outcome.reason,
             kind=outcome.kind,
@@ -593,7 +602,6 @@ class JoinerWorker:
             value_size=size,
             value_sha256=digest,
         )
-        return ("dead_letters", letter.source_topic.encode(), encode(letter), None, None)
 
 
 def table_floor(store: TablePendingStore, topic: str, partition: int, input: str) -> int | None:

@@ -27,6 +27,7 @@ from services.config import KafkaConfig, TopicsConfig
 from services.deadletters import RawRecord
 from streams.app import make_app
 from streams.joiner import JoinerWorker
+from tests.unit.joiner_sends import wire
 
 MIN = 60_000
 TOPICS = TopicsConfig(partitions=1)  # every request's join partition is 0: nothing forwarded
@@ -84,7 +85,7 @@ def test_every_dead_letter_keeps_the_bytes_sent(worker: JoinerWorker) -> None:
         offset = next(offsets)
         sent[(topic, offset)] = value
         record = RawRecord(topic=topic, partition=0, offset=offset, key=b"k", value=value)
-        for kind, _key, data, _partition, _headers in worker.handle(record):
+        for kind, _key, data, _partition, _headers in wire(worker.handle(record)):
             if kind == "dead_letters":
                 letters.append(decode(DeadLetter, data))
 
@@ -124,7 +125,7 @@ def test_canonical_records_are_not_stored_twice(worker: JoinerWorker) -> None:
     """A record already in driftloop's own encoding keeps no raw copy in the join state."""
     event = decode(FeedbackEvent, feedback_bytes("r", 0))
     record = RawRecord(TOPICS.feedback, 0, 0, b"r", encode(event))
-    assert worker.handle(record) == []
+    assert wire(worker.handle(record)) == []
     store = worker.joiner.store
     assert isinstance(store, InMemoryPendingStore)
     assert b'"raw"' not in store.data["r"]

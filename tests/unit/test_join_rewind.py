@@ -25,6 +25,7 @@ from services.deadletters import RawRecord
 from streams import kafka_compat
 from streams.joiner import JoinerWorker, TablePendingStore, table_floor
 from streams.kafka_compat import HighwaterConsumerThread, HighwaterTransport, rewind_target
+from tests.unit.joiner_sends import wire
 
 T0 = 1_700_000_000_000
 
@@ -197,7 +198,7 @@ def _worker(tmp_path: Path, table: dict[str, bytes]) -> JoinerWorker:
 def _run(worker: JoinerWorker, record: RawRecord) -> list[str]:
     """What the agent does with one record: handle it, send, write its state.
     Returns the example ids it would send."""
-    out = worker.handle(record)
+    out = wire(worker.handle(record))
     worker.handled(record)
     examples = [value for kind, _, value, *_ in out if kind == "examples"]
     return [decode(TrainingExample, value).example_id for value in examples]

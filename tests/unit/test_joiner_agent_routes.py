@@ -17,6 +17,7 @@ from services.attribution.routing import ROUTE_HEADER, parse_route
 from services.config import TopicsConfig
 from services.deadletters import RawRecord
 from streams.joiner import JoinerWorker
+from tests.unit.joiner_sends import wire
 
 TOPICS = TopicsConfig(prefix="x.", partitions=3)
 
@@ -43,8 +44,8 @@ def test_a_misplaced_record_is_forwarded_as_read_and_joined_at_its_partition(
         features={"x": 1.0}, prediction=0.5,
     )  # fmt: skip
     raw = encode(log).replace(b",", b", ")  # not the canonical encoding: kept byte for byte
-    ((kind, key, value, partition, headers),) = worker.handle(
-        RawRecord(TOPICS.inference_logs, 0, 17, b"wrong key", raw)
+    ((kind, key, value, partition, headers),) = wire(
+        worker.handle(RawRecord(TOPICS.inference_logs, 0, 17, b"wrong key", raw))
     )
     assert (kind, key, value, partition) == ("repartition", b"wrong key", raw, 2)
     assert headers is not None
@@ -52,7 +53,7 @@ def test_a_misplaced_record_is_forwarded_as_read_and_joined_at_its_partition(
     assert json.loads(headers[0][1])["topic"] == TOPICS.inference_logs
     assert worker.stats.forwarded == 1
     # read back on repartition partition 2: joined there as inference:0's record
-    assert worker.handle(RawRecord(TOPICS.join_repartition, 2, 0, key, value), headers) == []
+    assert wire(worker.handle(RawRecord(TOPICS.join_repartition, 2, 0, key, value), headers)) == []
     stored = worker.store.get(rid)
     assert stored is not None
     assert stored.partition == 2
@@ -60,7 +61,9 @@ def test_a_misplaced_record_is_forwarded_as_read_and_joined_at_its_partition(
     assert (stored.inference_source.offset, stored.inference_source.raw) == (17, raw)
     assert route.source.partition == 0
     fb = FeedbackEvent.new(event_id="f1", request_id=rid, model="m", ts=1_500, label=1)
-    ((kind, _, value, _, _),) = worker.handle(RawRecord(TOPICS.feedback, 2, 0, None, encode(fb)))
+    ((kind, _, value, _, _),) = wire(
+        worker.handle(RawRecord(TOPICS.feedback, 2, 0, None, encode(fb)))
+    )
     assert kind == "examples"
     assert decode(TrainingExample, value).inference_event_id == "i1"
 
@@ -70,15 +73,15 @@ def test_a_forwarded_record_refused_later_is_dead_lettered_with_its_first_source
 ) -> None:
     rid = _request_on(1)
     fb = FeedbackEvent.new(event_id="f1", request_id=rid, model="m", ts=5, label="x")
-    ((_, _, value, partition, headers),) = worker.handle(
-        RawRecord(TOPICS.feedback, 0, 3, None, encode(fb))
+    ((_, _, value, partition, headers),) = wire(
+        worker.handle(RawRecord(TOPICS.feedback, 0, 3, None, encode(fb)))
     )
-    worker.handle(RawRecord(TOPICS.join_repartition, 1, 0, None, value), headers)
+    wire(worker.handle(RawRecord(TOPICS.join_repartition, 1, 0, None, value), headers))
     log = InferenceLog.new(
         event_id="i1", request_id=rid, model="other", model_version="v1", ts=5,
         features={"x": 1.0}, prediction=0.5,
     )  # fmt: skip
-    out = worker.handle(RawRecord(TOPICS.inference_logs, 1, 0, None, encode(log)))
+    out = wire(worker.handle(RawRecord(TOPICS.inference_logs, 1, 0, None, encode(log))))
     (letter,) = [decode(DeadLetter, v) for k, _, v, _, _ in out if k == "dead_letters"]
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
         TOPICS.feedback, 0, 3,
@@ -102,8 +105,8 @@ def test_a_forwarded_record_refused_later_is_dead_lettered_with_its_first_source
 def test_a_repartition_record_no_joiner_wrote_is_dead_lettered_as_read(
     worker: JoinerWorker, headers: list[tuple[str, bytes]] | None, value: bytes, kind: str
 ) -> None:
-    ((out, key, letter_bytes, _, _),) = worker.handle(
-        RawRecord(TOPICS.join_repartition, 1, 9, b"k", value), headers
+    ((out, key, letter_bytes, _, _),) = wire(
+        worker.handle(RawRecord(TOPICS.join_repartition, 1, 9, b"k", value), headers)
     )
     letter = decode(DeadLetter, letter_bytes)
     assert (out, key) == ("dead_letters", TOPICS.join_repartition.encode())
@@ -117,8 +120,10 @@ def test_a_forward_whose_value_does_not_decode_is_dead_lettered_at_its_first_sou
         b'{"type":"forward","input":"inference:2","topic":"x.inference-logs",'
         b'"partition":2,"offset":4,"before":null}'
     )
-    ((_, _, letter_bytes, _, _),) = worker.handle(
-        RawRecord(TOPICS.join_repartition, 0, 1, None, b"\xff"), [(ROUTE_HEADER, header)]
+    ((_, _, letter_bytes, _, _),) = wire(
+        worker.handle(
+            RawRecord(TOPICS.join_repartition, 0, 1, None, b"\xff"), [(ROUTE_HEADER, header)]
+        )
     )
     letter = decode(DeadLetter, letter_bytes)
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
