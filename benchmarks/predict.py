@@ -16,7 +16,10 @@ Anchor: the in-process ``adapter.predict_many`` time alone on the same
 batches (median of ``--calls`` calls, on a worker thread as the server runs
 it; the adapter loaded through the server's loader). The Decision Service
 paper's decisions took 0.2 ms; ``http_p50 / predict_many`` is what HTTP,
-validation, routing and logging add around the model.
+validation, routing and logging add around the model. A second anchor, the
+logging path alone in process (``--log-events`` events): microseconds per
+prediction to build its InferenceLog, to ``publish`` it (what the request
+waits for) and to have it sent to the embedded broker (``flush``).
 
 Run: ``python -m benchmarks.predict [--duration 2] [--rounds 2] [--clients 2]
 [--threads 2] [--json]`` (about 80 s by default).
@@ -30,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -49,6 +53,8 @@ from benchmarks._serving import (
     serving,
     write_versions,
 )
+from schemas.events import InferenceLog
+from services.publish.spooled import SpooledPublisher
 from services.server.loader import StoreLoader
 from services.stack import EmbeddedStack
 
@@ -76,6 +82,45 @@ def anchor(loader: StoreLoader, example: Example, version: str, calls: int) -> d
     return out
 
 
+def log_path(info: Any, example: Example, workdir: Path, count: int) -> dict[str, float]:
+    """Microseconds per prediction of the logging path alone, in process: building the
+    InferenceLog (pydantic), ``SpooledPublisher.publish`` (route, encode, buffer: what
+    a request waits for) and publish + send to the embedded broker until ``flush``."""
+    feats = [i["features"] for i in features(example, 32)]
+    start = time.perf_counter()
+    events = [
+        InferenceLog.new(
+            request_id=uuid.uuid4().hex,
+            model=example.model,
+            model_version="bench",
+            features=dict(feats[i % len(feats)]),
+            prediction=0.5,
+            scores={"true": 0.5, "false": 0.5},
+            route="live",
+            server="bench",
+        )
+        for i in range(count)
+    ]
+    build = time.perf_counter() - start
+    publisher = SpooledPublisher.for_kafka(
+        info.kafka_config(), workdir / f"spool-logpath-{example.name}", topics=info.topics
+    )
+    try:
+        start = time.perf_counter()
+        for event in events:
+            publisher.publish(event)
+        enqueue = time.perf_counter() - start
+        publisher.flush(120.0)
+        sent = time.perf_counter() - start
+    finally:
+        publisher.close()
+    return {
+        "build_us": build / count * 1e6,
+        "publish_us": enqueue / count * 1e6,
+        "publish_and_send_us": sent / count * 1e6,
+    }
+
+
 def load(
     pool: ProcessPoolExecutor, server: ServeProcess, body: bytes, args: argparse.Namespace
 ) -> tuple[DriveResult, float]:
@@ -100,6 +145,7 @@ def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace
         anchors = anchor(loader, example, version, args.calls)
     finally:
         loader.close()
+    logging_path = log_path(info, example, workdir, args.log_events)
     servers = {
         mode: ServeProcess(info, example, store, workdir, f"{example.name}-log-{mode}", env)
         for mode, env in MODES.items()
@@ -146,6 +192,7 @@ def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace
             cell["predict_many_ms"] = anchors[batch] * 1e3
             cell["http_p50_over_predict_many"] = cell["log_on"]["p50_ms"] / (anchors[batch] * 1e3)
             rows[str(batch)] = cell
+    rows["log_path"] = logging_path
     return rows
 
 
@@ -156,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2, help="load client processes")
     parser.add_argument("--threads", type=int, default=2, help="threads per client process")
     parser.add_argument("--calls", type=int, default=500, help="predict_many calls (anchor)")
+    parser.add_argument("--log-events", type=int, default=5000, help="log path anchor events")
     parser.add_argument("--example", action="append", choices=["river_logreg", "torch_fm"])
     parser.add_argument("--dir", default=None)
     parser.add_argument("--json", action="store_true")
@@ -181,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {'p99 ms':>8} {'failed':>6}",
     ]
     for name in names:
-        for batch, cell in results[name].items():
+        for batch in map(str, BATCHES):
+            cell = results[name][batch]
             for mode in MODES:
                 r = cell[f"log_{mode}"]
                 table.append(
@@ -195,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
                 f" HTTP p50 = {cell['http_p50_over_predict_many']:.0f}x that"
                 " (Decision Service: 0.2 ms)"
             )
+    for name in names:
+        lp = results[name]["log_path"]
+        table.append(
+            f"{name:13} logging path per prediction, in process: InferenceLog build"
+            f" {lp['build_us']:.0f} us, publish (in the request) {lp['publish_us']:.0f} us,"
+            f" publish + send to the broker {lp['publish_and_send_us']:.0f} us"
+        )
     emit(results, args.json, table)
     return 0
 
