@@ -50,6 +50,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVE = [sys.executable, "-c", "from services.cli import main; main()", "serve"]
 
 
+def server_env(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``--server-env KEY=VALUE`` options as a dict (extra settings for every server)."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("DRIFTLOOP_"):
+            raise SystemExit(f"--server-env wants DRIFTLOOP_NAME=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class Example:
     """A shipped example: its configuration file, parsed, and its one model's name."""

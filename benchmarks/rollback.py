@@ -29,7 +29,7 @@ and half-swapped ones (a batch whose live predictions name different
 versions, or a version that is not one of the two).
 
 Run: ``python -m benchmarks.rollback [--rollbacks 50] [--baseline-rollbacks 10]
-[--example torch_fm] [--rate 20] [--json]``.
+[--example torch_fm] [--rate 20] [--server-env DRIFTLOOP_X=V ...] [--json]``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from benchmarks._serving import (
     ServeProcess,
     open_pointer,
     predict_body,
+    server_env,
     serving,
     write_versions,
 )
@@ -165,6 +166,7 @@ def run_mode(
     resident: int,
     rollbacks: int,
     rate: float,
+    extra_env: dict[str, str],
 ) -> dict[str, Any]:
     a, b = versions
     servers = [
@@ -174,7 +176,7 @@ def run_mode(
             store,
             workdir,
             f"{label}-{i}",
-            {"DRIFTLOOP_SERVER_RESIDENT_VERSIONS": str(resident)},
+            extra_env | {"DRIFTLOOP_SERVER_RESIDENT_VERSIONS": str(resident)},
         )
         for i in range(SERVERS)
     ]
@@ -255,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-rollbacks", type=int, default=10)
     parser.add_argument("--example", default="torch_fm", choices=["torch_fm", "river_logreg"])
     parser.add_argument("--rate", type=float, default=20.0, help="batches/s per server (load)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        metavar="DRIFTLOOP_X=V",
+        help="extra setting for every server, e.g. DRIFTLOOP_SERVER_LOG_INFERENCES=false",
+    )
     parser.add_argument("--dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             with open_pointer(info, store, example.learning) as pointer:
                 pointer.promote(example.model, a, actor="bench", reason="benchmark setup")
                 pointer.promote(example.model, b, actor="bench", reason="benchmark setup")
-            common = {"rate": args.rate}
+            common = {"rate": args.rate, "extra_env": server_env(args.server_env)}
             driftloop = run_mode(
                 info, example, store, (a, b), workdir, label="resident",
                 resident=4, rollbacks=args.rollbacks, **common,

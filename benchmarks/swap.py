@@ -27,7 +27,8 @@ then after each promotion of a version it has not loaded, up to K resident;
 the server with one version.
 
 Run: ``python -m benchmarks.swap [--swaps 5] [--interval 3] [--rate 20]
-[--clients 2] [--batch 32] [--resident 4] [--example torch_fm] [--json]``
+[--clients 2] [--batch 32] [--resident 4] [--example torch_fm]
+[--server-env DRIFTLOOP_X=V ...] [--json]``
 (about 90 s by default).
 """
 
@@ -51,6 +52,7 @@ from benchmarks._serving import (
     ServeProcess,
     open_pointer,
     predict_body,
+    server_env,
     serving,
     write_versions,
 )
@@ -77,7 +79,7 @@ def under_load(
     workdir: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    server = ServeProcess(info, example, store, workdir, "swap")
+    server = ServeProcess(info, example, store, workdir, "swap", server_env(args.server_env))
     body = predict_body(example, args.batch)
     loads_changes: list[float] = []
     switch_changes: list[float] = []
@@ -158,6 +160,7 @@ def memory(
     versions: list[str],
     workdir: Path,
     resident: int,
+    extra_env: dict[str, str],
 ) -> dict[str, Any]:
     server = ServeProcess(
         info,
@@ -165,7 +168,7 @@ def memory(
         store,
         workdir,
         "rss",
-        {"DRIFTLOOP_SERVER_RESIDENT_VERSIONS": str(resident)},
+        extra_env | {"DRIFTLOOP_SERVER_RESIDENT_VERSIONS": str(resident)},
     )
 
     def rss() -> float:
@@ -206,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resident", type=int, default=4, help="K for the memory figure")
     parser.add_argument("--example", default="torch_fm", choices=["torch_fm", "river_logreg"])
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        metavar="DRIFTLOOP_X=V",
+        help="extra setting for the servers, e.g. DRIFTLOOP_SERVER_LOG_INFERENCES=false",
+    )
     parser.add_argument("--dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -219,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             with open_pointer(info, store, example.learning) as pointer:
                 pointer.promote(example.model, versions[0], actor="bench", reason="setup")
             swaps = under_load(info, example, store, versions, workdir, args)
-            rss = memory(info, example, store, versions, workdir, args.resident)
+            rss = memory(
+                info, example, store, versions, workdir, args.resident, server_env(args.server_env)
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = {"example": args.example, "batch": args.batch, "swap": swaps, "memory": rss}
