@@ -424,6 +424,8 @@ def _log(
 ) -> None:
     """Queue the InferenceLog of one prediction; a failure is counted, never raised."""
     ctx.metrics.predictions.labels(model, route, version).inc()
+    if not ctx.config.log_inferences:
+        return  # DRIFTLOOP_SERVER_LOG_INFERENCES=false
     value = _scalar(p.value)
     if value is None:
         ctx.metrics.log_failures.labels(model, "no_prediction").inc()

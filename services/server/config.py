@@ -44,6 +44,9 @@ class ServerConfig(BaseSettings):
     directory); default ``{default_spool_root()}/{server_id}``, so give each
     replica a stable ``server_id`` (or its own ``spool_dir``) for a restarted
     replica to send what its predecessor spooled.
+    ``log_inferences`` (default true): publish an InferenceLog per prediction;
+    false serves without them (nothing of that traffic can train or be
+    attributed; ``benchmarks.predict`` uses it to price the logging).
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_SERVER_", frozen=True, extra="ignore")
@@ -63,6 +66,7 @@ class ServerConfig(BaseSettings):
     max_feedback_events: int = Field(default=1000, ge=1, le=100_000)
     feedback_timeout_s: float = Field(default=5.0, gt=0, le=120)
     spool_dir: Path | None = None
+    log_inferences: bool = True
     log_level: str = "info"
 
     @property

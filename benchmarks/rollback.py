@@ -1,0 +1,328 @@
+"""Rollback convergence: from the pointer change returning until every server answers with it.
+
+Three ``driftloop serve`` processes (the torch example by default: 2.4M
+parameters, 9 MiB of tensors per version; ``--example river_logreg`` for the
+other) follow one Redis pointer on the embedded stack, under steady predict
+load (one load process per server, ``--rate`` batches of 32 per second, every
+response checked). The benchmark alternates ``rollback`` (to the previous
+live version) and ``promote`` (of the other one) ``--rollbacks`` times each,
+through the library call ``driftloop rollback`` / ``promote`` make
+(``RedisPointer.rollback`` / ``promote`` with the store's version check; the
+CLI's process start-up and its relay to ``version-events`` come before and
+after that call and are not timed).
+
+Convergence of one change: from the call returning until the *last* of the
+three servers answers a predict request with the new version (a thread per
+server polls its ``:predict`` in a tight loop, single instances; status routes
+are not consulted). A server that answers with the new version before the
+call has returned counts 0. The next change starts once all have converged
+(plus a 20-50 ms pause).
+
+Baseline, same run, same servers settings but ``DRIFTLOOP_SERVER_RESIDENT_VERSIONS=1``:
+only the live version stays loaded, so every change is a load from the store
+(verified read, restore, warm-up) — what a registry that moves an alias and
+lets servers load what it names gives. ``--baseline-rollbacks`` (default 10)
+of each.
+
+Also counted over the whole run: failed requests (transport errors, non-2xx)
+and half-swapped ones (a batch whose live predictions name different
+versions, or a version that is not one of the two).
+
+Run: ``python -m benchmarks.rollback [--rollbacks 50] [--baseline-rollbacks 10]
+[--example torch_fm] [--rate 20] [--server-env DRIFTLOOP_X=V ...] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import emit, pct
+from benchmarks._serving import (
+    Example,
+    LoadProcess,
+    ServeProcess,
+    open_pointer,
+    predict_body,
+    server_env,
+    serving,
+    write_versions,
+)
+from services.checkpoints.config import StoreConfig
+from services.pointer.redis import RedisPointer
+from services.stack import EmbeddedStack, StackInfo
+
+SERVERS = 3
+
+
+class Watch:
+    """Per-server poll threads: the first time each answers with the armed version."""
+
+    def __init__(self, servers: list[ServeProcess], body: bytes) -> None:
+        self.servers = servers
+        self.body = body
+        self.cond = threading.Condition()
+        self.target: str | None = None
+        self.t0: float | None = None
+        self.first: list[float | None] = [None] * len(servers)
+        self.stop = threading.Event()
+        self.requests = 0
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.regressed = 0
+        self.errors: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._poll, args=(i,), daemon=True) for i in range(len(servers))
+        ]
+
+    def start(self) -> Watch:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def arm(self, version: str) -> None:
+        with self.cond:
+            self.target, self.t0 = version, None
+            self.first = [None] * len(self.servers)
+
+    def returned(self, t0: float) -> None:
+        with self.cond:
+            self.t0 = t0
+            self.cond.notify_all()
+
+    def wait(self, timeout_s: float) -> list[float] | None:
+        """Each server's convergence, seconds after the call returned (0 if before)."""
+        with self.cond:
+            done = self.cond.wait_for(
+                lambda: self.t0 is not None and all(f is not None for f in self.first),
+                timeout_s,
+            )
+            if not done or self.t0 is None:
+                return None
+            t0 = self.t0
+            return [max(0.0, f - t0) for f in self.first if f is not None]
+
+    def _poll(self, i: int) -> None:
+        server = self.servers[i]
+        headers = {"content-type": "application/json"}
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = client.post(server.predict_path, content=self.body, headers=headers)
+                except httpx.HTTPError as exc:
+                    self._fail(f"{server.name}: {type(exc).__name__}: {exc}")
+                    continue
+                now = time.monotonic()
+                with self.cond:
+                    self.requests += 1
+                    self.latencies.append(now - sent)
+                if r.status_code != 200:
+                    self._fail(f"{server.name}: HTTP {r.status_code} {r.text[:200]}")
+                    continue
+                version = orjson.loads(r.content)["model_version"]
+                with self.cond:
+                    if self.target is None:
+                        continue
+                    if self.first[i] is None:
+                        if version == self.target:
+                            self.first[i] = now
+                            self.cond.notify_all()
+                    elif version != self.target:
+                        self.regressed += 1  # answered the old version after the new one
+
+    def _fail(self, what: str) -> None:
+        self.failed += 1
+        if len(self.errors) < 5:
+            self.errors.append(what[:300])
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def run_mode(
+    info: StackInfo,
+    example: Example,
+    store: StoreConfig,
+    versions: tuple[str, str],
+    workdir: Path,
+    *,
+    label: str,
+    resident: int,
+    rollbacks: int,
+    rate: float,
+    extra_env: dict[str, str],
+) -> dict[str, Any]:
+    a, b = versions
+    servers = [
+        ServeProcess(
+            info,
+            example,
+            store,
+            workdir,
+            f"{label}-{i}",
+            extra_env | {"DRIFTLOOP_SERVER_RESIDENT_VERSIONS": str(resident)},
+        )
+        for i in range(SERVERS)
+    ]
+    body1 = predict_body(example, 1)
+    body32 = predict_body(example, 32)
+    rng = random.Random(0)
+    with serving(servers), open_pointer(info, store, example.learning) as pointer:
+        for s in servers:
+            s.wait_live(b)
+        # Untimed: a rollback and a re-promotion, so both versions have been loaded once.
+        pointer.rollback(example.model, actor="bench", reason="benchmark warm-up")
+        for s in servers:
+            s.wait_live(a)
+        pointer.promote(example.model, b, actor="bench", reason="benchmark warm-up")
+        for s in servers:
+            s.wait_live(b, resident=min(resident, 2))
+        loads = [
+            LoadProcess(s.url, s.predict_path, body32, threads=1, allowed=versions, rate=rate)
+            for s in servers
+            if rate > 0
+        ]
+        watch = Watch(servers, body1).start()
+        timings: list[float] = []
+        per_server: list[list[float]] = []
+        timeouts = 0
+        try:
+            for load in loads:
+                load.wait_ready()
+            time.sleep(1.0)  # load and pollers running
+            for i in range(2 * rollbacks):
+                target = a if i % 2 == 0 else b
+                change: Callable[[RedisPointer], Any] = (
+                    (lambda p: p.rollback(example.model, actor="bench", reason="benchmark"))
+                    if target == a
+                    else (lambda p: p.promote(example.model, b, actor="bench", reason="bench"))
+                )
+                watch.arm(target)
+                event = change(pointer)
+                watch.returned(time.monotonic())
+                if event.live != target:
+                    raise SystemExit(f"change {i} made {event.live} live, not {target}")
+                got = watch.wait(60.0)
+                if got is None:
+                    timeouts += 1
+                else:
+                    timings.append(max(got))
+                    per_server.append(got)
+                time.sleep(rng.uniform(0.02, 0.05))
+        finally:
+            watch.close()
+            results = [load.finish() for load in loads]
+    load_requests = sum(len(r.samples) for r in results)
+    errors = [e for r in results for e in r.errors] + watch.errors
+    return {
+        "resident_versions": resident,
+        "changes": 2 * rollbacks,
+        "converged": len(timings),
+        "timeouts": timeouts,
+        "p50_ms": pct(timings, 0.5) * 1e3 if timings else None,
+        "p99_ms": pct(timings, 0.99) * 1e3 if timings else None,
+        "max_ms": max(timings) * 1e3 if timings else None,
+        # Slower than the follower's poll interval (1 s): a lost hint, or a starved machine.
+        "over_1s": sum(1 for t in timings if t >= 1.0),
+        "first_server_p50_ms": pct([min(g) for g in per_server], 0.5) * 1e3 if per_server else None,
+        "poll_p50_ms": pct(watch.latencies, 0.5) * 1e3,
+        "load_requests": load_requests,
+        "poll_requests": watch.requests,
+        "failed": sum(r.failed for r in results) + watch.failed,
+        "half_swapped": sum(r.half_swapped for r in results),
+        "regressed": watch.regressed,
+        "errors": errors[:5],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rollbacks", type=int, default=50, help="rollbacks (and re-promotions)")
+    parser.add_argument("--baseline-rollbacks", type=int, default=10)
+    parser.add_argument("--example", default="torch_fm", choices=["torch_fm", "river_logreg"])
+    parser.add_argument("--rate", type=float, default=20.0, help="batches/s per server (load)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        metavar="DRIFTLOOP_X=V",
+        help="extra setting for every server, e.g. DRIFTLOOP_SERVER_LOG_INFERENCES=false",
+    )
+    parser.add_argument("--dir", default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    example = Example.of(args.example)
+    workdir = Path(tempfile.mkdtemp(prefix="driftloop-bench-rollback-", dir=args.dir))
+    try:
+        store, written = write_versions(workdir / "store", example, 2)
+        a, b = written
+        with EmbeddedStack() as info:
+            with open_pointer(info, store, example.learning) as pointer:
+                pointer.promote(example.model, a, actor="bench", reason="benchmark setup")
+                pointer.promote(example.model, b, actor="bench", reason="benchmark setup")
+            common = {"rate": args.rate, "extra_env": server_env(args.server_env)}
+            driftloop = run_mode(
+                info, example, store, (a, b), workdir, label="resident",
+                resident=4, rollbacks=args.rollbacks, **common,
+            )  # fmt: skip
+            baseline = run_mode(
+                info, example, store, (a, b), workdir, label="load",
+                resident=1, rollbacks=args.baseline_rollbacks, **common,
+            )  # fmt: skip
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results: dict[str, Any] = {
+        "example": args.example,
+        "servers": SERVERS,
+        "driftloop": driftloop,
+        "baseline_load_on_change": baseline,
+    }
+    for q in ("p50", "p99", "max"):
+        d, bl = driftloop[f"{q}_ms"], baseline[f"{q}_ms"]
+        results[f"{q}_speedup"] = bl / d if d and bl else None
+    table = [
+        f"rollback convergence, {SERVERS} servers ({args.example}), under load"
+        f" ({args.rate:g} batches of 32 /s per server + one poller each)",
+        f"{'':24} {'changes':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"
+        f" {'failed':>6} {'half':>5} {'regr':>5} {'timeouts':>8} {'poll p50':>8}",
+    ]
+    for name, r in (("driftloop (K=4 resident)", driftloop), ("baseline (K=1: load)", baseline)):
+        table.append(
+            f"{name:24} {r['changes']:>7} {r['p50_ms'] or 0:9.2f} {r['p99_ms'] or 0:9.2f}"
+            f" {r['max_ms'] or 0:9.2f} {r['failed']:>6} {r['half_swapped']:>5}"
+            f" {r['regressed']:>5} {r['timeouts']:>8} {r['poll_p50_ms']:8.2f}"
+        )
+    table.append(
+        "baseline / driftloop: "
+        + ", ".join(f"{q} {results[f'{q}_speedup'] or 0:.1f}x" for q in ("p50", "p99", "max"))
+    )
+    table.append(
+        f"changes slower than 1 s (the poll interval): driftloop {driftloop['over_1s']},"
+        f" baseline {baseline['over_1s']}"
+    )
+    requests = sum(r["load_requests"] + r["poll_requests"] for r in (driftloop, baseline))
+    table.append(f"requests checked: {requests:,}")
+    for r in (driftloop, baseline):
+        for e in r["errors"]:
+            table.append(f"  error: {e}")
+    emit(results, args.json, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
