@@ -1,11 +1,15 @@
 """Following the version pointer: a fast hint plus a catch-up that cannot miss a change.
 
 :class:`PointerFollower` keeps each model's :class:`~.registry.ModelRegistry`
-at the pointer's newest epoch. It reads the pointer (one
-:meth:`PointerReader.get`) when a hint arrives (a message on the model's
-Redis channel, see :class:`~.redis_pointer.RedisHints`) and, whatever the
-channel does, every ``poll_interval_s``: a server that was disconnected, or
-missed a message, catches up within one interval of Redis answering again.
+at the pointer's newest epoch. A message on the model's Redis channel (see
+:class:`~.redis_pointer.RedisHints`) carries the VersionEvent, so the whole
+pointer after the change: it is applied on the hint thread at once, with no
+read and no hand-over to another thread (the rollback's fast path). A hint
+without a state wakes the follower thread, which reads the pointer (one
+:meth:`PointerReader.get`); and whatever the channel does, it reads it every
+``poll_interval_s``: a server that was disconnected, or missed a message,
+catches up within one interval of Redis answering again. Both paths go
+through the same rules, one at a time.
 
 - An epoch at or below the applied one is never applied (the registry checks).
 - A pointer that cannot be read (Redis down, paused, a field that does not
@@ -35,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.pointer.base import PointerReader
+from services.pointer.base import PointerReader, PointerState
 from services.server.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,11 @@ log = logging.getLogger(__name__)
 class HintSource(Protocol):
     """Tells the follower that a model's pointer may have changed."""
 
-    def run(self, on_hint: Callable[[str], None], stop: threading.Event) -> None:
-        """Call ``on_hint(model)`` per notification until ``stop`` is set."""
+    def run(
+        self, on_hint: Callable[[str, PointerState | None], None], stop: threading.Event
+    ) -> None:
+        """Call ``on_hint(model, state)`` per notification until ``stop`` is set;
+        ``state`` is the pointer the notification carried, or None ("look")."""
         ...
 
 
@@ -101,6 +108,7 @@ class PointerFollower:
         self.status = {m: FollowStatus() for m in self.registries}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._consider_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._last_report = float("-inf")
 
@@ -108,7 +116,6 @@ class PointerFollower:
 
     def check(self, model: str) -> bool:
         """Read ``model``'s pointer once and apply it if newer; True when it applied."""
-        registry = self.registries[model]
         status = self.status[model]
         status.last_check_ms = time.time_ns() // 1_000_000
         try:
@@ -124,6 +131,17 @@ class PointerFollower:
         status.pointer_missing = state is None
         if state is None:
             return False
+        return self.consider(model, state)
+
+    def consider(self, model: str, state: PointerState) -> bool:
+        """Apply ``state`` (read, or carried by a hint) if it is newer than what
+        is applied and not a change that failed a moment ago; True when applied."""
+        with self._consider_lock:
+            return self._consider(model, state)
+
+    def _consider(self, model: str, state: PointerState) -> bool:
+        registry = self.registries[model]
+        status = self.status[model]
         applied = registry.epoch
         if applied is not None and state.epoch <= applied:
             return False
@@ -157,9 +175,14 @@ class PointerFollower:
 
     # -- threads ------------------------------------------------------------------------------
 
-    def hint(self, model: str) -> None:
-        """Look at the pointer now (called by the hint source)."""
-        self._wake.set()
+    def hint(self, model: str, state: PointerState | None = None) -> None:
+        """Called by the hint source: apply the pointer it carried, here and
+        now, or have the follower thread read it."""
+        if state is None or model not in self.registries or state.model != model:
+            self._wake.set()
+            return
+        if not self.consider(model, state):
+            self._wake.set()  # not applied (older, or failed): the read path decides
 
     def start(self) -> None:
         """Check every model once, then follow on background threads."""

@@ -6,7 +6,10 @@ a server never changes them. What it writes is its own entry in
 ``{prefix}{model}:servers`` (:func:`~services.pointer.base.servers_key`:
 server id -> JSON ``{"epoch": int, "ts": ms}``, what ``driftloop status``
 shows). What it listens to is each model's version channel
-(:func:`~services.pointer.base.channel_name`), as a hint to read the pointer now.
+(:func:`~services.pointer.base.channel_name`): each message is the change's
+VersionEvent, so it carries the pointer after the change, which the follower
+applies at once; a message that does not decode is only a hint to read the
+pointer now.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from collections.abc import Callable, Iterable
 import orjson
 import redis
 
-from services.pointer.base import channel_name, servers_key
+from schemas.codec import decode
+from schemas.errors import SchemaError
+from schemas.events import VersionEvent
+from services.pointer.base import PointerState, channel_name, servers_key
+from services.pointer.transitions import state_of
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,9 @@ class RedisHints:
         self.client_factory = client_factory
         self.channels = {channel_name(prefix, m): m for m in models}
 
-    def run(self, on_hint: Callable[[str], None], stop: threading.Event) -> None:
+    def run(
+        self, on_hint: Callable[[str, PointerState | None], None], stop: threading.Event
+    ) -> None:
         backoff = 0.2
         while not stop.is_set():
             client: redis.Redis[str] | None = None
@@ -65,7 +74,7 @@ class RedisHints:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(*self.channels)
                 for model in self.channels.values():
-                    on_hint(model)
+                    on_hint(model, None)
                 backoff = 0.2
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
@@ -73,7 +82,7 @@ class RedisHints:
                         continue
                     hinted = self.channels.get(str(message.get("channel")))
                     if hinted is not None:
-                        on_hint(hinted)
+                        on_hint(hinted, carried_state(message.get("data")))
             except (redis.RedisError, OSError) as exc:
                 log.warning("version channel unreachable (%s); retrying", type(exc).__name__)
                 stop.wait(backoff)
@@ -82,3 +91,14 @@ class RedisHints:
                 if client is not None:
                     with contextlib.suppress(redis.RedisError, OSError):
                         client.close()
+
+
+def carried_state(data: object) -> PointerState | None:
+    """The pointer a channel message's VersionEvent describes, or None when the
+    message is not one (then it is only a hint to read the pointer)."""
+    if not isinstance(data, str | bytes):
+        return None
+    try:
+        return state_of(decode(VersionEvent, data.encode() if isinstance(data, str) else data))
+    except SchemaError:
+        return None

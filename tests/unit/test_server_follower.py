@@ -8,7 +8,11 @@ from collections.abc import Callable
 
 import redis
 
+from schemas.codec import encode
+from schemas.events import VersionEvent
+from services.pointer.base import PointerState
 from services.server.follower import PointerFollower
+from services.server.redis_pointer import carried_state
 from services.server.registry import ModelRegistry
 from tests.unit.server_fakes import FakeLoader, FakeReader, FakeReporter, pointer
 
@@ -90,9 +94,11 @@ def test_reports_the_applied_epoch_and_withdraws_on_stop() -> None:
 class _Hints:
     def __init__(self) -> None:
         self.ready = threading.Event()
-        self.fire: Callable[[str], None] | None = None
+        self.fire: Callable[[str, PointerState | None], None] | None = None
 
-    def run(self, on_hint: Callable[[str], None], stop: threading.Event) -> None:
+    def run(
+        self, on_hint: Callable[[str, PointerState | None], None], stop: threading.Event
+    ) -> None:
         self.fire = on_hint
         self.ready.set()
         stop.wait()
@@ -107,7 +113,36 @@ def test_a_hint_wakes_the_follower_before_the_poll_interval() -> None:
         assert hints.ready.wait(30)
         reader.states["m"] = pointer(2, live="v2")
         assert hints.fire is not None
-        hints.fire("m")
+        hints.fire("m", None)
         assert _poll(lambda: follower.registries["m"].epoch == 2)
     finally:
         follower.stop()
+
+
+def test_a_hint_carrying_the_pointer_is_applied_on_the_hint_thread_without_a_read() -> None:
+    follower, reader, _, _ = _follower(poll_interval_s=3600.0)
+    reader.states["m"] = pointer(1, live="v1")
+    follower.check_all()
+    reads = reader.reads
+    follower.hint("m", pointer(2, live="v2"))  # the reader still says epoch 1
+    assert follower.registries["m"].epoch == 2
+    assert reader.reads == reads
+    follower.hint("m", pointer(1, live="v1"))  # an older message changes nothing
+    assert follower.registries["m"].epoch == 2
+
+
+def test_a_channel_message_carries_the_pointer_of_its_version_event() -> None:
+    event = VersionEvent.new(
+        model="m",
+        action="rollback",
+        live="v1",
+        previous=None,
+        epoch=7,
+        actor="ops",
+        history=("v0",),
+    )
+    state = carried_state(encode(event).decode())
+    assert state is not None
+    assert (state.model, state.epoch, state.live, state.history) == ("m", 7, "v1", ("v0",))
+    assert carried_state("not an event") is None
+    assert carried_state(None) is None
