@@ -183,9 +183,9 @@ class Checkpointer:
         self.store = store
         self.config = config if config is not None else CheckpointerConfig()
         self.options = self.config.encode_options()
-        # Idle buffer sets kept for reuse: enough for the parent, the running save,
-        # one queued and the next snapshot of a big model (small ones cost little).
-        self.pool = SnapshotPool(self.config.snapshot, keep=min(self.config.max_in_flight, 3) + 1)
+        # Idle buffer sets kept for reuse; they never outnumber the sets in use at the
+        # busiest moment, which the pending-bytes budget bounds.
+        self.pool = SnapshotPool(self.config.snapshot, keep=self.config.max_in_flight + 1)
         self.saver = (
             AsyncSaver(
                 max_in_flight=self.config.max_in_flight,
