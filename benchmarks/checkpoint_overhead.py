@@ -19,11 +19,13 @@ Drift and adaptive triggers are off so that every mode takes the same
 checkpoints. The machine is shared and its load drifts, so the modes take
 turns: each turn trains one mode on ``--segment`` checkpoint intervals of
 examples, ``--rounds`` turns per mode, and each mode's time is summed over
-its turns. A ``driftloop`` turn ends by waiting for its pending commits (that
-wait is counted, so the figure is an upper bound). Overhead = 1 - rate /
+its turns; each round starts with the next mode, so that every mode takes
+every position in a round equally often. A ``driftloop`` turn ends by
+waiting for its pending commits (that wait is counted, so the figure is an
+upper bound). Overhead = 1 - rate /
 baseline rate (the anchor: CheckFreq bounds checkpoint overhead at 3.5%).
 
-Run: ``python -m benchmarks.checkpoint_overhead [--every 10000] [--rounds 4] [--json]``.
+Run: ``python -m benchmarks.checkpoint_overhead [--every 10000] [--rounds 3] [--json]``.
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ class Run:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--every", type=int, default=10_000, help="examples between checkpoints")
-    parser.add_argument("--segment", type=int, default=3, help="checkpoint intervals per turn")
-    parser.add_argument("--rounds", type=int, default=4, help="turns per mode")
+    parser.add_argument("--segment", type=int, default=2, help="checkpoint intervals per turn")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns per mode (a multiple of 3: fair order)"
+    )
     parser.add_argument("--warmup", type=int, default=2_000, help="examples before timing")
     parser.add_argument("--dir", default=None, help="where the stores go")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -126,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs.values():  # warm up (not timed, before the first checkpoint)
             run.turn(examples, args.warmup)
             run.elapsed = 0.0
-        for _ in range(args.rounds):
-            for run in runs.values():
-                run.turn(examples, per_turn)
+        for r in range(args.rounds):
+            # The position in a round matters on a loaded machine (measured: the first
+            # turn of a round is the slowest): each round starts with the next mode.
+            shift = r % len(MODES)
+            for mode in MODES[shift:] + MODES[:shift]:
+                runs[mode].turn(examples, per_turn)
     finally:
         for run in runs.values():
             run.close()
