@@ -519,6 +519,7 @@ class OnlineTrainer:
                 self.checkpoint_failures += 1
                 self._retry = (pending.trigger, pending.reason)
                 self._dirty = True
+                self._coalesced_since += pending.coalesced  # the next one covers those too
                 log.error(
                     "model %s: %s checkpoint at step %d failed to commit (%s); the next"
                     " checkpoint covers its examples",
