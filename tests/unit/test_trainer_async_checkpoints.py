@@ -305,3 +305,40 @@ def test_pool_shutdown_publishes_pending_commits_and_the_shutdown_checkpoint(
     events = [decode(CheckpointEvent, v) for v in sent(out + done[0], "checkpoints")]
     assert [(e.trigger, e.examples_seen) for e in events] == [("count", 8), ("shutdown", 12)]
     assert [m.trigger for m in store.manifests("m")] == ["count", "shutdown"]
+
+
+class CommitsWhenWaitedFor(InMemorySink):
+    """Holds each commit until the trainer waits for it, then fails the first one."""
+
+    def __init__(self) -> None:
+        super().__init__(hold=True)
+        self.errors: list[BaseException | None] = [OSError("disk full")]
+
+    def submit(self, snapshot: TrainerSnapshot, *, block: bool = True) -> Any:
+        future = super().submit(snapshot, block=block)
+        assert future is not None
+        sink, error = self, (self.errors.pop() if self.errors else None)
+
+        class Waited:
+            def done(self) -> bool:
+                return future.done()
+
+            def exception(self, timeout: float | None = None) -> BaseException | None:
+                if not future.done():
+                    sink.release(error)
+                return future.exception(timeout)
+
+            def result(self, timeout: float | None = None) -> Any:
+                return future.result(timeout)
+
+        return Waited()
+
+
+def test_shutdown_covers_a_pending_commit_that_fails_while_it_waits() -> None:
+    sink = CommitsWhenWaitedFor()
+    trainer = OnlineTrainer(river(triggers={"every_n": 8}), sink)
+    feed(trainer, 0, 8)  # pending; nothing trained after it
+    records = trainer.shutdown()  # the pending commit fails while shutdown waits for it
+    assert trainer.checkpoint_failures == 1
+    assert [(r.trigger, r.examples_seen) for r in records] == [("shutdown", 8)]
+    assert sink.snapshots[-1].offsets == {TOPIC: {"0": 8}}
