@@ -25,7 +25,8 @@ waiting for its pending commits (that wait is counted, so the figure is an
 upper bound). Overhead = 1 - rate / baseline rate (the anchor: CheckFreq
 bounds checkpoint overhead at 3.5%); also printed, the median over rounds of
 each round's overhead against the baseline's turn of that round, which a
-drifting machine load disturbs less.
+drifting machine load disturbs less, and how long each save held the
+training thread (p50 and max, the first, full, save left out).
 
 Run: ``python -m benchmarks.checkpoint_overhead [--every 10000] [--rounds 6] [--json]``.
 """
@@ -36,6 +37,7 @@ import argparse
 import shutil
 import statistics
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ from benchmarks._common import emit, store
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.store import CheckpointStore
 from services.learning.config import ModelConfig, example_path, load_config
-from services.learning.sink import InMemorySink
+from services.learning.sink import Committed, InMemorySink, TrainerSnapshot
 from services.learning.store_sink import CheckpointerSink
 from services.learning.synthetic import LocalExample
 from services.learning.trainer import OnlineTrainer
@@ -74,6 +76,22 @@ def make_examples(n: int, seed: int = 5) -> list[LocalExample]:
     return out
 
 
+class TimedSink(CheckpointerSink):
+    """The real sink, timing how long each save holds the training thread."""
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        super().__init__(checkpointer)
+        self.held: list[float] = []
+
+    def submit(self, snapshot: TrainerSnapshot, *, block: bool = True) -> Future[Committed] | None:
+        t0 = time.perf_counter()
+        future = super().submit(snapshot, block=block)
+        if self.checkpointer.saver is None and future is not None:
+            future.exception()  # synchronous: already committed
+        self.held.append(time.perf_counter() - t0)
+        return future
+
+
 class Run:
     """One mode's trainer and store, trained turn by turn on the same examples."""
 
@@ -90,7 +108,7 @@ class Run:
             self.checkpointer = Checkpointer(
                 self.store, CheckpointerConfig(async_saves=mode == "driftloop")
             )
-            self.trainer = OnlineTrainer(model_config(every), CheckpointerSink(self.checkpointer))
+            self.trainer = OnlineTrainer(model_config(every), TimedSink(self.checkpointer))
         self.position = 0
         self.elapsed = 0.0
         self.saves = 0
@@ -161,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{results['batch']}, {results['examples_per_mode']:,} examples per mode in "
         f"{args.rounds} turns, count checkpoint every {args.every:,} examples",
         f"{'mode':<10} {'examples/s':>11} {'saves':>6} {'coalesced':>10} {'overhead':>9} "
-        f"{'median/round':>13}   (anchor: CheckFreq <= 3.5%)",
+        f"{'median/round':>13} {'held ms p50':>12} {'max':>7}   (anchor: CheckFreq <= 3.5%)",
     ]
     baseline_turns = runs["none"].turn_rates
     for mode, rate in rates.items():
@@ -171,16 +189,22 @@ def main(argv: list[str] | None = None) -> int:
             1 - r / b for r, b in zip(runs[mode].turn_rates, baseline_turns, strict=True)
         )
         coalesced = runs[mode].trainer.coalesced
+        sink = runs[mode].trainer.sink
+        held = sink.held[1:] if isinstance(sink, TimedSink) else []  # the first is a full save
+        held_p50 = statistics.median(held) * 1e3 if held else 0.0
+        held_max = max(held) * 1e3 if held else 0.0
         results[mode] = {
             "examples_per_s": rate,
             "saves": runs[mode].saves,
             "coalesced": coalesced,
             "overhead": overhead,
             "median_round_overhead": per_round,
+            "held_ms_p50": held_p50,
+            "held_ms_max": held_max,
         }
         table.append(
             f"{mode:<10} {rate:>11.0f} {runs[mode].saves:>6} {coalesced:>10} {overhead:>8.2%} "
-            f"{per_round:>12.2%}"
+            f"{per_round:>12.2%} {held_p50:>12.1f} {held_max:>7.1f}"
         )
     emit(results, args.json, table)
     return 0
