@@ -263,8 +263,9 @@ class TrainerAgent:
 
     async def _on_shutdown(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         """Called by faust when the app stops (SIGTERM/SIGINT), after the consumer
-        stopped and before the producer's last flush: take the shutdown
-        checkpoints, publish their events and wait for the broker's
+        stopped and before the producer's last flush: wait for pending
+        checkpoint commits, take the shutdown checkpoints (waiting for their
+        commits too), publish their events and wait for the broker's
         acknowledgement of everything published. A failure is logged (a
         CheckpointEvent lost here is published again from the restored
         checkpoint at the next start)."""

@@ -7,10 +7,17 @@ through an adapter (:class:`~.state.torch_state.TorchAdapter`,
 differential, plus the int8 / EMA variants) and commits it — on a background
 thread when ``async_saves`` is on — and loads it back, verified.
 
-Memory: a snapshot per in-flight save (``max_in_flight``), plus, with
-differential saves on, the parent's snapshot kept for diffing — i.e. about
-two copies of the tensor state with the defaults. After a restart the parent
-is read back from the store on the first save.
+Memory: the snapshots of pending saves (at most ``max_in_flight`` of them
+and ``max_pending_mb`` in all, but always at least one), plus, with
+differential saves on, the parent's snapshot kept for diffing. A model whose
+state is over half the budget therefore holds about two copies of its tensor
+state; small models may queue many saves. After a restart the parent is read
+back from the store on the first save.
+
+:meth:`Checkpointer.save` blocks while a new save is not admitted;
+:meth:`Checkpointer.submit` can instead decline at once (``block=False``),
+which is how the online trainer coalesces count and interval checkpoints
+rather than stall training (see :mod:`services.learning.trainer`).
 """
 
 from __future__ import annotations
@@ -46,8 +53,10 @@ class CheckpointerConfig(BaseSettings):
     """How checkpoints are saved (``DRIFTLOOP_CHECKPOINTER_*``).
 
     ``async_saves``: encode and commit on a background thread, at most
-    ``max_in_flight`` saves pending. ``delta``: differential saves, a full one
-    every ``full_every`` deltas, rows stored while cheaper than
+    ``max_in_flight`` saves pending whose snapshots hold at most
+    ``max_pending_mb`` (a single save may be bigger; it then runs alone).
+    ``delta``: differential saves, a full one every ``full_every`` deltas,
+    rows stored while cheaper than
     ``delta_max_fraction`` of the tensor. ``int8``: also write the row-wise
     int8 variant of ``int8_groups``. ``snapshot``: ``copy`` into reused
     buffers or ``clone``. ``verify_on_load``: check the state digest after a
@@ -60,7 +69,8 @@ class CheckpointerConfig(BaseSettings):
     )
 
     async_saves: bool = True
-    max_in_flight: int = Field(default=1, ge=1)
+    max_in_flight: int = Field(default=64, ge=1)
+    max_pending_mb: float = Field(default=64.0, gt=0)
     delta: bool = True
     full_every: int = Field(default=8, ge=0)
     delta_max_fraction: float = Field(default=0.5, gt=0, le=1)
@@ -173,9 +183,16 @@ class Checkpointer:
         self.store = store
         self.config = config if config is not None else CheckpointerConfig()
         self.options = self.config.encode_options()
+        # Idle buffer sets kept for reuse; they never outnumber the sets in use at the
+        # busiest moment, which the pending-bytes budget bounds.
         self.pool = SnapshotPool(self.config.snapshot, keep=self.config.max_in_flight + 1)
         self.saver = (
-            AsyncSaver(max_in_flight=self.config.max_in_flight) if self.config.async_saves else None
+            AsyncSaver(
+                max_in_flight=self.config.max_in_flight,
+                max_pending_bytes=int(self.config.max_pending_mb * 1e6),
+            )
+            if self.config.async_saves
+            else None
         )
         self._parents: dict[str, ParentState | None] = {}
         #: Versions the next save of a model must extend (set by :meth:`resume_from`).
@@ -206,7 +223,8 @@ class Checkpointer:
         The caller pays for capturing and snapshotting the state; with
         ``async_saves`` encoding and committing happen on the saver thread
         and the future completes when the checkpoint is committed (without,
-        it is already done). Blocks while ``max_in_flight`` saves are pending.
+        it is already done). Blocks while the save is not admitted (see
+        :class:`CheckpointerConfig`).
 
         Raises
         ------
@@ -214,6 +232,89 @@ class Checkpointer:
             An earlier asynchronous save failed (raised once, chained), or
             this save failed (synchronous mode).
         """
+        meta = self._meta(
+            model,
+            step,
+            examples_seen,
+            trigger,
+            metrics,
+            key_metric,
+            offsets,
+            config,
+            example_digest,
+            extra,
+        )
+        future = self._submit(model, state_or_adapter, meta, block=True, handled=False)
+        assert future is not None  # noqa: S101  # a blocking submit always submits (for mypy)
+        return future
+
+    def submit(
+        self,
+        model: str,
+        state_or_adapter: CheckpointState | StateAdapter,
+        *,
+        block: bool = True,
+        step: int,
+        examples_seen: int = 0,
+        trigger: Trigger = "manual",
+        metrics: Mapping[str, float] | None = None,
+        key_metric: str | None = None,
+        offsets: Mapping[str, Mapping[str, int]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        example_digest: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Future[CheckpointManifest] | None:
+        """Like :meth:`save`, for a caller that handles each save's outcome itself.
+
+        A failed commit is reported only through the returned future (and
+        logged at ERROR), never raised by this or a later call; in
+        synchronous mode too, the future then carries the error. With
+        ``block=False`` a save that is not admitted at once is not taken:
+        None is returned and nothing was snapshotted.
+
+        Raises
+        ------
+        SchemaError
+            The manifest facts do not validate (nothing is saved).
+        CheckpointError
+            The checkpointer is closed.
+        """
+        meta = self._meta(
+            model,
+            step,
+            examples_seen,
+            trigger,
+            metrics,
+            key_metric,
+            offsets,
+            config,
+            example_digest,
+            extra,
+        )
+        return self._submit(model, state_or_adapter, meta, block=block, handled=True)
+
+    def admits(self, nbytes: int = 0) -> bool:
+        """Whether a save of ``nbytes`` of snapshot would be admitted now without waiting."""
+        return self.saver is None or self.saver.admits(nbytes)
+
+    @property
+    def in_flight(self) -> int:
+        """Saves queued or being committed now (0 in synchronous mode)."""
+        return 0 if self.saver is None else self.saver.in_flight
+
+    @staticmethod
+    def _meta(
+        model: str,
+        step: int,
+        examples_seen: int,
+        trigger: Trigger,
+        metrics: Mapping[str, float] | None,
+        key_metric: str | None,
+        offsets: Mapping[str, Mapping[str, int]] | None,
+        config: Mapping[str, Any] | None,
+        example_digest: str | None,
+        extra: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "step": step,
             "examples_seen": examples_seen,
@@ -234,22 +335,54 @@ class Checkpointer:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             raise SchemaError(first["msg"], field=field, model=model, step=step) from None
+        return meta
+
+    def _submit(
+        self,
+        model: str,
+        state_or_adapter: CheckpointState | StateAdapter,
+        meta: dict[str, Any],
+        *,
+        block: bool,
+        handled: bool,
+    ) -> Future[CheckpointManifest] | None:
+        step = meta["step"]
         if self.saver is not None:
+            if not block and not self.saver.admits(0):
+                return None  # not even an empty snapshot fits: capture nothing
+            captured = self._capture(state_or_adapter)
 
             def prepare() -> Callable[[], CheckpointManifest]:
-                snapshot = self.pool.take(self._capture(state_or_adapter))
+                snapshot = self.pool.take(captured)
                 return functools.partial(self._commit, model, snapshot, meta, pooled=True)
 
-            return self.saver.submit(prepare, model=model, step=step, trigger=trigger)
+            return self.saver.submit(
+                prepare,
+                nbytes=captured.nbytes() + sum(len(b) for b in captured.blobs.values()),
+                block=block,
+                handled=handled,
+                model=model,
+                step=step,
+                trigger=meta["trigger"],
+            )
         future: Future[CheckpointManifest] = Future()
         captured = self._capture(state_or_adapter)
         snapshot = self.pool.take(captured) if self.options.delta else captured
         try:
             future.set_result(self._commit(model, snapshot, meta, pooled=self.options.delta))
-        except CheckpointError:
-            raise
         except Exception as exc:
-            raise CheckpointError(f"checkpoint save failed: {exc}", model=model, step=step) from exc
+            error = (
+                exc
+                if isinstance(exc, CheckpointError)
+                else CheckpointError(f"checkpoint save failed: {exc}", model=model, step=step)
+            )
+            if not handled:
+                if error is exc:
+                    raise
+                raise error from exc
+            log.error("checkpoint save failed (model=%s, step=%s): %s", model, step, exc)
+            error.__cause__ = None if error is exc else exc
+            future.set_exception(error)
         return future
 
     @staticmethod

@@ -36,11 +36,21 @@ has at the same input position: the progress since its last checkpoint is
 redone, identically. The consumer group's committed offsets only serve lag
 monitoring.
 
-CheckpointEvents are published after the manifest is committed (the sink
-returns only then) with ``event_id = "checkpoint:<version>"``. A kill between
-commit and publish loses the event; on restore the pool publishes the event
-of the checkpoint it restored from again, so every checkpoint's event is sent
-at least once and repeats carry the same event_id.
+Checkpoints commit in the background (see :mod:`services.learning.trainer`):
+a kill loses the pending ones, and the restore then starts from the newest
+*committed* checkpoint and replays from its offsets, so the consumer group's
+offsets (which faust commits as records are handled, ahead of any
+checkpoint) never decide what is rebuilt.
+
+CheckpointEvents are queued once the manifest is committed (the trainer
+reports a checkpoint only then, in checkpoint order; commits finishing
+between records are picked up at the next chunk or tick) with
+``event_id = "checkpoint:<version>"``. A kill between commit and publish
+loses the event; on restore the pool publishes the event of the checkpoint
+it restored from again, so every checkpoint's event is sent at least once and
+repeats carry the same event_id. Before a model's trainer is dropped
+(revoke, reassignment, partition count change) and at shutdown, the pool
+waits for its pending commits and queues their events.
 """
 
 from __future__ import annotations
@@ -65,9 +75,7 @@ from schemas.manifest import CheckpointManifest, encode_manifest
 from services.checkpoints.checkpointer import Checkpointer
 from services.checkpoints.store import CheckpointStore
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
-from services.learning.adapters import ModelAdapter
 from services.learning.config import ModelConfig
-from services.learning.sink import RestoredTrainer, TrainerSnapshot
 from services.learning.store_sink import CheckpointerSink
 from services.learning.trainer import CheckpointRecord, OnlineTrainer
 
@@ -102,32 +110,13 @@ def checkpoint_event(manifest: CheckpointManifest, location: str) -> CheckpointE
     )
 
 
-class _RecordingSink:
-    """A CheckpointerSink that also remembers each committed manifest until drained."""
-
-    def __init__(self, checkpointer: Checkpointer) -> None:
-        self.inner = CheckpointerSink(checkpointer)
-        self.committed: list[CheckpointManifest] = []
-
-    def save(self, snapshot: TrainerSnapshot) -> str:
-        version = self.inner.save(snapshot)  # returns once the manifest is committed
-        self.committed.append(self.inner.last_manifest)
-        return version
-
-    def restore_latest(self, model: str, adapter: ModelAdapter) -> RestoredTrainer | None:
-        return self.inner.restore_latest(model, adapter)
-
-    def start_over(self, model: str) -> list[str]:
-        return self.inner.start_over(model)
-
-
 @dataclass
 class _Lane:
     """One model: its config, trainer, sink and home partition."""
 
     config: ModelConfig
     partition: int
-    sink: _RecordingSink
+    sink: CheckpointerSink
     trainer: OnlineTrainer | None = None
     trained_since_start: bool = False
     #: The last fallback reported (restored version, skipped versions): not repeated.
@@ -206,7 +195,7 @@ class TrainerPool:
         self.checkpointer = checkpointer if checkpointer is not None else Checkpointer(store)
         self.clock = clock
         self.lanes = {
-            m.name: _Lane(m, partition_of(m.name, partitions), _RecordingSink(self.checkpointer))
+            m.name: _Lane(m, partition_of(m.name, partitions), CheckpointerSink(self.checkpointer))
             for m in models
         }
         self.assigned: frozenset[int] = frozenset()
@@ -270,8 +259,8 @@ class TrainerPool:
         )
         self.partitions = partitions
         for lane in self.lanes.values():
+            self._release(lane)
             lane.partition = partition_of(lane.config.name, partitions)
-            lane.trainer = None
         self.assigned = frozenset()
         self.expected = {}
         return True
@@ -305,7 +294,7 @@ class TrainerPool:
         self.expected = {}
         self.gapped = {}
         for lane in self.lanes.values():
-            lane.trainer = None
+            self._release(lane)
             if lane.partition in owned:
                 self._restore(lane)
         for part in sorted(owned & self.home_partitions()):
@@ -327,9 +316,16 @@ class TrainerPool:
         gone = set(partitions)
         for lane in self.lanes.values():
             if lane.partition in gone:
-                lane.trainer = None
+                self._release(lane)
         self.expected = {p: o for p, o in self.expected.items() if p not in gone}
         self.assigned = self.assigned - gone
+
+    def _release(self, lane: _Lane) -> None:
+        """Drop ``lane``'s trainer after its pending commits finished (their events queued):
+        the next trainer of the model restores from what is committed."""
+        trainer, lane.trainer = lane.trainer, None
+        if trainer is not None:
+            self._collect(lane, trainer.wait_commits())
 
     def _report_skipped(self, lane: _Lane, trainer: OnlineTrainer) -> None:
         skipped = trainer.skipped_checkpoints
@@ -441,10 +437,8 @@ class TrainerPool:
             outcome = trainer.process(
                 example, topic=record.topic, partition=record.partition, offset=record.offset
             )
-        except DriftloopError:
+        except DriftloopError:  # the checkpoint's snapshot; commits are reported next call
             log.exception("model %s: checkpoint failed at %d", lane.config.name, record.offset)
-            self._announce(lane.sink.committed)
-            lane.sink.committed.clear()
             return
         except BaseException as exc:  # a model that chokes on a record must not stop the agent
             if isinstance(exc, SHUTDOWN_EXCEPTIONS):  # shutdown goes on (Ctrl-C, cancel)
@@ -476,19 +470,21 @@ class TrainerPool:
         self._collect(lane, outcome.checkpoints)
 
     def _collect(self, lane: _Lane, records: Iterable[CheckpointRecord]) -> None:
+        """Queue the CheckpointEvents of committed checkpoints (in checkpoint order)."""
         for rec in records:
             self.stats.checkpoints.append(rec)
             log.info(
-                "model %s: checkpoint %s trigger=%s step=%d examples=%d %s",
+                "model %s: checkpoint %s trigger=%s step=%d examples=%d%s %s",
                 lane.config.name,
                 rec.version,
                 rec.trigger,
                 rec.step,
                 rec.examples_seen,
+                f" coalesced={rec.coalesced}" if rec.coalesced else "",
                 " ".join(f"{k}={v:.4f}" for k, v in rec.metrics.items()),
             )
-        self._announce(lane.sink.committed)
-        lane.sink.committed.clear()
+            if rec.manifest is not None:
+                self._announce([rec.manifest])
 
     def _announce(self, manifests: Iterable[CheckpointManifest]) -> None:
         for manifest in manifests:
@@ -545,9 +541,9 @@ class TrainerPool:
         return self.drain()
 
     def shutdown(self) -> list[Outgoing]:
-        """Checkpoint unsaved progress of every active model (SIGTERM), then stop
-        taking input. The open batches are not trained: their records are
-        re-read on the next start."""
+        """Wait for pending commits, then checkpoint unsaved progress of every active
+        model and wait for those commits (SIGTERM); then stop taking input. The
+        open batches are not trained: their records are re-read on the next start."""
         sends = self._each(lambda t: t.shutdown())
         self.expected = {}
         return sends
@@ -558,6 +554,13 @@ class TrainerPool:
                 self._collect(lane, call(trainer))
             except DriftloopError:
                 log.exception("model %s: checkpoint failed", lane.config.name)
+        return self.drain()
+
+    def flush(self) -> list[Outgoing]:
+        """Wait for every active model's pending checkpoint commits; return
+        everything queued to send (their events included)."""
+        for lane, trainer in self.active():
+            self._collect(lane, trainer.wait_commits())
         return self.drain()
 
     def drain(self) -> list[Outgoing]:
@@ -581,6 +584,9 @@ class TrainerPool:
                         "last_version": t.last_version,
                         "metrics": t.metrics.values(),
                         "schedule": t.schedule.describe(),
+                        "commits_pending": t.commits_pending,
+                        "checkpoints_coalesced": t.coalesced,
+                        "checkpoint_failures": t.checkpoint_failures,
                     }
                     if t is not None
                     else {}

@@ -2,14 +2,21 @@
 
 The trainer hands a :class:`TrainerSnapshot` (live model objects, river
 metric/detector objects, a JSON trainer document and the manifest facts) to
-``sink.save``; on start it asks ``sink.restore_latest`` for the newest one.
-The real sink writes through the checkpoint store; :class:`InMemorySink`
-keeps deep copies, for unit tests and in-memory runs.
+``sink.submit``, which snapshots it and returns a future that completes when
+the checkpoint is committed (or fails); on start it asks
+``sink.restore_latest`` for the newest one. The real sink
+(:class:`~services.learning.store_sink.CheckpointerSink`) commits through the
+checkpoint store on a background thread; :class:`InMemorySink` keeps deep
+copies, for unit tests and in-memory runs, and can hold its commits until
+told (to test what the trainer does while a commit is pending or fails).
 """
 
 from __future__ import annotations
 
 import copy
+import threading
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,15 +69,32 @@ class RestoredTrainer:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Committed:
+    """A committed checkpoint: its version and, from a store, its manifest."""
+
+    version: str
+    manifest: Any = None
+
+
 class CheckpointSink(Protocol):
     """The checkpoint store as the trainer sees it."""
 
-    def save(self, snapshot: TrainerSnapshot) -> str:
-        """Commit a checkpoint; return its version id once the manifest is committed.
+    def submit(self, snapshot: TrainerSnapshot, *, block: bool = True) -> Future[Committed] | None:
+        """Snapshot ``snapshot`` now and commit it (in the background); the future
+        completes once the manifest is committed, or carries the failure.
 
-        Called from the trainer's thread at a micro-batch boundary. A failure
-        raises (CheckpointError) and the trainer keeps training; the same
-        trigger fires again at the next boundary.
+        Called from the trainer's thread at a micro-batch boundary; commits
+        complete in submission order. Returns after the snapshot is taken: the
+        live objects may change right after. While earlier commits hold the
+        sink's budget, ``block=True`` waits for room and ``block=False``
+        returns None at once without taking anything. A failed commit is
+        reported only through its future.
+
+        Raises
+        ------
+        CheckpointError, SchemaError
+            The snapshot could not be taken (nothing was submitted).
         """
         ...
 
@@ -85,18 +109,60 @@ class CheckpointSink(Protocol):
 
 
 class InMemorySink:
-    """A sink keeping deep copies of every snapshot, newest last (tests, in-memory runs)."""
+    """A sink keeping deep copies of every committed snapshot, newest last (tests, in-memory runs).
 
-    def __init__(self) -> None:
+    Commits complete at once, unless ``hold=True``: then at most one commit is
+    pending at a time (a second ``submit`` waits, or returns None with
+    ``block=False``) until :meth:`release` commits or fails it, from any
+    thread.
+    """
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.hold = hold
         self.snapshots: list[TrainerSnapshot] = []
         self.versions: list[str] = []
+        self._pending: deque[tuple[TrainerSnapshot, Future[Committed]]] = deque()
+        self._cond = threading.Condition()
+        #: Submitters waiting for room now (tests poll it).
+        self.waiting = 0
 
-    def save(self, snapshot: TrainerSnapshot) -> str:
-        copied = copy.deepcopy(snapshot)
+    def submit(self, snapshot: TrainerSnapshot, *, block: bool = True) -> Future[Committed] | None:
+        with self._cond:
+            while self.hold and self._pending:
+                if not block:
+                    return None
+                self.waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self.waiting -= 1
+            future: Future[Committed] = Future()
+            self._pending.append((copy.deepcopy(snapshot), future))
+            if not self.hold:
+                self._commit_oldest(None)
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Commits submitted and not yet released."""
+        with self._cond:
+            return len(self._pending)
+
+    def release(self, error: BaseException | None = None) -> None:
+        """Commit the oldest pending snapshot, or fail it with ``error``."""
+        with self._cond:
+            self._commit_oldest(error)
+            self._cond.notify_all()
+
+    def _commit_oldest(self, error: BaseException | None) -> None:
+        copied, future = self._pending.popleft()
+        if error is not None:
+            future.set_exception(error)
+            return
         self.snapshots.append(copied)
-        version = f"{snapshot.model}-{len(self.snapshots):06d}"
+        version = f"{copied.model}-{len(self.snapshots):06d}"
         self.versions.append(version)
-        return version
+        future.set_result(Committed(version))
 
     def restore_latest(self, model: str, adapter: ModelAdapter) -> RestoredTrainer | None:
         for version, snap in zip(reversed(self.versions), reversed(self.snapshots), strict=True):
@@ -111,5 +177,5 @@ class InMemorySink:
         return None
 
     def triggers(self) -> list[str]:
-        """Trigger of each saved snapshot, oldest first."""
+        """Trigger of each committed snapshot, oldest first."""
         return [s.trigger for s in self.snapshots]

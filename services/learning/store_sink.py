@@ -14,8 +14,10 @@ One checkpoint of a trained model holds:
   offsets, config, example digest and ``extra`` (schedule in force, drift
   summary).
 
-:meth:`CheckpointerSink.save` returns only once the manifest is committed, so
-the caller may publish its CheckpointEvent right after.
+:meth:`CheckpointerSink.submit` returns once the state is snapshotted; the
+commit runs on the checkpointer's saver thread and the returned future
+completes with the manifest once it is committed (so the CheckpointEvent can
+be published then), in submission order, or carries the failure.
 :meth:`CheckpointerSink.restore_latest` restores the newest checkpoint that
 loads completely, never silently nothing: a store whose checkpoints all fail
 to load raises :class:`~schemas.errors.NoLoadableCheckpointError`.
@@ -23,6 +25,7 @@ to load raises :class:`~schemas.errors.NoLoadableCheckpointError`.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any
 
 from schemas.errors import CheckpointError, NoLoadableCheckpointError
@@ -35,7 +38,7 @@ from services.checkpoints.state.state import CheckpointState
 from services.checkpoints.state.torch_state import TorchAdapter as TorchState
 from services.checkpoints.store import CheckpointStore
 from services.learning.adapters import ModelAdapter
-from services.learning.sink import RestoredTrainer, TrainerSnapshot
+from services.learning.sink import Committed, RestoredTrainer, TrainerSnapshot
 
 TRAINER_DOCUMENT = "trainer"
 
@@ -55,6 +58,8 @@ class CheckpointerSink:
         self.last_manifest: Any = None
         #: Per model, the newest seq a ``--from-scratch`` start ignores (see :meth:`start_over`).
         self._ignore_through: dict[str, int] = {}
+        #: Per model, the snapshot bytes of its last save (to decline without capturing).
+        self._last_bytes: dict[str, int] = {}
 
     @staticmethod
     def _capture(snapshot: TrainerSnapshot) -> CheckpointState:
@@ -71,10 +76,22 @@ class CheckpointerSink:
         state.documents[TRAINER_DOCUMENT] = snapshot.trainer_state
         return state
 
-    def save(self, snapshot: TrainerSnapshot) -> str:
-        future = self.checkpointer.save(
-            snapshot.model,
-            self._capture(snapshot),
+    def submit(self, snapshot: TrainerSnapshot, *, block: bool = True) -> Future[Committed] | None:
+        """Capture and snapshot ``snapshot``, commit it on the saver thread.
+
+        With ``block=False``, None when the checkpointer would not admit a
+        save of the size this model's last one had (then nothing is
+        captured) or of this one's.
+        """
+        model = snapshot.model
+        if not block and not self.checkpointer.admits(self._last_bytes.get(model, 0)):
+            return None
+        state = self._capture(snapshot)
+        self._last_bytes[model] = state.nbytes() + sum(len(b) for b in state.blobs.values())
+        inner = self.checkpointer.submit(
+            model,
+            state,
+            block=block,
             step=snapshot.step,
             examples_seen=snapshot.examples_seen,
             trigger=snapshot.trigger,  # type: ignore[arg-type]  # names come from triggers.py
@@ -85,9 +102,21 @@ class CheckpointerSink:
             example_digest=snapshot.example_digest,
             extra={**snapshot.extra, "reason": snapshot.reason},
         )
-        manifest = future.result()
-        self.last_manifest = manifest
-        return str(manifest.version)
+        if inner is None:
+            return None
+        outer: Future[Committed] = Future()
+
+        def committed(done: Future[Any]) -> None:  # on the saver thread (or here if done)
+            exc = done.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+                return
+            manifest = done.result()
+            self.last_manifest = manifest
+            outer.set_result(Committed(str(manifest.version), manifest))
+
+        inner.add_done_callback(committed)
+        return outer
 
     def start_over(self, model: str) -> list[str]:
         """Ignore every checkpoint ``model`` has now (``--from-scratch``); returns them.

@@ -14,6 +14,33 @@ offset order and publishes what it returns. For one model it:
 4. after each batch asks the triggers and, when one fires, hands a snapshot to
    its :class:`~services.learning.sink.CheckpointSink`.
 
+Checkpoints are asynchronous: the training path pays only for the snapshot;
+the sink commits it in the background, and the trainer reports each
+checkpoint (:class:`CheckpointRecord`, for its CheckpointEvent) only once its
+manifest is committed, in checkpoint order, from whichever call comes next
+(:meth:`OnlineTrainer.process`, :meth:`~OnlineTrainer.tick`, ...).
+
+Back-pressure: when a checkpoint is due while earlier commits still hold the
+sink's budget (see :class:`~services.checkpoints.checkpointer.CheckpointerConfig`),
+
+- a ``count`` or ``interval`` checkpoint is *coalesced*: not written, but
+  accounted as taken (its trigger re-arms and the adaptive schedule steps,
+  so which positions get checkpoints does not depend on timing); the next
+  checkpoint written covers its examples and records how many were
+  coalesced into it in its manifest's ``extra["coalesced"]``. Training
+  never waits for these;
+- ``drift``, ``metric``, ``manual``, ``config_change`` and ``shutdown``
+  checkpoints are never coalesced: they wait for room.
+
+A failed commit is never silent: it is logged at ERROR and counted
+(:attr:`OnlineTrainer.checkpoint_failures`); unless a later checkpoint
+commits, the trainer takes another checkpoint (same trigger, a reason
+saying it retries) at the next batch end or tick once nothing is pending.
+Every checkpoint holds the whole state and the store builds it on the last
+*committed* one, so that checkpoint covers everything the failed one would
+have. :meth:`OnlineTrainer.shutdown` waits for pending commits, then takes
+the shutdown checkpoint and waits for it too.
+
 A batch is learned whole or not at all. Should learning still fail on an
 example that passed validation, the adapter restores the pre-batch model and
 raises :class:`~schemas.errors.LearnError`; the trainer drops that
@@ -33,18 +60,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.errors import ConfigError, LearnError, SchemaError
+from schemas.errors import CheckpointError, ConfigError, LearnError, SchemaError
 from services.learning.adapters import Example, ModelAdapter, build_adapter
 from services.learning.config import ModelConfig
 from services.learning.drift import DriftMonitor
 from services.learning.metrics import PrequentialMetrics
-from services.learning.sink import CheckpointSink, TrainerSnapshot
-from services.learning.triggers import AdaptiveSchedule, AnyOf, TriggerContext, build_triggers
+from services.learning.sink import CheckpointSink, Committed, TrainerSnapshot
+from services.learning.triggers import (
+    AdaptiveSchedule,
+    AnyOf,
+    Decision,
+    TriggerContext,
+    build_triggers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +94,8 @@ _MODEL_DEFINING = (
     "positive_label",
     "feature_values",
 )
+#: Triggers whose checkpoint may be coalesced into a later one rather than wait.
+COALESCIBLE = frozenset({"count", "interval"})
 
 
 def example_digest(acc: int) -> str:
@@ -84,6 +120,27 @@ class CheckpointRecord:
     offsets: dict[str, dict[str, int]]
     metrics: dict[str, float]
     schedule: dict[str, Any]
+    #: The store's manifest when the sink has one (for the CheckpointEvent).
+    manifest: Any = field(default=None, compare=False, repr=False)
+    #: Count/interval checkpoints coalesced into this one.
+    coalesced: int = 0
+
+
+@dataclass
+class _Pending:
+    """A submitted checkpoint whose commit the trainer has not seen finish yet."""
+
+    future: Future[Committed]
+    trigger: str
+    reason: str
+    step: int
+    examples_seen: int
+    offsets: dict[str, dict[str, int]]
+    metrics: dict[str, float]
+    schedule: dict[str, Any]
+    coalesced: int
+    record: CheckpointRecord | None = None
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +220,16 @@ class OnlineTrainer:
         self._last_checkpoint_ms = self.clock()
         self._checkpoint_metrics: dict[str, float] = {}
         self.last_version: str | None = None
+        #: Committed checkpoints, oldest first.
         self.checkpoints: list[CheckpointRecord] = []
+        self._pending: deque[_Pending] = deque()
+        self._committed: list[CheckpointRecord] = []
+        #: Count/interval checkpoints coalesced (in all; since the last one submitted).
+        self.coalesced = 0
+        self._coalesced_since = 0
+        #: Commits that failed; the (trigger, reason) a retry is owed for.
+        self.checkpoint_failures = 0
+        self._retry: tuple[str, str] | None = None
         #: Newer versions the last restore skipped because they did not load, with why.
         self.skipped_checkpoints: dict[str, str] = {}
 
@@ -193,11 +259,20 @@ class OnlineTrainer:
         """Consume one record of ``topic``/``partition`` at ``offset``, in offset order.
 
         Called by the agent for each record (in an executor thread). Returns
-        what happened, with any checkpoints committed on the way.
+        what happened, with the checkpoints whose commit finished since the
+        last call (in checkpoint order).
+
+        Raises
+        ------
+        DriftloopError
+            A due checkpoint could not be snapshotted (nothing was submitted;
+            it is due again at the next boundary). Commits reported since are
+            returned by the next call.
         """
         done = self.position(topic, partition)
         if done is not None and offset < done:
-            return Outcome("replayed")
+            self._collect()
+            return Outcome("replayed", None, tuple(self._take_committed()))
         self._pending_offsets.setdefault(topic, {})[str(partition)] = offset + 1
         status, reason, bad_field = self._admit(example, (topic, partition, offset))
         if status == "buffered" and len(self._batch) >= self.config.batch_size:
@@ -206,7 +281,8 @@ class OnlineTrainer:
             return Outcome("trained", None, tuple(records), failed=tuple(failed))
         if not self._batch:
             self._advance_offsets()
-        return Outcome(status, reason, field=bad_field)
+        self._collect()
+        return Outcome(status, reason, tuple(self._take_committed()), field=bad_field)
 
     def _admit(
         self, example: Example, at: tuple[str, int, int]
@@ -300,34 +376,78 @@ class OnlineTrainer:
         )
 
     def _maybe_checkpoint(self, **flags: bool) -> list[CheckpointRecord]:
+        self._collect()
         decision = self.triggers.check(self._context(**flags))
-        if decision is None:
-            return []
-        return [self.checkpoint(decision.trigger, decision.reason)]
+        if decision is None and self._retry is not None and not self._pending:
+            trigger, reason = self._retry
+            decision = Decision(trigger, f"retry after a failed commit ({reason})")
+        if decision is not None:
+            self._take(decision.trigger, decision.reason)
+        return self._take_committed()
 
     def request_checkpoint(self, reason: str = "manual request") -> None:
         """Ask for a checkpoint; it is taken at the next batch end or :meth:`tick`."""
         self._manual = reason
 
     def tick(self) -> list[CheckpointRecord]:
-        """Evaluate the time-based and requested triggers without new input.
+        """Evaluate the time-based and requested triggers without new input; return
+        the checkpoints committed since the last call.
 
         Called by the agent on a timer (and when its input is idle).
         """
         return self._maybe_checkpoint()
 
     def shutdown(self) -> list[CheckpointRecord]:
-        """Checkpoint unsaved progress before stopping (SIGTERM). The open batch
-        is not trained: the recorded offsets point at its first record."""
-        return self._maybe_checkpoint(shutdown=True)
+        """Wait for pending commits, then checkpoint unsaved progress and wait for
+        that commit too (SIGTERM). The open batch is not trained: the recorded
+        offsets point at its first record."""
+        records = self.wait_commits()
+        records += self._maybe_checkpoint(shutdown=True)
+        return records + self.wait_commits()
+
+    def wait_commits(self) -> list[CheckpointRecord]:
+        """Block until every submitted checkpoint committed or failed; return the
+        committed ones not reported yet (they are not reported again)."""
+        for pending in list(self._pending):
+            pending.future.exception()  # waits; the outcome is handled in _collect
+        self._collect()
+        return self._take_committed()
+
+    @property
+    def commits_pending(self) -> int:
+        """Checkpoints submitted whose commit the trainer has not seen finish."""
+        return len(self._pending)
 
     def checkpoint(self, trigger: str, reason: str = "") -> CheckpointRecord:
-        """Save the state as of the last batch boundary now, under ``trigger``.
+        """Save the state as of the last batch boundary now, under ``trigger``,
+        and wait for its commit (waiting for earlier ones too; never coalesced).
 
-        Raises whatever the sink raises (CheckpointError); the trainer's state
-        is unchanged then and the trigger fires again at the next boundary.
+        Raises
+        ------
+        CheckpointError
+            The snapshot or the commit failed (a failed commit is also logged,
+            counted and retried as described in the module docstring).
         """
+        pending = self._take(trigger, reason, block=True)
+        self.wait_commits()
+        if pending is None or pending.record is None:
+            raise CheckpointError(
+                f"checkpoint failed: {pending.error if pending else 'not taken'}",
+                model=self.config.name,
+                trigger=trigger,
+                step=self.step,
+            ) from (pending.error if pending else None)
+        return pending.record
+
+    def _take(self, trigger: str, reason: str, *, block: bool | None = None) -> _Pending | None:
+        """Submit a checkpoint under ``trigger``; coalesce it (None) when it may be and
+        the sink has no room. Raises what the sink raises for the snapshot, with
+        nothing changed."""
+        if block is None:
+            block = trigger not in COALESCIBLE
         metrics = self.metrics.values()
+        extra = self.describe()
+        extra["coalesced"] = self._coalesced_since
         snapshot = TrainerSnapshot(
             model=self.config.name,
             trigger=trigger,
@@ -339,20 +459,28 @@ class OnlineTrainer:
             key_metric=self.config.key_metric,
             example_digest=example_digest(self._digest),
             config=self.config.as_json(),
-            extra=self.describe(),
+            extra=extra,
             trainer_state=self._trainer_state(),
             model_objects=self.adapter.live_objects(),
             river_objects={"metrics": self.metrics.objects(), "drift": self.drift.objects()},
         )
-        version = self.sink.save(snapshot)
-        key = self.config.key_metric
-        self.schedule.on_checkpoint(
-            drifted=bool(self._drift_since),
-            previous=self._checkpoint_metrics.get(key),
-            current=metrics.get(key),
-        )
-        record = CheckpointRecord(
-            version=version,
+        future = self.sink.submit(snapshot, block=block)
+        if future is None:
+            self.coalesced += 1
+            self._coalesced_since += 1
+            log.info(
+                "model %s: %s checkpoint at step %d coalesced into the next one (the previous"
+                " commit is still being written)",
+                self.config.name,
+                trigger,
+                self.step,
+            )
+            self._mark_taken(metrics, written=False)
+            return None
+        self._coalesced_since = 0
+        self._mark_taken(metrics, written=True)
+        pending = _Pending(
+            future=future,
             trigger=trigger,
             reason=reason,
             step=self.step,
@@ -360,16 +488,70 @@ class OnlineTrainer:
             offsets=snapshot.offsets,
             metrics=metrics,
             schedule=self.schedule.describe(),
+            coalesced=extra["coalesced"],
         )
-        self.last_version = version
-        self.checkpoints.append(record)
+        self._pending.append(pending)
+        self._collect()  # a synchronous sink has committed already
+        return pending
+
+    def _mark_taken(self, metrics: dict[str, float], *, written: bool) -> None:
+        """The trigger bookkeeping after a checkpoint was taken (or coalesced)."""
+        key = self.config.key_metric
+        self.schedule.on_checkpoint(
+            drifted=bool(self._drift_since),
+            previous=self._checkpoint_metrics.get(key),
+            current=metrics.get(key),
+        )
         self._since_checkpoint = 0
-        self._dirty = False
+        self._dirty = self._dirty and not written  # a coalesced state is still unsaved
         self._drift_since = []
         self._manual = None
         self._last_checkpoint_ms = self.clock()
         self._checkpoint_metrics = metrics
-        return record
+
+    def _collect(self) -> None:
+        """Handle the commits that finished, in checkpoint order (never blocks)."""
+        while self._pending and self._pending[0].future.done():
+            pending = self._pending.popleft()
+            error = pending.future.exception()
+            if error is not None:
+                pending.error = error
+                self.checkpoint_failures += 1
+                self._retry = (pending.trigger, pending.reason)
+                self._dirty = True
+                self._coalesced_since += pending.coalesced  # the next one covers those too
+                log.error(
+                    "model %s: %s checkpoint at step %d failed to commit (%s); the next"
+                    " checkpoint covers its examples",
+                    self.config.name,
+                    pending.trigger,
+                    pending.step,
+                    error,
+                    exc_info=error,
+                )
+                continue
+            committed = pending.future.result()
+            record = CheckpointRecord(
+                version=committed.version,
+                trigger=pending.trigger,
+                reason=pending.reason,
+                step=pending.step,
+                examples_seen=pending.examples_seen,
+                offsets=pending.offsets,
+                metrics=pending.metrics,
+                schedule=pending.schedule,
+                manifest=committed.manifest,
+                coalesced=pending.coalesced,
+            )
+            pending.record = record
+            self._retry = None  # this one holds everything a failed earlier one would have
+            self.last_version = record.version
+            self.checkpoints.append(record)
+            self._committed.append(record)
+
+    def _take_committed(self) -> list[CheckpointRecord]:
+        out, self._committed = self._committed, []
+        return out
 
     def describe(self) -> dict[str, Any]:
         """JSON facts for metrics and the manifest's ``extra``: schedule in force,
@@ -382,6 +564,8 @@ class OnlineTrainer:
             "rejected": self.rejected,
             "failed": self.failed,
             "config_digest": self.config.digest(),
+            "checkpoints_coalesced": self.coalesced,
+            "checkpoint_failures": self.checkpoint_failures,
         }
 
     def _trainer_state(self) -> dict[str, Any]:
@@ -434,6 +618,8 @@ class OnlineTrainer:
         self.failed = int(state.get("failed", 0))
         self._batch, self._batch_at, self._batch_ids = [], [], set()
         self._pending_offsets = {}
+        self._coalesced_since = 0
+        self._retry = None
         self.last_version = restored.version
         return restored.version
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 
 from schemas.errors import CheckpointError
 from schemas.manifest import CheckpointManifest, ManifestDraft
+from services.checkpoints.async_saver import AsyncSaver
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.state.torch_state import TorchAdapter
@@ -166,3 +167,48 @@ def test_sigterm_mid_save_flushes_the_checkpoint_then_exits(tmp_path: Path) -> N
     manifest = CheckpointStore(StoreConfig(root=root)).latest("net")
     assert manifest is not None
     assert (manifest.step, manifest.trigger) == (7, "interval")
+
+
+def test_a_saver_admits_by_count_and_snapshot_bytes_and_can_decline_without_preparing() -> None:
+    gate = threading.Event()
+    saver = AsyncSaver(max_in_flight=3, max_pending_bytes=100)
+    prepared: list[int] = []
+
+    def job(n: int) -> Callable[[], Callable[[], int]]:
+        def prepare() -> Callable[[], int]:
+            prepared.append(n)
+            return lambda: int(gate.wait(timeout=30)) and n
+
+        return prepare
+
+    first = saver.submit(job(1), nbytes=60, block=False)
+    assert first is not None  # nothing pending: always admitted, whatever its size
+    assert saver.submit(job(2), nbytes=60, block=False) is None  # 120 > 100 bytes
+    assert saver.submit(job(3), nbytes=40, block=False) is not None
+    assert saver.submit(job(4), nbytes=0, block=False) is not None
+    assert saver.submit(job(5), nbytes=0, block=False) is None  # 3 in flight
+    assert prepared == [1, 3, 4]  # a declined job took no snapshot
+    assert (saver.in_flight, saver.admits(0)) == (3, False)
+    gate.set()
+    saver.close()
+    assert first.result() == 1
+
+
+def test_a_handled_failure_is_left_to_its_future(caplog: pytest.LogCaptureFixture) -> None:
+    saver = AsyncSaver()
+
+    def boom() -> Callable[[], None]:
+        def fail() -> None:
+            raise OSError("disk full")
+
+        return fail
+
+    with caplog.at_level(logging.ERROR):
+        failed = saver.submit(boom, handled=True, model="net", step=1)
+        assert failed is not None
+        assert isinstance(failed.exception(timeout=30), OSError)
+    assert "model=net" in caplog.text  # logged all the same
+    later = saver.submit(lambda: lambda: 2, model="net", step=2)  # not raised again here
+    assert later is not None
+    assert later.result(timeout=30) == 2
+    saver.close()

@@ -191,6 +191,7 @@ def test_from_scratch_starts_over_loudly_and_keeps_its_own_checkpoints(
     assert pool.preflight() == {"m": None}
     assert pool.assign([home]) == {home: 0}
     pool.handle(records([encode(example(i)) for i in range(8)], home))
+    pool.flush()
     first = pool.store.latest("m")
     assert first is not None
     assert (first.version, first.kind, first.parent_version) == ("m-000004", "full", None)

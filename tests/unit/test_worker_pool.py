@@ -101,7 +101,7 @@ def test_a_fresh_model_starts_at_offset_zero_of_its_own_partition_only(
 def test_checkpoint_events_follow_committed_manifests(tmp_path: Path, home: int) -> None:
     pool = make_pool(tmp_path)
     pool.assign([home])
-    out = pool.handle(records([encode(example(i)) for i in range(16)], home))
+    out = pool.handle(records([encode(example(i)) for i in range(16)], home)) + pool.flush()
     events = [decode(CheckpointEvent, v) for v in sent(out, "checkpoints")]
     assert [e.examples_seen for e in events] == [8, 16]
     for event in events:
@@ -117,7 +117,7 @@ def test_bad_records_become_dead_letters_and_training_goes_on(tmp_path: Path, ho
     values = [encode(example(i, label=float(i % 5))) for i in range(8)]
     values.insert(3, b"not json")
     values.insert(5, encode(example(100, label="maybe")))  # not a number: no regression target
-    out = pool.handle(records(values, home))
+    out = pool.handle(records(values, home)) + pool.flush()
     letters = [decode(DeadLetter, v) for v in sent(out, "dead_letters")]
     assert [(d.source_offset, d.error_kind) for d in letters] == [(3, "decode"), (5, "validation")]
     assert [decode(CheckpointEvent, v).examples_seen for v in sent(out, "checkpoints")] == [8]
@@ -132,7 +132,7 @@ def test_examples_a_binary_river_model_cannot_take_are_refused_before_the_batch(
     values.insert(2, encode(example(100, label="maybe")))
     bad_feature = example(101).model_copy(update={"features": {"x": "high", "y": 1.0}})
     values.insert(5, encode(bad_feature))
-    out = pool.handle(records(values, home))
+    out = pool.handle(records(values, home)) + pool.flush()
     letters = [decode(DeadLetter, v) for v in sent(out, "dead_letters")]
     assert [(d.source_offset, d.error_kind, d.field) for d in letters] == [
         (2, "validation", "label"),
@@ -144,6 +144,7 @@ def test_examples_a_binary_river_model_cannot_take_are_refused_before_the_batch(
     clean = make_pool(tmp_path / "clean")
     clean.assign([home])
     clean.handle(records([encode(example(i)) for i in range(8)], home))
+    clean.flush()
     a, b = pool.store.latest("m"), clean.store.latest("m")
     assert a is not None
     assert b is not None
@@ -155,7 +156,7 @@ def test_models_follow_the_topics_real_partition_count(tmp_path: Path) -> None:
     real = partition_of("m", 5)
     assert pool.set_partitions(5) is True
     assert pool.assign(range(5)) == {real: 0}
-    out = pool.handle(records([encode(example(i)) for i in range(8)], real))
+    out = pool.handle(records([encode(example(i)) for i in range(8)], real)) + pool.flush()
     assert sent(out, "dead_letters") == []
     assert [decode(CheckpointEvent, v).examples_seen for v in sent(out, "checkpoints")] == [8]
     assert pool.set_partitions(5) is False
@@ -167,7 +168,7 @@ def test_an_example_on_another_partition_is_misrouted(tmp_path: Path, home: int)
     pool.assign(range(PARTS))
     if partition_of("n", PARTS) != other:
         pytest.skip("model n does not live on the neighbouring partition")
-    out = pool.handle(records([encode(example(1, model="m"))], other))
+    out = pool.handle(records([encode(example(1, model="m"))], other)) + pool.flush()
     (letter,) = [decode(DeadLetter, v) for v in sent(out, "dead_letters")]
     assert letter.error_kind == "misrouted"
 
@@ -177,19 +178,24 @@ def test_restart_restores_and_seeks_to_the_checkpointed_offset(tmp_path: Path, h
     first = make_pool(tmp_path)
     first.assign([home])
     first.handle(records(values[:13], home))  # checkpoint at 8 examples; 5 more unsaved
+    first.flush()
     # "kill -9": the pool is dropped without shutdown.
     second = make_pool(tmp_path)
     assert second.assign([home]) == {home: 8}
     restored = sent(second.drain(), "checkpoints")
     assert [decode(CheckpointEvent, v).examples_seen for v in restored] == [8]  # republished
     # faust may deliver records it fetched before the seek: the pool keeps exact order.
-    out = second.handle(records(values[20:22], home, start=20) + records(values[8:], home, 8))
+    out = (
+        second.handle(records(values[20:22], home, start=20) + records(values[8:], home, 8))
+        + second.flush()
+    )
     assert second.stats.gaps == 2
     assert [decode(CheckpointEvent, v).examples_seen for v in sent(out, "checkpoints")] == [16, 24]
 
     clean = make_pool(tmp_path / "clean")
     clean.assign([home])
     clean.handle(records(values, home))
+    clean.flush()
     a = second.store.latest("m")
     b = clean.store.latest("m")
     assert a is not None
@@ -208,7 +214,9 @@ def test_replayed_records_are_skipped_without_counting_duplicates(
     pool.assign([home])
     values = [encode(example(i)) for i in range(6)]
     pool.handle(records(values, home))
+    pool.flush()
     pool.handle(records(values, home))
+    pool.flush()
     assert pool.stats.replayed == 6
     assert pool.stats.duplicates == 0
 
@@ -217,6 +225,7 @@ def test_shutdown_checkpoints_unsaved_progress_once(tmp_path: Path, home: int) -
     pool = make_pool(tmp_path)
     pool.assign([home])
     pool.handle(records([encode(example(i)) for i in range(13)], home))  # count checkpoint at 8
+    pool.flush()
     out = pool.shutdown()
     (event,) = [decode(CheckpointEvent, v) for v in sent(out, "checkpoints")]
     assert (event.trigger, event.examples_seen) == ("shutdown", 12)
@@ -231,9 +240,11 @@ def test_revoked_models_stop_and_a_later_assignment_restores_them(
 ) -> None:
     pool = make_pool(tmp_path)
     pool.assign([home])
-    pool.handle(records([encode(example(i)) for i in range(11)], home))  # checkpoint at 8
-    pool.revoke([home])
+    out = pool.handle(records([encode(example(i)) for i in range(11)], home))  # checkpoint at 8
+    pool.revoke([home])  # waits for a pending commit and queues its event
     assert pool.active() == []
+    out += pool.drain()
+    assert [decode(CheckpointEvent, v).examples_seen for v in sent(out, "checkpoints")] == [8]
     assert pool.tick() == []  # nothing may checkpoint a model another worker now trains
     assert pool.assign([home]) == {home: 8}
 
@@ -256,7 +267,8 @@ def test_new_settings_checkpoint_first_and_a_redefined_model_is_refused(
     pool = make_pool(tmp_path)
     pool.assign({home})
     pool.handle(records([encode(example(i)) for i in range(6)], home))  # one batch of 4 trained
-    out = pool.reconfigure([config(triggers={"every_n": 2})])
+    pool.flush()
+    out = pool.reconfigure([config(triggers={"every_n": 2})]) + pool.flush()
     published = [decode(CheckpointEvent, v) for v in sent(out, "checkpoints")]
     assert [(e.trigger, e.examples_seen) for e in published] == [("config_change", 4)]
     assert pool.lanes["m"].config.triggers.every_n == 2
@@ -271,9 +283,12 @@ def test_a_manual_request_is_taken_at_the_next_tick(tmp_path: Path, home: int) -
     pool = make_pool(tmp_path)
     pool.assign({home})
     pool.handle(records([encode(example(i)) for i in range(4)], home))
+    pool.flush()
     assert sent(pool.tick(), "checkpoints") == []
     pool.request_all("SIGUSR1")
-    published = [decode(CheckpointEvent, v) for v in sent(pool.tick(), "checkpoints")]
+    published = [
+        decode(CheckpointEvent, v) for v in sent(pool.tick() + pool.flush(), "checkpoints")
+    ]
     assert [(e.trigger, e.examples_seen) for e in published] == [("manual", 4)]
 
 
@@ -284,8 +299,10 @@ def test_records_past_the_needed_offset_ask_for_a_seek_back(tmp_path: Path, home
     pool = make_pool(tmp_path)
     assert pool.assign([home]) == {home: 0}
     pool.handle(records(values[5:7], home, start=5))
+    pool.flush()
     assert pool.take_gaps() == {home: 0}
     assert pool.take_gaps() == {}  # taken
     pool.handle(records(values[6:7], home, start=6) + records(values[:3], home))
+    pool.flush()
     assert pool.take_gaps() == {}  # the needed record came after the gap
     assert pool.expected == {home: 3}
