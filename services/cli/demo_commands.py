@@ -16,7 +16,10 @@ from services.demo.traffic import TrafficConfig
 
 
 def demo(
-    requests: Annotated[int, typer.Option(min=200, help="Inference requests to simulate.")] = 6000,
+    requests: Annotated[
+        int,
+        typer.Option(min=200, help="Predict requests to send (the first ones are the bootstrap)."),
+    ] = 6000,
     drift_at: Annotated[
         int | None, typer.Option(help="Request index where the concept drifts (default: half).")
     ] = None,

@@ -377,10 +377,23 @@ def warmup_requests(options: DemoOptions) -> int:
 
     About 95% of requests become examples (missing and late feedback do not);
     the trainer checkpoints at micro-batch (32) boundaries. A quarter more
-    plus two micro-batches covers both, capped at half of the traffic.
+    plus two micro-batches covers both.
+
+    Raises
+    ------
+    ConfigError
+        The bootstrap would take more than half of the traffic.
     """
     wanted = int(options.checkpoint_every * 1.25) + 64
-    return min(wanted, options.traffic.requests // 2)
+    if wanted > options.traffic.requests // 2:
+        raise ConfigError(
+            "too few requests for the checkpoint interval: the bootstrap alone needs"
+            f" {wanted} and must be at most half of them (raise --requests or lower"
+            " --checkpoint-every)",
+            requests=options.traffic.requests,
+            checkpoint_every=options.checkpoint_every,
+        )
+    return wanted
 
 
 def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> dict[str, Any]:
@@ -399,6 +412,7 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
             console.log(message)
 
     _check_timing(options)
+    warmup = warmup_requests(options)
     with contextlib.ExitStack() as exit_stack:
         workdir = Path(exit_stack.enter_context(tempfile.TemporaryDirectory(prefix="driftloop-")))
         store = options.store or workdir / "checkpoints"
@@ -407,7 +421,6 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
         if model != options.traffic.model:
             options = replace(options, traffic=replace(options.traffic, model=model))
         requests, traffic = plan(options.traffic)
-        warmup = warmup_requests(options)
         view = DemoView(traffic=traffic)
         view.enter("starting broker and Redis")
         info = exit_stack.enter_context(

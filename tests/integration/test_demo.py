@@ -5,6 +5,7 @@ end at the final epoch, and no process is left behind."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -96,4 +97,37 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     assert len(pids) == 5
     alive = [pid for pid in pids.values() if psutil.pid_exists(pid)]
     alive = [pid for pid in alive if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_an_interrupted_demo_leaves_no_server_behind(how: signal.Signals) -> None:
+    """Stopped while both model servers serve: Ctrl-C unwinds and stops every child;
+    kill -9 leaves them to PR_SET_PDEATHSIG. Either way none survives."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "demo", "--requests", "20000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # its log lines; the servers are started after the worker
+            if "model server 'serve-b'" in line:
+                break
+        else:
+            pytest.fail(f"the demo ended before starting its servers (exit {demo.wait()})")
+        children = psutil.Process(demo.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert names.count(" serve ") == 2
+        assert " worker " in names
+        demo.send_signal(how)
+        demo.wait(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == []
