@@ -69,6 +69,8 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("model", str(summary["model"]))
     table.add_row("seconds", str(summary["seconds"]))
+    for step in summary["timeline"]:
+        table.add_row(f"  at {step['at_s']:6.1f} s", step["phase"])
     for key, value in summary["traffic"].items():
         table.add_row(f"traffic: {key.replace('_', ' ')}", f"{value:,}")
     table.add_row("joined examples", f"{summary['joined_examples']:,}")
