@@ -19,8 +19,10 @@ on the same store, read-only. Then it plays synthetic production traffic
 3. **Promotions and a rollback.** After every count checkpoint the demo
    promotes it (:class:`~services.demo.promoter.DemoPromoter`: what
    ``driftloop promote`` does, actor ``demo``, the reason naming the trigger
-   and the examples seen). After the ``rollback_after``-th promotion has been
-   applied by both servers it rolls back once, midway.
+   and the examples seen). Once both servers have applied the
+   ``rollback_after``-th promotion and served it to
+   :data:`SERVED_BEFORE_ROLLBACK` requests each (or the traffic has ended), it
+   rolls back once, midway.
 4. **Settling.** When the traffic is spent and the loop has caught up, the
    demo waits until both servers report the pointer's final epoch, stops
    them (they flush their inference logs), lets the loop catch up again,
@@ -92,6 +94,9 @@ class DemoOptions:
 
 #: ``--server-id`` of the demo's model servers.
 SERVER_IDS = ("serve-a", "serve-b", "serve-c", "serve-d")
+#: Requests each server answers with a promoted version before the rollback
+#: (unless the traffic ends first).
+SERVED_BEFORE_ROLLBACK = 100
 #: Seconds between the demo's reads of its output, server polls and redraws.
 REFRESH_S = 0.25
 
@@ -260,6 +265,7 @@ class _Demo:
         self._handled = 0
         self._rolled_back = False
         self._next_refresh = 0.0
+        self.traffic_done = False
         self.promoting = True
         """Cleared once the servers are stopped: later count checkpoints are only noted."""
 
@@ -310,8 +316,9 @@ class _Demo:
         pointer = view.pointer
         if pointer is None or not view.converged:
             return
-        if not all(s.versions[pointer.live or ""] for s in view.servers):
-            return  # let both servers serve the new version first
+        served = min(s.versions[pointer.live or ""] for s in view.servers)
+        if served < SERVED_BEFORE_ROLLBACK and not self.traffic_done:
+            return  # let both servers serve the new version for a moment first
         reason = (
             f"demo: rolling back {pointer.live} midway, after promotion"
             f" {len(view.promotions)}, to show an instant switch to {pointer.previous}"
@@ -501,6 +508,7 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
                                 log=worker.output_tail(),
                             )
                 time.sleep(min(driver.next_due_in(), 0.02))
+            demo.traffic_done = True
             view.enter("waiting for the loop to catch up")
             demo.catch_up()
             view.enter("waiting for both servers to apply the final epoch")
