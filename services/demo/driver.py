@@ -16,6 +16,9 @@ between steps):
   (alternating) or straight to the ``feedback`` topic with a
   :class:`~services.publish.feedback.FeedbackProducer`; its ``ts`` is the
   wall-clock time it was due, so the joiner's event time follows the traffic;
+- until the runner sets ``http_feedback`` (the servers answer), feedback
+  meant for ``POST /v1/feedback`` goes to the topic instead, so the bootstrap
+  need not wait for the servers to start;
 - a 503 (a server not ready, or feedback not acknowledged in time) is retried
   with the same request ids and event ids; anything else that is not a
   success stops the demo with what the server said.
@@ -106,6 +109,8 @@ class TrafficDriver:
         self.warmup = warmup
         self.sent = SentCounts()
         self.gate_open = False
+        self.http_feedback = True
+        """False while the servers are starting: feedback meant for HTTP goes to the topic."""
         self._next = 0
         self._next_at = time.monotonic()
         self._due: list[tuple[float, int, _Due]] = []
@@ -246,8 +251,9 @@ class TrafficDriver:
     def _send_feedback(self, items: Sequence[_Feedback]) -> None:
         if not items:
             return
-        http = [f.event for f in items if f.via == "http"]
-        topic = [f.event for f in items if f.via == "topic"]
+        by_http = self.http_feedback
+        http = [f.event for f in items if f.via == "http" and by_http]
+        topic = [f.event for f in items if f.via == "topic" or not by_http]
         for start in range(0, len(http), FEEDBACK_CHUNK):
             chunk = http[start : start + FEEDBACK_CHUNK]
             server = self.servers[next(self._feedback_turn)]

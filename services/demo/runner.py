@@ -9,7 +9,8 @@ on the same store, read-only. Then it plays synthetic production traffic
 1. **Bootstrap.** No version is live yet, so the servers answer 503. The
    first ``warmup`` requests (enough for the first count checkpoint) have
    their inference logs written straight to ``inference-logs``; their
-   feedback goes out as usual. When the trainer's first count checkpoint
+   feedback goes out as usual (to the topic while the servers are still
+   starting). When the trainer's first count checkpoint
    arrives on ``checkpoint-events`` the demo promotes it, waits until both
    servers have applied it, and opens the gate.
 2. **Serving.** Every further request is a real HTTP predict call (batches,
@@ -484,15 +485,16 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
                 promoter=promoter,
                 live=live,
             )
-            view.enter("starting the model servers")
-            demo.wait_for(
-                lambda: all(s.healthy() for s in servers), "the model servers to start", 120.0
-            )
             view.enter(f"bootstrap: {warmup:,} inference logs straight to the topic")
+            driver.http_feedback = False  # until both servers answer
             gate_deadline: float | None = None
+            next_health = 0.0
             while not driver.done:
                 driver.step()
                 demo.refresh()
+                if not driver.http_feedback and time.monotonic() >= next_health:
+                    driver.http_feedback = all(s.healthy() for s in servers)
+                    next_health = time.monotonic() + REFRESH_S
                 if not driver.gate_open:
                     if view.promotions and view.converged:
                         driver.open_gate()

@@ -78,7 +78,7 @@ class FakeProducer:
 
 
 def _run(
-    refuse: int = 0,
+    refuse: int = 0, *, http_feedback: bool = True
 ) -> tuple[TrafficDriver, list[FakeServer], FakeProducer, InMemoryPublisher]:
     servers = [FakeServer("a", refuse=refuse), FakeServer("b")]
     producer = FakeProducer()
@@ -93,6 +93,7 @@ def _run(
         topics=TopicsConfig(),
         warmup=WARMUP,
     )
+    driver.http_feedback = http_feedback
     deadline = time.monotonic() + 60
     while not driver.done:
         assert time.monotonic() < deadline, "the driver did not finish"
@@ -156,3 +157,11 @@ def test_a_503_is_retried_with_the_same_request_ids() -> None:
     served = Counter(rid for s in servers for rid in s.predicted)
     assert set(served) == {r.request_id for r in requests[WARMUP:]}
     assert set(served.values()) == {1}
+
+
+def test_while_the_servers_start_http_feedback_goes_to_the_topic() -> None:
+    driver, servers, _, publisher = _run(http_feedback=False)
+    _, summary = plan(CONFIG)
+    assert all(not s.feedback for s in servers)
+    assert len(publisher.events(FeedbackEvent)) == summary.feedback + summary.duplicates
+    assert driver.sent.feedback_http == 0
