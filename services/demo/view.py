@@ -149,6 +149,7 @@ class DemoView:
                 "predicted_over_http": self.sent.predicted,
                 "feedback_over_http": self.sent.feedback_http,
                 "feedback_to_topic": self.sent.feedback_topic,
+                "feedback_resent_by_the_other_path": self.sent.repeats,
             },
             "servers": [s.as_json() for s in self.servers],
             "pointer": None
