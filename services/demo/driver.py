@@ -16,6 +16,8 @@ between steps):
   (alternating) or straight to the ``feedback`` topic with a
   :class:`~services.publish.feedback.FeedbackProducer`; its ``ts`` is the
   wall-clock time it was due, so the joiner's event time follows the traffic;
+- while ``paused`` (the runner's back-pressure: the worker has joined too
+  few of the requests sent), new requests wait; feedback still goes out;
 - until the runner sets ``http_feedback`` (the servers answer), feedback
   meant for ``POST /v1/feedback`` goes to the topic instead, so the bootstrap
   need not wait for the servers to start;
@@ -64,6 +66,8 @@ class SentCounts:
     feedback_topic: int = 0
     repeats: int = 0
     garbage: int = 0
+    held_s: float = 0.0
+    """Seconds new requests waited because the loop was too far behind (``paused``)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,9 @@ class TrafficDriver:
         self.sent = SentCounts()
         self.gate_open = False
         self.http_feedback = True
+        self.paused = False
+        """Set by the runner while the loop is too far behind: new requests wait."""
+        self._last_step = time.monotonic()
         """False while the servers are starting: feedback meant for HTTP goes to the topic."""
         self._next = 0
         self._next_at = time.monotonic()
@@ -158,7 +165,7 @@ class TrafficDriver:
                 batch.append(due.request)
         while self._next < len(self.requests) and self._next_at <= now:
             planned = self.requests[self._next]
-            if planned.index >= self.warmup and not self.gate_open:
+            if planned.index >= self.warmup and (not self.gate_open or self.paused):
                 break
             self._next += 1
             self._next_at += self.config.interval_ms / 1000.0
@@ -177,8 +184,11 @@ class TrafficDriver:
                 self._push(fb.delay_ms, _Due(request=planned))
                 continue
             batch.append(planned)
-        if self._next < len(self.requests) and not self.gate_open:
+        if self._next < len(self.requests) and (not self.gate_open or self.paused):
+            if self.gate_open and self._next_at < now:
+                self.sent.held_s += now - max(self._next_at, self._last_step)
             self._next_at = max(self._next_at, now)  # no burst when the gate opens
+        self._last_step = now
         self._send_feedback(feedback)
         warm = [r for r in batch if r.index < self.warmup]
         served = [r for r in batch if r.index >= self.warmup]

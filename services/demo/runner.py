@@ -16,7 +16,8 @@ on the same store, read-only. Then it plays synthetic production traffic
 2. **Serving.** Every further request is a real HTTP predict call (batches,
    alternating between the servers), which log the inference logs
    themselves; feedback goes half through ``POST /v1/feedback``, half
-   straight to the ``feedback`` topic.
+   straight to the ``feedback`` topic. New requests wait while more than
+   ``max_lead`` of those sent are not joined yet (back-pressure).
 3. **Promotions and a rollback.** After every count checkpoint the demo
    promotes it (:class:`~services.demo.promoter.DemoPromoter`: what
    ``driftloop promote`` does, actor ``demo``, the reason naming the trigger
@@ -89,6 +90,10 @@ class DemoOptions:
     partitions: int = 3
     settle_timeout_s: float = 120.0
     servers: int = 2
+    max_lead: int = 1_000
+    """Back-pressure: new requests wait while more than this many sent requests
+    are not joined yet (on a busy machine the worker falls behind the traffic;
+    without it, promotions would come after the traffic has ended)."""
     rollback_after: int = 2
     """Roll back once, after this many promotions (both servers serving the last)."""
 
@@ -490,6 +495,8 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
             gate_deadline: float | None = None
             next_health = 0.0
             while not driver.done:
+                sent = driver.sent.warmup_logs + driver.sent.predicted
+                driver.paused = sent - view.examples > options.max_lead
                 driver.step()
                 demo.refresh()
                 if not driver.http_feedback and time.monotonic() >= next_health:

@@ -150,6 +150,7 @@ class DemoView:
                 "feedback_over_http": self.sent.feedback_http,
                 "feedback_to_topic": self.sent.feedback_topic,
                 "feedback_resent_by_the_other_path": self.sent.repeats,
+                "seconds_held_for_the_loop": round(self.sent.held_s, 1),
             },
             "servers": [s.as_json() for s in self.servers],
             "pointer": None

@@ -165,3 +165,28 @@ def test_while_the_servers_start_http_feedback_goes_to_the_topic() -> None:
     assert all(not s.feedback for s in servers)
     assert len(publisher.events(FeedbackEvent)) == summary.feedback + summary.duplicates
     assert driver.sent.feedback_http == 0
+
+
+def test_a_paused_driver_sends_no_new_request_until_resumed() -> None:
+    servers = [FakeServer("a"), FakeServer("b")]
+    requests, _ = plan(CONFIG)
+    driver = TrafficDriver(
+        requests,
+        CONFIG,
+        servers=servers,  # type: ignore[arg-type]
+        producer=FakeProducer(),  # type: ignore[arg-type]
+        feedback=FeedbackProducer(publisher=InMemoryPublisher()),
+        topics=TopicsConfig(),
+        warmup=WARMUP,
+    )
+    driver.open_gate()
+    driver.paused = True
+    for _ in range(20):
+        driver.step()
+        time.sleep(0.005)
+    assert driver.sent.warmup_logs == WARMUP  # the bootstrap is not held back
+    assert all(not s.predicted for s in servers)
+    assert driver.sent.held_s > 0
+    driver.paused = False
+    driver.step()
+    assert any(s.predicted for s in servers)
