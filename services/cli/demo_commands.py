@@ -1,4 +1,4 @@
-"""``driftloop demo``: the learning loop on the embedded stack, shown live."""
+"""``driftloop demo``: the whole loop on the embedded stack, shown live."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from services.demo.traffic import TrafficConfig
 
 
 def demo(
-    requests: Annotated[int, typer.Option(min=200, help="Inference requests to simulate.")] = 6000,
+    requests: Annotated[
+        int,
+        typer.Option(min=200, help="Predict requests to send (the first ones are the bootstrap)."),
+    ] = 6000,
     drift_at: Annotated[
         int | None, typer.Option(help="Request index where the concept drifts (default: half).")
     ] = None,
@@ -32,10 +35,16 @@ def demo(
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print only the summary, as JSON.")] = False,
 ) -> None:
-    """Run the whole loop on an embedded broker and Redis: synthetic traffic with
-    delayed, out-of-order, duplicated and late feedback from a drifting stream goes
-    through the attribution joiner and the online trainer; joins, prequential
-    metrics, drift detections and checkpoints are shown as they happen."""
+    """Run the whole loop on an embedded broker and Redis: a worker (attribution
+    joiner + online trainer) and two `driftloop serve` model servers. Synthetic
+    traffic from a drifting stream is sent as HTTP predict calls to the servers
+    (after a bootstrap whose inference logs go straight to Kafka), its delayed,
+    out-of-order, duplicated and late feedback through POST /v1/feedback and
+    straight to the feedback topic. Every count checkpoint is promoted (actor
+    "demo"), one rollback is issued midway; joins, prequential metrics, drift
+    detections, checkpoints, pointer changes and each server's live version and
+    applied epoch are shown as they happen. Every process it starts is stopped
+    when it ends."""
     console = Console(stderr=json)
     traffic = TrafficConfig(
         requests=requests, drift_at=drift_at if drift_at is not None else requests // 2, seed=seed
@@ -60,15 +69,43 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("model", str(summary["model"]))
     table.add_row("seconds", str(summary["seconds"]))
+    for step in summary["timeline"]:
+        table.add_row(f"  at {step['at_s']:6.1f} s", step["phase"])
     for key, value in summary["traffic"].items():
         table.add_row(f"traffic: {key.replace('_', ' ')}", f"{value:,}")
     table.add_row("joined examples", f"{summary['joined_examples']:,}")
     table.add_row("default-label examples", f"{summary['default_label_examples']:,}")
     table.add_row("mean feedback delay", f"{summary['mean_join_latency_ms']} ms")
     letters = summary["dead_letters"]
+    table.add_row("bootstrap requests", f"{summary['bootstrap_requests']:,} (logs to the topic)")
     table.add_row("dead letters", ", ".join(f"{k}={v}" for k, v in letters.items()) or "none")
     table.add_row("checkpoints", str(len(summary["checkpoints"])))
     table.add_row("drift checkpoints", ", ".join(summary["drift_checkpoints"]) or "none")
+    for server in summary["servers"]:
+        served = ", ".join(f"{v}: {n:,}" for v, n in server["versions_served"].items())
+        table.add_row(
+            f"server {server['server']}",
+            f"{server['requests']:,} requests in {server['predict_calls']:,} calls,"
+            f" {server['feedback_posted']:,} feedback accepted;"
+            f" final live {server['live']} at epoch {server['applied_epoch']}",
+        )
+        table.add_row(f"  versions served by {server['server']}", served or "none")
+    for p in summary["promotions"]:
+        table.add_row(f"promotion (epoch {p['epoch']})", f"{p['to']}: {p['reason']}")
+    rollback = summary["rollback"]
+    if rollback is not None:
+        table.add_row(
+            f"rollback (epoch {rollback['epoch']})",
+            f"{rollback['from']} -> {rollback['to']}: {rollback['reason']}",
+        )
+    else:
+        table.add_row("rollback", "none (too few promotions)")
+    pointer = summary["pointer"]
+    if pointer is not None:
+        converged = "both servers" if summary["epochs_converged"] else "NOT every server"
+        table.add_row(
+            "pointer", f"live {pointer['live']} at epoch {pointer['epoch']} ({converged} there)"
+        )
     final = summary["final"]
     if final is not None:
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(final["metrics"].items()))

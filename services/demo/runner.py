@@ -1,18 +1,44 @@
-"""The demo: the whole learning loop on the embedded stack, shown live.
+"""The demo: the whole loop on the embedded stack, shown live.
 
 :func:`run_demo` starts a Tansu broker and a Redis (:class:`EmbeddedStack`),
 a ``driftloop worker`` process running the attribution joiner and the online
-trainer, then writes synthetic production traffic (:mod:`services.demo.traffic`)
-and reads back what the loop makes of it: training examples, dead letters and
-checkpoint events. When the traffic is spent and the trainer has caught up, the
-worker gets SIGTERM (it takes a ``shutdown`` checkpoint) and the demo prints a
-summary. Every process it started is stopped on the way out, including on
-Ctrl-C; children die with the demo even when it is killed (``PR_SET_PDEATHSIG``).
+trainer, and two ``driftloop serve`` model servers (:mod:`services.demo.servers`)
+on the same store, read-only. Then it plays synthetic production traffic
+(:mod:`services.demo.traffic`, carried out by :mod:`services.demo.driver`):
+
+1. **Bootstrap.** No version is live yet, so the servers answer 503. The
+   first ``warmup`` requests (enough for the first count checkpoint) have
+   their inference logs written straight to ``inference-logs``; their
+   feedback goes out as usual (to the topic while the servers are still
+   starting). When the trainer's first count checkpoint
+   arrives on ``checkpoint-events`` the demo promotes it, waits until both
+   servers have applied it, and opens the gate.
+2. **Serving.** Every further request is a real HTTP predict call (batches,
+   alternating between the servers), which log the inference logs
+   themselves; feedback goes half through ``POST /v1/feedback``, half
+   straight to the ``feedback`` topic. New requests wait while more than
+   ``max_lead`` of those sent are not joined yet (back-pressure).
+3. **Promotions and a rollback.** After every count checkpoint the demo
+   promotes it (:class:`~services.demo.promoter.DemoPromoter`: what
+   ``driftloop promote`` does, actor ``demo``, the reason naming the trigger
+   and the examples seen). Once both servers have applied the
+   ``rollback_after``-th promotion and served it to
+   :data:`SERVED_BEFORE_ROLLBACK` requests each (or the traffic has ended), it
+   rolls back once, midway.
+4. **Settling.** When the traffic is spent and the loop has caught up, the
+   demo waits until both servers report the pointer's final epoch, stops
+   them (they flush their inference logs), lets the loop catch up again,
+   stops the worker (SIGTERM: a ``shutdown`` checkpoint) and prints a
+   summary.
+
+Every process it started is stopped on the way out, including on Ctrl-C;
+children die with the demo even when it is killed (``PR_SET_PDEATHSIG``).
 
 The worker signs its checkpoints: unless ``DRIFTLOOP_STORE_SIGNING_KEY`` or
 ``_SIGNING_KEY_FILE`` names a key, the demo uses the embedded default key
 (:func:`~services.checkpoints.signing.ensure_default_key`, generated in
-``DRIFTLOOP_STORE_KEY_DIR`` on first use) and hands its path to the worker.
+``DRIFTLOOP_STORE_KEY_DIR`` on first use) and hands its path to the worker,
+whose public key the servers and the demo's own version check trust.
 """
 
 from __future__ import annotations
@@ -24,7 +50,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,10 +65,14 @@ from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.signing import ensure_default_key
 from services.config import KafkaConfig, TopicsConfig
-from services.demo.traffic import TrafficConfig, generate
+from services.demo.driver import TrafficDriver
+from services.demo.promoter import DemoPromoter
+from services.demo.servers import DemoServer
+from services.demo.traffic import TrafficConfig, plan
 from services.demo.view import DemoView
 from services.kafka import high_watermarks, make_admin, make_consumer, make_producer
 from services.learning.config import example_path, load_config
+from services.publish.feedback import FeedbackProducer
 from services.stack import EmbeddedStack, StackInfo
 from services.stack.process import ChildProcess
 
@@ -54,11 +84,27 @@ class DemoOptions:
     model_config: str = "river_logreg"
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     store: Path | None = None
-    window_ms: int = 30_000
+    window_ms: int = 6_000
     grace_ms: int = 2_000
     checkpoint_every: int = 1_000
     partitions: int = 3
     settle_timeout_s: float = 120.0
+    servers: int = 2
+    max_lead: int = 1_000
+    """Back-pressure: new requests wait while more than this many sent requests
+    are not joined yet (on a busy machine the worker falls behind the traffic;
+    without it, promotions would come after the traffic has ended)."""
+    rollback_after: int = 2
+    """Roll back once, after this many promotions (both servers serving the last)."""
+
+
+#: ``--server-id`` of the demo's model servers.
+SERVER_IDS = ("serve-a", "serve-b", "serve-c", "serve-d")
+#: Requests each server answers with a promoted version before the rollback
+#: (unless the traffic ends first).
+SERVED_BEFORE_ROLLBACK = 100
+#: Seconds between the demo's reads of its output, server polls and redraws.
+REFRESH_S = 0.25
 
 
 def _worker_env(info: StackInfo, options: DemoOptions, store: Path) -> dict[str, str]:
@@ -197,31 +243,199 @@ def _live(console: Console, view: DemoView, quiet: bool) -> Iterator[Live | None
         yield live
 
 
+class _Demo:
+    """One run's moving parts, and the decisions made between traffic steps."""
+
+    def __init__(
+        self,
+        options: DemoOptions,
+        view: DemoView,
+        *,
+        model: str,
+        info: StackInfo,
+        worker: ChildProcess,
+        servers: list[DemoServer],
+        consumer: KafkaConsumer,
+        promoter: DemoPromoter,
+        live: Live | None,
+    ) -> None:
+        self.options = options
+        self.view = view
+        self.model = model
+        self.info = info
+        self.worker = worker
+        self.servers = servers
+        self.consumer = consumer
+        self.promoter = promoter
+        self.live = live
+        self._handled = 0
+        self._rolled_back = False
+        self._next_refresh = 0.0
+        self.traffic_done = False
+        self.promoting = True
+        """Cleared once the servers are stopped: later count checkpoints are only noted."""
+
+    def refresh(self, wait_ms: int = 0, *, force: bool = False) -> int:
+        """Read new output, promote new count checkpoints, poll the servers, redraw.
+
+        Returns how many records were read. Cheap to call often: the work is
+        done at most every :data:`REFRESH_S` unless ``force``.
+        """
+        now = time.monotonic()
+        if not force and now < self._next_refresh:
+            return 0
+        self._next_refresh = now + REFRESH_S
+        read = _drain(self.consumer, self.info.topics, self.view, wait_ms)
+        code = self.worker.exit_code()
+        if code is not None:
+            raise DriftloopError(
+                "the worker stopped unexpectedly", exit_code=code, log=self.worker.output_tail()
+            )
+        for server in self.servers:
+            server.poll_status()
+        self._promote_new()
+        self._maybe_roll_back()
+        if self.live is not None:
+            self.live.update(self.view.render())
+        return read
+
+    def _promote_new(self) -> None:
+        for checkpoint in self.view.checkpoints[self._handled :]:
+            self._handled += 1
+            if checkpoint.trigger != "count" or checkpoint.model != self.model:
+                continue
+            if not self.promoting:
+                self.view.not_promoted.append(checkpoint.version)
+                continue
+            reason = (
+                f"count checkpoint {checkpoint.version}: {checkpoint.examples_seen} examples"
+                f" seen, step {checkpoint.step}"
+            )
+            self.view.add_change(
+                self.promoter.promote(self.model, checkpoint.version, reason), checkpoint
+            )
+
+    def _maybe_roll_back(self) -> None:
+        view = self.view
+        if self._rolled_back or len(view.promotions) < self.options.rollback_after:
+            return
+        pointer = view.pointer
+        if pointer is None or not view.converged:
+            return
+        served = min(s.versions[pointer.live or ""] for s in view.servers)
+        if served < SERVED_BEFORE_ROLLBACK and not self.traffic_done:
+            return  # let both servers serve the new version for a moment first
+        reason = (
+            f"demo: rolling back {pointer.live} midway, after promotion"
+            f" {len(view.promotions)}, to show an instant switch to {pointer.previous}"
+        )
+        view.add_change(self.promoter.rollback(self.model, reason))
+        self._rolled_back = True
+
+    def wait_for(self, done: Callable[[], bool], what: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"timed out waiting for {what}",
+                    timeout_s=timeout_s,
+                    worker_log=self.worker.output_tail(8),
+                    **{s.server_id: s.process.output_tail(8) for s in self.servers},
+                )
+            self.refresh(200, force=True)
+
+    def catch_up(self) -> None:
+        """Until the worker has read every input and nothing new came out for a while."""
+        group = f"{self.info.topics.prefix}driftloop-all"  # the worker's faust app id
+        topics = self.info.topics
+        inputs = [topics.inference_logs, topics.feedback, topics.training_examples]
+        kafka = self.info.kafka_config()
+        quiet_since = time.monotonic()
+        deadline = time.monotonic() + self.options.settle_timeout_s
+        while True:
+            if self.refresh(500, force=True):
+                quiet_since = time.monotonic()
+            idle = time.monotonic() - quiet_since > 3.0
+            if idle and _group_lag(kafka, inputs, group) == 0:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    "the loop did not catch up in time",
+                    timeout_s=self.options.settle_timeout_s,
+                    log=self.worker.output_tail(),
+                )
+
+
+def _check_timing(options: DemoOptions) -> None:
+    """The traffic's delays must suit the demo joiner's window (see TrafficConfig)."""
+    t = options.traffic
+    window, grace = options.window_ms, options.grace_ms
+    if not window < t.late_after_ms <= 2 * window + grace - 2_000:
+        raise ConfigError(
+            "late feedback must come after the join window and well within its memory",
+            late_after_ms=t.late_after_ms,
+            window_ms=window,
+            grace_ms=grace,
+        )
+    if t.feedback_delay_ms[1] * 2 >= window:
+        raise ConfigError(
+            "feedback delays must be well inside the join window",
+            feedback_delay_ms=t.feedback_delay_ms,
+            window_ms=window,
+        )
+
+
+def warmup_requests(options: DemoOptions) -> int:
+    """Bootstrap requests: enough joined examples for the first count checkpoint.
+
+    About 95% of requests become examples (missing and late feedback do not);
+    the trainer checkpoints at micro-batch (32) boundaries. A quarter more
+    plus two micro-batches covers both.
+
+    Raises
+    ------
+    ConfigError
+        The bootstrap would take more than half of the traffic.
+    """
+    wanted = int(options.checkpoint_every * 1.25) + 64
+    if wanted > options.traffic.requests // 2:
+        raise ConfigError(
+            "too few requests for the checkpoint interval: the bootstrap alone needs"
+            f" {wanted} and must be at most half of them (raise --requests or lower"
+            " --checkpoint-every)",
+            requests=options.traffic.requests,
+            checkpoint_every=options.checkpoint_every,
+        )
+    return wanted
+
+
 def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> dict[str, Any]:
     """Run the demo end to end and return its summary (see :meth:`DemoView.summary`).
 
     Raises
     ------
     DriftloopError
-        A server or the worker could not start, or the loop did not settle
-        within ``options.settle_timeout_s``.
+        A server or the worker could not start or stopped, a pointer change
+        was refused, or the loop did not settle within
+        ``options.settle_timeout_s``.
     """
-    records, traffic = generate(options.traffic)
-    view = DemoView(traffic=traffic)
 
     def say(message: str) -> None:
         if not quiet:
             console.log(message)
 
+    _check_timing(options)
+    warmup = warmup_requests(options)
     with contextlib.ExitStack() as exit_stack:
         workdir = Path(exit_stack.enter_context(tempfile.TemporaryDirectory(prefix="driftloop-")))
         store = options.store or workdir / "checkpoints"
+        store.mkdir(parents=True, exist_ok=True)  # the servers open it before the first commit
         config_path, model = _demo_model_config(options, workdir)
         if model != options.traffic.model:
             options = replace(options, traffic=replace(options.traffic, model=model))
-            records, traffic = generate(options.traffic)
-            view = DemoView(traffic=traffic)
-        view.phase = "starting broker and Redis"
+        requests, traffic = plan(options.traffic)
+        view = DemoView(traffic=traffic)
+        view.enter("starting broker and Redis")
         info = exit_stack.enter_context(
             EmbeddedStack(topics=TopicsConfig(partitions=options.partitions))
         )
@@ -231,61 +445,107 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
         worker = _start_worker(env, config_path, store, workdir / "worker.log")
         exit_stack.callback(worker.stop, 30.0)
         say(f"worker pid {worker.pid}: joiner + trainer for {model!r}, store {store}")
+        servers: list[DemoServer] = []
+        for name in SERVER_IDS[: options.servers]:
+            server = DemoServer(
+                name, model=model, config=config_path, store=store, env=env, workdir=workdir
+            )
+            exit_stack.callback(server.stop)
+            servers.append(server)
+            say(f"model server {name!r} pid {server.process.pid} on port {server.stats.port}")
+        view.servers = [s.stats for s in servers]
         consumer = _reader(kafka, info.topics)
         exit_stack.callback(consumer.close)
         producer = make_producer(kafka, linger_ms=5)
         exit_stack.callback(producer.close)
+        feedback = FeedbackProducer(kafka, info.topics)
+        exit_stack.callback(feedback.close)
+        store_config = ensure_default_key(StoreConfig(root=store))
+        promoter = DemoPromoter(
+            store_config,
+            load_config(config_path),
+            redis=info.redis_config(),
+            kafka=kafka,
+            topics=info.topics,
+        )
+        driver = TrafficDriver(
+            requests,
+            options.traffic,
+            servers=servers,
+            producer=producer,
+            feedback=feedback,
+            topics=info.topics,
+            warmup=warmup,
+        )
+        view.sent = driver.sent
         with _live(console, view, quiet) as live:
-
-            def refresh(wait_ms: int = 0) -> None:
-                _drain(consumer, info.topics, view, wait_ms)
-                if worker.exit_code() is not None:
-                    raise DriftloopError(
-                        "the worker stopped unexpectedly",
-                        exit_code=worker.exit_code(),
-                        log=worker.output_tail(),
-                    )
-                if live is not None:
-                    live.update(view.render())
-
-            view.phase = "sending traffic"
-            for i, record in enumerate(records):
-                producer.send(info.topics.name(record.topic), key=record.key, value=record.value)
-                view.produced += 1
-                if i % 500 == 0:
-                    producer.flush()
-                    refresh()
-            producer.flush()
-            view.phase = "waiting for the loop to catch up"
-            deadline = time.monotonic() + options.settle_timeout_s
-            group = f"{info.topics.prefix}driftloop-all"  # the worker's faust app id
-            topics = info.topics
-            inputs = [topics.inference_logs, topics.feedback, topics.training_examples]
-            quiet_since = time.monotonic()
-            while True:
-                if _drain(consumer, info.topics, view, 500):
-                    quiet_since = time.monotonic()
-                refresh()
-                idle = time.monotonic() - quiet_since > 3.0
-                if idle and _group_lag(kafka, inputs, group) == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        "the loop did not catch up in time",
-                        timeout_s=options.settle_timeout_s,
-                        log=worker.output_tail(),
-                    )
-            view.phase = "stopping the worker (shutdown checkpoint)"
-            refresh()
+            demo = _Demo(
+                options,
+                view,
+                model=model,
+                info=info,
+                worker=worker,
+                servers=servers,
+                consumer=consumer,
+                promoter=promoter,
+                live=live,
+            )
+            view.enter(f"bootstrap: {warmup:,} inference logs straight to the topic")
+            driver.http_feedback = False  # until both servers answer
+            gate_deadline: float | None = None
+            next_health = 0.0
+            while not driver.done:
+                sent = driver.sent.warmup_logs + driver.sent.predicted
+                driver.paused = sent - view.examples > options.max_lead
+                driver.step()
+                demo.refresh()
+                if not driver.http_feedback and time.monotonic() >= next_health:
+                    driver.http_feedback = all(s.healthy() for s in servers)
+                    next_health = time.monotonic() + REFRESH_S
+                if not driver.gate_open:
+                    if view.promotions and view.converged:
+                        driver.open_gate()
+                        view.enter("serving: predict and feedback over HTTP, feedback to topic")
+                    elif driver.warmup_sent:
+                        if gate_deadline is None:
+                            gate_deadline = time.monotonic() + options.settle_timeout_s
+                            view.enter("bootstrap: waiting for the first count checkpoint")
+                        elif time.monotonic() > gate_deadline:
+                            raise StackError(
+                                "no count checkpoint was promoted and served after the bootstrap",
+                                timeout_s=options.settle_timeout_s,
+                                log=worker.output_tail(),
+                            )
+                time.sleep(min(driver.next_due_in(), 0.02))
+            demo.traffic_done = True
+            view.enter("waiting for the loop to catch up")
+            demo.catch_up()
+            view.enter("waiting for both servers to apply the final epoch")
+            demo.wait_for(lambda: view.converged, "the servers' final epoch", 60.0)
+            view.enter("stopping the model servers (they flush their logs)")
+            demo.refresh(force=True)
+            final = {s.server_id: (s.stats.live, s.stats.epoch) for s in servers}
+            demo.promoting = False
+            for server in servers:
+                server.stop()
+            view.enter("waiting for the loop to catch up")
+            demo.catch_up()
+            view.enter("stopping the worker (shutdown checkpoint)")
+            demo.refresh(force=True)
             worker.stop(30.0)
             # The worker has exited, so whatever it published (the shutdown
             # checkpoint's event included) is in the log: read up to the end.
             _read_to_end(consumer, kafka, info.topics, view)
-            view.phase = "done"
+            view.enter("done")
             if live is not None:
                 live.update(view.render())
         summary = view.summary()
-        summary["processes"] = info.pids | {"worker": worker.pid}
+        for entry in summary["servers"]:
+            entry["live"], entry["applied_epoch"] = final[entry["server"]]
+        summary["processes"] = (
+            info.pids | {"worker": worker.pid} | {s.server_id: s.process.pid for s in servers}
+        )
         summary["store"] = str(store) if options.store else None
         summary["model"] = model
+        summary["bootstrap_requests"] = warmup
         return summary

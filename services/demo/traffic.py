@@ -1,20 +1,26 @@
-"""Synthetic production traffic for the demo: inference logs and messy feedback.
+"""Synthetic production traffic for the demo: requests and their messy feedback.
 
-:func:`generate` turns a drifting river stream into the records a model server
-and a feedback producer would write, in the order they would reach Kafka:
+:func:`plan` turns a drifting river stream into what users of a model server
+would do, request by request (the :class:`~services.demo.driver.TrafficDriver`
+carries it out on the wall clock, over HTTP and Kafka):
 
-- one InferenceLog per request, ``interval_ms`` apart in event time;
-- feedback after a random delay, so it arrives out of order;
-- some feedback *before* its inference log (the log was delivered late);
-- some feedback twice (same ``event_id``: a producer retry);
+- one predict request per example, ``interval_ms`` apart;
+- feedback after a random delay from the answer, so it arrives out of order;
+- some feedback *before* its request is even sent (the log reaches Kafka
+  after its feedback: a slow logging path);
+- some feedback twice (same ``event_id``: a producer retry, sent again by the
+  other path);
 - some requests with no feedback at all;
 - some feedback far past the attribution window (the joiner dead-letters it
   as ``late``);
-- a few malformed records (the joiner dead-letters them with the reason).
+- a few malformed records written straight to a topic, as a buggy producer
+  would (the joiner dead-letters them with the reason).
 
-The concept is inverted at ``drift_at`` (a SEA stream whose labels flip), which
-the trainer's drift detectors should notice. Everything
-is derived from ``seed``: the same settings give the same records.
+Feedback goes half through a model server's ``POST /v1/feedback`` and half
+straight to the ``feedback`` topic (``via``). The concept is inverted at
+``drift_at`` (a SEA stream whose labels flip), which the trainer's drift
+detectors should notice. Everything but the timing is derived from ``seed``:
+the same settings give the same request ids, features, labels and mess.
 """
 
 from __future__ import annotations
@@ -26,50 +32,69 @@ from typing import Literal
 
 from river.datasets import synth
 
-from schemas.codec import encode
-from schemas.events import FeedbackEvent, InferenceLog
-
 TopicKey = Literal["inference_logs", "feedback"]
+Via = Literal["http", "topic"]
 
 
 @dataclass(frozen=True)
 class TrafficConfig:
-    """Shape of the synthetic traffic (event-time durations in milliseconds)."""
+    """Shape of the synthetic traffic (wall-clock durations in milliseconds)."""
 
     model: str = "river-logreg"
-    model_version: str = "bootstrap"
     requests: int = 6_000
     drift_at: int = 3_000
     seed: int = 7
-    start_ts: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z, fixed for repeatable runs
-    interval_ms: int = 20
-    feedback_delay_ms: tuple[int, int] = (50, 3_000)
-    late_after_ms: int = 45_000
-    """Delay of late feedback: past the demo joiner's window + grace (32 s) but
-    within the time it remembers closed requests, so it is told ``late``."""
+    interval_ms: float = 4.0
+    """Pacing: one request every ``interval_ms`` (so 250 requests/s)."""
+    batch: int = 32
+    """Most instances in one predict call."""
+    feedback_delay_ms: tuple[int, int] = (50, 2_000)
+    late_after_ms: int = 10_000
+    """Delay of late feedback: past the demo joiner's window (6 s) but within
+    the time it remembers closed requests (window + grace + window = 14 s), so
+    it is told ``late``."""
     p_feedback_first: float = 0.05
     p_duplicate: float = 0.05
     p_missing: float = 0.03
     p_late: float = 0.01
     p_malformed: float = 0.003
+    p_feedback_http: float = 0.5
     late_tail: float = 0.8
     """Late feedback is only made for the first ``late_tail`` of the requests,
     so later traffic still moves the joiner's watermark past its window."""
 
 
 @dataclass(frozen=True)
-class TrafficRecord:
-    """One record to produce: where to, its key and value, and when it arrives."""
+class PlannedFeedback:
+    """The feedback one request gets."""
 
-    topic: TopicKey
-    key: bytes
-    value: bytes
-    arrives_ms: int
+    event_id: str
+    label: bool
+    delay_ms: int
+    """After the answer (or, with ``before_log``, before the request)."""
+    late: bool
+    before_log: bool
+    """Sent first; the predict request follows ``delay_ms`` later."""
+    via: Via
+    repeat_after_ms: int | None
+    """A retry: the same event sent again this long after, by the other path."""
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """One predict request and what follows it."""
+
+    index: int
+    request_id: str
+    features: dict[str, float]
+    label: bool
+    feedback: PlannedFeedback | None
+    garbage: tuple[TopicKey, bytes] | None = None
 
 
 @dataclass
 class TrafficSummary:
-    """What :func:`generate` made, for the demo's expectations and summary."""
+    """What :func:`plan` made, for the demo's expectations and summary."""
 
     requests: int = 0
     feedback: int = 0
@@ -78,7 +103,8 @@ class TrafficSummary:
     missing: int = 0
     late: int = 0
     malformed: int = 0
-    records: int = 0
+    feedback_http: int = 0
+    feedback_topic: int = 0
     labels: dict[str, int] = field(default_factory=dict)
 
 
@@ -94,62 +120,44 @@ def _stream(config: TrafficConfig) -> Iterator[tuple[dict[str, float], bool]]:
         yield features, bool(y) != (i >= config.drift_at)
 
 
-def generate(config: TrafficConfig) -> tuple[list[TrafficRecord], TrafficSummary]:
-    """All records of the synthetic traffic, sorted by arrival time."""
+def plan(config: TrafficConfig) -> tuple[list[PlannedRequest], TrafficSummary]:
+    """Every request of the synthetic traffic, in the order it is sent."""
     rng = random.Random(config.seed)  # noqa: S311 - seeded synthetic traffic, not a secret
     summary = TrafficSummary()
-    records: list[TrafficRecord] = []
+    out: list[PlannedRequest] = []
     lo, hi = config.feedback_delay_ms
     for i, (features, label) in enumerate(_stream(config)):
         request_id = f"req-{config.seed}-{i:07d}"
-        key = request_id.encode()
-        ts = config.start_ts + i * config.interval_ms
-        log = InferenceLog(
-            schema_version=1,
-            event_id=f"inf-{request_id}",
-            ts=ts,
-            request_id=request_id,
-            model=config.model,
-            model_version=config.model_version,
-            features=features,
-            prediction=False,
-            route="live",
-            server="demo-traffic",
-        )
         summary.requests += 1
         summary.labels[str(label)] = summary.labels.get(str(label), 0) + 1
-        log_arrives = ts
+        feedback: PlannedFeedback | None = None
         if rng.random() < config.p_missing:
             summary.missing += 1
-            records.append(TrafficRecord("inference_logs", key, encode(log), log_arrives))
-            continue
-        late = i < config.requests * config.late_tail and rng.random() < config.p_late
-        delay = config.late_after_ms if late else rng.randint(lo, hi)
-        feedback = FeedbackEvent(
-            schema_version=1,
-            event_id=f"fb-{request_id}",
-            ts=ts + delay,
-            request_id=request_id,
-            model=config.model,
-            label=label,
-        )
-        body = encode(feedback)
-        records.append(TrafficRecord("feedback", key, body, ts + delay))
-        summary.feedback += 1
-        summary.late += late
-        if not late and rng.random() < config.p_feedback_first:
-            # The log reaches Kafka after its feedback (a slow logging path).
-            log_arrives = ts + delay + rng.randint(1, hi)
-            summary.feedback_first += 1
-        records.append(TrafficRecord("inference_logs", key, encode(log), log_arrives))
-        if not late and rng.random() < config.p_duplicate:
-            records.append(TrafficRecord("feedback", key, body, ts + delay + rng.randint(1, hi)))
-            summary.duplicates += 1
+        else:
+            late = i < config.requests * config.late_tail and rng.random() < config.p_late
+            first = not late and rng.random() < config.p_feedback_first
+            repeat = not late and rng.random() < config.p_duplicate
+            via: Via = "http" if rng.random() < config.p_feedback_http else "topic"
+            feedback = PlannedFeedback(
+                event_id=f"fb-{request_id}",
+                label=label,
+                delay_ms=config.late_after_ms if late else rng.randint(lo, hi),
+                late=late,
+                before_log=first,
+                via=via,
+                repeat_after_ms=rng.randint(1, hi) if repeat else None,
+            )
+            summary.feedback += 1
+            summary.late += late
+            summary.feedback_first += first
+            summary.duplicates += repeat
+            summary.feedback_http += via == "http"
+            summary.feedback_topic += via == "topic"
+        garbage: tuple[TopicKey, bytes] | None = None
         if rng.random() < config.p_malformed:
-            garbage = rng.choice([b"{not json", b'{"schema_version": 99}', b"\xff\xfe"])
+            body = rng.choice([b"{not json", b'{"schema_version": 99}', b"\xff\xfe"])
             topic: TopicKey = rng.choice(["inference_logs", "feedback"])
-            records.append(TrafficRecord(topic, key, garbage, ts))
+            garbage = (topic, body)
             summary.malformed += 1
-    records.sort(key=lambda r: r.arrives_ms)
-    summary.records = len(records)
-    return records, summary
+        out.append(PlannedRequest(i, request_id, features, label, feedback, garbage))
+    return out, summary

@@ -1,8 +1,10 @@
 """What the demo shows while it runs, and the summary it ends with.
 
 :class:`DemoView` folds the records the demo reads back from Kafka
-(training examples, dead letters, checkpoint events) into counts, and renders
-them as a rich table (live on a terminal) or as a JSON-ready summary.
+(training examples, dead letters, checkpoint events), the pointer changes it
+made (promotions, the rollback) and what each model server says it serves
+(live version, applied epoch, requests answered per version) into counts, and
+renders them as rich tables (live on a terminal) or as a JSON-ready summary.
 """
 
 from __future__ import annotations
@@ -16,8 +18,33 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
+from schemas.events import CheckpointEvent, DeadLetter, TrainingExample, VersionEvent
+from services.demo.driver import SentCounts
+from services.demo.servers import ServerStats
 from services.demo.traffic import TrafficSummary
+
+
+@dataclass(frozen=True)
+class PointerChange:
+    """One change the demo made to the pointer, and when (seconds into the run)."""
+
+    event: VersionEvent
+    at_s: float
+    trigger: str | None = None
+    """The checkpoint trigger of a promoted version (None for the rollback)."""
+    examples_seen: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        e = self.event
+        return {
+            "epoch": e.epoch,
+            "action": e.action,
+            "from": e.from_live,
+            "to": e.live,
+            "actor": e.actor,
+            "reason": e.reason,
+            "at_s": round(self.at_s, 2),
+        } | ({"examples_seen": self.examples_seen} if self.examples_seen is not None else {})
 
 
 @dataclass
@@ -25,7 +52,6 @@ class DemoView:
     """Running totals of one demo run."""
 
     traffic: TrafficSummary
-    produced: int = 0
     examples: int = 0
     default_labels: int = 0
     example_ids: set[str] = field(default_factory=set)
@@ -33,8 +59,20 @@ class DemoView:
     join_latency_ms_total: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     checkpoints: list[CheckpointEvent] = field(default_factory=list)
+    sent: SentCounts = field(default_factory=SentCounts)
+    servers: list[ServerStats] = field(default_factory=list)
+    changes: list[PointerChange] = field(default_factory=list)
+    not_promoted: list[str] = field(default_factory=list)
+    """Count checkpoints that came after the servers were stopped."""
     started: float = field(default_factory=time.monotonic)
     phase: str = "starting"
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+
+    def enter(self, phase: str) -> None:
+        """Show ``phase`` and note when it began (the summary's ``timeline``)."""
+        if phase != self.phase:
+            self.phase = phase
+            self.timeline.append((round(time.monotonic() - self.started, 2), phase))
 
     def add_example(self, example: TrainingExample) -> None:
         if example.example_id in self.example_ids:
@@ -52,6 +90,39 @@ class DemoView:
     def add_checkpoint(self, event: CheckpointEvent) -> None:
         self.checkpoints.append(event)
 
+    def add_change(self, event: VersionEvent, checkpoint: CheckpointEvent | None = None) -> None:
+        self.changes.append(
+            PointerChange(
+                event,
+                time.monotonic() - self.started,
+                trigger=None if checkpoint is None else checkpoint.trigger,
+                examples_seen=None if checkpoint is None else checkpoint.examples_seen,
+            )
+        )
+
+    @property
+    def promotions(self) -> list[PointerChange]:
+        return [c for c in self.changes if c.event.action == "promote"]
+
+    @property
+    def rollbacks(self) -> list[PointerChange]:
+        return [c for c in self.changes if c.event.action == "rollback"]
+
+    @property
+    def pointer(self) -> VersionEvent | None:
+        """The newest change: the pointer as the demo left it."""
+        return self.changes[-1].event if self.changes else None
+
+    @property
+    def converged(self) -> bool:
+        """Every server reports the pointer's epoch and serves its live version."""
+        p = self.pointer
+        return (
+            p is not None
+            and bool(self.servers)
+            and all(s.epoch == p.epoch and s.live == p.live for s in self.servers)
+        )
+
     @property
     def drift_checkpoints(self) -> list[CheckpointEvent]:
         return [c for c in self.checkpoints if c.trigger == "drift"]
@@ -65,6 +136,7 @@ class DemoView:
         last = self.checkpoints[-1] if self.checkpoints else None
         return {
             "seconds": round(time.monotonic() - self.started, 2),
+            "timeline": [{"at_s": at, "phase": phase} for at, phase in self.timeline],
             "traffic": {
                 "requests": self.traffic.requests,
                 "feedback": self.traffic.feedback,
@@ -73,8 +145,21 @@ class DemoView:
                 "no_feedback": self.traffic.missing,
                 "late_feedback": self.traffic.late,
                 "malformed": self.traffic.malformed,
-                "records_produced": self.produced,
+                "bootstrap_logs_to_topic": self.sent.warmup_logs,
+                "predicted_over_http": self.sent.predicted,
+                "feedback_over_http": self.sent.feedback_http,
+                "feedback_to_topic": self.sent.feedback_topic,
+                "feedback_resent_by_the_other_path": self.sent.repeats,
+                "seconds_held_for_the_loop": round(self.sent.held_s, 1),
             },
+            "servers": [s.as_json() for s in self.servers],
+            "pointer": None
+            if self.pointer is None
+            else {"live": self.pointer.live, "epoch": self.pointer.epoch},
+            "promotions": [c.as_json() for c in self.promotions],
+            "rollback": self.rollbacks[0].as_json() if self.rollbacks else None,
+            "epochs_converged": self.converged,
+            "count_checkpoints_not_promoted": list(self.not_promoted),
             "joined_examples": self.examples,
             "default_label_examples": self.default_labels,
             "repeated_examples_seen_downstream": self.repeated_examples,
@@ -107,7 +192,16 @@ class DemoView:
         counts.add_column()
         counts.add_row("phase", self.phase)
         counts.add_row("elapsed", f"{elapsed:6.1f} s")
-        counts.add_row("produced", f"{self.produced:,} / {self.traffic.records:,} records")
+        sent = self.sent
+        counts.add_row(
+            "requests",
+            f"{sent.warmup_logs + sent.predicted:,} / {self.traffic.requests:,}"
+            f" ({sent.warmup_logs:,} bootstrap logs to the topic, {sent.predicted:,} over HTTP)",
+        )
+        counts.add_row(
+            "feedback",
+            f"{sent.feedback_http:,} via POST /v1/feedback, {sent.feedback_topic:,} to the topic",
+        )
         joined = f"{self.examples:,} examples ({self.default_labels} default-label)"
         counts.add_row("joined", joined)
         dead = ", ".join(f"{k}={v}" for k, v in sorted(self.dead_letters.items())) or "none"
@@ -120,13 +214,56 @@ class DemoView:
         drift_text = Text(str(len(drift)), style="bold red" if drift else "")
         counts.add_row("drift detections", drift_text)
 
+        pointer = self.pointer
+        if pointer is not None:
+            counts.add_row("pointer", f"live={pointer.live} epoch={pointer.epoch}")
+        return Group(
+            counts, self._servers_table(), self._changes_table(), self._checkpoints_table()
+        )
+
+    def _servers_table(self) -> Table:
+        table = Table(title="model servers", expand=False)
+        for column in ("server", "port", "live", "epoch", "requests", "versions served"):
+            table.add_column(column)
+        p = self.pointer
+        for s in self.servers:
+            behind = p is not None and s.epoch != p.epoch
+            versions = ", ".join(f"{v[-6:]}:{n}" for v, n in sorted(s.versions.items()))
+            table.add_row(
+                s.server_id,
+                str(s.port),
+                s.live or "-",
+                "-" if s.epoch is None else str(s.epoch),
+                f"{s.requests:,}",
+                versions or "-",
+                style="yellow" if behind else None,
+            )
+        return table
+
+    def _changes_table(self) -> Table:
+        table = Table(title="pointer changes (actor demo)", expand=False)
+        for column in ("epoch", "action", "from", "to", "reason"):
+            table.add_column(column)
+        for c in self.changes[-8:]:
+            e = c.event
+            table.add_row(
+                str(e.epoch),
+                e.action,
+                e.from_live or "-",
+                e.live or "-",
+                e.reason,
+                style="magenta" if e.action == "rollback" else None,
+            )
+        return table
+
+    def _checkpoints_table(self) -> Table:
         table = Table(title="checkpoints", expand=False)
         for column in ("version", "trigger", "step", "examples", "metrics"):
             table.add_column(column)
-        for c in self.checkpoints[-12:]:
+        for c in self.checkpoints[-8:]:
             style = "red" if c.trigger == "drift" else None
             shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(c.metrics.items())[:3])
             table.add_row(
                 c.version, c.trigger, str(c.step), str(c.examples_seen), shown, style=style
             )
-        return Group(counts, table)
+        return table

@@ -1,8 +1,11 @@
-"""``driftloop demo`` end to end, as a user runs it: the loop learns, checkpoints
-on drift and on schedule, dead-letters what it must, and leaves no process behind."""
+"""``driftloop demo`` end to end, as a user runs it: traffic goes over HTTP to two
+model servers, the loop learns, checkpoints on drift and on schedule, dead-letters
+what it must, the demo promotes count checkpoints and rolls back once, both servers
+end at the final epoch, and no process is left behind."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -14,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
-    requests, drift_at = 2400, 1200
+    requests, drift_at = 4000, 2000
     options = ["--requests", str(requests), "--drift-at", str(drift_at)]
     options += ["--checkpoint-every", "400"]
     done = subprocess.run(
@@ -50,10 +53,85 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     untrained = summary["joined_examples"] - summary["final"]["examples_seen"]
     assert 0 <= untrained < 32
 
-    # The broker, Redis and worker it started are gone once it has exited.
+    # Bootstrap logs went to the topic; every other request was an HTTP call,
+    # answered by one of the two servers, each serving a share.
+    servers = summary["servers"]
+    assert [s["server"] for s in servers] == ["serve-a", "serve-b"]
+    bootstrap = summary["bootstrap_requests"]
+    assert traffic["bootstrap_logs_to_topic"] == bootstrap
+    assert traffic["predicted_over_http"] == requests - bootstrap
+    assert sum(s["requests"] for s in servers) == requests - bootstrap
+    assert all(s["requests"] > 0 for s in servers)
+    # Feedback went both ways, and the servers accepted all they were sent.
+    assert traffic["feedback_to_topic"] > 0
+    assert sum(s["feedback_posted"] for s in servers) == traffic["feedback_over_http"] > 0
+
+    # Each count checkpoint was promoted by the demo, with its reason; one
+    # rollback midway went back to the version live before.
+    count_versions = {c["version"] for c in checkpoints if c["trigger"] == "count"}
+    promotions = summary["promotions"]
+    assert len(promotions) >= 2
+    promoted = {p["to"] for p in promotions}
+    assert promoted | set(summary["count_checkpoints_not_promoted"]) == count_versions
+    assert all(p["actor"] == "demo" and "count checkpoint" in p["reason"] for p in promotions)
+    rollback = summary["rollback"]
+    assert rollback is not None
+    assert rollback["actor"] == "demo"
+    assert rollback["reason"]
+    # It came after the second promotion (or a later one, if that came before
+    # both servers had served the second long enough) and undid the one before it.
+    before = [p for p in promotions if p["epoch"] == rollback["epoch"] - 1]
+    assert len(before) == 1
+    assert rollback["epoch"] > promotions[1]["epoch"]
+    assert (rollback["from"], rollback["to"]) == (before[0]["to"], before[0]["from"])
+    epochs = sorted([p["epoch"] for p in promotions] + [rollback["epoch"]])
+    assert epochs == list(range(1, len(promotions) + 2))
+    # Both servers served the promoted versions and ended at the final epoch.
+    pointer = summary["pointer"]
+    assert pointer["epoch"] == epochs[-1]
+    assert summary["epochs_converged"] is True
+    for s in servers:
+        assert (s["live"], s["applied_epoch"]) == (pointer["live"], pointer["epoch"])
+        assert promotions[0]["to"] in s["versions_served"]
+        assert promotions[1]["to"] in s["versions_served"]
+
+    # The broker, Redis, worker and both servers it started are gone once it has exited.
     pids = summary["processes"]
-    assert set(pids) >= {"worker"}
-    assert len(pids) == 3
+    assert set(pids) >= {"worker", "serve-a", "serve-b"}
+    assert len(pids) == 5
     alive = [pid for pid in pids.values() if psutil.pid_exists(pid)]
     alive = [pid for pid in alive if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_an_interrupted_demo_leaves_no_server_behind(how: signal.Signals) -> None:
+    """Stopped while both model servers serve: Ctrl-C unwinds and stops every child;
+    kill -9 leaves them to PR_SET_PDEATHSIG. Either way none survives."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "demo", "--requests", "20000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # its log lines; the servers are started after the worker
+            if "model server 'serve-b'" in line:
+                break
+        else:
+            pytest.fail(f"the demo ended before starting its servers (exit {demo.wait()})")
+        children = psutil.Process(demo.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert names.count(" serve ") == 2
+        assert " worker " in names
+        demo.send_signal(how)
+        demo.wait(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == []

@@ -20,3 +20,29 @@ def test_the_count_interval_is_applied_to_every_shipped_example(
     model = load_config(path).model(name)
     assert model.triggers.every_n == 300
     assert model.triggers.adaptive is None or model.triggers.adaptive.min_every_n <= 150
+
+
+def test_the_bootstrap_covers_the_first_count_checkpoint_or_is_refused() -> None:
+    from dataclasses import replace
+
+    from schemas.errors import ConfigError
+    from services.demo.runner import warmup_requests
+    from services.demo.traffic import TrafficConfig
+
+    options = DemoOptions(checkpoint_every=400, traffic=TrafficConfig(requests=2400))
+    # ~95% of requests are joined: enough examples for 400, at most half the traffic.
+    assert 400 / 0.95 < warmup_requests(options) <= 1200
+    with pytest.raises(ConfigError, match="too few requests"):
+        warmup_requests(replace(options, traffic=TrafficConfig(requests=1000)))
+
+
+def test_late_feedback_that_the_joiner_would_not_call_late_is_refused() -> None:
+    from schemas.errors import ConfigError
+    from services.demo.runner import _check_timing
+    from services.demo.traffic import TrafficConfig
+
+    _check_timing(DemoOptions())
+    with pytest.raises(ConfigError, match="late feedback"):
+        _check_timing(DemoOptions(traffic=TrafficConfig(late_after_ms=5_000)))
+    with pytest.raises(ConfigError, match="late feedback"):
+        _check_timing(DemoOptions(traffic=TrafficConfig(late_after_ms=60_000)))
