@@ -11,8 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.errors import DriftloopError
-from services.demo.runner import DemoOptions, run_demo
-from services.demo.traffic import TrafficConfig
 
 
 def demo(
@@ -46,6 +44,11 @@ def demo(
     applied epoch are shown as they happen. Every process it starts is stopped
     when it ends."""
     console = Console(stderr=json)
+    # Here, not at the top: the demo imports river, and every command pays
+    # for what `services.cli` imports (tests/unit/test_cli_imports.py).
+    from services.demo.runner import DemoOptions, run_demo
+    from services.demo.traffic import TrafficConfig
+
     traffic = TrafficConfig(
         requests=requests, drift_at=drift_at if drift_at is not None else requests // 2, seed=seed
     )
