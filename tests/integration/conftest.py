@@ -32,6 +32,7 @@ from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.kafka import ensure_topics
 from services.stack import EMBEDDED_GROUP_TIMEOUTS, EmbeddedStack, StackInfo
 from tests.integration._procs import WorkerProcess
+from tests.integration._serving import Server, Versions, train_versions
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -155,3 +156,18 @@ def started() -> Iterator[list[WorkerProcess]]:
     for proc in procs:
         if proc.alive():
             proc.kill()
+
+
+@pytest.fixture
+def versions(tmp_path: Path) -> Versions:
+    """Three checkpoint versions of the serving tests' model, trained into a fresh store."""
+    return train_versions(tmp_path / "store")
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """``driftloop serve`` processes a test started, stopped at its end."""
+    started: list[Server] = []
+    yield started
+    for s in started:
+        s.stop()

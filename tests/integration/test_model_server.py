@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
 import redis
 
 from schemas.codec import decode
@@ -40,24 +38,10 @@ from tests.integration._serving import (
     server_env,
     set_pointer,
     start_redis,
-    train_versions,
 )
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
-
-
-@pytest.fixture
-def versions(tmp_path: Path) -> Versions:
-    return train_versions(tmp_path / "store")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 def test_serve_loads_live_follows_changes_and_logs_every_prediction(

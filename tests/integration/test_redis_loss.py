@@ -13,13 +13,11 @@ pointer and epoch exactly, and the next change is applied with the next epoch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 import redis
 
 from services.config import RedisConfig
@@ -31,24 +29,10 @@ from tests.integration._serving import (
     cli,
     predict_instances,
     server_env,
-    train_versions,
 )
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
-
-
-@pytest.fixture
-def versions(tmp_path: Path) -> Versions:
-    return train_versions(tmp_path / "store")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 @dataclass

@@ -7,11 +7,9 @@ CLI died before relaying it reaches ``version-events`` through the servers' rela
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
 import redis
 
 from services.pointer.base import outbox_key
@@ -25,24 +23,10 @@ from tests.integration._serving import (
     predict_instances,
     reported,
     server_env,
-    train_versions,
 )
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
-
-
-@pytest.fixture
-def versions(tmp_path: Path) -> Versions:
-    return train_versions(tmp_path / "store")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 def test_two_servers_follow_cli_promotes_report_their_epoch_and_relay_the_outbox(
