@@ -20,6 +20,7 @@ prefix when cut); the agent never crashed; the good pairs are joined.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from kafka.errors import KafkaError
 from schemas import limits as L
 from schemas.codec import decode, encode
 from schemas.events import DeadLetter, InferenceLog, TrainingExample
+from services.attribution import join_partition
 from services.kafka import high_watermarks, make_producer
 from tests.integration._procs import WorkerProcess, read_topic, wait_committed, worker_env
 
@@ -38,6 +40,20 @@ if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
 
 T0 = 50_000  # event time of the phase-1 requests, ms
+
+
+def _joined_on_partition_0(partitions: int) -> str:
+    """A request id joined on partition 0, where every record is written, so
+    the phase-2 pair closes its window. (One joined elsewhere waits for the
+    other partitions' sources, and once every source is idle a partition's
+    windows wait for the next record: see services.attribution.expiry.)"""
+    return next(
+        rid
+        for rid in (f"orphan-{i}" for i in itertools.count())
+        if join_partition(rid, partitions) == 0
+    )
+
+
 WINDOW_MS, GRACE_MS = 10_000, 20_000
 
 
@@ -92,6 +108,7 @@ def test_oversized_and_refused_records_each_yield_one_dead_letter_that_fits(
     assert joiner.wait_for("joiner owns partitions [0, 1, 2]"), joiner.text()[-3000:]
 
     good = {"str-at-limit", "payload-at-limit", "normal"}
+    orphan = _joined_on_partition_0(sandbox.topics.partitions)
     phase1: list[tuple[str, str, bytes, str | None]] = [  # topic, key, value, expected kind
         (inf, "str-at-limit", _log("str-at-limit", feature="s" * L.MAX_VALUE_CHARS), None),
         (
@@ -113,7 +130,7 @@ def test_oversized_and_refused_records_each_yield_one_dead_letter_that_fits(
         (inf, "late", _log("late", ts=0), "late"),
         (fb, "late", _foreign_feedback("late", ts=WINDOW_MS + 5), "late"),
         # orphan: no inference ever comes; closed by the phase-2 pair
-        (fb, "orphan", _foreign_feedback("orphan"), "orphan"),
+        (fb, orphan, _foreign_feedback(orphan), "orphan"),
     ]
     phase2 = [
         (inf, "normal", _log("normal", ts=10 * T0), None),
