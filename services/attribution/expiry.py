@@ -65,8 +65,15 @@ a backlog now); the closing watermark does not go back when it does.
 Releases are counted (``JoinStats.idle_releases``): events of
 a released input that are not late by rule 1 can then find their window
 closed (``late``, "after its window closed"), and only then does the joined
-set depend on timing. A partition all of whose inputs are idle does not
-advance: its open windows wait for the next record, as before.
+set depend on timing. When *every* input of a partition is released (all of
+them read to their ends, nothing new for ``idle_ms``), the closing watermark
+is the minimum over the inputs that delivered something (those that never did
+say nothing of event time), so windows that every input has passed close
+instead of waiting for traffic that may not come. The windows close when the
+partition next handles anything: a record, or a marker (an idle source's
+marker comes every ``idle_ms / 2``, so with more than one partition that is
+within about ``idle_ms``; a single-partition join has no markers and waits
+for its next record).
 
 The watermarks are per partition because partitions are the unit of
 handover: a worker taking over partition 3 inherits partition 3's per-input
@@ -206,7 +213,8 @@ class Watermarks:
     def closing(self, partition: int, now_ms: int) -> int | None:
         """The partition's closing watermark at wall-clock ``now_ms`` (None
         until every active input delivered something): the minimum over the
-        inputs not released, never lower than it was.
+        inputs not released (every input released: over those that delivered
+        something), never lower than it was.
 
         A release lapses (the input rejoins) when its last check is more than
         ``idle_ms`` old: the worker was stopped or starved, and what it found
@@ -218,6 +226,8 @@ class Watermarks:
                 clock.idle.discard(input)
                 clock.caught_up_since.pop(input, None)
         active = [clock.marks.get(i) for i in self.inputs if i not in clock.idle]
+        if not active:  # every input released: the inputs that delivered something
+            active = [mark for mark in clock.marks.values() if mark is not None]
         if active and all(mark is not None for mark in active):
             low = min(mark for mark in active if mark is not None)
             if clock.closing is None or low > clock.closing:

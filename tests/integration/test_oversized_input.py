@@ -44,9 +44,10 @@ T0 = 50_000  # event time of the phase-1 requests, ms
 
 def _joined_on_partition_0(partitions: int) -> str:
     """A request id joined on partition 0, where every record is written, so
-    the phase-2 pair closes its window. (One joined elsewhere waits for the
-    other partitions' sources, and once every source is idle a partition's
-    windows wait for the next record: see services.attribution.expiry.)"""
+    the phase-2 pair's watermark closes its window. (The sources of partitions
+    1 and 2 deliver nothing: the window closes once they are released as idle,
+    or, when every source was released at once, at the least watermark any of
+    them reached: see services.attribution.expiry.)"""
     return next(
         rid
         for rid in (f"orphan-{i}" for i in itertools.count())

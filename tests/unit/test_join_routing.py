@@ -190,6 +190,36 @@ def test_an_idle_marker_releases_a_source_until_it_lapses_or_is_busy_again() -> 
     assert not joiner.watermarks.is_idle(0, "feedback:2")
 
 
+def test_when_every_source_is_released_windows_close_at_the_least_watermark_reached() -> None:
+    """The oversized-input CI failure: phase 1 and 2 were read within idle_ms,
+    so every source of partition 0 was released at once, while the sources of
+    partitions 1 and 2 had delivered nothing (closing watermark None). The
+    orphan then waited for a record that never came."""
+    clock = [0]
+    config = JoinerConfig(window_ms=1_000, grace_ms=0, idle_ms=500, no_feedback_policy="default")
+    joiner = _joiner(config, clock)
+    routed = RoutedJoin(joiner, PARTS)
+    joiner.rebalance([0])
+    rid = _request_on(0)
+    out: list[Outcome] = list(
+        routed.on_event(_log(rid, 0), SourceRef(topic="i", partition=0, offset=0))
+    )
+    out += routed.on_event(
+        _log(_request_on(0, "s"), 10_000), SourceRef(topic="i", partition=0, offset=1)
+    )
+    assert out == [] and joiner.watermarks.closing(0, clock[0]) is None
+    for _ in range(2):  # its owner finds inference:0 idle first (the others say nothing)
+        joiner.report_caught_up("inference:0", 0)
+        clock[0] += 500
+    assert joiner.watermarks.is_idle(0, "inference:0")
+    for input in source_inputs(PARTS):  # then the markers release the rest, at ts None
+        if input != "inference:0":
+            out += routed.on_marker(Marker(0, input, None, True))
+    # every source released: the one that delivered something closes the window
+    assert [o.example.request_id for o in out if isinstance(o, Emit)] == [rid]
+    assert joiner.watermarks.closing(0, clock[0]) == 10_000
+
+
 def test_a_forward_replayed_after_a_take_over_is_a_duplicate() -> None:
     routed = RoutedJoin(_joiner(JoinerConfig(window_ms=10_000, grace_ms=0)), PARTS)
     rid = _request_on(1)
