@@ -1,4 +1,4 @@
-"""The six event types that travel on driftloop's topics (ARCHITECTURE.md, "Topics").
+"""The seven event types that travel on driftloop's topics (ARCHITECTURE.md, "Topics").
 
 Each model is frozen, strict and closed:
 
@@ -48,6 +48,10 @@ VersionAction: TypeAlias = Literal[
     "promote", "rollback", "canary", "shadow", "clear_canary", "clear_shadow"
 ]
 """A change of the Redis version pointer."""
+Judge: TypeAlias = Literal["gateway", "guard"]
+"""Who judged a version: the validation gateway (candidates) or the guard (the live version)."""
+Decision: TypeAlias = Literal["promote", "reject", "hold", "superseded", "rollback", "keep"]
+"""What a verdict decided (see :class:`Verdict`)."""
 
 #: Dead-letter kinds driftloop itself emits; ``DeadLetter.error_kind`` accepts
 #: any short snake_case word so agents can add their own.
@@ -238,6 +242,14 @@ class TrainingExample(Event):
     """Event-time feedback delay in ms: ``feedback_ts - inference_ts``, clamped at 0;
     for a default label, ``ts - inference_ts`` (``window + grace``). Derived
     from the events only, so a replayed example is byte-identical."""
+    route: Route | None = None
+    """The route of the inference log that made the example (``live`` or
+    ``canary``; a shadow log never makes one); absent when the log had none."""
+    prediction: Scalar | None = None
+    """The prediction the serving version answered with (from the inference log),
+    so every version is scored on live feedback; absent in examples from before."""
+    scores: Annotated[dict[ScoreLabel, Probability], Field(max_length=L.MAX_SCORES)] | None = None
+    """The inference log's class probabilities, when it had them."""
 
     @model_validator(mode="after")
     def _check_attribution(self) -> Self:
@@ -335,6 +347,69 @@ class VersionEvent(Event):
     """Canary version before the change."""
     from_shadow: Name | None = None
     """Shadow version before the change."""
+
+
+class Verdict(Event):
+    """A judgement of one version, with the figures that decided it. Keyed by ``model``.
+
+    The validation gateway judges each candidate checkpoint against the live
+    version on the same held-out examples; the guard judges the live version
+    against the one it replaced, on the same examples. ``decision``:
+
+    - ``promote``: the candidate passed and the gateway made it live
+      (``epoch`` is the pointer's epoch after that);
+    - ``hold``: it passed, but the policy is ``manual`` (recorded only; an
+      operator promotes);
+    - ``reject``: a check failed or it scored worse than allowed;
+    - ``superseded``: a newer candidate of the model arrived before this one
+      could be judged (newest wins);
+    - ``rollback``: the guard found the live version regressed and rolled it back;
+    - ``keep``: the guard judged the live version and kept it.
+
+    ``candidate`` and ``baseline`` are the values of ``metric`` for
+    ``version`` and ``baseline_version`` on the same ``n`` examples;
+    ``difference`` is ``candidate - baseline`` in the metric's better
+    direction (positive: ``version`` is better), so a tolerance reads the same
+    for accuracy and for log loss.
+    """
+
+    topic: ClassVar[str] = "verdicts"
+
+    model: Name
+    """Model name."""
+    version: Name
+    """The version judged."""
+    baseline_version: Name | None = None
+    """What it was compared with (the live version, or the one the live version replaced)."""
+    judge: Judge
+    """Who judged."""
+    policy: Literal["manual", "auto", "guard"]
+    """The policy in force: the gateway's ``manual`` or ``auto``, or the guard."""
+    decision: Decision
+    """What was decided (see the class docstring)."""
+    reason: Text = ""
+    """Why, in words, with the figures."""
+    checks: Annotated[dict[MetricName, bool], Field(max_length=L.MAX_METRICS)] = Field(
+        default_factory=dict
+    )
+    """Sanity checks and whether each passed (``verified``, ``finite_weights``,
+    ``finite_predictions``, ...)."""
+    metric: MetricName | None = None
+    """The metric compared."""
+    candidate: float | None = None
+    """``metric`` of ``version`` on the examples."""
+    baseline: float | None = None
+    """``metric`` of ``baseline_version`` on the same examples."""
+    difference: float | None = None
+    """``candidate - baseline`` in the better direction (positive: ``version`` is better)."""
+    n: Count = 0
+    """How many examples both were scored on."""
+    allowance: float | None = None
+    """The gateway's tolerance or the guard's threshold that ``difference`` was held to."""
+    min_examples: Count = 0
+    """The smallest ``n`` the policy decides on."""
+    epoch: Count | None = None
+    """The pointer's epoch after the change this verdict made, if it made one."""
 
 
 class DeadLetter(Event):
@@ -463,5 +538,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CheckpointEvent,
         VersionEvent,
         DeadLetter,
+        Verdict,
     )
 }

@@ -30,6 +30,7 @@ from schemas.events import (
     FeedbackEvent,
     InferenceLog,
     TrainingExample,
+    Verdict,
     VersionEvent,
 )
 from schemas.limits import CURRENT_SCHEMA_VERSION
@@ -46,6 +47,7 @@ EXPORTED: tuple[tuple[type[BaseModel], int], ...] = (
     (CheckpointEvent, CURRENT_SCHEMA_VERSION),
     (VersionEvent, CURRENT_SCHEMA_VERSION),
     (DeadLetter, CURRENT_SCHEMA_VERSION),
+    (Verdict, CURRENT_SCHEMA_VERSION),
     (CheckpointManifest, MANIFEST_SCHEMA_VERSION),
 )
 

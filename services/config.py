@@ -39,6 +39,7 @@ TOPIC_NAMES: dict[str, str] = {
     "checkpoint_events": "checkpoint-events",
     "version_events": "version-events",
     "dead_letters": "dead-letters",
+    "verdicts": "verdicts",
 }
 #: Topics driftloop's workers use among themselves, before the prefix: not part
 #: of the contract (nobody else reads or writes them), created by the worker
@@ -195,6 +196,10 @@ class TopicsConfig(BaseSettings):
     @property
     def dead_letters(self) -> str:
         return self.name("dead_letters")
+
+    @property
+    def verdicts(self) -> str:
+        return self.name("verdicts")
 
     @property
     def join_repartition(self) -> str:

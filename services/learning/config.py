@@ -202,16 +202,47 @@ class RetentionConfig(_Frozen):
 
 
 class PromotionConfig(_Frozen):
-    """When a new checkpoint may become live: by hand, or automatically when
-    ``metric`` improved by ``min_improvement`` over the live version after at
-    least ``min_examples`` examples (``canary_percent`` > 0 routes a share first).
+    """The validation gateway's policy for the model's candidate checkpoints.
+
+    A deterministic ``holdout_percent`` share of requests (by
+    :func:`services.server.routing.in_holdout` of ``request_id``) is never
+    learned by the trainer; the gateway keeps the ``holdout_size`` most recent
+    of them and scores each candidate and the live version on the same ones,
+    by ``metric`` (default: the model's key metric). A candidate passes when
+    every sanity check passes and it is not worse than live by more than
+    ``tolerance`` (in the metric's units), on at least ``min_examples``
+    examples. ``mode``: ``manual`` records the verdict only; ``auto`` also
+    promotes a candidate that passed. A model with nothing live yet gets its
+    first candidate that passes the sanity checks.
     """
 
     mode: Literal["manual", "auto"] = "manual"
-    metric: str | None = None
-    min_improvement: float = 0.0
-    min_examples: int = Field(default=0, ge=0)
-    canary_percent: int = Field(default=0, ge=0, le=100)
+    metric: Literal["accuracy", "log_loss", "cross_entropy", "mae", "rmse"] | None = None
+    tolerance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    min_examples: int = Field(default=200, ge=1, le=MAX_COUNT)
+    holdout_percent: float = Field(default=10.0, ge=0.0, le=50.0, allow_inf_nan=False)
+    holdout_size: int = Field(default=2_000, ge=1, le=1_000_000)
+
+
+class GuardConfig(_Frozen):
+    """The guard's automatic rollback of a regressed live version.
+
+    After each promotion the guard scores the live version and the one it
+    replaced on the same held-out examples that arrived since the promotion;
+    once there are ``min_examples`` of them, it rolls back when live is worse
+    by more than ``threshold`` on ``metric`` (default: the promotion metric),
+    and otherwise keeps it (judging again every ``min_examples`` new examples
+    until ``watch_examples`` were seen). After a rollback the guard waits
+    ``cooldown_s`` before it judges that model again, and the gateway never
+    promotes a version the guard rolled back (an operator still can).
+    """
+
+    enabled: bool = False
+    metric: Literal["accuracy", "log_loss", "cross_entropy", "mae", "rmse"] | None = None
+    threshold: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
+    min_examples: int = Field(default=100, ge=1, le=MAX_COUNT)
+    watch_examples: int = Field(default=2_000, ge=1, le=MAX_COUNT)
+    cooldown_s: float = Field(default=60.0, ge=0.0, le=86_400.0, allow_inf_nan=False)
 
 
 class ModelConfig(_Frozen):
@@ -234,6 +265,7 @@ class ModelConfig(_Frozen):
     dedup_horizon: int = Field(default=100_000, ge=0, le=100_000_000)
     retention: RetentionConfig = RetentionConfig()
     promotion: PromotionConfig = PromotionConfig()
+    guard: GuardConfig = GuardConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -271,6 +303,12 @@ class ModelConfig(_Frozen):
         key = self.metrics.key
         if key is not None and key not in self.metric_names:
             raise ValueError(f"metrics.key {key!r} is not one of {list(self.metric_names)}")
+        for where, metric in (("promotion", self.promotion.metric), ("guard", self.guard.metric)):
+            if metric is not None and metric not in self.metric_names:
+                raise ValueError(
+                    f"{where}.metric {metric!r} is not one of the model's metrics"
+                    f" {list(self.metric_names)}"
+                )
         return self
 
     @property
@@ -284,6 +322,16 @@ class ModelConfig(_Frozen):
     @property
     def key_metric(self) -> str:
         return self.metrics.key or self.metric_names[0]
+
+    @property
+    def promotion_metric(self) -> str:
+        """The metric the gateway judges candidates by."""
+        return self.promotion.metric or self.key_metric
+
+    @property
+    def guard_metric(self) -> str:
+        """The metric the guard judges the live version by."""
+        return self.guard.metric or self.promotion_metric
 
     @property
     def torch_loss(self) -> str:

@@ -44,7 +44,7 @@ def test_defaults_name_the_contract_topics_and_key_prefix() -> None:
     topics = TopicsConfig()
     assert topics.all_names() == [
         "inference-logs", "feedback", "training-examples",
-        "checkpoint-events", "version-events", "dead-letters",
+        "checkpoint-events", "version-events", "dead-letters", "verdicts",
     ]  # fmt: skip
     assert RedisConfig().key("m", "versions") == "driftloop:m:versions"
     with pytest.raises(ConfigError, match="unknown topic key"):

@@ -1,0 +1,113 @@
+"""The seams of the validation gateway and the guard.
+
+:class:`HoldoutExample` is one held-out, attributed example (its request
+in the model's holdout share, so the trainer never learned it). A
+:class:`VersionEvaluator` scores one checkpoint version on a list of them
+and runs the sanity checks; its real implementation loads versions read-only
+from the checkpoint store (:mod:`services.validation.evaluate`), a fake one
+serves the unit tests of the decisions (:mod:`services.validation.gateway`,
+:mod:`services.validation.guard`), which do no I/O of their own beyond what
+the evaluator, the pointer and the publisher they are given do.
+
+How the pieces meet (``driftloop worker --role gateway``, ``streams/gateway.py``)::
+
+    training-examples --> in holdout share? --> HoldoutBuffer (most recent N)
+                                   |                 |
+                                   v                 v
+                        LiveMetrics (per version)   Guard (live vs replaced)
+    checkpoint-events --> Gateway (candidate vs live) --> pointer + verdicts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas.events import Scalar, TrainingExample
+from services.server.routing import in_holdout
+
+#: Sanity check names, as a Verdict's ``checks`` keys.
+CHECK_LOADS = "loads"  # the version verified (signature, sizes, hashes) and restored
+CHECK_FINITE_WEIGHTS = "finite_weights"  # every weight (tensor, river coefficient) finite
+CHECK_FINITE_PREDICTIONS = "finite_predictions"  # every holdout prediction finite
+
+
+@dataclass(frozen=True, slots=True)
+class HoldoutExample:
+    """One attributed example of a held-out request.
+
+    ``served_by`` is the version that answered the request (the
+    attribution); the gateway re-scores the features with each version it
+    judges, so it matters only for reporting.
+    """
+
+    request_id: str
+    features: Mapping[str, Scalar]
+    label: Scalar
+    weight: float
+    ts: int
+    served_by: str
+
+    @classmethod
+    def of(cls, example: TrainingExample) -> HoldoutExample:
+        return cls(
+            request_id=example.request_id,
+            features=example.features,
+            label=example.label,
+            weight=example.weight,
+            ts=example.ts,
+            served_by=example.model_version,
+        )
+
+
+def is_held_out(request_id: str, holdout_percent: float) -> bool:
+    """Whether a request is in the model's holdout share (never learned).
+
+    The trainer skips these examples and the gateway keeps them: both call
+    this one function, :func:`services.server.routing.in_holdout` (its own
+    salt, independent of the canary share).
+    """
+    return in_holdout(request_id, holdout_percent)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One version scored on examples, with its sanity checks.
+
+    ``value`` is ``metric`` over the ``n`` examples scored (None when a
+    check failed or nothing could be scored); ``error`` says what failed,
+    with the model, version and path or hash where the failure has one.
+    """
+
+    model: str
+    version: str
+    metric: str
+    value: float | None
+    n: int
+    checks: dict[str, bool] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Every check passed and a value was computed."""
+        return self.error is None and self.value is not None and all(self.checks.values())
+
+
+class VersionEvaluator(Protocol):
+    """Loads and scores checkpoint versions (read-only)."""
+
+    def evaluate(
+        self, model: str, version: str, examples: Sequence[HoldoutExample], metric: str
+    ) -> Evaluation:
+        """Score ``version`` of ``model`` on ``examples`` by ``metric``.
+
+        Never raises for a bad version: a version that does not verify, does
+        not load, has a non-finite weight or predicts a non-finite value is an
+        Evaluation whose check is False and whose ``error`` says why.
+        """
+        ...
+
+    def forget(self, model: str, keep: Sequence[str] = ()) -> None:
+        """Drop cached versions of ``model`` except ``keep`` (memory)."""
+        ...
