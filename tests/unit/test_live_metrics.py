@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Mapping
@@ -51,7 +52,7 @@ def _models() -> dict[str, ModelConfig]:
     return {m.name: m for m in config.models}
 
 
-_seq = 0
+_ids = itertools.count(1)
 
 
 def example(
@@ -65,10 +66,9 @@ def example(
     default: bool = False,
     ts: int = 1_000,
 ) -> TrainingExample:
-    global _seq
-    _seq += 1
-    rid = f"r{_seq}"
-    fid = None if default else f"f{_seq}"
+    n = next(_ids)
+    rid = f"r{n}"
+    fid = None if default else f"f{n}"
     return TrainingExample.new(
         example_id=training_example_id(rid, fid),
         request_id=rid,
@@ -77,7 +77,7 @@ def example(
         features={"x": 1.0},
         label=label,
         label_is_default=default,
-        inference_event_id=f"i{_seq}",
+        inference_event_id=f"i{n}",
         feedback_event_id=fid,
         inference_ts=ts,
         feedback_ts=None if default else ts,
