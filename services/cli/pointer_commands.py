@@ -37,6 +37,7 @@ from schemas.errors import BrokerError, DriftloopError
 from schemas.events import VersionEvent
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
+from services.cli.live_metrics_view import print_live_metrics
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.kafka import ensure_topics
 from services.pointer.base import PointerError, PointerState, outbox_key, servers_key
@@ -46,6 +47,7 @@ from services.pointer.redis import RedisPointer
 from services.pointer.relay import OutboxRelay, RelayResult
 from services.pointer.restore import restore_pointers
 from services.pointer.validation import StoreVersionCheck
+from services.validation.live_store import read_live_metrics
 
 out = Console()
 err = Console(stderr=True)
@@ -300,7 +302,8 @@ def status(
     recent: Annotated[int, typer.Option("--recent", help="Changes shown per model.", min=0)] = 5,
     json: JsonOpt = False,
 ) -> None:
-    """Each pointer, its epoch, recent changes (who and why), and the epoch each server applied."""
+    """Each pointer, its epoch, recent changes (who and why), the epoch each server applied,
+    and each version's live metrics (window and total)."""
     rc = RedisConfig()
     client = redis_client(rc)
     try:
@@ -326,6 +329,7 @@ def status(
                 pointer.get(m),
                 _recent(changes.get(m, []), pending.get(m, []), recent),
                 _servers(client, rc.key_prefix, m, now),
+                read_live_metrics(client, rc.key_prefix, m),
             )
             for m in models
         ]
@@ -408,6 +412,7 @@ def _model_report(
     state: PointerState | None,
     recent: list[dict[str, Any]],
     servers: list[dict[str, Any]],
+    live_metrics: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     pointer = None
     if state is not None:
@@ -420,7 +425,13 @@ def _model_report(
             "shadow": state.shadow,
             "history": list(state.history),
         }
-    return {"model": model, "pointer": pointer, "recent": recent, "servers": servers}
+    return {
+        "model": model,
+        "pointer": pointer,
+        "recent": recent,
+        "servers": servers,
+        "live_metrics": live_metrics,
+    }
 
 
 def _print_model(r: dict[str, Any]) -> None:
@@ -458,6 +469,7 @@ def _print_model(r: dict[str, Any]) -> None:
         state = "stale" if s["stale"] else "current"
         epoch = s["epoch"] if s["epoch"] is not None else "?"
         out.print(f"  server {s['server']}: epoch {epoch} ({state})", highlight=False)
+    print_live_metrics(out, r["live_metrics"])
 
 
 @pointer_app.command("restore")
