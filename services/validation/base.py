@@ -87,6 +87,9 @@ class Evaluation:
     n: int
     checks: dict[str, bool] = field(default_factory=dict)
     error: str | None = None
+    skipped: int = 0
+    """Examples left out because the model refuses their label or features (the
+    same for every version of the model, so comparisons stay on equal terms)."""
 
     @property
     def passed(self) -> bool:

@@ -95,14 +95,13 @@ _SCORE_SLACK = 1e-9
 
 @dataclass(frozen=True)
 class StoreEvaluation(Evaluation):
-    """An :class:`Evaluation` that also counts the examples the model refused.
+    """An :class:`Evaluation` that also says why examples were skipped.
 
-    ``skipped`` examples were left out before prediction (their label or
-    features refused by the model's adapter); ``skipped_reason`` is why the
-    first one was. They are not in ``n``.
+    ``skipped`` examples (:attr:`Evaluation.skipped`) were left out before
+    prediction (their label or features refused by the model's adapter);
+    ``skipped_reason`` is why the first one was. They are not in ``n``.
     """
 
-    skipped: int = 0
     skipped_reason: str | None = None
 
 
