@@ -1,0 +1,362 @@
+"""The validation gateway: judges one model's candidate checkpoints against its live version.
+
+The rules (the policy is the model's :class:`~services.learning.config.PromotionConfig`)
+--------------------------------------------------------------------------------------
+- **Judged on the same examples.** A candidate is judged once the model's
+  holdout buffer holds at least ``promotion.min_examples`` examples: the
+  candidate and the live version are scored on one snapshot of the buffer by
+  ``config.promotion_metric``. ``difference`` is candidate minus live in the
+  metric's better direction. The candidate passes when its evaluation
+  passed (every sanity check, a finite value) and ``difference >=
+  -tolerance``. In ``auto`` mode a candidate that passed is promoted through
+  the pointer (actor ``gateway``, reason = the verdict's reason,
+  ``expected_epoch`` = the epoch read when judging): decision ``promote``
+  with the epoch after it; in ``manual`` mode it is ``hold``. A candidate
+  that fails is ``reject``. A live version that cannot be scored (it fails
+  its own checks) is no baseline: a candidate that passes its checks passes.
+- **Bootstrap.** With nothing live, the first candidate that passes its
+  sanity checks on whatever held-out examples there are (possibly none: then
+  no error and every check that ran passed) passes at once, without waiting
+  for ``min_examples`` — no version serving means no traffic, so no
+  held-out examples would ever come.
+- **Ignored, no verdict:** a candidate equal to the live version, one already
+  judged (replays of ``checkpoint-events`` after a rebalance) or the one
+  already waiting. The memory of judged versions is this object's
+  (the last :data:`REMEMBERED` per model): a new process may judge a replayed
+  candidate again.
+- **Rolled back.** A version the guard rolled back is never promoted by the
+  gateway: ``reject`` saying so (an operator can still promote it by hand).
+- **Newest wins.** While a candidate waits (for examples or for the
+  pointer), a newer candidate of the model replaces it; the replaced one gets
+  a ``superseded`` verdict naming the newer one.
+- **Pointer errors.** :class:`~services.pointer.base.StaleEpochError` (the
+  pointer changed while judging): judged again against the new live, once;
+  a second one rejects it with the reason.
+  :class:`~services.pointer.base.PointerUnavailableError` (Redis down), any
+  error that is not a :class:`~services.pointer.base.PointerError` (e.g. a
+  raw client error) and :class:`~services.pointer.base.PointerLostError`
+  (restore needed): the candidate stays pending, blocked, and :meth:`retry`
+  (each tick) judges it again, re-reading the pointer first — if a
+  promotion that was not confirmed did apply, its ``promote`` verdict is
+  made then. :class:`~services.pointer.base.VersionRefusedError` and other
+  refusals: ``reject`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Container
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.events import CheckpointEvent, Verdict
+from services.learning.config import ModelConfig
+from services.pointer.base import (
+    PointerError,
+    PointerLostError,
+    PointerUnavailableError,
+    StaleEpochError,
+    VersionPointer,
+)
+from services.pointer.transitions import state_of
+from services.validation import judging as J
+from services.validation.base import HoldoutExample, VersionEvaluator
+from services.validation.holdout import HoldoutBuffer
+from services.validation.judging import Outcome
+
+log = logging.getLogger(__name__)
+
+#: Judged versions remembered per model (replays of these are ignored).
+REMEMBERED = 10_000
+
+
+@dataclass
+class Candidate:
+    """A candidate waiting to be judged.
+
+    ``blocked`` says why the pointer could not be read or changed (retried at
+    tick); ``sent`` holds the verdict fields of a promotion whose outcome is
+    unknown (the pointer was unavailable while promoting).
+    """
+
+    version: str
+    blocked: str | None = None
+    sent: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate scored against the live version, and whether it passes."""
+
+    fields: dict[str, Any]
+    passed: bool
+    summary: str
+
+
+class Gateway:
+    """Judges one model's candidates (see the module docstring for the rules).
+
+    Parameters
+    ----------
+    config
+        The model's configuration (``promotion``, ``promotion_metric``).
+    buffer
+        The model's holdout buffer (filled by the caller).
+    evaluator, pointer
+        Score versions; read and change the model's pointer.
+    rolled_back
+        Versions the guard rolled back (the gateway never promotes them).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        buffer: HoldoutBuffer,
+        evaluator: VersionEvaluator,
+        pointer: VersionPointer,
+        rolled_back: Container[str],
+    ) -> None:
+        self.config = config
+        self.model = config.name
+        self.buffer = buffer
+        self.evaluator = evaluator
+        self.pointer = pointer
+        self.rolled_back = rolled_back
+        self.pending: Candidate | None = None
+        self._judged: OrderedDict[str, None] = OrderedDict()
+
+    def offer(self, event: CheckpointEvent) -> Outcome:
+        """A new candidate: judged now if it can be, else it waits (replacing an older one)."""
+        version = event.version
+        if version in self._judged or (self.pending and self.pending.version == version):
+            return Outcome()
+        out = Outcome()
+        if self.pending is not None:
+            out.verdicts.append(self._superseded(self.pending.version, version))
+            self._remember(self.pending.version)
+        self.pending = Candidate(version)
+        out.extend(self._judge(self.pending))
+        return out
+
+    def on_example(self) -> Outcome:
+        """After an example was added: judge the waiting candidate if it has enough now."""
+        cand = self.pending
+        if cand is None or cand.blocked is not None:
+            return Outcome()
+        if len(self.buffer) < self.config.promotion.min_examples:
+            return Outcome()
+        return self._judge(cand)
+
+    def retry(self) -> Outcome:
+        """Each tick: judge again a candidate blocked by the pointer."""
+        cand = self.pending
+        if cand is None or cand.blocked is None:
+            return Outcome()
+        return self._judge(cand)
+
+    def describe(self) -> dict[str, Any] | None:
+        cand = self.pending
+        if cand is None:
+            return None
+        return {
+            "version": cand.version,
+            "examples": len(self.buffer),
+            "min_examples": self.config.promotion.min_examples,
+            "blocked": cand.blocked,
+            "promotion_unconfirmed": cand.sent is not None,
+        }
+
+    # -- judging -----------------------------------------------------------
+
+    def _judge(self, cand: Candidate) -> Outcome:
+        stale: list[str] = []
+        while True:
+            try:
+                state = self.pointer.get(self.model)
+            except Exception as exc:  # noqa: BLE001 - any read failure: retried at tick
+                self._block(cand, "reading the pointer", exc)
+                return Outcome()
+            live = state.live if state is not None else None
+            epoch = state.epoch if state is not None else 0
+            if cand.sent is not None and live == cand.version:
+                reason = f"{cand.sent['reason']} (applied; Redis did not confirm it at first)"
+                fields = {**cand.sent, "reason": reason, "epoch": epoch}
+                return self._finish(cand, J.verdict(**fields))
+            cand.sent = None  # a promotion sent before did not apply (or was undone)
+            if live == cand.version:
+                self._finish(cand, None)
+                return Outcome()
+            if cand.version in self.rolled_back:
+                return self._finish(cand, self._rejected_rolled_back(cand.version, live))
+            examples = self.buffer.examples()
+            if live is not None and len(examples) < self.config.promotion.min_examples:
+                cand.blocked = None
+                return Outcome()
+            comparison = self._compare(cand.version, live, examples)
+            again = f" (judged again: {stale[0]})" if stale else ""
+            if not comparison.passed:
+                return self._decide(cand, comparison, "reject", "rejected" + again)
+            if self.config.promotion.mode == "manual":
+                held = "held: the policy is manual, an operator promotes"
+                return self._decide(cand, comparison, "hold", held + again)
+            promoted = "promoted (bootstrap)" if live is None else "promoted"
+            fields = {**comparison.fields, "decision": "promote"}
+            fields["reason"] = f"{comparison.summary}; {promoted}{again}"
+            try:
+                event = self.pointer.promote(
+                    self.model,
+                    cand.version,
+                    actor="gateway",
+                    reason=J.cut(fields["reason"]),
+                    expected_epoch=epoch,
+                )
+            except StaleEpochError as exc:
+                if not stale:
+                    stale.append(f"the pointer changed from epoch {epoch} while judging")
+                    continue
+                fields["decision"] = "reject"
+                fields["reason"] = (
+                    f"{comparison.summary}; rejected: the pointer changed again while judging"
+                    f" ({stale[0]}, then {exc}); an operator can promote it"
+                )
+                return self._finish(cand, J.verdict(**fields))
+            except (PointerLostError, PointerUnavailableError) as exc:
+                cand.sent = fields
+                self._block(cand, "promoting", exc)
+                return Outcome()
+            except PointerError as exc:  # VersionRefusedError and other refusals
+                fields["decision"] = "reject"
+                fields["reason"] = f"{comparison.summary}; rejected: the pointer refused it: {exc}"
+                return self._finish(cand, J.verdict(**fields))
+            except Exception as exc:  # noqa: BLE001 - e.g. a raw client error: retried at tick
+                cand.sent = fields
+                self._block(cand, "promoting", exc)
+                return Outcome()
+            out = self._finish(cand, J.verdict(**{**fields, "epoch": event.epoch}))
+            out.changes.append(state_of(event))
+            return out
+
+    def _compare(
+        self, version: str, live: str | None, examples: list[HoldoutExample]
+    ) -> Comparison:
+        cfg = self.config.promotion
+        metric = self.config.promotion_metric
+        judged = J.evaluate(self.evaluator, self.model, version, examples, metric)
+        base = (
+            J.evaluate(self.evaluator, self.model, live, examples, metric)
+            if live is not None
+            else None
+        )
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "version": version,
+            "baseline_version": live,
+            "judge": "gateway",
+            "policy": cfg.mode,
+            "checks": dict(judged.checks),
+            "metric": metric,
+            "candidate": J.value(judged),
+            "baseline": J.value(base),
+            "n": min(judged.n, base.n) if base is not None else judged.n,
+            "allowance": cfg.tolerance,
+            "min_examples": cfg.min_examples,
+        }
+        n = len(examples)
+        jv, bv = J.value(judged), J.value(base)
+        score = f"{metric} {J.num(jv)}"
+        if base is None:
+            passed = J.sane(judged)
+            if passed:
+                summary = (
+                    f"nothing is live yet: {version} passed its sanity checks"
+                    f" ({J.passed_checks(judged)}) on {n} held-out examples ({score})"
+                )
+            else:
+                summary = f"nothing is live yet: {version} {J.failure(judged)}"
+        elif jv is None:
+            passed, summary = False, f"{version} {J.failure(judged)}"
+        elif bv is None:
+            passed = True
+            summary = (
+                f"live {live} cannot be scored ({J.failure(base)}); {version} passed its"
+                f" sanity checks ({score} on {n} held-out examples)"
+            )
+        else:
+            diff = J.difference(metric, jv, bv)
+            fields["difference"] = diff
+            passed = diff >= -cfg.tolerance
+            summary = (
+                f"{version} {score} vs live {live} {J.num(bv)} on {n} held-out"
+                f" examples: difference {J.signed(diff)} ({J.direction(metric)} is better)"
+                f" {'within' if passed else 'beyond'} the tolerance {cfg.tolerance:g}"
+            )
+        return Comparison(fields=fields, passed=passed, summary=summary)
+
+    def _decide(self, cand: Candidate, comparison: Comparison, decision: str, what: str) -> Outcome:
+        fields = {**comparison.fields, "decision": decision}
+        fields["reason"] = f"{comparison.summary}; {what}"
+        return self._finish(cand, J.verdict(**fields))
+
+    def _rejected_rolled_back(self, version: str, live: str | None) -> Verdict:
+        cfg = self.config.promotion
+        return J.verdict(
+            model=self.model,
+            version=version,
+            baseline_version=live,
+            judge="gateway",
+            policy=cfg.mode,
+            decision="reject",
+            reason=(
+                f"{version} was rolled back by the guard: the gateway never promotes it again"
+                " (an operator can)"
+            ),
+            metric=self.config.promotion_metric,
+            allowance=cfg.tolerance,
+            min_examples=cfg.min_examples,
+        )
+
+    def _superseded(self, version: str, newer: str) -> Verdict:
+        cfg = self.config.promotion
+        return J.verdict(
+            model=self.model,
+            version=version,
+            judge="gateway",
+            policy=cfg.mode,
+            decision="superseded",
+            reason=(
+                f"a newer candidate {newer} arrived before {version} was judged"
+                f" ({len(self.buffer)} of {cfg.min_examples} held-out examples): newest wins"
+            ),
+            metric=self.config.promotion_metric,
+            n=len(self.buffer),
+            allowance=cfg.tolerance,
+            min_examples=cfg.min_examples,
+        )
+
+    def _finish(self, cand: Candidate, verdict: Verdict | None) -> Outcome:
+        """``cand`` is done (judged, or ignored as live); the outcome holds its verdict."""
+        if self.pending is cand:
+            self.pending = None
+        self._remember(cand.version)
+        if cand.blocked is not None:
+            log.info("the pointer answers again; %s of %s judged", cand.version, self.model)
+        return Outcome(verdicts=[verdict] if verdict is not None else [])
+
+    def _remember(self, version: str) -> None:
+        self._judged[version] = None
+        while len(self._judged) > REMEMBERED:
+            self._judged.popitem(last=False)
+
+    def _block(self, cand: Candidate, doing: str, exc: Exception) -> None:
+        why = f"{doing}: {exc!r}" if not isinstance(exc, PointerError) else f"{doing}: {exc}"
+        if cand.blocked is None:
+            level = logging.ERROR if isinstance(exc, PointerLostError) else logging.WARNING
+            log.log(
+                level,
+                "%s of %s waits for the pointer (retried each tick): %s",
+                cand.version,
+                self.model,
+                why,
+            )
+        cand.blocked = why

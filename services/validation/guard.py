@@ -1,0 +1,348 @@
+"""The guard: rolls back a live version that scores worse than the one it replaced.
+
+The rules (the policy is the model's :class:`~services.learning.config.GuardConfig`)
+----------------------------------------------------------------------------------
+- **A watch per live change.** When the live version changes — the
+  gateway's promotion, or a change by someone else (an operator's promote
+  or rollback) noticed at tick — and ``guard.enabled``, the guard watches
+  it (:meth:`Guard.on_live`): ``replaced`` is the pointer's ``previous``
+  after the change (what a rollback returns to), and the watch counts the
+  held-out examples added to the buffer from then on (``mark`` =
+  ``buffer.added``). A live version with no ``previous`` (the first
+  promotion, or a rollback depth of 0) has nothing to be compared with and
+  is not watched (:meth:`Guard.describe` says so). The guard's own rollback
+  starts no watch: it restores the version it judged better.
+- **Judged on exactly the examples since the change.** Each time the count
+  since the mark reaches a multiple of ``guard.min_examples`` (the first at
+  ``min_examples``, further ones while the multiple is at most
+  ``watch_examples``), the live and the replaced versions are scored on the
+  examples added since the mark that the buffer still holds, by
+  ``config.guard_metric``. ``difference`` is live minus replaced in the
+  metric's better direction.
+- **Regression.** Live is worse by more than ``threshold``
+  (``difference < -threshold``), or live fails its sanity checks (e.g. NaN
+  predictions) while the replaced version passes them: the guard rolls back
+  (actor ``guard``, the reason with the figures, ``expected_epoch`` = the
+  epoch read just before, after checking that live and previous are still
+  the watched pair) and makes a ``rollback`` verdict (version = the bad
+  live, baseline = replaced, the epoch after). It remembers the version
+  (:attr:`Guard.rolled_back`: the gateway never promotes it again), ends
+  the watch and starts a cooldown of ``cooldown_s``: no judgement of this
+  model until it ends (a new watch may start meanwhile; its judgement waits
+  for the end of the cooldown, then uses every example since its mark).
+- **Keep.** Otherwise (also when the replaced version cannot be scored, or
+  both fail their checks: nothing better to return to) the verdict is
+  ``keep``; the watch ends after the last judgement due within
+  ``watch_examples``.
+- **Pointer errors.** A change of live or previous since the judgement drops
+  the rollback (the new live gets its own watch). A stale epoch is retried
+  at once on the pointer read again, and then at tick; an unavailable or
+  lost pointer, or an unexpected error, keeps the rollback pending and
+  :meth:`Guard.tick` tries again (if a rollback that was not confirmed did
+  apply, its verdict is made then). A refusal (e.g. the replaced version no
+  longer verifies) is logged; the watch goes on and the next judgement
+  tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.learning.config import ModelConfig
+from services.pointer.base import (
+    PointerError,
+    PointerLostError,
+    PointerState,
+    PointerUnavailableError,
+    StaleEpochError,
+    VersionPointer,
+)
+from services.pointer.transitions import state_of
+from services.validation import judging as J
+from services.validation.base import VersionEvaluator
+from services.validation.holdout import HoldoutBuffer
+from services.validation.judging import Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Watch:
+    """A live version being watched against the one it replaced."""
+
+    live: str
+    replaced: str
+    mark: int  # buffer.added when the watch started
+    cause: str
+    next_at: int  # examples since the mark at which the next judgement is due
+    judgements: int = 0
+
+
+@dataclass
+class Regression:
+    """A rollback decided and not yet confirmed; ``sent`` once it was tried."""
+
+    live: str
+    replaced: str
+    fields: dict[str, Any]
+    sent: bool = False
+    blocked: str | None = None
+
+
+class Guard:
+    """Watches one model's live version (see the module docstring for the rules).
+
+    Parameters
+    ----------
+    config
+        The model's configuration (``guard``, ``guard_metric``).
+    buffer
+        The model's holdout buffer (filled by the caller).
+    evaluator, pointer
+        Score versions; read and change the model's pointer.
+    clock
+        Seconds, monotonic: when cooldowns end.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        buffer: HoldoutBuffer,
+        evaluator: VersionEvaluator,
+        pointer: VersionPointer,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.model = config.name
+        self.buffer = buffer
+        self.evaluator = evaluator
+        self.pointer = pointer
+        self.clock = clock
+        #: Versions this guard rolled back, which the gateway never promotes.
+        self.rolled_back: set[str] = set()
+        self.watch: Watch | None = None
+        self.pending: Regression | None = None
+        self.cooldown_until: float | None = None
+        self.note = "no change of the live version seen yet"
+
+    def on_live(self, state: PointerState, cause: str) -> None:
+        """The live version changed to ``state.live`` (by ``cause``): watch it if it can be."""
+        live = state.live
+        if self.watch is not None and self.watch.live == live:
+            return
+        self.watch = None
+        if self.pending is not None and self.pending.live != live:
+            log.info(
+                "live of %s is now %s: the rollback of %s is dropped",
+                self.model,
+                live,
+                self.pending.live,
+            )
+            self.pending = None
+        if live is None:
+            self.note = "nothing is live"
+        elif not self.config.guard.enabled:
+            self.note = f"the guard is disabled; {live} is not watched"
+        elif state.previous is None:
+            self.note = (
+                f"{live} ({cause}) replaced no version the pointer can return to"
+                " (first promotion, or no rollback history): nothing to compare with, not watched"
+            )
+        else:
+            self.watch = Watch(
+                live=live,
+                replaced=state.previous,
+                mark=self.buffer.added,
+                cause=cause,
+                next_at=self.config.guard.min_examples,
+            )
+            self.note = f"watching {live} against {state.previous} since {cause}"
+
+    def on_example(self) -> Outcome:
+        """After an example was added: judge live if a judgement is due."""
+        return self._maybe_judge()
+
+    def tick(self) -> Outcome:
+        """End a cooldown that is over, retry a pending rollback, judge if due."""
+        if self.cooldown_until is not None and self.clock() >= self.cooldown_until:
+            self.cooldown_until = None
+        if self.pending is not None:
+            return self._rollback(self.pending)
+        return self._maybe_judge()
+
+    def cooling(self) -> bool:
+        return self.cooldown_until is not None and self.clock() < self.cooldown_until
+
+    def describe(self) -> dict[str, Any]:
+        w = self.watch
+        remaining = (
+            max(0.0, self.cooldown_until - self.clock()) if self.cooldown_until is not None else 0.0
+        )
+        return {
+            "enabled": self.config.guard.enabled,
+            "watch": None
+            if w is None
+            else {
+                "live": w.live,
+                "replaced": w.replaced,
+                "since": w.cause,
+                "examples_since_promotion": self.buffer.added - w.mark,
+                "next_judgement_at": w.next_at,
+                "judgements": w.judgements,
+            },
+            "note": self.note,
+            "cooldown_remaining_s": remaining,
+            "pending_rollback": None if self.pending is None else self.pending.live,
+        }
+
+    # -- judging -----------------------------------------------------------
+
+    def _maybe_judge(self) -> Outcome:
+        w = self.watch
+        if w is None or self.pending is not None or self.cooling():
+            return Outcome()
+        seen = self.buffer.added - w.mark
+        if seen < w.next_at:
+            return Outcome()
+        cfg = self.config.guard
+        w.judgements += 1
+        w.next_at = (seen // cfg.min_examples + 1) * cfg.min_examples
+        fields, regressed = self._compare(w, seen)
+        if regressed:
+            return self._rollback(Regression(w.live, w.replaced, fields))
+        last = w.next_at > cfg.watch_examples
+        if last:
+            self.watch = None
+            self.note = f"watched {w.live} for {seen} held-out examples: kept"
+        fields["reason"] += "; kept" + (" (watch over)" if last else "")
+        return Outcome(verdicts=[J.verdict(**fields, decision="keep")])
+
+    def _compare(self, w: Watch, seen: int) -> tuple[dict[str, Any], bool]:
+        cfg = self.config.guard
+        metric = self.config.guard_metric
+        examples = self.buffer.since(w.mark)
+        live = J.evaluate(self.evaluator, self.model, w.live, examples, metric)
+        base = J.evaluate(self.evaluator, self.model, w.replaced, examples, metric)
+        n = len(examples)
+        on = f"{n} held-out examples since {w.cause}" + (
+            f" (the most recent of {seen})" if n < seen else ""
+        )
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "version": w.live,
+            "baseline_version": w.replaced,
+            "judge": "guard",
+            "policy": "guard",
+            "checks": dict(live.checks),
+            "metric": metric,
+            "candidate": J.value(live),
+            "baseline": J.value(base),
+            "n": min(live.n, base.n),
+            "allowance": cfg.threshold,
+            "min_examples": cfg.min_examples,
+        }
+        lv, bv = J.value(live), J.value(base)
+        if lv is None and bv is not None:
+            fields["reason"] = (
+                f"live {w.live} {J.failure(live)}, replaced {w.replaced} passes"
+                f" ({metric} {J.num(bv)}) on {on}"
+            )
+            return fields, True
+        if lv is None:
+            fields["reason"] = (
+                f"live {w.live} {J.failure(live)}; replaced {w.replaced} too"
+                f" ({J.failure(base)}) on {on}: nothing better to return to"
+            )
+            return fields, False
+        if bv is None:
+            fields["reason"] = (
+                f"replaced {w.replaced} cannot be scored ({J.failure(base)}); live {w.live}"
+                f" {metric} {J.num(lv)} on {on}: nothing to compare with"
+            )
+            return fields, False
+        diff = J.difference(metric, lv, bv)
+        fields["difference"] = diff
+        regressed = diff < -cfg.threshold
+        fields["reason"] = (
+            f"live {w.live} {metric} {J.num(lv)} vs replaced {w.replaced}"
+            f" {J.num(bv)} on {on}: difference {J.signed(diff)}"
+            f" ({J.direction(metric)} is better) {'beyond' if regressed else 'within'}"
+            f" the threshold {cfg.threshold:g}"
+        )
+        return fields, regressed
+
+    def _rollback(self, reg: Regression) -> Outcome:
+        self.pending = None
+        for _attempt in range(2):
+            try:
+                state = self.pointer.get(self.model)
+            except Exception as exc:  # noqa: BLE001 - any read failure: retried at tick
+                return self._wait(reg, "reading the pointer", exc)
+            if state is None or state.live != reg.live:
+                if reg.sent and state is not None and state.live == reg.replaced:
+                    return self._done(reg, state, " (applied; Redis did not confirm it at first)")
+                log.info(
+                    "live of %s changed since the judgement: %s not rolled back",
+                    self.model,
+                    reg.live,
+                )
+                return Outcome()
+            if state.previous != reg.replaced:
+                log.info(
+                    "previous of %s is %s, not %s: %s not rolled back",
+                    self.model,
+                    state.previous,
+                    reg.replaced,
+                    reg.live,
+                )
+                return Outcome()
+            reason = f"{reg.fields['reason']}; rolled back to {reg.replaced}"
+            try:
+                event = self.pointer.rollback(
+                    self.model, actor="guard", reason=J.cut(reason), expected_epoch=state.epoch
+                )
+            except StaleEpochError:
+                continue
+            except (PointerLostError, PointerUnavailableError) as exc:
+                reg.sent = True
+                return self._wait(reg, "rolling back", exc)
+            except PointerError as exc:  # VersionRefusedError and other refusals
+                log.error(
+                    "the pointer refused to roll back %s of %s: %s", reg.live, self.model, exc
+                )
+                self.note = f"rolling back {reg.live} was refused: {exc}"
+                return Outcome()
+            except Exception as exc:  # noqa: BLE001 - e.g. a raw client error: retried at tick
+                reg.sent = True
+                return self._wait(reg, "rolling back", exc)
+            return self._done(reg, state_of(event), "")
+        return self._wait(reg, "rolling back", StaleEpochError("the pointer kept changing"))
+
+    def _done(self, reg: Regression, after: PointerState, note: str) -> Outcome:
+        self.rolled_back.add(reg.live)
+        self.cooldown_until = self.clock() + self.config.guard.cooldown_s
+        self.watch = None
+        self.note = (
+            f"rolled back {reg.live} to {reg.replaced} at epoch {after.epoch};"
+            f" cooldown {self.config.guard.cooldown_s:g}s"
+        )
+        reason = f"{reg.fields['reason']}; rolled back to {reg.replaced}{note}"
+        fields = {**reg.fields, "reason": reason, "decision": "rollback", "epoch": after.epoch}
+        return Outcome(verdicts=[J.verdict(**fields)], changes=[after])
+
+    def _wait(self, reg: Regression, doing: str, exc: Exception) -> Outcome:
+        if reg.blocked is None:
+            log.warning(
+                "rolling back %s of %s waits for the pointer (retried each tick): %s: %s",
+                reg.live,
+                self.model,
+                doing,
+                exc,
+            )
+        reg.blocked = f"{doing}: {exc}"
+        self.pending = reg
+        self.note = f"rollback of {reg.live} pending: {reg.blocked}"
+        return Outcome()

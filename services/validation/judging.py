@@ -1,0 +1,128 @@
+"""What the gateway and the guard share: scoring, the difference, verdicts, outcomes.
+
+Both judges score two versions on the same held-out examples through a
+:class:`~services.validation.base.VersionEvaluator` (:func:`evaluate`, which
+turns an evaluator that raises into a failed :class:`Evaluation`), compare
+the values in the metric's better direction (:func:`difference`) and record
+what they decided as a :class:`~schemas.events.Verdict` (:func:`verdict`,
+which keeps the reason within the event's limit). A judge's call returns an
+:class:`Outcome`: the verdicts it made and the pointer states its own
+changes left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.errors import SHUTDOWN_EXCEPTIONS
+from schemas.events import Verdict
+from schemas.limits import MAX_TEXT_CHARS
+from services.learning.metrics import bigger_is_better
+from services.pointer.base import PointerState
+from services.validation.base import CHECK_LOADS, Evaluation, HoldoutExample, VersionEvaluator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What one call of a judge did: verdicts made, pointer states its changes left."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    changes: list[PointerState] = field(default_factory=list)
+
+    def extend(self, other: Outcome) -> None:
+        self.verdicts.extend(other.verdicts)
+        self.changes.extend(other.changes)
+
+
+def evaluate(
+    evaluator: VersionEvaluator,
+    model: str,
+    version: str,
+    examples: Sequence[HoldoutExample],
+    metric: str,
+) -> Evaluation:
+    """``evaluator.evaluate``; an evaluator that raises gives a failed Evaluation saying so."""
+    try:
+        return evaluator.evaluate(model, version, examples, metric)
+    except SHUTDOWN_EXCEPTIONS:
+        raise
+    except BaseException as exc:  # one version's failure never stops a judge
+        log.exception("evaluating %s of %s raised", version, model)
+        return Evaluation(
+            model=model,
+            version=version,
+            metric=metric,
+            value=None,
+            n=0,
+            checks={CHECK_LOADS: False},
+            error=f"the evaluator raised {exc!r} (model={model}, version={version})",
+        )
+
+
+def usable(evaluation: Evaluation) -> bool:
+    """Every check passed and the value is a finite number."""
+    return evaluation.passed and evaluation.value is not None and math.isfinite(evaluation.value)
+
+
+def sane(evaluation: Evaluation) -> bool:
+    """Usable, or, scored on no examples, no error and every check that ran passed."""
+    if evaluation.n == 0 and evaluation.value is None:
+        return evaluation.error is None and all(evaluation.checks.values())
+    return usable(evaluation)
+
+
+def value(evaluation: Evaluation | None) -> float | None:
+    """The evaluation's value when it is usable (a Verdict holds finite numbers only)."""
+    return evaluation.value if evaluation is not None and usable(evaluation) else None
+
+
+def difference(metric: str, judged: float, baseline: float) -> float:
+    """``judged - baseline`` in the metric's better direction (positive: ``judged`` better)."""
+    return judged - baseline if bigger_is_better(metric) else baseline - judged
+
+
+def direction(metric: str) -> str:
+    return "higher" if bigger_is_better(metric) else "lower"
+
+
+def failure(evaluation: Evaluation) -> str:
+    """Which checks failed and why, in words."""
+    failed = [name for name, ok in evaluation.checks.items() if not ok]
+    what = ", ".join(failed) if failed else "scoring"
+    why = evaluation.error or (
+        f"{evaluation.metric} is {evaluation.value}"
+        if evaluation.value is not None
+        else "no value was computed"
+    )
+    return f"{what} failed: {why}"
+
+
+def passed_checks(evaluation: Evaluation) -> str:
+    return ", ".join(evaluation.checks) or "none ran"
+
+
+def num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.4g}"
+
+
+def verdict(**fields: Any) -> Verdict:
+    """``Verdict.new(**fields)`` with the reason cut to the event's limit."""
+    reason = str(fields.get("reason", ""))
+    if len(reason) > MAX_TEXT_CHARS:
+        fields["reason"] = reason[: MAX_TEXT_CHARS - 1] + "…"
+    return Verdict.new(**fields)
+
+
+def cut(reason: str) -> str:
+    """A reason short enough for a VersionEvent (same limit as a Verdict's)."""
+    return reason if len(reason) <= MAX_TEXT_CHARS else reason[: MAX_TEXT_CHARS - 1] + "…"

@@ -1,0 +1,241 @@
+"""The validation facade the gateway agent calls: holdout buffers, the gateway, the guard.
+
+:class:`Validation` owns, per configured model, one
+:class:`~services.validation.holdout.HoldoutBuffer`, one
+:class:`~services.validation.gateway.Gateway` and one
+:class:`~services.validation.guard.Guard`, and routes the agent's calls to
+them. It does no I/O of its own beyond the evaluator and the pointer it is
+given, and is not thread-safe: the agent calls it from one executor thread.
+
+When the agent calls it
+-----------------------
+- :meth:`Validation.on_example` for each record of ``training-examples``: an
+  example whose request is in the model's holdout share goes into its
+  buffer; the guard and then the gateway judge if that completed a sample.
+- :meth:`Validation.on_checkpoint` for each record of ``checkpoint-events``.
+- :meth:`Validation.tick` about every second: reads each model's pointer to
+  notice changes made by others (an operator's promote or rollback: the
+  guard starts watching the new live), ends cooldowns, and retries what
+  failed for a transient reason (Redis unavailable).
+
+Each returns the verdicts made, for the agent to publish on ``verdicts``.
+Events of models not configured are ignored (and counted). The live version
+found at the first read of a model's pointer is not watched by the guard:
+when it was promoted, and so which examples came after it, is unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError
+from schemas.events import CheckpointEvent, TrainingExample, Verdict
+from services.learning.config import ModelConfig
+from services.pointer.base import PointerState, VersionPointer
+from services.validation.base import HoldoutExample, VersionEvaluator, is_held_out
+from services.validation.gateway import Gateway
+from services.validation.guard import Guard
+from services.validation.holdout import HoldoutBuffer
+from services.validation.judging import Outcome
+
+log = logging.getLogger(__name__)
+
+#: Names of unconfigured models counted one by one (the rest only in the total).
+MAX_IGNORED_NAMES = 100
+
+
+@dataclass
+class _Model:
+    config: ModelConfig
+    buffer: HoldoutBuffer
+    guard: Guard
+    gateway: Gateway
+    known: PointerState | None = None  # the pointer as last read or changed here
+    read: bool = False  # the pointer was read or changed here at least once
+    pointer_error: str | None = None  # the last tick's read failure
+    examples: int = 0
+    duplicates: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+
+
+class Validation:
+    """The gateway and the guard of every configured model (module docstring).
+
+    Parameters
+    ----------
+    models
+        Model name -> configuration (the key must be the configuration's name).
+    evaluator
+        Scores versions (read-only).
+    pointer
+        The version pointer the gateway promotes and the guard rolls back through.
+    clock
+        Monotonic seconds (cooldowns).
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelConfig],
+        evaluator: VersionEvaluator,
+        pointer: VersionPointer,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.evaluator = evaluator
+        self.pointer = pointer
+        self.clock = clock
+        self._models: dict[str, _Model] = {}
+        for name, config in models.items():
+            if name != config.name:
+                raise ConfigError(
+                    "the validation's models must be keyed by their names",
+                    key=name,
+                    model=config.name,
+                )
+            buffer = HoldoutBuffer(config.promotion.holdout_size)
+            guard = Guard(config, buffer, evaluator, pointer, clock)
+            gateway = Gateway(config, buffer, evaluator, pointer, guard.rolled_back)
+            self._models[name] = _Model(config, buffer, guard, gateway)
+        self.ignored_total = 0
+        self.ignored: Counter[str] = Counter()
+
+    def on_example(self, example: TrainingExample) -> list[Verdict]:
+        """Keep ``example`` if it is held out; verdicts of judgements it completed."""
+        m = self._model(example.model)
+        if m is None:
+            return []
+        m.examples += 1
+        if not is_held_out(example.request_id, m.config.promotion.holdout_percent):
+            return []
+        if not m.buffer.add(HoldoutExample.of(example)):
+            m.duplicates += 1
+            return []
+        verdicts = self._absorb(m, m.guard.on_example(), "guard")
+        verdicts += self._absorb(m, m.gateway.on_example(), "gateway")
+        return verdicts
+
+    def on_checkpoint(self, event: CheckpointEvent) -> list[Verdict]:
+        """A candidate: judged now, or when enough held-out examples came."""
+        m = self._model(event.model)
+        if m is None:
+            return []
+        return self._absorb(m, m.gateway.offer(event), "gateway")
+
+    def tick(self) -> list[Verdict]:
+        """Notice pointer changes by others, end cooldowns, retry transient failures."""
+        verdicts: list[Verdict] = []
+        for m in self._models.values():
+            self._observe(m)
+            verdicts += self._absorb(m, m.guard.tick(), "guard")
+            verdicts += self._absorb(m, m.gateway.retry(), "gateway")
+        return verdicts
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able state of every model, for logs and status."""
+        models: dict[str, Any] = {}
+        for name, m in self._models.items():
+            models[name] = {
+                "live": m.known.live if m.known is not None else None,
+                "epoch": m.known.epoch if m.known is not None else None,
+                "pointer_error": m.pointer_error,
+                "policy": m.config.promotion.mode,
+                "holdout": {
+                    "size": len(m.buffer),
+                    "capacity": m.buffer.size,
+                    "added": m.buffer.added,
+                    "examples_seen": m.examples,
+                    "duplicates": m.duplicates,
+                },
+                "pending": m.gateway.describe(),
+                "guard": m.guard.describe(),
+                "rolled_back": sorted(m.guard.rolled_back),
+                "verdicts": dict(m.verdicts),
+            }
+        return {
+            "models": models,
+            "ignored": {"events": self.ignored_total, "models": dict(self.ignored)},
+        }
+
+    # -- internals ---------------------------------------------------------
+
+    def _model(self, name: str) -> _Model | None:
+        m = self._models.get(name)
+        if m is None:
+            self.ignored_total += 1
+            if name in self.ignored or len(self.ignored) < MAX_IGNORED_NAMES:
+                self.ignored[name] += 1
+        return m
+
+    def _observe(self, m: _Model) -> None:
+        """Read the pointer; a live version changed by someone else starts a guard watch."""
+        name = m.config.name
+        try:
+            state = self.pointer.get(name)
+        except SHUTDOWN_EXCEPTIONS:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - retried next tick; judges log their own
+            if m.pointer_error is None:
+                log.warning("cannot read the pointer of %s (retried each tick): %r", name, exc)
+            m.pointer_error = repr(exc)
+            return
+        m.pointer_error = None
+        if not m.read:
+            m.read, m.known = True, state
+            if state is not None and state.live is not None:
+                m.guard.note = (
+                    f"{state.live} was live when validation started: not watched"
+                    " (when it was promoted is unknown)"
+                )
+            return
+        if state is None:
+            return  # no pointer yet, or Redis lost it: nothing changed that a judge can use
+        if m.known is None or state.live != m.known.live:
+            log.info(
+                "%s: live is %s at epoch %d (changed by someone else)",
+                name,
+                state.live,
+                state.epoch,
+            )
+            m.guard.on_live(state, f"a change noticed at epoch {state.epoch}")
+        m.known = state
+
+    def _absorb(self, m: _Model, out: Outcome, judge: Literal["gateway", "guard"]) -> list[Verdict]:
+        """Record an outcome's pointer changes and verdicts; a promotion starts a watch."""
+        for state in out.changes:
+            m.read, m.known = True, state
+            if judge == "gateway":
+                m.guard.on_live(state, f"the gateway's promotion at epoch {state.epoch}")
+        for verdict in out.verdicts:
+            m.verdicts[verdict.decision] += 1
+            log.info(
+                "%s %s %s of %s: %s",
+                verdict.judge,
+                verdict.decision,
+                verdict.version,
+                verdict.model,
+                verdict.reason,
+            )
+        if out.changes or out.verdicts:
+            self._forget(m)
+        return out.verdicts
+
+    def _forget(self, m: _Model) -> None:
+        """Let the evaluator drop versions no judge of this model needs any more."""
+        keep: list[str | None] = []
+        if m.known is not None:
+            keep += [m.known.live, m.known.previous, m.known.canary, m.known.shadow]
+        if m.gateway.pending is not None:
+            keep.append(m.gateway.pending.version)
+        if m.guard.watch is not None:
+            keep += [m.guard.watch.live, m.guard.watch.replaced]
+        try:
+            self.evaluator.forget(m.config.name, tuple(dict.fromkeys(v for v in keep if v)))
+        except SHUTDOWN_EXCEPTIONS:
+            raise
+        except BaseException:  # memory housekeeping never stops a judgement
+            log.exception("the evaluator failed to forget versions of %s", m.config.name)
