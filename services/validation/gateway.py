@@ -182,7 +182,9 @@ class Gateway:
             if cand.sent is not None and live == cand.version:
                 reason = f"{cand.sent['reason']} (applied; Redis did not confirm it at first)"
                 fields = {**cand.sent, "reason": reason, "epoch": epoch}
-                return self._finish(cand, J.verdict(**fields))
+                out = self._finish(cand, J.verdict(**fields))
+                out.changes.append(state)
+                return out
             cand.sent = None  # a promotion sent before did not apply (or was undone)
             if live == cand.version:
                 self._finish(cand, None)
@@ -258,7 +260,7 @@ class Gateway:
             "metric": metric,
             "candidate": J.value(judged),
             "baseline": J.value(base),
-            "n": min(judged.n, base.n) if base is not None else judged.n,
+            "n": len(examples),
             "allowance": cfg.tolerance,
             "min_examples": cfg.min_examples,
         }

@@ -134,7 +134,8 @@ class Guard:
         if self.watch is not None and self.watch.live == live:
             return
         self.watch = None
-        if self.pending is not None and self.pending.live != live:
+        undone = self.pending is not None and self.pending.sent and live == self.pending.replaced
+        if self.pending is not None and self.pending.live != live and not undone:
             log.info(
                 "live of %s is now %s: the rollback of %s is dropped",
                 self.model,
@@ -240,7 +241,7 @@ class Guard:
             "metric": metric,
             "candidate": J.value(live),
             "baseline": J.value(base),
-            "n": min(live.n, base.n),
+            "n": len(examples),
             "allowance": cfg.threshold,
             "min_examples": cfg.min_examples,
         }

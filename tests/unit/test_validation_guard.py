@@ -1,0 +1,273 @@
+"""The guard's decisions: watch after a change, judge on the examples since it, roll back
+a poisoned live, cooldown, no re-promotion by the gateway, changes noticed at tick."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.pointer.memory import InMemoryPointer
+from services.validation.base import CHECK_FINITE_PREDICTIONS
+from services.validation.service import Validation
+from tests.unit.validation_fakes import (
+    M,
+    Clock,
+    FakeEvaluator,
+    Feed,
+    FlakyPointer,
+    Known,
+    checkpoint,
+    config,
+    feed,
+)
+
+MIN = 10  # guard.min_examples and promotion.min_examples (validation_fakes.config)
+
+
+class World:
+    """v1 live (by an operator, before validation started); then the gateway promotes v2."""
+
+    def __init__(
+        self,
+        table: dict[str, float | str] | None = None,
+        pointer: InMemoryPointer | None = None,
+        **guard: Any,
+    ) -> None:
+        self.ev = FakeEvaluator({"v1": 0.8, "v2": 0.9} | (table or {}))
+        self.p = pointer if pointer is not None else FlakyPointer()
+        self.p.promote(M, "v1", actor="operator", reason="by hand")
+        self.clock = Clock()
+        self.val = Validation({M: config(guard=guard)}, self.ev, self.p, clock=self.clock)
+        self.feed = Feed()
+        assert self.val.tick() == []
+
+    def promote_v2(self) -> None:
+        self.val.on_checkpoint(checkpoint("v2"))
+        [v] = feed(self.val, self.feed, MIN)
+        assert (v.judge, v.decision, v.epoch) == ("gateway", "promote", 2)
+
+    def live(self) -> str | None:
+        state = self.p.get(M)
+        return state.live if state is not None else None
+
+    def guard(self) -> dict[str, Any]:
+        described: dict[str, Any] = self.val.describe()["models"][M]["guard"]
+        return described
+
+    def until_verdict(self, limit: int) -> tuple[int, list[Any]]:
+        """Feed examples until a verdict comes (at most ``limit``): how many it took, and it."""
+        for sent in range(1, limit + 1):
+            verdicts = self.val.on_example(self.feed.next())
+            if verdicts:
+                return sent, verdicts
+        return limit, []
+
+
+@pytest.mark.parametrize("poison", [0.5, CHECK_FINITE_PREDICTIONS])
+def test_a_poisoned_live_is_rolled_back_within_two_samples_of_the_promotion(
+    poison: float | str,
+) -> None:
+    w = World()
+    w.promote_v2()
+    assert w.guard()["watch"]["replaced"] == "v1"
+    w.ev.table["v2"] = poison  # what v2 does on the traffic after its promotion
+    sent, [v] = w.until_verdict(2 * MIN)
+    assert sent <= 2 * MIN
+    assert (v.judge, v.policy, v.decision) == ("guard", "guard", "rollback")
+    assert (v.version, v.baseline_version, v.baseline, v.epoch) == ("v2", "v1", 0.8, 3)
+    assert (v.n, v.allowance, v.min_examples) == (sent, 0.05, MIN)
+    assert "rolled back to v1" in v.reason
+    if poison == CHECK_FINITE_PREDICTIONS:
+        assert (v.candidate, v.difference, v.checks[CHECK_FINITE_PREDICTIONS]) == (
+            None,
+            None,
+            False,
+        )
+        assert "finite_predictions failed" in v.reason
+    else:
+        assert v.candidate == 0.5
+        assert v.difference == pytest.approx(-0.3)
+        assert "-0.3" in v.reason
+        assert "threshold 0.05" in v.reason
+    state = w.p.get(M)
+    assert state is not None
+    assert (state.live, state.epoch) == ("v1", 3)
+    assert (w.p.published[-1].action, w.p.published[-1].actor) == ("rollback", "guard")
+    assert w.p.published[-1].reason == v.reason
+    described = w.val.describe()["models"][M]
+    assert described["rolled_back"] == ["v2"]
+    assert described["guard"]["watch"] is None
+    assert described["live"] == "v1"
+
+
+def test_the_guard_scores_both_versions_on_exactly_the_examples_since_the_promotion() -> None:
+    w = World()
+    w.promote_v2()
+    before = list(w.feed.sent)
+    [v] = feed(w.val, w.feed, MIN)
+    since = tuple(w.feed.sent[len(before) :])
+    assert v.decision == "keep"
+    assert w.ev.calls[-2:] == [("v2", since, "accuracy"), ("v1", since, "accuracy")]
+    assert (v.n, v.difference, v.epoch) == (MIN, pytest.approx(0.1), None)
+    assert "kept" in v.reason
+
+
+def test_a_good_live_is_kept_at_each_multiple_until_the_watch_ends() -> None:
+    w = World(watch_examples=35)
+    w.promote_v2()
+    verdicts = feed(w.val, w.feed, 60)
+    assert [v.decision for v in verdicts] == ["keep"] * 3  # at 10, 20, 30 (<= 35) since
+    assert verdicts[-1].n == 30
+    assert "watch over" in verdicts[-1].reason
+    assert w.guard()["watch"] is None
+    assert "kept" in w.guard()["note"]
+
+
+def test_a_regression_within_the_threshold_is_kept() -> None:
+    w = World(threshold=0.1)
+    w.promote_v2()
+    w.ev.table["v2"] = 0.75
+    [v] = feed(w.val, w.feed, MIN)
+    assert v.decision == "keep"
+    assert v.difference == pytest.approx(-0.05)
+    assert w.live() == "v2"
+
+
+def test_nothing_better_to_return_to_is_kept() -> None:
+    w = World()
+    w.promote_v2()
+    w.ev.table["v2"] = w.ev.table["v1"] = CHECK_FINITE_PREDICTIONS
+    [v] = feed(w.val, w.feed, MIN)
+    assert v.decision == "keep"
+    assert "nothing better to return to" in v.reason
+    assert w.live() == "v2"
+
+
+def test_after_a_rollback_the_guard_cools_down_before_it_judges_again() -> None:
+    w = World({"v3": 0.95})
+    w.promote_v2()
+    w.ev.table["v2"] = 0.5
+    assert [v.decision for v in feed(w.val, w.feed, MIN)] == ["rollback"]
+    [v3] = w.val.on_checkpoint(checkpoint("v3"))  # enough examples: judged at once
+    assert (v3.decision, v3.baseline_version) == ("promote", "v1")
+    assert w.guard()["watch"]["live"] == "v3"
+    w.ev.table["v3"] = 0.5
+    assert feed(w.val, w.feed, 3 * MIN) == []  # cooling: no judgement
+    assert w.val.tick() == []
+    assert w.guard()["cooldown_remaining_s"] == pytest.approx(30.0)
+    w.clock.now += 30.0
+    [v] = w.val.tick()
+    assert (v.decision, v.version, v.baseline_version, v.n) == ("rollback", "v3", "v1", 3 * MIN)
+    assert w.live() == "v1"
+
+
+def test_the_gateway_never_promotes_a_version_the_guard_rolled_back() -> None:
+    w = World({"v5": 0.99})
+    w.p.promote(M, "v5", actor="operator", reason="by hand")  # before its checkpoint event
+    assert w.val.tick() == []
+    assert w.guard()["watch"]["live"] == "v5"
+    w.ev.table["v5"] = 0.1
+    [rolled] = feed(w.val, w.feed, MIN)
+    assert (rolled.decision, rolled.version) == ("rollback", "v5")
+    w.ev.table["v5"] = 0.99
+    [v] = w.val.on_checkpoint(checkpoint("v5"))  # its late checkpoint event scores well: no
+    assert (v.judge, v.decision, v.version) == ("gateway", "reject", "v5")
+    assert "rolled back by the guard" in v.reason
+    assert w.live() == "v1"
+    w.p.promote(M, "v5", actor="operator", reason="I know better")  # an operator still can
+    assert w.live() == "v5"
+
+
+def test_an_operator_promotion_noticed_at_tick_is_watched_from_then_on() -> None:
+    w = World({"v7": 0.6})
+    assert "was live when validation started" in w.guard()["note"]
+    w.p.promote(M, "v7", actor="operator", reason="by hand")
+    early = feed(w.val, w.feed, 5)  # before the tick noticed the change: not counted
+    assert early == []
+    assert w.val.tick() == []
+    watch = w.guard()["watch"]
+    assert (watch["live"], watch["replaced"], watch["examples_since_promotion"]) == ("v7", "v1", 0)
+    marked = len(w.feed.sent)
+    [v] = feed(w.val, w.feed, MIN)
+    assert (v.decision, v.version, v.baseline_version) == ("rollback", "v7", "v1")
+    assert w.ev.scored("v7") == [tuple(w.feed.sent[marked:])]
+
+
+def test_the_first_promotion_has_nothing_to_compare_with_and_is_not_watched() -> None:
+    ev = FakeEvaluator({"v1": 0.8})
+    val = Validation({M: config()}, ev, FlakyPointer(), clock=Clock())
+    assert val.tick() == []
+    [v] = val.on_checkpoint(checkpoint("v1"))
+    assert v.decision == "promote"
+    guard = val.describe()["models"][M]["guard"]
+    assert guard["watch"] is None
+    assert "nothing to compare with" in guard["note"]
+    assert feed(val, Feed(), 3 * MIN) == []
+
+
+def test_a_disabled_guard_watches_nothing() -> None:
+    w = World(enabled=False)
+    w.promote_v2()
+    w.ev.table["v2"] = 0.1
+    assert feed(w.val, w.feed, 3 * MIN) == []
+    assert "disabled" in w.guard()["note"]
+    assert w.live() == "v2"
+
+
+def test_a_rollback_waits_for_redis_and_is_made_when_it_is_back() -> None:
+    p = FlakyPointer()
+    w = World(pointer=p)
+    w.promote_v2()
+    w.ev.table["v2"] = 0.5
+    feed(w.val, w.feed, MIN - 1)
+    p.down = True
+    assert feed(w.val, w.feed, 1) == []  # judged a regression; the pointer does not answer
+    assert w.guard()["pending_rollback"] == "v2"
+    assert w.val.tick() == []
+    p.down = False
+    [v] = w.val.tick()
+    assert (v.decision, v.version, v.epoch) == ("rollback", "v2", 3)
+    assert w.live() == "v1"
+    assert w.val.tick() == []
+
+
+def test_a_rollback_whose_reply_was_lost_gets_its_verdict_at_the_next_tick() -> None:
+    p = FlakyPointer()
+    w = World(pointer=p)
+    w.promote_v2()
+    w.ev.table["v2"] = 0.5
+    p.lost_reply = True
+    assert feed(w.val, w.feed, MIN) == []
+    assert w.live() == "v1"
+    [v] = w.val.tick()
+    assert (v.decision, v.epoch) == ("rollback", 3)
+    assert "Redis did not confirm" in v.reason
+    assert w.val.describe()["models"][M]["rolled_back"] == ["v2"]
+
+
+def test_a_rollback_raced_by_an_operator_is_dropped_and_the_new_live_watched() -> None:
+    p = FlakyPointer()
+    w = World({"v8": 0.9}, pointer=p)
+    w.promote_v2()
+    w.ev.table["v2"] = 0.5
+    p.races = ["v8"]  # an operator promotes v8 while the guard rolls v2 back
+    assert feed(w.val, w.feed, MIN) == []
+    assert w.live() == "v8"
+    assert w.val.tick() == []
+    assert w.guard()["watch"]["live"] == "v8"
+    assert w.val.describe()["models"][M]["rolled_back"] == []
+
+
+def test_a_refused_rollback_leaves_live_and_is_tried_at_the_next_judgement() -> None:
+    known = Known("v1", "v2")
+    w = World(pointer=InMemoryPointer(check=known))
+    w.promote_v2()
+    w.ev.table["v2"] = 0.5
+    known.versions.discard("v1")  # v1 no longer verifies
+    assert feed(w.val, w.feed, MIN) == []
+    assert "refused" in w.guard()["note"]
+    assert w.live() == "v2"
+    known.versions.add("v1")
+    [v] = feed(w.val, w.feed, MIN)
+    assert (v.decision, v.n) == ("rollback", 2 * MIN)
