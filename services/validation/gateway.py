@@ -179,7 +179,7 @@ class Gateway:
                 return Outcome()
             live = state.live if state is not None else None
             epoch = state.epoch if state is not None else 0
-            if cand.sent is not None and live == cand.version:
+            if cand.sent is not None and state is not None and live == cand.version:
                 reason = f"{cand.sent['reason']} (applied; Redis did not confirm it at first)"
                 fields = {**cand.sent, "reason": reason, "epoch": epoch}
                 out = self._finish(cand, J.verdict(**fields))

@@ -18,12 +18,12 @@ from services.validation.base import (
 from services.validation.service import Validation
 from tests.unit.validation_fakes import (
     CHECKS,
-    M,
     Clock,
     FakeEvaluator,
     Feed,
     FlakyPointer,
     Known,
+    M,
     checkpoint,
     config,
     example,
@@ -55,7 +55,7 @@ def live(p: InMemoryPointer) -> str | None:
 
 
 def test_with_nothing_live_the_first_sane_candidate_is_promoted_at_once() -> None:
-    val, ev, p = setup({"v1": CHECK_FINITE_WEIGHTS, "v2": 0.7}, live=None)
+    val, _, p = setup({"v1": CHECK_FINITE_WEIGHTS, "v2": 0.7}, live=None)
     [rejected] = val.on_checkpoint(checkpoint("v1"))
     assert (rejected.decision, rejected.version, rejected.checks[CHECK_FINITE_WEIGHTS]) == (
         "reject",
@@ -131,7 +131,7 @@ def test_a_candidate_worse_than_the_tolerance_allows_is_rejected(
 
 
 def test_for_a_lower_is_better_metric_the_difference_is_baseline_minus_candidate() -> None:
-    val, _, p = setup({"v1": 0.3, "v2": 0.5, "v3": 0.2}, metric="log_loss")
+    val, _, _ = setup({"v1": 0.3, "v2": 0.5, "v3": 0.2}, metric="log_loss")
     source = Feed()
     feed(val, source, 10)
     [worse] = val.on_checkpoint(checkpoint("v2"))
@@ -185,7 +185,7 @@ def test_the_live_version_and_replayed_candidates_are_ignored() -> None:
 
 
 def test_a_newer_candidate_supersedes_the_one_waiting() -> None:
-    val, ev, p = setup({"v1": 0.8, "v2": 0.9, "v3": 0.85})
+    val, ev, _ = setup({"v1": 0.8, "v2": 0.9, "v3": 0.85})
     source = Feed()
     assert val.on_checkpoint(checkpoint("v2")) == []
     feed(val, source, 4)

@@ -11,12 +11,12 @@ from services.pointer.memory import InMemoryPointer
 from services.validation.base import CHECK_FINITE_PREDICTIONS
 from services.validation.service import Validation
 from tests.unit.validation_fakes import (
-    M,
     Clock,
     FakeEvaluator,
     Feed,
     FlakyPointer,
     Known,
+    M,
     checkpoint,
     config,
     feed,
@@ -34,7 +34,8 @@ class World:
         pointer: InMemoryPointer | None = None,
         **guard: Any,
     ) -> None:
-        self.ev = FakeEvaluator({"v1": 0.8, "v2": 0.9} | (table or {}))
+        scores: dict[str, float | str] = {"v1": 0.8, "v2": 0.9}
+        self.ev = FakeEvaluator(scores | (table or {}))
         self.p = pointer if pointer is not None else FlakyPointer()
         self.p.promote(M, "v1", actor="operator", reason="by hand")
         self.clock = Clock()
