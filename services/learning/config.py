@@ -212,8 +212,10 @@ class PromotionConfig(_Frozen):
     every sanity check passes and it is not worse than live by more than
     ``tolerance`` (in the metric's units), on at least ``min_examples``
     examples. ``mode``: ``manual`` records the verdict only; ``auto`` also
-    promotes a candidate that passed. A model with nothing live yet gets its
-    first candidate that passes the sanity checks.
+    promotes a candidate that passed. With nothing live yet, a candidate is
+    judged at once on whatever held-out examples there are (possibly none),
+    by its sanity checks alone: ``auto`` promotes the first that passes them
+    (see :mod:`services.validation.gateway`).
     """
 
     mode: Literal["manual", "auto"] = "manual"
@@ -230,11 +232,13 @@ class GuardConfig(_Frozen):
     After each promotion the guard scores the live version and the one it
     replaced on the same held-out examples that arrived since the promotion;
     once there are ``min_examples`` of them, it rolls back when live is worse
-    by more than ``threshold`` on ``metric`` (default: the promotion metric),
-    and otherwise keeps it (judging again every ``min_examples`` new examples
-    until ``watch_examples`` were seen). After a rollback the guard waits
-    ``cooldown_s`` before it judges that model again, and the gateway never
-    promotes a version the guard rolled back (an operator still can).
+    by more than ``threshold`` on ``metric`` (default: the promotion metric)
+    or fails its sanity checks, and otherwise keeps it (judging again every
+    ``min_examples`` new examples until ``watch_examples`` were seen). After
+    a rollback the guard waits ``cooldown_s`` before it judges that model
+    again, and the gateway process never promotes a version its guard rolled
+    back (an operator still can; the memory is the process's, see
+    :mod:`services.validation.guard`).
     """
 
     enabled: bool = False

@@ -36,10 +36,12 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   error that is not a :class:`~services.pointer.base.PointerError` (e.g. a
   raw client error) and :class:`~services.pointer.base.PointerLostError`
   (restore needed): the candidate stays pending, blocked, and :meth:`retry`
-  (each tick) judges it again, re-reading the pointer first — if a
-  promotion that was not confirmed did apply, its ``promote`` verdict is
-  made then. :class:`~services.pointer.base.VersionRefusedError` and other
-  refusals: ``reject`` with the reason.
+  (each tick) tries again, re-reading the pointer first: while its live
+  version and epoch are the same, the comparison made stands (no new
+  evaluation) and only the promotion is retried; if a promotion that was
+  not confirmed did apply, its ``promote`` verdict is made then.
+  :class:`~services.pointer.base.VersionRefusedError` and other refusals:
+  ``reject`` with the reason.
 """
 
 from __future__ import annotations
@@ -77,12 +79,15 @@ class Candidate:
 
     ``blocked`` says why the pointer could not be read or changed (retried at
     tick); ``sent`` holds the verdict fields of a promotion whose outcome is
-    unknown (the pointer was unavailable while promoting).
+    unknown (the pointer was unavailable while promoting); ``scored`` the
+    last comparison and the pointer's ``(live, epoch)`` it was made at, which
+    a retry reuses while the pointer has not changed (no new evaluation).
     """
 
     version: str
     blocked: str | None = None
     sent: dict[str, Any] | None = None
+    scored: tuple[tuple[str | None, int], Comparison] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,11 @@ class Gateway:
             if live is not None and len(examples) < self.config.promotion.min_examples:
                 cand.blocked = None
                 return Outcome()
-            comparison = self._compare(cand.version, live, examples)
+            if cand.scored is not None and cand.scored[0] == (live, epoch):
+                comparison = cand.scored[1]
+            else:
+                comparison = self._compare(cand.version, live, examples)
+                cand.scored = ((live, epoch), comparison)
             again = f" (judged again: {stale[0]})" if stale else ""
             if not comparison.passed:
                 return self._decide(cand, comparison, "reject", "rejected" + again)

@@ -285,21 +285,10 @@ class Guard:
             if state is None or state.live != reg.live:
                 if reg.sent and state is not None and state.live == reg.replaced:
                     return self._done(reg, state, " (applied; Redis did not confirm it at first)")
-                log.info(
-                    "live of %s changed since the judgement: %s not rolled back",
-                    self.model,
-                    reg.live,
-                )
-                return Outcome()
+                live = state.live if state is not None else None
+                return self._dropped(reg, f"live is {live} now")
             if state.previous != reg.replaced:
-                log.info(
-                    "previous of %s is %s, not %s: %s not rolled back",
-                    self.model,
-                    state.previous,
-                    reg.replaced,
-                    reg.live,
-                )
-                return Outcome()
+                return self._dropped(reg, f"previous is {state.previous} now, not {reg.replaced}")
             reason = f"{reg.fields['reason']}; rolled back to {reg.replaced}"
             try:
                 event = self.pointer.rollback(
@@ -333,6 +322,12 @@ class Guard:
         reason = f"{reg.fields['reason']}; rolled back to {reg.replaced}{note}"
         fields = {**reg.fields, "reason": reason, "decision": "rollback", "epoch": after.epoch}
         return Outcome(verdicts=[J.verdict(**fields)], changes=[after])
+
+    def _dropped(self, reg: Regression, why: str) -> Outcome:
+        """The pointer moved on since the judgement: the rollback no longer applies."""
+        log.info("%s: %s was judged a regression, not rolled back: %s", self.model, reg.live, why)
+        self.note = f"{reg.live} was judged a regression but not rolled back: {why}"
+        return Outcome()
 
     def _wait(self, reg: Regression, doing: str, exc: Exception) -> Outcome:
         if reg.blocked is None:

@@ -246,6 +246,36 @@ def test_with_redis_unavailable_the_candidate_waits_and_is_judged_when_it_is_bac
     assert val.tick() == []
 
 
+def test_a_failed_promotion_is_retried_without_scoring_again_while_the_pointer_stands() -> None:
+    p = FlakyPointer()
+    val, ev, _ = setup({"v1": 0.8, "v2": 0.9}, pointer=p)
+    source = Feed()
+    feed(val, source, 10)
+    p.changes_down = True
+    assert val.on_checkpoint(checkpoint("v2")) == []
+    scored = len(ev.calls)
+    assert feed(val, source, 3) == []
+    assert val.tick() == []
+    p.changes_down = False
+    [v] = val.tick()
+    assert (v.decision, v.n, v.epoch) == ("promote", 10, 2)
+    assert len(ev.calls) == scored
+
+
+def test_a_live_version_that_cannot_be_scored_is_no_baseline() -> None:
+    val, _, p = setup({"v1": CHECK_FINITE_PREDICTIONS, "v2": 0.6})
+    feed(val, Feed(), 10)
+    [v] = val.on_checkpoint(checkpoint("v2"))
+    assert (v.decision, v.baseline_version, v.baseline, v.difference) == (
+        "promote",
+        "v1",
+        None,
+        None,
+    )
+    assert "live v1 cannot be scored (finite_predictions failed" in v.reason
+    assert live(p) == "v2"
+
+
 def test_a_promotion_whose_reply_was_lost_gets_its_verdict_at_the_next_tick() -> None:
     p = FlakyPointer()
     val, _, _ = setup({"v1": 0.8, "v2": 0.9}, pointer=p)

@@ -98,7 +98,8 @@ class Known:
 class FlakyPointer(InMemoryPointer):
     """An in-memory pointer that plays a Redis outage and operators racing the judges.
 
-    ``down``: every call raises PointerUnavailableError. ``lost_reply``: the next
+    ``down``: every call raises PointerUnavailableError; ``changes_down``: every
+    change does (reads still work). ``lost_reply``: the next
     change is applied, then raises PointerUnavailableError (the reply was lost).
     ``races``: before each change by ``gateway`` or ``guard``, an operator promotes
     the next version of the list (so the judge's ``expected_epoch`` is stale).
@@ -107,6 +108,7 @@ class FlakyPointer(InMemoryPointer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.down = False
+        self.changes_down = False
         self.lost_reply = False
         self.races: list[str] = []
         self.stale_raised = 0
@@ -123,7 +125,7 @@ class FlakyPointer(InMemoryPointer):
         return self._flaky(super().rollback, model, **kwargs)
 
     def _flaky(self, change: Any, model: str, *args: Any, **kwargs: Any) -> Any:
-        if self.down:
+        if self.down or self.changes_down:
             raise PointerUnavailableError("connection refused", model=model)
         if self.races and kwargs.get("actor") in ("gateway", "guard"):
             super().promote(model, self.races.pop(0), actor="operator", reason="by hand")
