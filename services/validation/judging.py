@@ -117,9 +117,7 @@ def signed(x: float) -> str:
 
 def verdict(**fields: Any) -> Verdict:
     """``Verdict.new(**fields)`` with the reason cut to the event's limit."""
-    reason = str(fields.get("reason", ""))
-    if len(reason) > MAX_TEXT_CHARS:
-        fields["reason"] = reason[: MAX_TEXT_CHARS - 1] + "…"
+    fields["reason"] = cut(str(fields.get("reason", "")))
     return Verdict.new(**fields)
 
 

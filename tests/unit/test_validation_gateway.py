@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from schemas.limits import MAX_TEXT_CHARS
 from services.pointer.memory import InMemoryPointer, InMemoryVersionLog
 from services.pointer.restore import restore_pointers
 from services.validation.base import (
@@ -336,3 +337,31 @@ def test_examples_outside_the_holdout_share_and_duplicates_are_not_kept() -> Non
     holdout = val.describe()["models"][M]["holdout"]
     assert (holdout["size"], holdout["added"], holdout["duplicates"]) == (1, 1, 1)
     assert holdout["examples_seen"] == 3
+
+
+def test_a_reason_longer_than_a_verdict_holds_is_cut() -> None:
+    val, _, _ = setup({"v1": "x" * 3000}, live=None)  # an evaluation error of 3,000 characters
+    [v] = val.on_checkpoint(checkpoint("v1"))
+    assert v.decision == "reject"
+    assert len(v.reason) == MAX_TEXT_CHARS
+    assert v.reason.endswith("…")
+
+
+class RaisingEvaluator(FakeEvaluator):
+    def evaluate(self, model: str, version: str, examples: Any, metric: str) -> Any:
+        if version == "v2":
+            raise RuntimeError("model code blew up")
+        return super().evaluate(model, version, examples, metric)
+
+
+def test_an_evaluator_that_raises_rejects_the_candidate_and_judging_goes_on() -> None:
+    evaluator = RaisingEvaluator({"v1": 0.8, "v3": 0.9})
+    p = FlakyPointer()
+    p.promote(M, "v1", actor="operator")
+    val = Validation({M: config(guard={"enabled": False})}, evaluator, p, clock=Clock())
+    feed(val, Feed(), 10)
+    [v] = val.on_checkpoint(checkpoint("v2"))
+    assert v.decision == "reject"
+    assert "the evaluator raised RuntimeError('model code blew up')" in v.reason
+    [v3] = val.on_checkpoint(checkpoint("v3"))
+    assert v3.decision == "promote"

@@ -3,6 +3,7 @@ a poisoned live, cooldown, no re-promotion by the gateway, changes noticed at ti
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -72,6 +73,7 @@ def test_a_poisoned_live_is_rolled_back_within_two_samples_of_the_promotion(
     w = World()
     w.promote_v2()
     assert w.guard()["watch"]["replaced"] == "v1"
+    json.dumps(w.val.describe())  # JSON-able while watching
     w.ev.table["v2"] = poison  # what v2 does on the traffic after its promotion
     sent, [v] = w.until_verdict(2 * MIN)
     assert sent <= 2 * MIN
