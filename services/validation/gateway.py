@@ -12,13 +12,17 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   the pointer (actor ``gateway``, reason = the verdict's reason,
   ``expected_epoch`` = the epoch read when judging): decision ``promote``
   with the epoch after it; in ``manual`` mode it is ``hold``. A candidate
-  that fails is ``reject``. A live version that cannot be scored (it fails
-  its own checks) is no baseline: a candidate that passes its checks passes.
+  that fails is ``reject``. A live version that cannot be scored (a failed
+  check, or no value) is no baseline: a candidate whose evaluation passed
+  passes. Examples the model refuses (``Evaluation.skipped``, the same for
+  every version) are named in the reason.
 - **Bootstrap.** With nothing live, the first candidate that passes its
-  sanity checks on whatever held-out examples there are (possibly none: then
-  no error and every check that ran passed) passes at once, without waiting
-  for ``min_examples`` — no version serving means no traffic, so no
-  held-out examples would ever come.
+  sanity checks on whatever held-out examples there are passes at once,
+  without waiting for ``min_examples`` — no version serving means no
+  traffic, so no held-out examples would ever come. It is judged by its
+  checks alone (:func:`~services.validation.judging.sane`: every check that
+  ran passed; no value is needed, as there may be no examples yet, or a
+  fresh classifier scores none).
 - **Ignored, no verdict:** a candidate equal to the live version, one already
   judged (replays of ``checkpoint-events`` after a rebalance) or the one
   already waiting. The memory of judged versions is this object's
@@ -274,6 +278,7 @@ class Gateway:
             "min_examples": cfg.min_examples,
         }
         n = len(examples)
+        on = f"{n} held-out examples{J.skipped(judged, base)}"
         jv, bv = J.value(judged), J.value(base)
         score = f"{metric} {J.num(jv)}"
         if base is None:
@@ -281,7 +286,7 @@ class Gateway:
             if passed:
                 summary = (
                     f"nothing is live yet: {version} passed its sanity checks"
-                    f" ({J.passed_checks(judged)}) on {n} held-out examples ({score})"
+                    f" ({J.passed_checks(judged)}) on {on} ({score})"
                 )
             else:
                 summary = f"nothing is live yet: {version} {J.failure(judged)}"
@@ -291,15 +296,15 @@ class Gateway:
             passed = True
             summary = (
                 f"live {live} cannot be scored ({J.failure(base)}); {version} passed its"
-                f" sanity checks ({score} on {n} held-out examples)"
+                f" sanity checks ({score} on {on})"
             )
         else:
             diff = J.difference(metric, jv, bv)
             fields["difference"] = diff
             passed = diff >= -cfg.tolerance
             summary = (
-                f"{version} {score} vs live {live} {J.num(bv)} on {n} held-out"
-                f" examples: difference {J.signed(diff)} ({J.direction(metric)} is better)"
+                f"{version} {score} vs live {live} {J.num(bv)} on {on}:"
+                f" difference {J.signed(diff)} ({J.direction(metric)} is better)"
                 f" {'within' if passed else 'beyond'} the tolerance {cfg.tolerance:g}"
             )
         return Comparison(fields=fields, passed=passed, summary=summary)

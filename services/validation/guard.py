@@ -231,6 +231,7 @@ class Guard:
         on = f"{n} held-out examples since {w.cause}" + (
             f" (the most recent of {seen})" if n < seen else ""
         )
+        on += J.skipped(live, base)
         fields: dict[str, Any] = {
             "model": self.model,
             "version": w.live,

@@ -71,10 +71,21 @@ def usable(evaluation: Evaluation) -> bool:
 
 
 def sane(evaluation: Evaluation) -> bool:
-    """Usable, or, scored on no examples, no error and every check that ran passed."""
-    if evaluation.n == 0 and evaluation.value is None:
-        return evaluation.error is None and all(evaluation.checks.values())
-    return usable(evaluation)
+    """At least one check ran and every check that ran passed; a value is not needed.
+
+    What a first version is judged by when nothing is live: there may be no
+    held-out examples yet, and a classifier that has seen no label scores
+    none (the evaluation then has no value and an error saying so).
+    """
+    value = evaluation.value
+    checks = evaluation.checks
+    return bool(checks) and all(checks.values()) and (value is None or math.isfinite(value))
+
+
+def skipped(*evaluations: Evaluation | None) -> str:
+    """``" (3 skipped: refused by the model)"`` when examples were left out, else ``""``."""
+    most = max((e.skipped for e in evaluations if e is not None), default=0)
+    return f" ({most} skipped: refused by the model)" if most else ""
 
 
 def value(evaluation: Evaluation | None) -> float | None:

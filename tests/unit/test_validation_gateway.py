@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 import pytest
+from river import linear_model
 
 from schemas.limits import MAX_TEXT_CHARS
+from services.learning.adapters import ModelAdapter, RiverAdapter
 from services.pointer.memory import InMemoryPointer, InMemoryVersionLog
 from services.pointer.restore import restore_pointers
 from services.validation.base import (
@@ -16,6 +18,7 @@ from services.validation.base import (
     CHECK_FINITE_WEIGHTS,
     is_held_out,
 )
+from services.validation.evaluate import StoreEvaluator
 from services.validation.service import Validation
 from tests.unit.validation_fakes import (
     CHECKS,
@@ -129,6 +132,36 @@ def test_a_candidate_worse_than_the_tolerance_allows_is_rejected(
     state = p.get(M)
     assert state is not None
     assert state.live == ("v2" if decision == "promote" else "v1")
+
+
+def test_examples_the_model_refuses_are_named_in_the_reason() -> None:
+    val, ev, _ = setup({"v1": 0.8, "v2": 0.9})
+    ev.skipped = 2
+    feed(val, Feed(), 10)
+    [v] = val.on_checkpoint(checkpoint("v2"))
+    assert v.decision == "promote"
+    assert "on 10 held-out examples (2 skipped: refused by the model)" in v.reason
+
+
+class FreshRiverLoader:
+    """Every version is an untrained river LogisticRegression (it predicts no class yet)."""
+
+    def load(self, model: str, version: str) -> ModelAdapter:
+        return RiverAdapter(config(), model=linear_model.LogisticRegression())
+
+
+@pytest.mark.parametrize("held_out", [0, 3])
+def test_with_the_store_evaluator_a_fresh_first_version_is_promoted_on_its_checks(
+    held_out: int,
+) -> None:
+    p = InMemoryPointer()
+    evaluator = StoreEvaluator(FreshRiverLoader(), {M: config()})
+    val = Validation({M: config()}, evaluator, p, clock=Clock())
+    feed(val, Feed(), held_out)
+    [v] = val.on_checkpoint(checkpoint("v1"))
+    assert (v.decision, v.n, v.epoch) == ("promote", held_out, 1)
+    assert v.checks == dict.fromkeys(CHECKS, True)
+    assert live(p) == "v1"
 
 
 def test_for_a_lower_is_better_metric_the_difference_is_baseline_minus_candidate() -> None:
@@ -339,18 +372,12 @@ def test_examples_outside_the_holdout_share_and_duplicates_are_not_kept() -> Non
     assert holdout["examples_seen"] == 3
 
 
-def test_a_reason_longer_than_a_verdict_holds_is_cut() -> None:
-    val, _, _ = setup({"v1": "x" * 3000}, live=None)  # an evaluation error of 3,000 characters
-    [v] = val.on_checkpoint(checkpoint("v1"))
-    assert v.decision == "reject"
-    assert len(v.reason) == MAX_TEXT_CHARS
-    assert v.reason.endswith("…")
-
-
 class RaisingEvaluator(FakeEvaluator):
+    message = "model code blew up"
+
     def evaluate(self, model: str, version: str, examples: Any, metric: str) -> Any:
         if version == "v2":
-            raise RuntimeError("model code blew up")
+            raise RuntimeError(self.message)
         return super().evaluate(model, version, examples, metric)
 
 
@@ -365,3 +392,13 @@ def test_an_evaluator_that_raises_rejects_the_candidate_and_judging_goes_on() ->
     assert "the evaluator raised RuntimeError('model code blew up')" in v.reason
     [v3] = val.on_checkpoint(checkpoint("v3"))
     assert v3.decision == "promote"
+
+
+def test_a_reason_longer_than_a_verdict_holds_is_cut() -> None:
+    evaluator = RaisingEvaluator({"v1": 0.8})
+    evaluator.message = "x" * 3000
+    val = Validation({M: config()}, evaluator, FlakyPointer(), clock=Clock())
+    [v] = val.on_checkpoint(checkpoint("v2"))
+    assert v.decision == "reject"
+    assert len(v.reason) == MAX_TEXT_CHARS
+    assert v.reason.endswith("…")

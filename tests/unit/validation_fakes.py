@@ -48,13 +48,15 @@ class FakeEvaluator:
     """Scores a version by a table: version -> value, or the name of the check it fails.
 
     A version not in the table does not load. Every call is recorded as
-    ``(version, request ids, metric)``.
+    ``(version, request ids, metric)``. ``skipped`` examples of each call are
+    said to be refused by the model (and not scored).
     """
 
     def __init__(self, table: dict[str, float | str] | None = None) -> None:
         self.table: dict[str, float | str] = dict(table or {})
         self.calls: list[tuple[str, tuple[str, ...], str]] = []
         self.kept: list[tuple[str, ...]] = []
+        self.skipped = 0
 
     def evaluate(
         self, model: str, version: str, examples: Sequence[HoldoutExample], metric: str
@@ -65,8 +67,10 @@ class FakeEvaluator:
         if isinstance(entry, str):
             checks = {name: name != entry for name in CHECKS}
             return Evaluation(model, version, metric, None, 0, checks, error=f"{entry} is false")
-        value = entry if examples else None
-        return Evaluation(model, version, metric, value, len(examples), dict.fromkeys(CHECKS, True))
+        n = max(0, len(examples) - self.skipped)
+        value = entry if n else None
+        checks = dict.fromkeys(CHECKS, True)
+        return Evaluation(model, version, metric, value, n, checks, skipped=self.skipped)
 
     def forget(self, model: str, keep: Sequence[str] = ()) -> None:
         self.kept.append(tuple(keep))
