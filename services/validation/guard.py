@@ -20,13 +20,15 @@ The rules (the policy is the model's :class:`~services.learning.config.GuardConf
   ``config.guard_metric``. ``difference`` is live minus replaced in the
   metric's better direction.
 - **Regression.** Live is worse by more than ``threshold``
-  (``difference < -threshold``), or live fails its sanity checks (e.g. NaN
-  predictions) while the replaced version passes them: the guard rolls back
+  (``difference < -threshold``), or live cannot be scored (a failed sanity
+  check, e.g. NaN predictions, or no value) while the replaced version can:
+  the guard rolls back
   (actor ``guard``, the reason with the figures, ``expected_epoch`` = the
   epoch read just before, after checking that live and previous are still
   the watched pair) and makes a ``rollback`` verdict (version = the bad
   live, baseline = replaced, the epoch after). It remembers the version
-  (:attr:`Guard.rolled_back`: the gateway never promotes it again), ends
+  (:attr:`Guard.rolled_back`, for the life of this object: the gateway
+  never promotes it again), ends
   the watch and starts a cooldown of ``cooldown_s``: no judgement of this
   model until it ends (a new watch may start meanwhile; its judgement waits
   for the end of the cooldown, then uses every example since its mark).

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from river import linear_model
 
+from schemas.errors import ConfigError
 from schemas.limits import MAX_TEXT_CHARS
 from services.learning.adapters import ModelAdapter, RiverAdapter
 from services.pointer.memory import InMemoryPointer, InMemoryVersionLog
@@ -402,3 +403,8 @@ def test_a_reason_longer_than_a_verdict_holds_is_cut() -> None:
     assert v.decision == "reject"
     assert len(v.reason) == MAX_TEXT_CHARS
     assert v.reason.endswith("…")
+
+
+def test_models_must_be_keyed_by_their_names() -> None:
+    with pytest.raises(ConfigError, match="keyed by their names"):
+        Validation({"other": config()}, FakeEvaluator(), InMemoryPointer())
