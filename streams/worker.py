@@ -1,12 +1,15 @@
-"""One faust worker running the joiner, the trainer, or both (``driftloop worker``).
+"""One faust worker running the joiner, the trainer, both, or the gateway (``driftloop worker``).
 
 :func:`build` assembles the app: the attribution joiner
 (:class:`streams.joiner.JoinerWorker`) and/or the online trainer
 (:class:`streams.trainer.TrainerAgent` over a :class:`~services.learning.pool.TrainerPool`
 writing to the checkpoint store with the retention of the model
-configuration). :func:`run` starts it with ``faust.Worker``, which stops it
-cleanly on SIGINT/SIGTERM (the trainer takes its shutdown checkpoints) and
-exits the process.
+configuration) for ``joiner``, ``trainer`` and ``all``; the validation
+gateway and guard (:class:`streams.gateway.GatewayAgent`) for ``gateway``,
+always in a process and consumer group of its own (see that module).
+:func:`run` starts it with ``faust.Worker``, which stops it cleanly on
+SIGINT/SIGTERM (the trainer takes its shutdown checkpoints) and exits the
+process.
 
 Settings come from the environment: ``DRIFTLOOP_KAFKA_*``, ``DRIFTLOOP_TOPIC_*``,
 ``DRIFTLOOP_REDIS_*`` (the version pointer, optional), ``DRIFTLOOP_STORE_*``,
@@ -45,8 +48,8 @@ from streams.trainer import TrainerAgent
 
 log = logging.getLogger(__name__)
 
-Role = Literal["joiner", "trainer", "all"]
-ROLES: tuple[str, ...] = ("joiner", "trainer", "all")
+Role = Literal["joiner", "trainer", "gateway", "all"]
+ROLES: tuple[str, ...] = ("joiner", "trainer", "gateway", "all")
 
 
 class WorkerConfig(BaseSettings):
@@ -83,6 +86,7 @@ class BuiltWorker:
     role: Role
     trainer: TrainerAgent | None
     joiner: object | None
+    gateway: object | None = None
     #: faust's datadir when this worker made it (removed on exit), else None.
     workdir: WorkDir | None = None
     #: One relay of the pointer outbox, as the worker's timer runs it (None without Redis).
@@ -211,12 +215,37 @@ def build(
             store_config.root,
             topics.training_examples,
         )
+    gateway: object | None = None
+    if role == "gateway":
+        if not redis_config.url:
+            raise ConfigError(
+                "the gateway changes the version pointer: it needs DRIFTLOOP_REDIS_URL"
+            )
+        models_file = models_path or worker.models
+        if models_file is None:
+            raise ConfigError(
+                "the gateway needs a model configuration (--config or DRIFTLOOP_WORKER_MODELS)"
+            )
+        from streams.gateway_build import build_gateway
+
+        gateway = build_gateway(
+            app,
+            topics,
+            load_config(models_file),
+            model_names,
+            store=store if store is not None else StoreConfig(),
+            redis_config=redis_config,
+            kafka=kafka,
+            tick_interval_s=worker.tick_interval_s,
+        )
+        wanted += [topics.checkpoint_events, topics.verdicts]
     ensure_topics(kafka, wanted, topics)
     return BuiltWorker(
         app=app,
         role=role,
         trainer=trainer,
         joiner=joiner,
+        gateway=gateway,
         workdir=workdir,
         relay_tick=relay_tick,
     )

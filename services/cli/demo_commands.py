@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,15 +35,17 @@ def demo(
     json: Annotated[bool, typer.Option("--json", help="Print only the summary, as JSON.")] = False,
 ) -> None:
     """Run the whole loop on an embedded broker and Redis: a worker (attribution
-    joiner + online trainer) and two `driftloop serve` model servers. Synthetic
-    traffic from a drifting stream is sent as HTTP predict calls to the servers
-    (after a bootstrap whose inference logs go straight to Kafka), its delayed,
-    out-of-order, duplicated and late feedback through POST /v1/feedback and
-    straight to the feedback topic. Every count checkpoint is promoted (actor
-    "demo"), one rollback is issued midway; joins, prequential metrics, drift
-    detections, checkpoints, pointer changes and each server's live version and
-    applied epoch are shown as they happen. Every process it starts is stopped
-    when it ends."""
+    joiner + online trainer), the validation gateway and guard, and two
+    `driftloop serve` model servers. Synthetic traffic from a drifting stream is
+    sent as HTTP predict calls to the servers (after a bootstrap whose inference
+    logs go straight to Kafka), its delayed, out-of-order, duplicated and late
+    feedback through POST /v1/feedback and straight to the feedback topic. The
+    gateway promotes the checkpoints that score at least as well as live on
+    held-out requests; midway a poisoned checkpoint is offered (refused), then
+    forced live as an operator would, and the guard rolls it back. Joins,
+    prequential metrics, drift detections, checkpoints, verdicts with their
+    figures, pointer changes and each server's live version and applied epoch
+    are shown as they happen. Every process it starts is stopped when it ends."""
     console = Console(stderr=json)
     # Here, not at the top: the demo imports river, and every command pays
     # for what `services.cli` imports (tests/unit/test_cli_imports.py).
@@ -94,15 +97,25 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
         )
         table.add_row(f"  versions served by {server['server']}", served or "none")
     for p in summary["promotions"]:
-        table.add_row(f"promotion (epoch {p['epoch']})", f"{p['to']}: {p['reason']}")
-    rollback = summary["rollback"]
-    if rollback is not None:
+        table.add_row(f"promotion (epoch {p['epoch']}, {p['actor']})", f"{p['to']}: {p['reason']}")
+    for r in summary["rollbacks"]:
         table.add_row(
-            f"rollback (epoch {rollback['epoch']})",
-            f"{rollback['from']} -> {rollback['to']}: {rollback['reason']}",
+            f"rollback (epoch {r['epoch']}, {r['actor']})",
+            f"{r['from']} -> {r['to']}: {r['reason']}",
         )
+    decisions = Counter(f"{v['judge']} {v['decision']}" for v in summary["verdicts"])
+    table.add_row("verdicts", ", ".join(f"{k}: {n}" for k, n in sorted(decisions.items())))
+    poison = summary["poison"]
+    if poison is None:
+        table.add_row("poisoned checkpoint", "not offered (too little traffic after the drift)")
     else:
-        table.add_row("rollback", "none (too few promotions)")
+        table.add_row(
+            "poisoned checkpoint",
+            f"{poison['version']}: gateway {poison.get('verdict', 'no verdict yet')};"
+            f" forced live at epoch {poison.get('forced_epoch', '-')};"
+            f" rolled back by the guard at epoch {poison.get('rolled_back_epoch', '-')}"
+            f" after {poison.get('guard_n', '-')} held-out examples",
+        )
     pointer = summary["pointer"]
     if pointer is not None:
         converged = "both servers" if summary["epochs_converged"] else "NOT every server"

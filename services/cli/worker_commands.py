@@ -11,7 +11,12 @@ import typer
 from schemas.errors import DriftloopError
 
 RoleOpt = Annotated[
-    str, typer.Option("--role", help="Which agents to run: joiner, trainer or all.")
+    str,
+    typer.Option(
+        "--role",
+        help="Which agents to run: joiner, trainer, all (joiner and trainer) or gateway"
+        " (the validation gateway and guard, in a process of its own; needs Redis).",
+    ),
 ]
 ConfigOpt = Annotated[
     Path | None,

@@ -7,7 +7,7 @@ the environment: open the store read-only, build the pointer with
 check, the ``version-events`` log, the store's rollback depth), make the
 change (one compare-and-set on the epoch), then relay the outbox to
 ``version-events`` (:func:`~services.pointer.relay.relay_pending`). Every
-change is recorded with actor ``demo`` and the reason it is given.
+change is recorded with its actor (default ``demo``) and the reason it is given.
 """
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ class DemoPromoter:
         self.unrelayed = 0
         """Changes whose event was still in the Redis outbox after the change's own relay."""
 
-    def promote(self, model: str, version: str, reason: str) -> VersionEvent:
+    def promote(self, model: str, version: str, reason: str, *, actor: str = ACTOR) -> VersionEvent:
         """Make ``version`` live (refused unless it is in the store and verifies)."""
-        return self._apply(lambda p: p.promote(model, version, actor=ACTOR, reason=reason))
+        return self._apply(lambda p: p.promote(model, version, actor=actor, reason=reason))
 
-    def rollback(self, model: str, reason: str) -> VersionEvent:
+    def rollback(self, model: str, reason: str, *, actor: str = ACTOR) -> VersionEvent:
         """Make the previous live version live again."""
-        return self._apply(lambda p: p.rollback(model, actor=ACTOR, reason=reason))
+        return self._apply(lambda p: p.rollback(model, actor=actor, reason=reason))
 
     def _apply(self, change: Callable[[RedisPointer], VersionEvent]) -> VersionEvent:
         with open_store(self.store, self.learning, read_only=True) as s:

@@ -2,34 +2,42 @@
 
 :func:`run_demo` starts a Tansu broker and a Redis (:class:`EmbeddedStack`),
 a ``driftloop worker`` process running the attribution joiner and the online
-trainer, and two ``driftloop serve`` model servers (:mod:`services.demo.servers`)
-on the same store, read-only. Then it plays synthetic production traffic
-(:mod:`services.demo.traffic`, carried out by :mod:`services.demo.driver`):
+trainer, a ``driftloop worker --role gateway`` process running the
+validation gateway and the guard, and two ``driftloop serve`` model servers
+(:mod:`services.demo.servers`) on the same store, read-only. Then it plays
+synthetic production traffic (:mod:`services.demo.traffic`, carried out by
+:mod:`services.demo.driver`):
 
 1. **Bootstrap.** No version is live yet, so the servers answer 503. The
    first ``warmup`` requests (enough for the first count checkpoint) have
    their inference logs written straight to ``inference-logs``; their
    feedback goes out as usual (to the topic while the servers are still
-   starting). When the trainer's first count checkpoint
-   arrives on ``checkpoint-events`` the demo promotes it, waits until both
-   servers have applied it, and opens the gate.
+   starting). The gateway promotes the trainer's first checkpoint (nothing
+   is live to compare it with); once both servers have applied it, the demo
+   opens the gate.
 2. **Serving.** Every further request is a real HTTP predict call (batches,
    alternating between the servers), which log the inference logs
    themselves; feedback goes half through ``POST /v1/feedback``, half
    straight to the ``feedback`` topic. New requests wait while more than
    ``max_lead`` of those sent are not joined yet (back-pressure).
-3. **Promotions and a rollback.** After every count checkpoint the demo
-   promotes it (:class:`~services.demo.promoter.DemoPromoter`: what
-   ``driftloop promote`` does, actor ``demo``, the reason naming the trigger
-   and the examples seen). Once both servers have applied the
-   ``rollback_after``-th promotion and served it to
-   :data:`SERVED_BEFORE_ROLLBACK` requests each (or the traffic has ended), it
-   rolls back once, midway.
-4. **Settling.** When the traffic is spent and the loop has caught up, the
-   demo waits until both servers report the pointer's final epoch, stops
-   them (they flush their inference logs), lets the loop catch up again,
-   stops the worker (SIGTERM: a ``shutdown`` checkpoint) and prints a
-   summary.
+3. **The gateway.** A ``holdout_percent`` share of requests is never
+   learned; the gateway scores each new checkpoint and the live version on
+   the same held-out examples and promotes it when it is not worse (policy
+   ``auto``), with a verdict carrying the figures. The demo promotes nothing.
+4. **A poisoned checkpoint and the guard.** Once the gateway has made
+   ``poison_after`` promotions that both servers served (and, with a drift
+   in the traffic, well after it), the demo writes a checkpoint trained on
+   inverted labels through the signing checkpointer
+   (:mod:`services.demo.poison`) and offers it on ``checkpoint-events``. The
+   gateway rejects it for its figures; the demo then forces it live as an
+   operator would (``driftloop promote``, actor ``operator``), and the guard
+   rolls it back once it has scored it against the version it replaced on
+   ``guard.min_examples`` held-out requests.
+5. **Settling.** When the traffic is spent and the loop has caught up, the
+   demo stops the gateway, waits until both servers report the pointer's
+   final epoch, stops them (they flush their inference logs), lets the loop
+   catch up again, stops the worker (SIGTERM: a ``shutdown`` checkpoint) and
+   prints a summary.
 
 Every process it started is stopped on the way out, including on Ctrl-C;
 children die with the demo even when it is killed (``PR_SET_PDEATHSIG``).
@@ -38,7 +46,7 @@ The worker signs its checkpoints: unless ``DRIFTLOOP_STORE_SIGNING_KEY`` or
 ``_SIGNING_KEY_FILE`` names a key, the demo uses the embedded default key
 (:func:`~services.checkpoints.signing.ensure_default_key`, generated in
 ``DRIFTLOOP_STORE_KEY_DIR`` on first use) and hands its path to the worker,
-whose public key the servers and the demo's own version check trust.
+whose public key the servers, the gateway and the demo's own version check trust.
 """
 
 from __future__ import annotations
@@ -55,23 +63,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from rich.console import Console
 from rich.live import Live
 
 from schemas.codec import decode
 from schemas.errors import ConfigError, DriftloopError, SchemaError, StackError
-from schemas.events import CheckpointEvent, DeadLetter, TrainingExample
+from schemas.events import CheckpointEvent, DeadLetter, TrainingExample, Verdict, VersionEvent
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.signing import ensure_default_key
 from services.config import KafkaConfig, TopicsConfig
 from services.demo.driver import TrafficDriver
+from services.demo.poison import PoisonPlay
 from services.demo.promoter import DemoPromoter
 from services.demo.servers import DemoServer
 from services.demo.traffic import TrafficConfig, plan
 from services.demo.view import DemoView
 from services.kafka import high_watermarks, make_admin, make_consumer, make_producer
-from services.learning.config import example_path, load_config
+from services.learning.config import ModelConfig, example_path, load_config
 from services.publish.feedback import FeedbackProducer
 from services.stack import EmbeddedStack, StackInfo
 from services.stack.process import ChildProcess
@@ -94,15 +103,18 @@ class DemoOptions:
     """Back-pressure: new requests wait while more than this many sent requests
     are not joined yet (on a busy machine the worker falls behind the traffic;
     without it, promotions would come after the traffic has ended)."""
-    rollback_after: int = 2
-    """Roll back once, after this many promotions (both servers serving the last)."""
+    poison_after: int = 2
+    """Offer the poisoned checkpoint after this many promotions by the gateway
+    (both servers serving the last)."""
+    holdout_percent: float = 20.0
+    """The model's holdout share in the demo (never learned; the gateway's and guard's examples)."""
+    judge_examples: int = 50
+    """``promotion.min_examples`` and ``guard.min_examples`` in the demo."""
 
 
 #: ``--server-id`` of the demo's model servers.
 SERVER_IDS = ("serve-a", "serve-b", "serve-c", "serve-d")
-#: Requests each server answers with a promoted version before the rollback
-#: (unless the traffic ends first).
-SERVED_BEFORE_ROLLBACK = 100
+
 #: Seconds between the demo's reads of its output, server polls and redraws.
 REFRESH_S = 0.25
 
@@ -143,35 +155,52 @@ def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
         lambda m: f"min_every_n = {min(int(m.group(1)), max(1, every // 2))}",
         text,
     )
+    judge = options.judge_examples
+    text = re.sub(r"(?m)^min_examples\s*=\s*\d+", f"min_examples = {judge}", text)
+    text = re.sub(
+        r"(?m)^holdout_percent\s*=\s*[\d.]+", f"holdout_percent = {options.holdout_percent}", text
+    )
     path = workdir / source.name
     path.write_text(text)
     model = load_config(path).models[0]
-    if model.triggers.every_n != every:
+    wanted = (every, judge, judge, options.holdout_percent, "auto", True)
+    got = (
+        model.triggers.every_n,
+        model.promotion.min_examples,
+        model.guard.min_examples,
+        model.promotion.holdout_percent,
+        model.promotion.mode,
+        model.guard.enabled,
+    )
+    if got != wanted:
         raise ConfigError(
-            "could not set the demo's checkpoint interval", path=str(source), every_n=every
+            "the example does not take the demo's settings (count interval, judging sample,"
+            " holdout, auto promotion, guard on)",
+            path=str(source),
+            wanted=wanted,
+            got=got,
         )
     return path, model.name
 
 
-def _start_worker(env: dict[str, str], config: Path, store: Path, log: Path) -> ChildProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "services.cli",
-        "worker",
-        "--role",
-        "all",
-        "--config",
-        str(config),
-        "--store",
-        str(store),
-    ]
-    return ChildProcess("worker", argv, log, 0, stop_signal=signal.SIGTERM, env=env)
+def _start_worker(
+    env: dict[str, str], config: Path, store: Path, log: Path, *, role: str = "all"
+) -> ChildProcess:
+    argv = [sys.executable, "-m", "services.cli", "worker", "--role", role]
+    argv += ["--config", str(config), "--store", str(store)]
+    name = "worker" if role == "all" else role
+    return ChildProcess(name, argv, log, 0, stop_signal=signal.SIGTERM, env=env)
 
 
 def _reader(kafka: KafkaConfig, topics: TopicsConfig) -> KafkaConsumer:
     consumer = make_consumer(kafka)
-    names = [topics.training_examples, topics.dead_letters, topics.checkpoint_events]
+    names = [
+        topics.training_examples,
+        topics.dead_letters,
+        topics.checkpoint_events,
+        topics.version_events,
+        topics.verdicts,
+    ]
     partitions = [
         TopicPartition(name, p)
         for name in names
@@ -193,6 +222,10 @@ def _drain(consumer: KafkaConsumer, topics: TopicsConfig, view: DemoView, wait_m
                     view.add_example(decode(TrainingExample, record.value))
                 elif tp.topic == topics.dead_letters:
                     view.add_dead_letter(decode(DeadLetter, record.value))
+                elif tp.topic == topics.version_events:
+                    view.add_change(decode(VersionEvent, record.value))
+                elif tp.topic == topics.verdicts:
+                    view.add_verdict(decode(Verdict, record.value))
                 else:
                     view.add_checkpoint(decode(CheckpointEvent, record.value))
             except SchemaError:
@@ -225,7 +258,14 @@ def _read_to_end(
 ) -> None:
     """Drain the output topics up to their high watermarks as of now."""
     ends = high_watermarks(
-        kafka, [topics.training_examples, topics.dead_letters, topics.checkpoint_events]
+        kafka,
+        [
+            topics.training_examples,
+            topics.dead_letters,
+            topics.checkpoint_events,
+            topics.version_events,
+            topics.verdicts,
+        ],
     )
     deadline = time.monotonic() + 30.0
     while any(consumer.position(tp) < end for tp, end in ends.items()):
@@ -251,32 +291,45 @@ class _Demo:
         options: DemoOptions,
         view: DemoView,
         *,
-        model: str,
+        model: ModelConfig,
         info: StackInfo,
-        worker: ChildProcess,
+        workers: list[ChildProcess],
         servers: list[DemoServer],
         consumer: KafkaConsumer,
+        producer: KafkaProducer,
         promoter: DemoPromoter,
+        store: StoreConfig,
+        left: Callable[[], int],
         live: Live | None,
     ) -> None:
         self.options = options
         self.view = view
-        self.model = model
+        self.config = model
+        self.model = model.name
         self.info = info
-        self.worker = worker
+        self.workers = workers
         self.servers = servers
         self.consumer = consumer
+        self.producer = producer
         self.promoter = promoter
+        self.store = store
+        self.left = left
+        """How many requests of the traffic are still to be sent."""
+        self.poison = PoisonPlay(
+            model,
+            options.traffic,
+            poison_after=options.poison_after,
+            store=store,
+            producer=producer,
+            topic=info.topics.checkpoint_events,
+            promoter=promoter,
+        )
         self.live = live
-        self._handled = 0
-        self._rolled_back = False
         self._next_refresh = 0.0
         self.traffic_done = False
-        self.promoting = True
-        """Cleared once the servers are stopped: later count checkpoints are only noted."""
 
     def refresh(self, wait_ms: int = 0, *, force: bool = False) -> int:
-        """Read new output, promote new count checkpoints, poll the servers, redraw.
+        """Read new output, poll the servers, play the poisoned checkpoint, redraw.
 
         Returns how many records were read. Cheap to call often: the work is
         done at most every :data:`REFRESH_S` unless ``force``.
@@ -286,51 +339,20 @@ class _Demo:
             return 0
         self._next_refresh = now + REFRESH_S
         read = _drain(self.consumer, self.info.topics, self.view, wait_ms)
-        code = self.worker.exit_code()
-        if code is not None:
-            raise DriftloopError(
-                "the worker stopped unexpectedly", exit_code=code, log=self.worker.output_tail()
-            )
+        for worker in self.workers:
+            code = worker.exit_code()
+            if code is not None:
+                raise DriftloopError(
+                    f"the {worker.name} stopped unexpectedly",
+                    exit_code=code,
+                    log=worker.output_tail(),
+                )
         for server in self.servers:
             server.poll_status()
-        self._promote_new()
-        self._maybe_roll_back()
+        self.poison.step(self.view, self.left())
         if self.live is not None:
             self.live.update(self.view.render())
         return read
-
-    def _promote_new(self) -> None:
-        for checkpoint in self.view.checkpoints[self._handled :]:
-            self._handled += 1
-            if checkpoint.trigger != "count" or checkpoint.model != self.model:
-                continue
-            if not self.promoting:
-                self.view.not_promoted.append(checkpoint.version)
-                continue
-            reason = (
-                f"count checkpoint {checkpoint.version}: {checkpoint.examples_seen} examples"
-                f" seen, step {checkpoint.step}"
-            )
-            self.view.add_change(
-                self.promoter.promote(self.model, checkpoint.version, reason), checkpoint
-            )
-
-    def _maybe_roll_back(self) -> None:
-        view = self.view
-        if self._rolled_back or len(view.promotions) < self.options.rollback_after:
-            return
-        pointer = view.pointer
-        if pointer is None or not view.converged:
-            return
-        served = min(s.versions[pointer.live or ""] for s in view.servers)
-        if served < SERVED_BEFORE_ROLLBACK and not self.traffic_done:
-            return  # let both servers serve the new version for a moment first
-        reason = (
-            f"demo: rolling back {pointer.live} midway, after promotion"
-            f" {len(view.promotions)}, to show an instant switch to {pointer.previous}"
-        )
-        view.add_change(self.promoter.rollback(self.model, reason))
-        self._rolled_back = True
 
     def wait_for(self, done: Callable[[], bool], what: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -339,7 +361,7 @@ class _Demo:
                 raise StackError(
                     f"timed out waiting for {what}",
                     timeout_s=timeout_s,
-                    worker_log=self.worker.output_tail(8),
+                    worker_log=self.workers[0].output_tail(8),
                     **{s.server_id: s.process.output_tail(8) for s in self.servers},
                 )
             self.refresh(200, force=True)
@@ -362,7 +384,7 @@ class _Demo:
                 raise StackError(
                     "the loop did not catch up in time",
                     timeout_s=self.options.settle_timeout_s,
-                    log=self.worker.output_tail(),
+                    log=self.workers[0].output_tail(),
                 )
 
 
@@ -445,6 +467,9 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
         worker = _start_worker(env, config_path, store, workdir / "worker.log")
         exit_stack.callback(worker.stop, 30.0)
         say(f"worker pid {worker.pid}: joiner + trainer for {model!r}, store {store}")
+        gateway = _start_worker(env, config_path, store, workdir / "gateway.log", role="gateway")
+        exit_stack.callback(gateway.stop, 30.0)
+        say(f"gateway pid {gateway.pid}: validation gateway + guard for {model!r}")
         servers: list[DemoServer] = []
         for name in SERVER_IDS[: options.servers]:
             server = DemoServer(
@@ -482,12 +507,15 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
             demo = _Demo(
                 options,
                 view,
-                model=model,
+                model=load_config(config_path).model(model),
                 info=info,
-                worker=worker,
+                workers=[worker, gateway],
                 servers=servers,
                 consumer=consumer,
+                producer=producer,
                 promoter=promoter,
+                store=store_config,
+                left=lambda: len(requests) - driver.sent.warmup_logs - driver.sent.predicted,
                 live=live,
             )
             view.enter(f"bootstrap: {warmup:,} inference logs straight to the topic")
@@ -509,10 +537,11 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
                     elif driver.warmup_sent:
                         if gate_deadline is None:
                             gate_deadline = time.monotonic() + options.settle_timeout_s
-                            view.enter("bootstrap: waiting for the first count checkpoint")
+                            view.enter("bootstrap: waiting for the gateway's first promotion")
                         elif time.monotonic() > gate_deadline:
                             raise StackError(
-                                "no count checkpoint was promoted and served after the bootstrap",
+                                "the gateway promoted no checkpoint that both servers served"
+                                " after the bootstrap",
                                 timeout_s=options.settle_timeout_s,
                                 log=worker.output_tail(),
                             )
@@ -520,12 +549,15 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
             demo.traffic_done = True
             view.enter("waiting for the loop to catch up")
             demo.catch_up()
+            view.enter("stopping the gateway (the pointer stays as it is)")
+            gateway.stop(30.0)
+            # whatever it changed is relayed: read version-events to its end
+            _read_to_end(consumer, kafka, info.topics, view)
             view.enter("waiting for both servers to apply the final epoch")
             demo.wait_for(lambda: view.converged, "the servers' final epoch", 60.0)
             view.enter("stopping the model servers (they flush their logs)")
             demo.refresh(force=True)
             final = {s.server_id: (s.stats.live, s.stats.epoch) for s in servers}
-            demo.promoting = False
             for server in servers:
                 server.stop()
             view.enter("waiting for the loop to catch up")
@@ -543,7 +575,9 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
         for entry in summary["servers"]:
             entry["live"], entry["applied_epoch"] = final[entry["server"]]
         summary["processes"] = (
-            info.pids | {"worker": worker.pid} | {s.server_id: s.process.pid for s in servers}
+            info.pids
+            | {"worker": worker.pid, "gateway": gateway.pid}
+            | {s.server_id: s.process.pid for s in servers}
         )
         summary["store"] = str(store) if options.store else None
         summary["model"] = model

@@ -1,16 +1,18 @@
 """What the demo shows while it runs, and the summary it ends with.
 
 :class:`DemoView` folds the records the demo reads back from Kafka
-(training examples, dead letters, checkpoint events), the pointer changes it
-made (promotions, the rollback) and what each model server says it serves
-(live version, applied epoch, requests answered per version) into counts, and
-renders them as rich tables (live on a terminal) or as a JSON-ready summary.
+(training examples, dead letters, checkpoint events, the gateway's and the
+guard's verdicts, and every pointer change from ``version-events``: the
+gateway's promotions, the operator's forced promotion, the guard's rollback)
+and what each model server says it serves (live version, applied epoch,
+requests answered per version) into counts, and renders them as rich tables
+(live on a terminal) or as a JSON-ready summary.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from schemas.events import CheckpointEvent, DeadLetter, TrainingExample, VersionEvent
+from schemas.events import CheckpointEvent, DeadLetter, TrainingExample, Verdict, VersionEvent
 from services.demo.driver import SentCounts
 from services.demo.servers import ServerStats
 from services.demo.traffic import TrafficSummary
@@ -26,7 +28,8 @@ from services.demo.traffic import TrafficSummary
 
 @dataclass(frozen=True)
 class PointerChange:
-    """One change the demo made to the pointer, and when (seconds into the run)."""
+    """One change of the pointer (from ``version-events``), and when the demo read it
+    (seconds into the run)."""
 
     event: VersionEvent
     at_s: float
@@ -47,6 +50,28 @@ class PointerChange:
         } | ({"examples_seen": self.examples_seen} if self.examples_seen is not None else {})
 
 
+#: Joined examples the view keeps for the poisoned checkpoint.
+RECENT = 400
+
+
+def _verdict_json(v: Verdict) -> dict[str, Any]:
+    return {
+        "judge": v.judge,
+        "version": v.version,
+        "against": v.baseline_version,
+        "decision": v.decision,
+        "policy": v.policy,
+        "metric": v.metric,
+        "candidate": v.candidate,
+        "baseline": v.baseline,
+        "difference": v.difference,
+        "n": v.n,
+        "checks": dict(v.checks),
+        "epoch": v.epoch,
+        "reason": v.reason,
+    }
+
+
 @dataclass
 class DemoView:
     """Running totals of one demo run."""
@@ -62,8 +87,11 @@ class DemoView:
     sent: SentCounts = field(default_factory=SentCounts)
     servers: list[ServerStats] = field(default_factory=list)
     changes: list[PointerChange] = field(default_factory=list)
-    not_promoted: list[str] = field(default_factory=list)
-    """Count checkpoints that came after the servers were stopped."""
+    verdicts: list[Verdict] = field(default_factory=list)
+    recent: deque[TrainingExample] = field(default_factory=lambda: deque(maxlen=RECENT))
+    """The newest joined examples (what the poisoned checkpoint is trained on)."""
+    poison: dict[str, Any] = field(default_factory=dict)
+    """The poisoned checkpoint's story: version, verdict, forced and rolled-back epochs."""
     started: float = field(default_factory=time.monotonic)
     phase: str = "starting"
     timeline: list[tuple[float, str]] = field(default_factory=list)
@@ -83,6 +111,8 @@ class DemoView:
         self.examples += 1
         self.default_labels += example.label_is_default
         self.join_latency_ms_total += example.join_latency_ms
+        if not example.label_is_default:
+            self.recent.append(example)
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters[letter.error_kind] += 1
@@ -90,15 +120,28 @@ class DemoView:
     def add_checkpoint(self, event: CheckpointEvent) -> None:
         self.checkpoints.append(event)
 
-    def add_change(self, event: VersionEvent, checkpoint: CheckpointEvent | None = None) -> None:
-        self.changes.append(
-            PointerChange(
-                event,
-                time.monotonic() - self.started,
-                trigger=None if checkpoint is None else checkpoint.trigger,
-                examples_seen=None if checkpoint is None else checkpoint.examples_seen,
-            )
+    def add_change(self, event: VersionEvent) -> None:
+        """A pointer change read from ``version-events`` (a copy relayed twice counts once)."""
+        if any(c.event.event_id == event.event_id for c in self.changes):
+            return
+        checkpoint = next((c for c in self.checkpoints if c.version == event.live), None)
+        change = PointerChange(
+            event,
+            time.monotonic() - self.started,
+            trigger=None if checkpoint is None or event.action != "promote" else checkpoint.trigger,
+            examples_seen=None if checkpoint is None else checkpoint.examples_seen,
         )
+        self.changes.append(change)
+        self.changes.sort(key=lambda c: c.event.epoch)
+
+    def add_verdict(self, verdict: Verdict) -> None:
+        if all(v.event_id != verdict.event_id for v in self.verdicts):
+            self.verdicts.append(verdict)
+
+    def verdict_on(self, version: str, judge: str = "gateway") -> Verdict | None:
+        """The newest verdict ``judge`` gave ``version``, if any."""
+        mine = [v for v in self.verdicts if v.version == version and v.judge == judge]
+        return mine[-1] if mine else None
 
     @property
     def promotions(self) -> list[PointerChange]:
@@ -110,7 +153,7 @@ class DemoView:
 
     @property
     def pointer(self) -> VersionEvent | None:
-        """The newest change: the pointer as the demo left it."""
+        """The newest change read: the pointer as it stands (the highest epoch)."""
         return self.changes[-1].event if self.changes else None
 
     @property
@@ -157,9 +200,13 @@ class DemoView:
             if self.pointer is None
             else {"live": self.pointer.live, "epoch": self.pointer.epoch},
             "promotions": [c.as_json() for c in self.promotions],
-            "rollback": self.rollbacks[0].as_json() if self.rollbacks else None,
+            "rollbacks": [c.as_json() for c in self.rollbacks],
             "epochs_converged": self.converged,
-            "count_checkpoints_not_promoted": list(self.not_promoted),
+            "verdicts": [_verdict_json(v) for v in self.verdicts],
+            "unjudged_checkpoints": [
+                c.version for c in self.checkpoints if self.verdict_on(c.version) is None
+            ],
+            "poison": dict(self.poison) or None,
             "joined_examples": self.examples,
             "default_label_examples": self.default_labels,
             "repeated_examples_seen_downstream": self.repeated_examples,
@@ -218,7 +265,11 @@ class DemoView:
         if pointer is not None:
             counts.add_row("pointer", f"live={pointer.live} epoch={pointer.epoch}")
         return Group(
-            counts, self._servers_table(), self._changes_table(), self._checkpoints_table()
+            counts,
+            self._servers_table(),
+            self._changes_table(),
+            self._verdicts_table(),
+            self._checkpoints_table(),
         )
 
     def _servers_table(self) -> Table:
@@ -241,18 +292,38 @@ class DemoView:
         return table
 
     def _changes_table(self) -> Table:
-        table = Table(title="pointer changes (actor demo)", expand=False)
-        for column in ("epoch", "action", "from", "to", "reason"):
+        table = Table(title="pointer changes (version-events)", expand=False)
+        for column in ("epoch", "action", "actor", "from", "to", "reason"):
             table.add_column(column)
         for c in self.changes[-8:]:
             e = c.event
             table.add_row(
                 str(e.epoch),
                 e.action,
+                e.actor,
                 e.from_live or "-",
                 e.live or "-",
                 e.reason,
                 style="magenta" if e.action == "rollback" else None,
+            )
+        return table
+
+    def _verdicts_table(self) -> Table:
+        table = Table(title="verdicts (gateway and guard)", expand=False)
+        for column in ("judge", "version", "decision", "metric", "it", "against", "n", "reason"):
+            table.add_column(column)
+        styles = {"reject": "red", "rollback": "magenta", "promote": "green"}
+        for v in self.verdicts[-8:]:
+            table.add_row(
+                v.judge,
+                v.version,
+                v.decision,
+                v.metric or "-",
+                "-" if v.candidate is None else f"{v.candidate:.4f}",
+                "-" if v.baseline is None else f"{v.baseline:.4f} ({v.baseline_version})",
+                str(v.n),
+                v.reason,
+                style=styles.get(v.decision),
             )
         return table
 

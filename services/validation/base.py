@@ -7,7 +7,8 @@ and runs the sanity checks; its real implementation loads versions read-only
 from the checkpoint store (:mod:`services.validation.evaluate`), a fake one
 serves the unit tests of the decisions (:mod:`services.validation.gateway`,
 :mod:`services.validation.guard`), which do no I/O of their own beyond what
-the evaluator, the pointer and the publisher they are given do.
+the evaluator and the pointer they are given do; they return their verdicts
+for the agent to publish.
 
 How the pieces meet (``driftloop worker --role gateway``, ``streams/gateway.py``)::
 

@@ -1,7 +1,8 @@
 """``driftloop demo`` end to end, as a user runs it: traffic goes over HTTP to two
 model servers, the loop learns, checkpoints on drift and on schedule, dead-letters
-what it must, the demo promotes count checkpoints and rolls back once, both servers
-end at the final epoch, and no process is left behind."""
+what it must, the gateway promotes checkpoints on their figures and refuses a
+poisoned one, which an operator then forces live and the guard rolls back; both
+servers end at the final epoch, and no process is left behind."""
 
 from __future__ import annotations
 
@@ -66,39 +67,58 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     assert traffic["feedback_to_topic"] > 0
     assert sum(s["feedback_posted"] for s in servers) == traffic["feedback_over_http"] > 0
 
-    # Each count checkpoint was promoted by the demo, with its reason; one
-    # rollback midway went back to the version live before.
-    count_versions = {c["version"] for c in checkpoints if c["trigger"] == "count"}
+    # The gateway promoted checkpoints on their figures (the first with nothing
+    # live to compare), each promotion the verdict's decision, with its reason;
+    # every checkpoint has a verdict but those that came after it stopped.
     promotions = summary["promotions"]
-    assert len(promotions) >= 2
-    promoted = {p["to"] for p in promotions}
-    assert promoted | set(summary["count_checkpoints_not_promoted"]) == count_versions
-    assert all(p["actor"] == "demo" and "count checkpoint" in p["reason"] for p in promotions)
-    rollback = summary["rollback"]
-    assert rollback is not None
-    assert rollback["actor"] == "demo"
-    assert rollback["reason"]
-    # It came after the second promotion (or a later one, if that came before
-    # both servers had served the second long enough) and undid the one before it.
-    before = [p for p in promotions if p["epoch"] == rollback["epoch"] - 1]
-    assert len(before) == 1
-    assert rollback["epoch"] > promotions[1]["epoch"]
-    assert (rollback["from"], rollback["to"]) == (before[0]["to"], before[0]["from"])
-    epochs = sorted([p["epoch"] for p in promotions] + [rollback["epoch"]])
-    assert epochs == list(range(1, len(promotions) + 2))
-    # Both servers served the promoted versions and ended at the final epoch.
+    by_gateway = [p for p in promotions if p["actor"] == "gateway"]
+    assert len(by_gateway) >= 2
+    verdicts = summary["verdicts"]
+    judged = {v["version"]: v for v in verdicts if v["judge"] == "gateway"}
+    for p in by_gateway:
+        verdict = judged[p["to"]]
+        assert verdict["decision"] == "promote"
+        assert verdict["epoch"] == p["epoch"]
+        assert verdict["reason"] == p["reason"]
+    assert judged[by_gateway[0]["to"]]["against"] is None
+    later = judged[by_gateway[1]["to"]]
+    assert later["n"] >= 50
+    assert later["difference"] is not None
+    assert {c["version"] for c in checkpoints} <= set(judged) | set(summary["unjudged_checkpoints"])
+
+    # The poisoned checkpoint verified but was refused for its figures; forced
+    # live by the operator, the guard rolled it back to the version it replaced
+    # within twice its sample (50) of held-out examples, and said why.
+    poison = summary["poison"]
+    assert poison is not None
+    assert poison["verdict"] == "reject"
+    refused = judged[poison["version"]]
+    assert all(refused["checks"].values())
+    assert refused["difference"] < 0
+    forced = [p for p in promotions if p["actor"] == "operator"]
+    assert [p["to"] for p in forced] == [poison["version"]]
+    assert forced[0]["epoch"] == poison["forced_epoch"]
+    guard = [r for r in summary["rollbacks"] if r["actor"] == "guard"]
+    assert len(guard) == 1
+    assert (guard[0]["from"], guard[0]["to"]) == (poison["version"], forced[0]["from"])
+    assert guard[0]["epoch"] == poison["rolled_back_epoch"]
+    assert 50 <= poison["guard_n"] <= 100
+    assert "accuracy" in guard[0]["reason"]
+    epochs = sorted([p["epoch"] for p in promotions] + [r["epoch"] for r in summary["rollbacks"]])
+    assert epochs == list(range(1, len(epochs) + 1))
+    # Both servers served the gateway's versions and ended at the final epoch.
     pointer = summary["pointer"]
     assert pointer["epoch"] == epochs[-1]
     assert summary["epochs_converged"] is True
     for s in servers:
         assert (s["live"], s["applied_epoch"]) == (pointer["live"], pointer["epoch"])
-        assert promotions[0]["to"] in s["versions_served"]
-        assert promotions[1]["to"] in s["versions_served"]
+        assert by_gateway[0]["to"] in s["versions_served"]
+        assert by_gateway[1]["to"] in s["versions_served"]
 
     # The broker, Redis, worker and both servers it started are gone once it has exited.
     pids = summary["processes"]
-    assert set(pids) >= {"worker", "serve-a", "serve-b"}
-    assert len(pids) == 5
+    assert set(pids) >= {"worker", "gateway", "serve-a", "serve-b"}
+    assert len(pids) == 6
     alive = [pid for pid in pids.values() if psutil.pid_exists(pid)]
     alive = [pid for pid in alive if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert alive == []

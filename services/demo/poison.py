@@ -1,0 +1,167 @@
+"""The demo's poisoned checkpoint: a version that verifies but predicts the wrong class.
+
+:func:`write_poisoned` trains a fresh copy of the model on recent joined
+examples with their labels inverted and writes it through the project's own
+signing checkpointer (:class:`~services.checkpoints.checkpointer.Checkpointer`
+over :class:`~services.checkpoints.store.CheckpointStore`, the writer the
+trainer uses), so its manifest is signed and every hash is right: the
+gateway must refuse it for its figures, not for its signature. Its
+CheckpointEvent is published the way the trainer publishes one; the version
+id is reserved under the store's per-model lock, so it cannot collide with
+the worker's own checkpoints.
+
+:class:`PoisonPlay` is the demo's scene around it, one step per refresh:
+offer the poisoned checkpoint when it is due, force it live as an operator
+once the gateway has refused it, and note the guard's rollback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from schemas.codec import encode
+from schemas.events import CheckpointEvent, TrainingExample
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
+from services.checkpoints.config import StoreConfig
+from services.checkpoints.store import CheckpointStore
+from services.learning.config import ModelConfig
+from services.learning.store_sink import CheckpointerSink
+from services.learning.synthetic import LocalExample
+from services.learning.trainer import OnlineTrainer
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer
+
+    from services.demo.promoter import DemoPromoter
+    from services.demo.traffic import TrafficConfig
+    from services.demo.view import DemoView
+
+#: The reason recorded in the poisoned checkpoint's manifest.
+REASON = "demo: trained on inverted labels, to show the gateway and the guard"
+#: Requests each server answers with the gateway's last promotion before the
+#: poisoned checkpoint is offered.
+SERVED_BEFORE_POISON = 100
+#: Joined examples (after any drift) the poisoned checkpoint is trained on, at least.
+TRAINED_ON = 200
+#: Actor of the demo's forced promotion of the poisoned checkpoint.
+OPERATOR = "operator"
+
+
+def write_poisoned(
+    store: StoreConfig, config: ModelConfig, examples: Sequence[TrainingExample]
+) -> CheckpointEvent:
+    """Write the poisoned checkpoint of ``config``'s model; its CheckpointEvent.
+
+    ``examples`` are recent joined examples with boolean labels (the demo's
+    SEA traffic); each is learned with the opposite label.
+    """
+    writer = CheckpointStore(store)
+    checkpointer = Checkpointer(writer, CheckpointerConfig(async_saves=False))
+    trainer = OnlineTrainer(config, CheckpointerSink(checkpointer))
+    try:
+        for offset, example in enumerate(examples):
+            inverted = not bool(example.label)
+            local = LocalExample(
+                f"poison-{example.example_id}", config.name, dict(example.features), inverted
+            )
+            trainer.process(local, topic="demo-poison", partition=0, offset=offset)
+        record = trainer.checkpoint("manual", REASON)
+    finally:
+        checkpointer.close()
+        writer.close()
+    return CheckpointEvent.new(
+        model=config.name,
+        version=record.version,
+        step=record.step,
+        examples_seen=record.examples_seen,
+        trigger="manual",
+        metrics={k: v for k, v in record.metrics.items() if math.isfinite(v)},
+    )
+
+
+class PoisonPlay:
+    """The poisoned checkpoint's scene in the demo; its story is ``view.poison``."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        traffic: TrafficConfig,
+        *,
+        poison_after: int,
+        store: StoreConfig,
+        producer: KafkaProducer,
+        topic: str,
+        promoter: DemoPromoter,
+    ) -> None:
+        self.config = config
+        self.traffic = traffic
+        self.poison_after = poison_after
+        self.store = store
+        self.producer = producer
+        self.topic = topic
+        self.promoter = promoter
+        self.started = time.monotonic()
+
+    def due(self, view: DemoView, left: int) -> bool:
+        """Once the gateway's promotions have been served, long enough after any
+        drift that the poison is trained on the current concept, and while enough
+        traffic is left for the guard's sample (twice ``guard.min_examples``
+        held-out requests)."""
+        by_gateway = [c for c in view.promotions if c.event.actor == "gateway"]
+        if len(by_gateway) < self.poison_after or not view.converged:
+            return False
+        pointer = view.pointer
+        if pointer is None or pointer.live is None:
+            return False
+        if min(s.versions.get(pointer.live, 0) for s in view.servers) < SERVED_BEFORE_POISON:
+            return False
+        drift = self.traffic.drift_at
+        # feedback comes up to 2 s late, so joins run some hundred requests out of
+        # order: well past the drift, the newest joined examples are all after it
+        if drift < self.traffic.requests and view.examples < drift + 4 * TRAINED_ON:
+            return False
+        needed = self.config.guard.min_examples * 100 / self.config.promotion.holdout_percent
+        return left >= 2 * needed and len(view.recent) >= TRAINED_ON
+
+    def step(self, view: DemoView, left: int) -> None:
+        """Offer the poisoned checkpoint, force it live once the gateway refused
+        it, note the guard's rollback."""
+        story = view.poison
+        if not story:
+            if self.due(view, left):
+                event = write_poisoned(self.store, self.config, list(view.recent)[-TRAINED_ON:])
+                self.producer.send(self.topic, key=self.config.name.encode(), value=encode(event))
+                self.producer.flush()
+                story |= {"version": event.version, "offered_at_s": self._at()}
+                view.enter("a poisoned checkpoint offered to the gateway")
+            return
+        version = story["version"]
+        if "verdict" not in story:
+            verdict = view.verdict_on(version)
+            if verdict is None:
+                return
+            story |= {"verdict": verdict.decision, "verdict_reason": verdict.reason}
+            if verdict.decision != "reject":
+                return  # promoted or held: nothing to force
+            reason = (
+                f"{OPERATOR} forces {version} live against the gateway's verdict, to show the guard"
+            )
+            forced = self.promoter.promote(self.config.name, version, reason, actor=OPERATOR)
+            story |= {"forced_epoch": forced.epoch, "forced_at_s": self._at()}
+            view.enter("poisoned version forced live: the guard is watching it")
+            return
+        if "forced_epoch" in story and "rolled_back_epoch" not in story:
+            for change in view.rollbacks:
+                e = change.event
+                if e.actor == "guard" and e.from_live == version:
+                    story |= {"rolled_back_epoch": e.epoch, "rolled_back_at_s": self._at()}
+                    guard = view.verdict_on(version, judge="guard")
+                    if guard is not None and guard.decision == "rollback":
+                        story |= {"guard_n": guard.n, "guard_reason": guard.reason}
+                    view.enter("the guard rolled the poisoned version back")
+
+    def _at(self) -> float:
+        return round(time.monotonic() - self.started, 2)

@@ -1,0 +1,188 @@
+"""The validation gateway and the guard as a faust agent (``driftloop worker --role gateway``).
+
+Faust wiring only (STYLE.md: agents decode, call a service, emit): the
+decisions live in :class:`services.validation.service.Validation`. Two
+agents feed it, both on one executor thread (model loads and scoring never
+run on the event loop, and the service is never called concurrently):
+
+- ``training-examples``, in chunks: every example goes to
+  :meth:`~services.validation.service.Validation.on_example` (held-out ones
+  fill the model's holdout buffer, which may complete a waiting candidate's
+  or the guard's sample), and to the per-version live metrics;
+- ``checkpoint-events``: each CheckpointEvent is a candidate
+  (:meth:`~services.validation.service.Validation.on_checkpoint`).
+
+A timer calls :meth:`~services.validation.service.Validation.tick` every
+``tick_interval_s`` (pointer changes made by others, retries, cooldowns).
+Every verdict returned is published to ``verdicts`` (topic and key by type,
+:class:`~services.publish.faust.FaustPublisher`) and logged; after a verdict
+that changed the pointer, the pointer's outbox is relayed to
+``version-events`` at once (the worker's relay timer would copy it within
+seconds anyway).
+
+The gateway runs in its own process and consumer group, not in ``--role
+all``: the trainer seeks ``training-examples`` to its checkpoints' offsets at
+every assignment, which would move this agent's reading too. Its holdout
+buffers and guard state are in memory: after a restart they fill again from
+new examples (a candidate waits for ``min_examples`` of them).
+
+A malformed CheckpointEvent goes to ``dead-letters`` with the reason; a
+malformed training example is counted and skipped (the trainer, which reads
+the same record, dead-letters it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import faust
+
+from schemas.events import CheckpointEvent, DeadLetter, TrainingExample, Verdict
+from services.config import TopicsConfig
+from services.deadletters import RawRecord, decode_or_dead_letter
+from services.publish.faust import FaustPublisher
+from services.validation.live_metrics import LiveMetrics
+from services.validation.service import Validation
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class GatewayAgent:
+    """The gateway's agents and timer on a faust app.
+
+    Parameters
+    ----------
+    app
+        The faust app (its id is the gateway's consumer group).
+    topics
+        Topic names.
+    validation
+        The gateway and guard of every configured model.
+    live_metrics
+        Per-version metrics on live traffic, fed every example (None: not kept).
+    on_change
+        Called (on the executor thread) after a verdict changed the pointer:
+        the relay of the pointer outbox. None: the worker's relay timer copies it.
+    publish_metrics
+        Called on the executor thread at every tick: publishes the live metrics
+        (their Redis hash, rate-limited by the callee). None: not published.
+    """
+
+    def __init__(
+        self,
+        app: faust.App,
+        topics: TopicsConfig,
+        validation: Validation,
+        *,
+        live_metrics: LiveMetrics | None = None,
+        on_change: Callable[[], object] | None = None,
+        publish_metrics: Callable[[], object] | None = None,
+        tick_interval_s: float = 1.0,
+        chunk: int = 500,
+        chunk_wait_s: float = 0.05,
+    ) -> None:
+        self.app = app
+        self.topics = topics
+        self.validation = validation
+        self.live_metrics = live_metrics
+        self.on_change = on_change
+        self.publish_metrics = publish_metrics
+        self.chunk = chunk
+        self.chunk_wait_s = chunk_wait_s
+        self.malformed_examples = 0
+        self.verdicts = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway")
+        self.publisher = FaustPublisher(app, topics)
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
+        examples = app.topic(topics.training_examples, value_serializer="raw", **raw)
+        candidates = app.topic(topics.checkpoint_events, value_serializer="raw", **raw)
+        app.agent(examples, name="gateway-holdout")(self._examples)
+        app.agent(candidates, name="gateway-candidates")(self._candidates)
+        app.timer(tick_interval_s, name="gateway-tick")(self._tick)
+        app.on_before_shutdown.connect(self._on_shutdown)
+
+    async def _run(self, call: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, call, *args)
+
+    async def _examples(self, stream: Any) -> Any:
+        async for events in stream.take_events(self.chunk, within=self.chunk_wait_s):
+            records = [RawRecord.of(event.message) for event in events]
+            await self._emit(await self._run(self.handle_examples, records))
+            yield None
+
+    async def _candidates(self, stream: Any) -> Any:
+        async for event in stream.events():
+            record = RawRecord.of(event.message)
+            await self._emit(await self._run(self.handle_candidate, record))
+            yield None
+
+    async def _tick(self, *_app: Any) -> None:
+        await self._emit(await self._run(self.handle_tick))
+
+    def handle_examples(self, records: Sequence[RawRecord]) -> list[Verdict]:
+        """Decode and account for a chunk of training examples (executor thread)."""
+        out: list[Verdict] = []
+        for record in records:
+            example = decode_or_dead_letter(TrainingExample, record)
+            if isinstance(example, DeadLetter):
+                self.malformed_examples += 1
+                continue
+            if self.live_metrics is not None:
+                self.live_metrics.update(example)
+            out += self.validation.on_example(example)
+        return self._after(out)
+
+    def handle_candidate(self, record: RawRecord) -> list[Verdict | DeadLetter]:
+        """Decode and judge one CheckpointEvent (executor thread)."""
+        event = decode_or_dead_letter(CheckpointEvent, record)
+        if isinstance(event, DeadLetter):
+            log.warning("gateway: malformed checkpoint event dead-lettered: %s", event.error)
+            return [event]
+        return list(self._after(self.validation.on_checkpoint(event)))
+
+    def handle_tick(self) -> list[Verdict]:
+        """The timer's work (executor thread)."""
+        verdicts = self._after(self.validation.tick())
+        if self.publish_metrics is not None:
+            try:
+                self.publish_metrics()
+            except Exception:  # Redis down: the next tick publishes again
+                log.exception("gateway: publishing live metrics failed")
+        return verdicts
+
+    def _after(self, verdicts: list[Verdict]) -> list[Verdict]:
+        if self.on_change is not None and any(v.epoch is not None for v in verdicts):
+            try:
+                self.on_change()
+            except Exception:  # the change stands; the relay timer copies it later
+                log.exception("gateway: relaying the pointer change failed")
+        return verdicts
+
+    async def _emit(self, events: Sequence[Verdict | DeadLetter]) -> None:
+        for event in events:
+            if isinstance(event, Verdict):
+                self.verdicts += 1
+                log.info(
+                    "verdict %s %s: %s (%s)",
+                    event.model,
+                    event.version,
+                    event.decision,
+                    event.reason,
+                )
+            await self.publisher.send(event)
+
+    async def _on_shutdown(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        """Called by faust when the app stops: wait for the executor, flush verdicts."""
+        self._executor.shutdown(wait=True)
+        try:
+            await self.publisher.aflush(timeout_s=30.0)
+        except Exception:
+            log.exception("gateway: verdicts not acknowledged at shutdown")
+        log.info("gateway stopped: %s", self.validation.describe())
