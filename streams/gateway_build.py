@@ -4,7 +4,9 @@ The parts, each opened the way every other process opens it:
 
 - the evaluator loads versions read-only (:class:`~services.server.loader.StoreLoader`:
   :func:`~services.checkpoints.opener.open_reader`, signature and hashes
-  verified before any state is read), as a model server does;
+  verified before any state is read), as a model server does; the store is
+  opened at the first candidate, so the gateway may start before the trainer
+  has created it;
 - the pointer it changes is the CLI's (:func:`~services.pointer.factory.pointer_for_changes`
   with the store's version check), so a version that is not in the store,
   not verified or quarantined cannot be made live by the gateway either;
@@ -25,6 +27,7 @@ import faust
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_reader
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
+from services.learning.adapters import ModelAdapter
 from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig
 from services.pointer.factory import pointer_for_changes, redis_client
@@ -41,6 +44,30 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two writes of the live metrics to Redis.
 METRICS_PUBLISH_S = 2.0
+
+
+class _StoreOnFirstUse:
+    """The store's loader and version check, opened when first needed.
+
+    The gateway may start before the trainer has created the store; it needs
+    the store only once a candidate (a committed checkpoint) exists.
+    """
+
+    def __init__(self, store: StoreConfig, learning: LearningConfig) -> None:
+        self.store = store
+        self.learning = learning
+        self._loader: StoreLoader | None = None
+        self._check: StoreVersionCheck | None = None
+
+    def load(self, model: str, version: str) -> ModelAdapter:
+        if self._loader is None:
+            self._loader = StoreLoader(self.store, self.learning)
+        return self._loader.load(model, version)
+
+    def check(self, model: str, version: str) -> None:
+        if self._check is None:
+            self._check = StoreVersionCheck(open_reader(self.store))
+        self._check.check(model, version)
 
 
 def build_gateway(
@@ -64,10 +91,10 @@ def build_gateway(
     chosen = [learning.model(n) for n in model_names] if model_names else list(learning.models)
     check_buildable(chosen)
     models = {m.name: m for m in chosen}
-    evaluator = StoreEvaluator(StoreLoader(store, learning), models)
+    evaluator = StoreEvaluator(_StoreOnFirstUse(store, learning), models)
     pointer = pointer_for_changes(
         store,
-        StoreVersionCheck(open_reader(store)),
+        _StoreOnFirstUse(store, learning),
         redis_config=redis_config,
         kafka=kafka,
         topics=topics,

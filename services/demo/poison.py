@@ -17,17 +17,17 @@ once the gateway has refused it, and note the guard's rollback.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from schemas.codec import encode
-from schemas.events import CheckpointEvent, TrainingExample
+from schemas.events import CheckpointEvent, Features
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.store import CheckpointStore
 from services.learning.config import ModelConfig
+from services.learning.pool import checkpoint_event
 from services.learning.store_sink import CheckpointerSink
 from services.learning.synthetic import LocalExample
 from services.learning.trainer import OnlineTrainer
@@ -51,35 +51,26 @@ OPERATOR = "operator"
 
 
 def write_poisoned(
-    store: StoreConfig, config: ModelConfig, examples: Sequence[TrainingExample]
+    store: StoreConfig, config: ModelConfig, examples: Sequence[tuple[Features, bool]]
 ) -> CheckpointEvent:
     """Write the poisoned checkpoint of ``config``'s model; its CheckpointEvent.
 
-    ``examples`` are recent joined examples with boolean labels (the demo's
-    SEA traffic); each is learned with the opposite label.
+    ``examples`` are ``(features, label)`` pairs with boolean labels (the
+    demo's SEA traffic); each is learned with the opposite label.
     """
     writer = CheckpointStore(store)
     checkpointer = Checkpointer(writer, CheckpointerConfig(async_saves=False))
     trainer = OnlineTrainer(config, CheckpointerSink(checkpointer))
     try:
-        for offset, example in enumerate(examples):
-            inverted = not bool(example.label)
-            local = LocalExample(
-                f"poison-{example.example_id}", config.name, dict(example.features), inverted
-            )
+        for offset, (features, label) in enumerate(examples):
+            local = LocalExample(f"poison-{offset}", config.name, dict(features), not label)
             trainer.process(local, topic="demo-poison", partition=0, offset=offset)
         record = trainer.checkpoint("manual", REASON)
+        location = writer.hot.location(config.name, record.version)
     finally:
         checkpointer.close()
         writer.close()
-    return CheckpointEvent.new(
-        model=config.name,
-        version=record.version,
-        step=record.step,
-        examples_seen=record.examples_seen,
-        trigger="manual",
-        metrics={k: v for k, v in record.metrics.items() if math.isfinite(v)},
-    )
+    return checkpoint_event(record.manifest, location)
 
 
 class PoisonPlay:
@@ -132,7 +123,9 @@ class PoisonPlay:
         story = view.poison
         if not story:
             if self.due(view, left):
-                event = write_poisoned(self.store, self.config, list(view.recent)[-TRAINED_ON:])
+                recent = list(view.recent)[-TRAINED_ON:]
+                pairs = [(e.features, bool(e.label)) for e in recent]
+                event = write_poisoned(self.store, self.config, pairs)
                 self.producer.send(self.topic, key=self.config.name.encode(), value=encode(event))
                 self.producer.flush()
                 story |= {"version": event.version, "offered_at_s": self._at()}

@@ -33,13 +33,9 @@ from river.datasets import synth
 
 from schemas.codec import decode, encode
 from schemas.events import CheckpointEvent, FeedbackEvent, InferenceLog, Verdict, VersionEvent
-from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.store import CheckpointStore
+from services.demo.poison import write_poisoned
 from services.learning.config import parse_config
-from services.learning.store_sink import CheckpointerSink
-from services.learning.synthetic import LocalExample
-from services.learning.trainer import OnlineTrainer
 from services.pointer.base import pointer_key
 from services.validation.base import is_held_out
 from tests.integration._procs import WorkerProcess, produce, worker_env
@@ -160,23 +156,12 @@ def _wait(
     raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
-def _poisoned(store: Path, config_text: str) -> tuple[str, int]:
+def _poisoned(store: Path, config_text: str) -> CheckpointEvent:
     """A checkpoint of the model trained on inverted labels, written through the
     real signing checkpointer (it verifies: only its figures are bad)."""
     config = parse_config(tomllib.loads(config_text)).model(MODEL)
-    sink = CheckpointerSink(
-        Checkpointer(
-            CheckpointStore(StoreConfig(root=store, fsync=False)),
-            CheckpointerConfig(async_saves=False),
-        )
-    )
-    trainer = OnlineTrainer(config, sink)
-    pairs = _pairs(99, held_out=False)
-    for i, (rid, features, label) in enumerate(itertools.islice(pairs, 600)):
-        example = LocalExample(f"poison-{rid}", MODEL, features, not label)
-        trainer.process(example, topic="poison", partition=0, offset=i)
-    record = trainer.checkpoint("manual", "poisoned on purpose")
-    return record.version, record.step
+    pairs = [(f, label) for _, f, label in itertools.islice(_pairs(99, held_out=False), 600)]
+    return write_poisoned(StoreConfig(root=store, fsync=False), config, pairs)
 
 
 def test_gateway_promotes_refuses_a_poisoned_checkpoint_and_the_guard_rolls_it_back(
@@ -233,25 +218,9 @@ def test_gateway_promotes_refuses_a_poisoned_checkpoint_and_the_guard_rolls_it_b
         assert live is not None
 
         # 2. a poisoned candidate is refused for its figures
-        poisoned, step = _poisoned(store, CONFIG)
-        produce(
-            sandbox,
-            sandbox.topics.checkpoint_events,
-            [
-                (
-                    MODEL.encode(),
-                    encode(
-                        CheckpointEvent.new(
-                            model=MODEL,
-                            version=poisoned,
-                            step=step,
-                            examples_seen=600,
-                            trigger="manual",
-                        )
-                    ),
-                )
-            ],
-        )
+        offered = _poisoned(store, CONFIG)
+        poisoned = offered.version
+        produce(sandbox, sandbox.topics.checkpoint_events, [(MODEL.encode(), encode(offered))])
         held = _pairs(2, held_out=True)
         _send(sandbox, held, 40)
         rejected = _wait(
