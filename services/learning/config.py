@@ -238,7 +238,9 @@ class GuardConfig(_Frozen):
     a rollback the guard waits ``cooldown_s`` before it judges that model
     again, and the gateway process never promotes a version its guard rolled
     back (an operator still can; the memory is the process's, see
-    :mod:`services.validation.guard`).
+    :mod:`services.validation.guard`). Until the guard has judged a new live
+    version once, the gateway holds candidates (newest wins): one unvalidated
+    change at a time.
     """
 
     enabled: bool = False

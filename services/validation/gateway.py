@@ -30,6 +30,11 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   candidate again.
 - **Rolled back.** A version the guard rolled back is never promoted by the
   gateway: ``reject`` saying so (an operator can still promote it by hand).
+- **One unvalidated change at a time.** While the guard watches a live
+  version it has not judged once yet (``GuardConfig.min_examples`` held-out
+  examples after the change), a candidate waits (newest wins), so a new
+  promotion never lands on top of one nobody has checked on live traffic yet
+  — not even on top of a version an operator forced live.
 - **Newest wins.** While a candidate waits (for examples or for the
   pointer), a newer candidate of the model replaces it; the replaced one gets
   a ``superseded`` verdict naming the newer one.
@@ -52,7 +57,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,11 +90,13 @@ class Candidate:
     tick); ``sent`` holds the verdict fields of a promotion whose outcome is
     unknown (the pointer was unavailable while promoting); ``scored`` the
     last comparison and the pointer's ``(live, epoch)`` it was made at, which
-    a retry reuses while the pointer has not changed (no new evaluation).
+    a retry reuses while the pointer has not changed (no new evaluation);
+    ``waiting`` why it waits for the guard (judged at the next held-out example).
     """
 
     version: str
     blocked: str | None = None
+    waiting: str | None = None
     sent: dict[str, Any] | None = None
     scored: tuple[tuple[str | None, int], Comparison] | None = None
 
@@ -116,6 +123,8 @@ class Gateway:
         Score versions; read and change the model's pointer.
     rolled_back
         Versions the guard rolled back (the gateway never promotes them).
+    unsettled
+        Why candidates must wait for the guard, or None (:meth:`Guard.unjudged`).
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class Gateway:
         evaluator: VersionEvaluator,
         pointer: VersionPointer,
         rolled_back: Container[str],
+        unsettled: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
         self.model = config.name
@@ -132,6 +142,7 @@ class Gateway:
         self.evaluator = evaluator
         self.pointer = pointer
         self.rolled_back = rolled_back
+        self.unsettled = unsettled
         self.pending: Candidate | None = None
         self._judged: OrderedDict[str, None] = OrderedDict()
 
@@ -173,6 +184,7 @@ class Gateway:
             "examples": len(self.buffer),
             "min_examples": self.config.promotion.min_examples,
             "blocked": cand.blocked,
+            "waiting_for_guard": cand.waiting,
             "promotion_unconfirmed": cand.sent is not None,
         }
 
@@ -204,6 +216,11 @@ class Gateway:
             if live is not None and len(examples) < self.config.promotion.min_examples:
                 cand.blocked = None
                 return Outcome()
+            waiting = self.unsettled() if live is not None else None
+            if waiting is not None:
+                cand.blocked, cand.waiting = None, waiting
+                return Outcome()
+            cand.waiting = None
             if cand.scored is not None and cand.scored[0] == (live, epoch):
                 comparison = cand.scored[1]
             else:

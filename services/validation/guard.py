@@ -176,6 +176,20 @@ class Guard:
             return self._rollback(self.pending)
         return self._maybe_judge()
 
+    def unjudged(self) -> str | None:
+        """Why a candidate must wait, or None: the guard watches a live version it
+        has not judged once yet (or has a rollback of it pending)."""
+        if self.pending is not None:
+            return f"the guard's rollback of {self.pending.live} is pending"
+        w = self.watch
+        if w is None or w.judgements > 0:
+            return None
+        seen = self.buffer.added - w.mark
+        return (
+            f"the guard has not judged {w.live} yet ({seen} of {w.next_at} held-out examples"
+            f" since {w.cause})"
+        )
+
     def cooling(self) -> bool:
         return self.cooldown_until is not None and self.clock() < self.cooldown_until
 

@@ -99,7 +99,9 @@ class Validation:
                 )
             buffer = HoldoutBuffer(config.promotion.holdout_size)
             guard = Guard(config, buffer, evaluator, pointer, clock)
-            gateway = Gateway(config, buffer, evaluator, pointer, guard.rolled_back)
+            gateway = Gateway(
+                config, buffer, evaluator, pointer, guard.rolled_back, unsettled=guard.unjudged
+            )
             self._models[name] = _Model(config, buffer, guard, gateway)
         self.ignored_total = 0
         self.ignored: Counter[str] = Counter()

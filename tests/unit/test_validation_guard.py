@@ -274,3 +274,40 @@ def test_a_refused_rollback_leaves_live_and_is_tried_at_the_next_judgement() -> 
     known.versions.add("v1")
     [v] = feed(w.val, w.feed, MIN)
     assert (v.decision, v.n) == ("rollback", 2 * MIN)
+
+
+def test_a_candidate_waits_until_the_guard_has_judged_the_new_live_once() -> None:
+    """One unvalidated change at a time: v3 arrives right after v2's promotion and
+    is judged only once the guard has judged v2 on its first sample."""
+    w = World({"v3": 0.95})
+    w.promote_v2()
+    assert w.val.on_checkpoint(checkpoint("v3")) == []  # the buffer has enough: it waits
+    pending = w.val.describe()["models"][M]["pending"]
+    assert pending["version"] == "v3"
+    assert "the guard has not judged v2 yet" in pending["waiting_for_guard"]
+    sent, verdicts = w.until_verdict(2 * MIN)
+    assert sent == MIN
+    assert [(v.judge, v.version, v.decision) for v in verdicts] == [
+        ("guard", "v2", "keep"),
+        ("gateway", "v3", "promote"),
+    ]
+    assert w.live() == "v3"
+
+
+def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> None:
+    """An operator forces a bad v9 live; the trainer's v3, better than v9, waits for
+    the guard instead of replacing v9 unjudged; after the rollback to v2 it is
+    judged against v2."""
+    w = World({"v9": 0.1, "v3": 0.95})
+    w.promote_v2()
+    feed(w.val, w.feed, MIN)  # the guard keeps v2
+    w.p.promote(M, "v9", actor="operator", reason="forced")
+    assert w.val.tick() == []  # noticed: watched against v2
+    assert w.val.on_checkpoint(checkpoint("v3")) == []
+    sent, verdicts = w.until_verdict(2 * MIN)
+    assert [(v.judge, v.version, v.decision) for v in verdicts] == [
+        ("guard", "v9", "rollback"),
+        ("gateway", "v3", "promote"),
+    ]
+    assert verdicts[1].baseline_version == "v2"
+    assert w.live() == "v3"
