@@ -112,7 +112,7 @@ class PoisonPlay:
         drift = self.traffic.drift_at
         # feedback comes up to 2 s late, so joins run some hundred requests out of
         # order: well past the drift, the newest joined examples are all after it
-        if drift < self.traffic.requests and view.examples < drift + 4 * TRAINED_ON:
+        if drift < self.traffic.requests and view.examples < drift + 3 * TRAINED_ON:
             return False
         needed = self.config.guard.min_examples * 100 / self.config.promotion.holdout_percent
         return left >= 2 * needed and len(view.recent) >= TRAINED_ON

@@ -109,7 +109,9 @@ class DemoOptions:
     holdout_percent: float = 20.0
     """The model's holdout share in the demo (never learned; the gateway's and guard's examples)."""
     judge_examples: int = 50
-    """``promotion.min_examples`` and ``guard.min_examples`` in the demo."""
+    """``promotion.min_examples`` and ``guard.min_examples`` in the demo; the
+    holdout buffer keeps twice as many, so that after the drift the gateway
+    judges on the new concept soon."""
 
 
 #: ``--server-id`` of the demo's model servers.
@@ -141,11 +143,13 @@ def _signing_env(store: Path) -> dict[str, str]:
 
 
 def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
-    """The example model config with the demo's count interval, and its model name.
+    """The example model config with the demo's settings, and its model name.
 
     The shipped file is copied with ``every_n`` set to ``checkpoint_every``
-    (and the adaptive floor ``min_every_n`` kept below it), then validated
-    here, so a bad edit fails before any process starts.
+    (and the adaptive floor ``min_every_n`` kept below it), the promotion
+    policy ``auto`` with the demo's holdout share and judging sample, and
+    the guard on, then validated here, so a bad edit fails before any
+    process starts.
     """
     source = example_path(options.model_config)
     every = options.checkpoint_every
@@ -156,17 +160,26 @@ def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
         text,
     )
     judge = options.judge_examples
+    # the demo's gateway promotes and its guard watches, whatever the example says
+    text = re.sub(r'(?m)^mode\s*=\s*"manual"', 'mode = "auto"', text)
+    if "[model.guard]" not in text:
+        text += f"\n[model.guard]\nenabled = true\nmin_examples = {judge}\n"
+    text = re.sub(r"(?m)^enabled\s*=\s*false", "enabled = true", text)
     text = re.sub(r"(?m)^min_examples\s*=\s*\d+", f"min_examples = {judge}", text)
+    if not re.search(r"(?m)^holdout_size\s*=", text):
+        text = text.replace("[model.promotion]\n", "[model.promotion]\nholdout_size = 0\n", 1)
+    text = re.sub(r"(?m)^holdout_size\s*=\s*\d+", f"holdout_size = {2 * judge}", text)
     text = re.sub(
         r"(?m)^holdout_percent\s*=\s*[\d.]+", f"holdout_percent = {options.holdout_percent}", text
     )
     path = workdir / source.name
     path.write_text(text)
     model = load_config(path).models[0]
-    wanted = (every, judge, judge, options.holdout_percent, "auto", True)
+    wanted = (every, judge, 2 * judge, judge, options.holdout_percent, "auto", True)
     got = (
         model.triggers.every_n,
         model.promotion.min_examples,
+        model.promotion.holdout_size,
         model.guard.min_examples,
         model.promotion.holdout_percent,
         model.promotion.mode,
@@ -550,6 +563,7 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
             view.enter("waiting for the loop to catch up")
             demo.catch_up()
             view.enter("stopping the gateway (the pointer stays as it is)")
+            demo.workers.remove(gateway)
             gateway.stop(30.0)
             # whatever it changed is relayed: read version-events to its end
             _read_to_end(consumer, kafka, info.topics, view)

@@ -1,4 +1,5 @@
-"""The demo applies its checkpoint interval to whichever shipped example it runs."""
+"""The demo applies its checkpoint interval and its gateway settings to whichever
+shipped example it runs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ def test_the_count_interval_is_applied_to_every_shipped_example(
     model = load_config(path).model(name)
     assert model.triggers.every_n == 300
     assert model.triggers.adaptive is None or model.triggers.adaptive.min_every_n <= 150
+    # the gateway promotes on a small holdout sample and the guard watches
+    options = DemoOptions()
+    assert model.promotion.mode == "auto"
+    assert model.promotion.min_examples == model.guard.min_examples == options.judge_examples
+    assert model.promotion.holdout_size == 2 * options.judge_examples
+    assert model.promotion.holdout_percent == options.holdout_percent
+    assert model.guard.enabled
 
 
 def test_the_bootstrap_covers_the_first_count_checkpoint_or_is_refused() -> None:
