@@ -207,7 +207,8 @@ def test_when_every_source_is_released_windows_close_at_the_least_watermark_reac
     out += routed.on_event(
         _log(_request_on(0, "s"), 10_000), SourceRef(topic="i", partition=0, offset=1)
     )
-    assert out == [] and joiner.watermarks.closing(0, clock[0]) is None
+    assert out == []
+    assert joiner.watermarks.closing(0, clock[0]) is None
     for _ in range(2):  # its owner finds inference:0 idle first (the others say nothing)
         joiner.report_caught_up("inference:0", 0)
         clock[0] += 500
