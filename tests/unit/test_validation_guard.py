@@ -305,6 +305,7 @@ def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> 
     assert w.val.tick() == []  # noticed: watched against v2
     assert w.val.on_checkpoint(checkpoint("v3")) == []
     sent, verdicts = w.until_verdict(2 * MIN)
+    assert sent == MIN  # the guard's first sample
     assert [(v.judge, v.version, v.decision) for v in verdicts] == [
         ("guard", "v9", "rollback"),
         ("gateway", "v3", "promote"),
