@@ -423,16 +423,18 @@ def _check_timing(options: DemoOptions) -> None:
 def warmup_requests(options: DemoOptions) -> int:
     """Bootstrap requests: enough joined examples for the first count checkpoint.
 
-    About 95% of requests become examples (missing and late feedback do not);
-    the trainer checkpoints at micro-batch (32) boundaries. A quarter more
-    plus two micro-batches covers both.
+    About 95% of requests become examples (missing and late feedback do not),
+    the held-out share (``holdout_percent``) is never learned, and the trainer
+    checkpoints at micro-batch (32) boundaries. A quarter more than the
+    interval over the learned share, plus two micro-batches, covers all three.
 
     Raises
     ------
     ConfigError
         The bootstrap would take more than half of the traffic.
     """
-    wanted = int(options.checkpoint_every * 1.25) + 64
+    learned = 1 - options.holdout_percent / 100
+    wanted = int(options.checkpoint_every * 1.25 / learned) + 64
     if wanted > options.traffic.requests // 2:
         raise ConfigError(
             "too few requests for the checkpoint interval: the bootstrap alone needs"

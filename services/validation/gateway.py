@@ -32,9 +32,11 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   gateway: ``reject`` saying so (an operator can still promote it by hand).
 - **One unvalidated change at a time.** While the guard watches a live
   version it has not judged once yet (``GuardConfig.min_examples`` held-out
-  examples after the change), a candidate waits (newest wins), so a new
-  promotion never lands on top of one nobody has checked on live traffic yet
-  — not even on top of a version an operator forced live.
+  examples after the change), or has not yet seen the live version the
+  gateway reads (a change by someone else, noticed at the guard's next
+  tick), a candidate waits (newest wins), so a new promotion never lands on
+  top of one nobody has checked on live traffic yet — not even on top of a
+  version an operator forced live a moment ago.
 - **Newest wins.** While a candidate waits (for examples or for the
   pointer), a newer candidate of the model replaces it; the replaced one gets
   a ``superseded`` verdict naming the newer one.
@@ -124,7 +126,8 @@ class Gateway:
     rolled_back
         Versions the guard rolled back (the gateway never promotes them).
     unsettled
-        Why candidates must wait for the guard, or None (:meth:`Guard.unjudged`).
+        Why candidates must wait for the guard, given the live version just
+        read, or None (:meth:`Guard.unjudged`).
     """
 
     def __init__(
@@ -134,7 +137,7 @@ class Gateway:
         evaluator: VersionEvaluator,
         pointer: VersionPointer,
         rolled_back: Container[str],
-        unsettled: Callable[[], str | None] = lambda: None,
+        unsettled: Callable[[str | None], str | None] = lambda live: None,
     ) -> None:
         self.config = config
         self.model = config.name
@@ -216,7 +219,7 @@ class Gateway:
             if live is not None and len(examples) < self.config.promotion.min_examples:
                 cand.blocked = None
                 return Outcome()
-            waiting = self.unsettled() if live is not None else None
+            waiting = self.unsettled(live) if live is not None else None
             if waiting is not None:
                 cand.blocked, cand.waiting = None, waiting
                 return Outcome()

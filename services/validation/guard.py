@@ -126,6 +126,8 @@ class Guard:
         #: Versions this guard rolled back, which the gateway never promotes.
         self.rolled_back: set[str] = set()
         self.watch: Watch | None = None
+        #: The live version this guard last saw (a change, or the first read).
+        self.seen_live: str | None = None
         self.pending: Regression | None = None
         self.cooldown_until: float | None = None
         self.note = "no change of the live version seen yet"
@@ -133,6 +135,7 @@ class Guard:
     def on_live(self, state: PointerState, cause: str) -> None:
         """The live version changed to ``state.live`` (by ``cause``): watch it if it can be."""
         live = state.live
+        self.seen_live = live
         if self.watch is not None and self.watch.live == live:
             return
         self.watch = None
@@ -176,9 +179,15 @@ class Guard:
             return self._rollback(self.pending)
         return self._maybe_judge()
 
-    def unjudged(self) -> str | None:
-        """Why a candidate must wait, or None: the guard watches a live version it
-        has not judged once yet (or has a rollback of it pending)."""
+    def unjudged(self, live: str | None = None) -> str | None:
+        """Why a candidate must wait, or None: ``live`` (the live version the
+        gateway just read) is not the one the guard last saw go live (a change
+        by someone else, noticed at the next tick), or the guard watches a live
+        version it has not judged once yet, or has a rollback of it pending."""
+        if not self.config.guard.enabled:
+            return None
+        if live is not None and live != self.seen_live:
+            return f"the guard has not seen {live} go live yet (noticed at its next tick)"
         if self.pending is not None:
             return f"the guard's rollback of {self.pending.live} is pending"
         w = self.watch

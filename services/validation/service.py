@@ -188,6 +188,7 @@ class Validation:
         m.pointer_error = None
         if not m.read:
             m.read, m.known = True, state
+            m.guard.seen_live = state.live if state is not None else None
             if state is not None and state.live is not None:
                 m.guard.note = (
                     f"{state.live} was live when validation started: not watched"
@@ -212,6 +213,8 @@ class Validation:
             m.read, m.known = True, state
             if judge == "gateway":
                 m.guard.on_live(state, f"the gateway's promotion at epoch {state.epoch}")
+            else:  # the guard's own rollback: seen, not watched
+                m.guard.seen_live = state.live
         for verdict in out.verdicts:
             m.verdicts[verdict.decision] += 1
             log.info(

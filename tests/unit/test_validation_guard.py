@@ -306,8 +306,11 @@ def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> 
     w.promote_v2()
     feed(w.val, w.feed, MIN)  # the guard keeps v2
     w.p.promote(M, "v9", actor="operator", reason="forced")
-    assert w.val.tick() == []  # noticed: watched against v2
+    # v3 comes before the guard's tick has noticed v9: it waits all the same
     assert w.val.on_checkpoint(checkpoint("v3")) == []
+    pending = w.val.describe()["models"][M]["pending"]
+    assert "the guard has not seen v9 go live yet" in pending["waiting_for_guard"]
+    assert w.val.tick() == []  # noticed: watched against v2
     sent, verdicts = w.until_verdict(2 * MIN)
     assert sent == MIN  # the guard's first sample
     assert [(v.judge, v.version, v.decision) for v in verdicts] == [
