@@ -27,6 +27,7 @@ from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.store import CheckpointStore
 from services.learning.config import ModelConfig
+from services.learning.metrics import bigger_is_better
 from services.learning.pool import checkpoint_event
 from services.learning.store_sink import CheckpointerSink
 from services.learning.synthetic import LocalExample
@@ -46,6 +47,10 @@ REASON = "demo: trained on inverted labels, to show the gateway and the guard"
 SERVED_BEFORE_POISON = 100
 #: Joined examples (after any drift) the poisoned checkpoint is trained on, at least.
 TRAINED_ON = 200
+#: How well the live version must score on recent held-out traffic before the
+#: poisoned checkpoint is offered (accuracy-like metrics; losses: GOOD_LOSS).
+GOOD_SCORE = 0.75
+GOOD_LOSS = 0.45
 #: Actor of the demo's forced promotion of the poisoned checkpoint.
 OPERATOR = "operator"
 
@@ -98,9 +103,10 @@ class PoisonPlay:
 
     def due(self, view: DemoView, left: int) -> bool:
         """Once the gateway's promotions have been served, long enough after any
-        drift that the poison is trained on the current concept, and while enough
+        drift that the poison is trained on the current concept, while enough
         traffic is left for the guard's sample (twice ``guard.min_examples``
-        held-out requests)."""
+        held-out requests), and once the live version scores well on the
+        current traffic."""
         by_gateway = [c for c in view.promotions if c.event.actor == "gateway"]
         if len(by_gateway) < self.poison_after or not view.converged:
             return False
@@ -115,7 +121,24 @@ class PoisonPlay:
         if drift < self.traffic.requests and view.examples < drift + 3 * TRAINED_ON:
             return False
         needed = self.config.guard.min_examples * 100 / self.config.promotion.holdout_percent
-        return left >= 2 * needed and len(view.recent) >= TRAINED_ON
+        if left < 2 * needed or len(view.recent) < TRAINED_ON:
+            return False
+        return self._live_is_good(view, pointer.live)
+
+    def _live_is_good(self, view: DemoView, live: str) -> bool:
+        """The newest judgement of the live version scored it well on recent
+        held-out traffic (accuracy-like metrics at least :data:`GOOD_SCORE`,
+        losses at most :data:`GOOD_LOSS`): it has learned the current concept,
+        so a model trained on that concept's inverted labels is plainly worse.
+        (Right after a drift every version scores badly, and a poisoned copy
+        of the new concept's opposite could even look better.)"""
+        mine = [v for v in view.verdicts if v.version == live and v.candidate is not None]
+        if not mine or mine[-1].metric is None or mine[-1].candidate is None:
+            return False
+        value = mine[-1].candidate
+        if bigger_is_better(mine[-1].metric):
+            return value >= GOOD_SCORE
+        return value <= GOOD_LOSS
 
     def step(self, view: DemoView, left: int) -> None:
         """Offer the poisoned checkpoint, force it live once the gateway refused
