@@ -13,7 +13,9 @@ run on the event loop, and the service is never called concurrently):
   (:meth:`~services.validation.service.Validation.on_checkpoint`).
 
 A timer calls :meth:`~services.validation.service.Validation.tick` every
-``tick_interval_s`` (pointer changes made by others, retries, cooldowns).
+``tick_interval_s`` (pointer changes made by others, retries, cooldowns)
+and renders the Prometheus text (:meth:`GatewayAgent.render_metrics`) that
+the worker serves at ``/metrics`` when ``DRIFTLOOP_WORKER_METRICS_PORT`` is set.
 Every verdict returned is published to ``verdicts`` (topic and key by type,
 :class:`~services.publish.faust.FaustPublisher`) and logged; after a verdict
 that changed the pointer, the pointer's outbox is relayed to
@@ -97,6 +99,8 @@ class GatewayAgent:
         self.chunk_wait_s = chunk_wait_s
         self.malformed_examples = 0
         self.verdicts = 0
+        #: The last :meth:`render_metrics`, for the worker's ``/metrics`` endpoint.
+        self.metrics_text = b""
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway")
         self.publisher = FaustPublisher(app, topics)
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
@@ -148,14 +152,33 @@ class GatewayAgent:
         return list(self._after(self.validation.on_checkpoint(event)))
 
     def handle_tick(self) -> list[Verdict]:
-        """The timer's work (executor thread)."""
+        """The timer's work (executor thread); renders :attr:`metrics_text` too."""
         verdicts = self._after(self.validation.tick())
+        self.metrics_text = self.render_metrics().encode()
         if self.publish_metrics is not None:
             try:
                 self.publish_metrics()
             except Exception:  # Redis down: the next tick publishes again
                 log.exception("gateway: publishing live metrics failed")
         return verdicts
+
+    def render_metrics(self) -> str:
+        """Prometheus text: the live metrics, and per model the verdicts by
+        decision and the holdout buffer's size (call on the executor thread)."""
+        lines = [
+            "# TYPE driftloop_gateway_verdicts_total counter",
+            "# TYPE driftloop_gateway_holdout_examples gauge",
+            "# TYPE driftloop_gateway_malformed_examples_total counter",
+        ]
+        for model, state in sorted(self.validation.describe()["models"].items()):
+            for decision, count in sorted(state["verdicts"].items()):
+                labels = f'model="{model}",decision="{decision}"'
+                lines.append(f"driftloop_gateway_verdicts_total{{{labels}}} {count}")
+            size = state["holdout"]["size"]
+            lines.append(f'driftloop_gateway_holdout_examples{{model="{model}"}} {size}')
+        lines.append(f"driftloop_gateway_malformed_examples_total {self.malformed_examples}")
+        live = self.live_metrics.prometheus_text() if self.live_metrics is not None else ""
+        return "\n".join(lines) + "\n" + live
 
     def _after(self, verdicts: list[Verdict]) -> list[Verdict]:
         if self.on_change is not None and any(v.epoch is not None for v in verdicts):

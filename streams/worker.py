@@ -25,7 +25,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import faust
 from pydantic import Field
@@ -46,6 +46,9 @@ from services.stack.workdirs import WorkDir, remove_stale
 from streams.app import make_app, make_worker
 from streams.trainer import TrainerAgent
 
+if TYPE_CHECKING:
+    from streams.gateway import GatewayAgent
+
 log = logging.getLogger(__name__)
 
 Role = Literal["joiner", "trainer", "gateway", "all"]
@@ -64,6 +67,9 @@ class WorkerConfig(BaseSettings):
     ``commit_interval_s`` how often faust commits consumed offsets to the group
     (faust's default when unset); they serve lag monitoring only, the trainer
     resumes from its checkpoints' offsets. Times lie between 1 ms and a day.
+    ``metrics_port`` (with ``metrics_host``, default loopback): the gateway
+    serves its Prometheus text at ``GET /metrics`` there (0: a free port,
+    logged); unset: not served.
     """
 
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_WORKER_", frozen=True, extra="ignore")
@@ -76,6 +82,8 @@ class WorkerConfig(BaseSettings):
     chunk_wait_s: float = Field(default=0.05, ge=0.001, le=86_400)
     commit_interval_s: float | None = Field(default=None, ge=0.001, le=86_400)
     log_level: str = "info"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65_535)
 
 
 @dataclass
@@ -215,7 +223,7 @@ def build(
             store_config.root,
             topics.training_examples,
         )
-    gateway: object | None = None
+    gateway: GatewayAgent | None = None
     if role == "gateway":
         if not redis_config.url:
             raise ConfigError(
@@ -239,6 +247,14 @@ def build(
             tick_interval_s=worker.tick_interval_s,
         )
         wanted += [topics.checkpoint_events, topics.verdicts]
+        if worker.metrics_port is not None:
+            from services.metrics_http import serve_metrics
+
+            agent = gateway
+            server = serve_metrics(
+                lambda: agent.metrics_text, host=worker.metrics_host, port=worker.metrics_port
+            )
+            log.info("gateway metrics at http://%s:%d/metrics", *server.server_address[:2])
     ensure_topics(kafka, wanted, topics)
     return BuiltWorker(
         app=app,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import redis
 from river.datasets import synth
 
@@ -37,6 +38,7 @@ from services.checkpoints.config import StoreConfig
 from services.demo.poison import write_poisoned
 from services.learning.config import parse_config
 from services.pointer.base import pointer_key
+from services.stack.process import free_port
 from services.validation.base import is_held_out
 from tests.integration._procs import WorkerProcess, produce, worker_env
 from tests.integration._serving import cli, server_env
@@ -184,7 +186,11 @@ def test_gateway_promotes_refuses_a_poisoned_checkpoint_and_the_guard_rolls_it_b
     )
     worker = WorkerProcess("all", env, tmp_path / "worker.log", config=config)
     started.append(worker)
-    gateway_env = env | {"DRIFTLOOP_WORKER_APP_ID": f"{sandbox.group_id}-gateway"}
+    metrics_port = free_port()
+    gateway_env = env | {
+        "DRIFTLOOP_WORKER_APP_ID": f"{sandbox.group_id}-gateway",
+        "DRIFTLOOP_WORKER_METRICS_PORT": str(metrics_port),
+    }
     gateway = WorkerProcess("gateway", gateway_env, tmp_path / "gateway.log", config=config)
     started.append(gateway)
     procs = [worker, gateway]
@@ -274,6 +280,21 @@ def test_gateway_promotes_refuses_a_poisoned_checkpoint_and_the_guard_rolls_it_b
         assert forced[0].reason == "forced"
         # the gateway never offers it again
         assert not [v for v in verdicts.poll() if v.version == poisoned and v.decision == "promote"]
+
+        # its figures: Prometheus at /metrics, per-version live metrics in Redis for status
+        def exported() -> str:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            return text if 'decision="rollback"} 1' in text else ""
+
+        text = _wait(exported, "the rollback in /metrics", procs)
+        assert f'driftloop_gateway_verdicts_total{{model="{MODEL}",decision="reject"}}' in text
+        assert "driftloop_live_examples_total" in text
+        status = _wait(
+            lambda: cli(ops, "status", MODEL, "--json").json()["models"][0].get("live_metrics"),
+            "live metrics in status",
+            procs,
+        )
+        assert status["unknown"]["routes"]["live"]["n"] > 0
     finally:
         verdicts.close()
         audit.close()
