@@ -2,7 +2,8 @@
 
 The torch example model (``torch_fm``: a hashed factorization machine of
 about 2.4M parameters, Adagrad) is trained by :class:`OnlineTrainer` on
-Agrawal examples in batches of 64, three ways in the same run:
+Agrawal examples in batches of 64 (holdout off: every example is learned),
+three ways in the same run:
 
 - ``none``: no checkpoint trigger, the baseline;
 - ``driftloop``: the trainer's real sink — :class:`CheckpointerSink` over a
@@ -57,12 +58,14 @@ MODES = ("none", "driftloop", "sync")
 
 
 def model_config(every: int | None) -> ModelConfig:
-    """The torch example with only the count trigger (or none)."""
+    """The torch example with only the count trigger (or none), and no holdout:
+    every example is learned, so an interval is ``every`` examples of training."""
     config = load_config(example_path("torch_fm")).model("torch-fm")
     triggers = config.triggers.model_copy(
         update={"every_n": every, "adaptive": None, "on_drift": False, "on_shutdown": False}
     )
-    return config.model_copy(update={"name": "bench", "triggers": triggers})
+    promotion = config.promotion.model_copy(update={"holdout_percent": 0})
+    return config.model_copy(update={"name": "bench", "triggers": triggers, "promotion": promotion})
 
 
 def make_examples(n: int, seed: int = 5) -> list[LocalExample]:

@@ -32,6 +32,9 @@ Rules (``JoinerConfig`` names the knobs; the clocks are explained in
   ``sum`` adds the labels (booleans count 0/1), averages the weights and is
   attributed to the earliest feedback, so more feedback arriving later does
   not change its example_id.
+- The example carries its inference log's ``route`` (``live``, ``canary``
+  or none), ``prediction`` and ``scores``, so the version that served the
+  request can be scored on the feedback; a default-label example too.
 - A window closing without feedback is dropped or emitted with the default
   label (``label_is_default``), per ``no_feedback_policy``.
 - One inference log per route for a request: its live or canary log (route
@@ -642,6 +645,9 @@ class AttributionJoiner:
             inference_ts=inference.ts,
             feedback_ts=feedback.ts if feedback is not None else None,
             join_latency_ms=delay,
+            route=inference.route,
+            prediction=inference.prediction,
+            scores=inference.scores,
         )
         entry.example_id = example_id
         if feedback is not None:

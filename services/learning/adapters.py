@@ -62,10 +62,15 @@ _EPS = 1e-15
 
 
 class Example(Protocol):
-    """What an adapter reads from a training example (``schemas.events.TrainingExample``)."""
+    """What the trainer and its adapter read from a training example
+    (``schemas.events.TrainingExample``). Adapters read the features, label
+    and weight; the trainer the ids: ``request_id`` decides whether the
+    example is in the model's holdout share (never learned)."""
 
     @property
     def example_id(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
     @property
     def model(self) -> str: ...
     @property

@@ -30,10 +30,12 @@ assignment the pool restores every owned model from its newest checkpoint
 smallest offset its models recorded (faust itself first seeks to the consumer
 group's committed offsets; we seek again right after, before the fetcher
 resumes). Records below a model's recorded offset are skipped by its trainer,
-duplicates by ``example_id`` within the checkpointed horizon too. A worker
-killed at any moment therefore resumes to the same state an uninterrupted run
-has at the same input position: the progress since its last checkpoint is
-redone, identically. The consumer group's committed offsets only serve lag
+duplicates by ``example_id`` within the checkpointed horizon too, and the
+examples of held-out requests (a function of request_id and the model's
+configuration) are skipped again on a replay. A worker killed at any moment
+therefore resumes to the same state an uninterrupted run has at the same
+input position: the progress since its last checkpoint is redone,
+identically. The consumer group's committed offsets only serve lag
 monitoring.
 
 Checkpoints commit in the background (see :mod:`services.learning.trainer`):
@@ -129,6 +131,8 @@ class PoolStats:
 
     records: int = 0
     trained: int = 0
+    #: Records of held-out examples (the models' holdout shares): read, never learned.
+    held_out: int = 0
     duplicates: int = 0
     replayed: int = 0
     dead_letters: int = 0
@@ -462,6 +466,8 @@ class TrainerPool:
             self._dead(dead_letter(record, reason, kind="validation", field=bad_field))
         elif outcome.status == "duplicate":
             self.stats.duplicates += 1
+        elif outcome.status == "held_out":
+            self.stats.held_out += 1
         elif outcome.status == "trained":
             self.stats.trained += lane.config.batch_size
             if not lane.trained_since_start:
@@ -580,6 +586,7 @@ class TrainerPool:
                     {
                         "step": t.step,
                         "examples_seen": t.examples_seen,
+                        "held_out": t.held_out,
                         "pending": t.pending,
                         "last_version": t.last_version,
                         "metrics": t.metrics.values(),

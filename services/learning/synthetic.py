@@ -3,7 +3,9 @@
 :func:`examples_from` turns any river dataset (``river.datasets.Phishing``,
 ``river.datasets.synth.ConceptDriftStream(...)``) into :class:`LocalExample`
 objects that satisfy :class:`services.learning.adapters.Example`, with
-deterministic example ids ``{prefix}-{index}``.
+deterministic example ids ``{prefix}-{index}``, each its own request (the
+request id is the example id), so a model's holdout share applies to them
+as to joined examples.
 """
 
 from __future__ import annotations
@@ -21,13 +23,21 @@ from services.learning.labels import Label
 
 @dataclass(frozen=True, slots=True)
 class LocalExample:
-    """A training example outside Kafka (same fields the trainer reads)."""
+    """A training example outside Kafka (same fields the trainer reads).
+
+    ``request_id`` defaults to the example id (one example per request).
+    """
 
     example_id: str
     model: str
     features: Mapping[str, FeatureValue]
     label: Label
     weight: float = 1.0
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.request_id:
+            object.__setattr__(self, "request_id", self.example_id)
 
 
 def _scalar(value: Any) -> FeatureValue:

@@ -4,10 +4,16 @@
 offset order and publishes what it returns. For one model it:
 
 1. skips records already reflected in its state (offset below the recorded
-   next offset), records of other models, duplicates (example_id seen within
-   the dedup horizon, or already in the open batch) and examples the model
-   cannot learn from (:meth:`ModelAdapter.validate`: label or feature values;
-   returned as ``rejected`` with the field, for the dead-letter topic);
+   next offset), records of other models, *held-out* examples (their
+   request in the model's holdout share,
+   :func:`services.validation.base.is_held_out` of ``request_id`` and
+   ``promotion.holdout_percent``: kept for the validation gateway, so never
+   scored, fed to the drift detectors, learned, remembered for dedup nor
+   added to the digest; counted in :attr:`OnlineTrainer.held_out`),
+   duplicates (example_id seen within the dedup horizon, or already in the
+   open batch) and examples the model cannot learn from
+   (:meth:`ModelAdapter.validate`: label or feature values; returned as
+   ``rejected`` with the field, for the dead-letter topic);
 2. forms micro-batches by count, so a replay forms the same batches;
 3. scores each example before learning from it (prequential metrics), feeds
    the drift detectors, then learns (one optimizer step / ``learn_one`` each);
@@ -49,10 +55,23 @@ learns the rest of the batch. The failure is a function of the model state and
 the input, so a replay drops the same example and stays bitwise identical.
 
 State only changes at micro-batch boundaries: the model, metrics, detectors,
-seen-set, digest and the consumed offsets ``{topic: {partition: next_offset}}``
-all describe the same prefix of the input, so a checkpoint taken at any
-moment restores to a state from which re-reading the input at the recorded
-offsets reproduces the uninterrupted run bit for bit.
+seen-set, digest, the ``held_out`` count and the consumed offsets
+``{topic: {partition: next_offset}}`` all describe the same prefix of the
+input, so a checkpoint taken at any moment restores to a state from which
+re-reading the input at the recorded offsets reproduces the uninterrupted
+run bit for bit. Skipped records consume their offsets like trained ones;
+whether an example is held out is a function of its ``request_id`` and the
+configuration alone, so a replay holds out the same ones.
+
+That holds for one configuration. A reconfigure that changes
+``promotion.holdout_percent`` (SIGHUP) changes which examples are learned
+from then on: the open batch, admitted under the old share, is learned
+first, so the ``config_change`` checkpoint lies on the boundary where the
+share changed, and the uninterrupted run and a replay from that checkpoint
+decide every later record under the new share alike. A worker that is
+killed before a checkpoint under the new settings committed (or that has
+``on_config_change`` off) replays the records since its previous
+checkpoint under the new share, as it replays them under any new setting.
 """
 
 from __future__ import annotations
@@ -79,6 +98,7 @@ from services.learning.triggers import (
     TriggerContext,
     build_triggers,
 )
+from services.validation.base import is_held_out
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +177,9 @@ class FailedExample:
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one record: ``status`` is ``buffered``, ``trained``
-    (it completed a batch), ``duplicate``, ``replayed``, ``other_model`` or
-    ``rejected`` (``reason`` says why, ``field`` which field: ``label`` or
+    (it completed a batch), ``held_out`` (in the model's holdout share: never
+    learned), ``duplicate``, ``replayed``, ``other_model`` or ``rejected``
+    (``reason`` says why, ``field`` which field: ``label`` or
     ``features.<name>``). ``failed`` lists examples of the batch just trained
     that learning failed on and that were left out of it."""
 
@@ -213,6 +234,10 @@ class OnlineTrainer:
         self.examples_seen = 0
         self.duplicates = 0
         self.rejected = 0
+        #: Held-out examples skipped, up to the last batch boundary (as the offsets);
+        #: those since then are in ``_held_out_since``.
+        self.held_out = 0
+        self._held_out_since = 0
         self._since_checkpoint = 0
         self._dirty = False
         self._drift_since: list[str] = []
@@ -289,6 +314,9 @@ class OnlineTrainer:
     ) -> tuple[str, str | None, str | None]:
         if example.model != self.config.name:
             return "other_model", None, None
+        if is_held_out(example.request_id, self.config.promotion.holdout_percent):
+            self._held_out_since += 1
+            return "held_out", None, None
         eid = example.example_id
         if eid in self._batch_ids or eid in self._seen:
             self.duplicates += 1
@@ -304,6 +332,8 @@ class OnlineTrainer:
         return "buffered", None, None
 
     def _advance_offsets(self) -> None:
+        self.held_out += self._held_out_since
+        self._held_out_since = 0
         for topic, parts in self._pending_offsets.items():
             mine = self.offsets.setdefault(topic, {})
             for part, nxt in parts.items():
@@ -563,6 +593,7 @@ class OnlineTrainer:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "failed": self.failed,
+            "held_out": self.held_out,
             "config_digest": self.config.digest(),
             "checkpoints_coalesced": self.coalesced,
             "checkpoint_failures": self.checkpoint_failures,
@@ -579,6 +610,7 @@ class OnlineTrainer:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "failed": self.failed,
+            "held_out": self.held_out,
             "since_checkpoint": self._since_checkpoint,
             "checkpoint_metrics": dict(self._checkpoint_metrics),
             "config_digest": self.config.digest(),
@@ -616,6 +648,8 @@ class OnlineTrainer:
         self._since_checkpoint = 0
         self._dirty = False
         self.failed = int(state.get("failed", 0))
+        self.held_out = int(state.get("held_out", 0))  # absent before holdout existed
+        self._held_out_since = 0
         self._batch, self._batch_at, self._batch_ids = [], [], set()
         self._pending_offsets = {}
         self._coalesced_since = 0
@@ -637,8 +671,11 @@ class OnlineTrainer:
 
     def reconfigure(self, config: ModelConfig) -> list[CheckpointRecord]:
         """Apply new settings: checkpoint under the old ones first (trigger
-        ``config_change``), then switch batch size, triggers, metrics window
-        and drift detectors (rebuilt, so they start afresh, only if changed).
+        ``config_change``), then switch batch size, triggers, metrics window,
+        drift detectors (rebuilt, so they start afresh, only if changed) and
+        the holdout share. When ``promotion.holdout_percent`` changes, the
+        open batch (admitted under the old share) is learned before that
+        checkpoint, so every later record is decided under the new share.
 
         Raises
         ------
@@ -650,7 +687,10 @@ class OnlineTrainer:
         self.check_reconfigure(old, config)
         if config.digest() == old.digest():
             return []
-        records = self._maybe_checkpoint(config_change=True)
+        records: list[CheckpointRecord] = []
+        if self._batch and config.promotion.holdout_percent != old.promotion.holdout_percent:
+            records += self._train_batch()
+        records += self._maybe_checkpoint(config_change=True)
         self.config = config
         schedule_state = self.schedule.describe()
         self.schedule, self.triggers = self._schedule_and_triggers(config)

@@ -114,6 +114,7 @@ class _Labelled:
     features: Mapping[str, FeatureValue]
     label: Label
     weight: float
+    request_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +294,12 @@ def _usable(
     skipped, reason = 0, None
     for index, example in enumerate(examples):
         labelled = _Labelled(
-            example.request_id, model, example.features, example.label, example.weight
+            example.request_id,
+            model,
+            example.features,
+            example.label,
+            example.weight,
+            example.request_id,
         )
         try:
             target = adapter.target(labelled)

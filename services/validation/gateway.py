@@ -153,7 +153,7 @@ class Gateway:
             return Outcome()
         out = Outcome()
         if self.pending is not None:
-            out.verdicts.append(self._superseded(self.pending.version, version))
+            out.verdicts.append(self._superseded(self.pending, version))
             self._remember(self.pending.version)
         self.pending = Candidate(version)
         out.extend(self._judge(self.pending))
@@ -349,8 +349,15 @@ class Gateway:
             min_examples=cfg.min_examples,
         )
 
-    def _superseded(self, version: str, newer: str) -> Verdict:
+    def _superseded(self, cand: Candidate, newer: str) -> Verdict:
         cfg = self.config.promotion
+        version = cand.version
+        if cand.blocked is not None:
+            waited = cand.blocked
+        elif cand.waiting is not None:
+            waited = cand.waiting
+        else:
+            waited = f"{len(self.buffer)} of {cfg.min_examples} held-out examples"
         return J.verdict(
             model=self.model,
             version=version,
@@ -359,7 +366,7 @@ class Gateway:
             decision="superseded",
             reason=(
                 f"a newer candidate {newer} arrived before {version} was judged"
-                f" ({len(self.buffer)} of {cfg.min_examples} held-out examples): newest wins"
+                f" (it waited: {waited}): newest wins"
             ),
             metric=self.config.promotion_metric,
             n=len(self.buffer),

@@ -41,18 +41,20 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     checkpoints = summary["checkpoints"]
     triggers = [c["trigger"] for c in checkpoints]
     assert "count" in triggers
-    # A drift checkpoint follows the drift point: examples_seen counts joined
-    # examples, about 97% of requests here.
-    assert any(c["trigger"] == "drift" and c["examples_seen"] > drift_at * 0.9 for c in checkpoints)
+    # A drift checkpoint follows the drift point: examples_seen counts the joined
+    # examples learned, about 97% of requests here less the demo's 20% held out (78%).
+    assert any(c["trigger"] == "drift" and c["examples_seen"] > drift_at * 0.7 for c in checkpoints)
     versions = [c["version"] for c in checkpoints]
     assert versions == sorted(versions)
     assert len(set(versions)) == len(versions)
     # The trainer relearned the inverted concept well past chance (about 0.6).
     assert summary["final"]["metrics"]["accuracy"] > 0.7
-    # Everything joined was trained and checkpointed, but for the open
-    # micro-batch (32 examples), which waits for the next run.
-    untrained = summary["joined_examples"] - summary["final"]["examples_seen"]
-    assert 0 <= untrained < 32
+    # Everything joined was trained and checkpointed, but for the held-out share
+    # (the demo's 20% of requests, by a hash of request_id: never learned) and
+    # the open micro-batch (32 examples), which waits for the next run.
+    joined = summary["joined_examples"]
+    untrained = joined - summary["final"]["examples_seen"]
+    assert 0.15 * joined < untrained < 0.25 * joined + 32
 
     # Bootstrap logs went to the topic; every other request was an HTTP call,
     # answered by one of the two servers, each serving a share.

@@ -9,7 +9,8 @@ the newest checkpoint. A second, uninterrupted worker (another group, another
 store) then consumes the same log. Both must end in the same state bit for
 bit: state digest, example digest, step, examples seen, offsets, metrics —
 and every checkpoint the killed runs committed must equal the clean run's
-checkpoint at the same input position.
+checkpoint at the same input position. The model holds out 10% of the
+requests (the shipped share): both runs must skip and count the same ones.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import TYPE_CHECKING
 import pytest
 from river.datasets import synth
 
-from schemas.codec import encode
+from schemas.codec import decode, encode
 from schemas.events import TrainingExample, training_example_id
 from schemas.manifest import CheckpointManifest
 from services.kafka import make_producer
 from services.learning.pool import partition_of
+from services.validation.base import is_held_out
 from tests.integration import _procs as procs
 from tests.integration._procs import manifests, newest
 
@@ -49,6 +51,7 @@ WORKER = [
 MODEL = "eo-logreg"
 BATCH = 10
 EVERY_N = 50
+HOLDOUT = 10.0
 
 MODEL_TOML = f"""
 [[model]]
@@ -68,6 +71,9 @@ adaptive = {{ min_every_n = 20, shrink = 0.5, relax = 2.0, settle_tolerance = 0.
 [[model.drift]]
 kind = "ADWIN"
 input = "error"
+
+[model.promotion]
+holdout_percent = {HOLDOUT}
 """
 
 
@@ -204,6 +210,7 @@ def facts(m: CheckpointManifest) -> dict[str, object]:
         "offsets": m.offsets,
         "metrics": m.metrics,
         "trigger": m.trigger,
+        "held_out": m.extra.get("held_out"),
     }
 
 
@@ -213,9 +220,14 @@ def test_kill_9_at_random_moments_ends_bitwise_equal_to_a_clean_run(
     sandbox: Sandbox, tmp_path: Path, processes: list[TrainerProcess]
 ) -> None:
     rng = random.Random(20261127)
-    unique = 2000
-    examples = make_examples(MODEL, unique)
+    learned = 1800
+    examples = make_examples(MODEL, 2200)
+    # The log ends on the 1,800th example not held out: the last batch completes on it.
+    learned_at = [i for i, e in enumerate(examples) if not is_held_out(e.request_id, HOLDOUT)]
+    examples = examples[: learned_at[learned - 1] + 1]
     log = with_duplicates(examples, 8, rng)
+    held = sum(is_held_out(decode(TrainingExample, v).request_id, HOLDOUT) for v in log)
+    assert 0 < held < len(log) // 5
     slices = 24
     cut = [len(log) * i // slices for i in range(slices + 1)]
     config = tmp_path / "models.toml"
@@ -255,11 +267,15 @@ def test_kill_9_at_random_moments_ends_bitwise_equal_to_a_clean_run(
     final_killed, final_clean = newest(killed_store, MODEL), newest(clean_store, MODEL)
     assert final_killed is not None
     assert final_clean is not None
-    assert final_clean.examples_seen == unique
+    assert final_clean.examples_seen == learned
+    home = partition_of(MODEL, sandbox.topics.partitions)
+    assert final_clean.offsets == {sandbox.topics.training_examples: {str(home): len(log)}}
     assert facts(final_killed) == facts(final_clean)
     # Every checkpoint the interrupted runs committed is the clean run's at that position.
     clean_at = {m.examples_seen: facts(m) for m in manifests(clean_store, MODEL)}
     for m in manifests(killed_store, MODEL):
         assert facts(m) == clean_at.get(m.examples_seen), m.version
-    duplicates = len(log) - unique
+    # held-out records, first or repeated, are counted as held out, not as duplicates
+    assert final_clean.extra["held_out"] == held
+    duplicates = len(log) - held - learned
     assert final_clean.extra["duplicates"] == duplicates

@@ -82,6 +82,10 @@ factory = {{ path = "river.linear_model.LogisticRegression" }}
 every_n = 90
 on_drift = false
 on_shutdown = true
+
+# no holdout: every joined example is learned, so the trainer's digest is the join's
+[model.promotion]
+holdout_percent = 0
 """
 
 

@@ -8,12 +8,16 @@ a model's examples from one partition, in offset order). A
 (standard scaler + logistic regression, ``services/learning/examples/river_logreg.toml``)
 from it and is stopped with SIGTERM once caught up.
 
-Every checkpoint it committed must report, as ``accuracy_total`` and
-``log_loss_total``, exactly (``==``) what ``river.evaluate.progressive_val_score``
-gives for a fresh model built from the same configuration on the first
-``examples_seen`` examples of the dataset. The micro-batch still open at
-shutdown (1,250 = 39 x 32 + 2) is not trained: the last checkpoint covers
-the first 1,248 examples, and so does the reference it is compared with.
+The shipped example holds out 10% of the requests (``promotion.holdout_percent``):
+the trainer never learns nor scores those, so the reference is the dataset
+without them (by the same :func:`~services.validation.base.is_held_out` of
+each example's request_id), in order. Every checkpoint it committed must
+report, as ``accuracy_total`` and ``log_loss_total``, exactly (``==``) what
+``river.evaluate.progressive_val_score`` gives for a fresh model built from
+the same configuration on the first ``examples_seen`` examples learned. The
+micro-batch still open at shutdown is not trained: the last checkpoint
+covers the learned examples up to the last full batch of 32, and so does the
+reference it is compared with.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from schemas.events import TrainingExample, training_example_id
 from services.learning.config import ModelConfig, example_path, load_config
 from services.learning.factory import build
 from services.learning.pool import partition_of
+from services.validation.base import is_held_out
 from tests.integration._procs import WorkerProcess, manifests, produce, worker_env
 
 if TYPE_CHECKING:
@@ -57,10 +62,14 @@ def model_toml() -> str:
     return edited
 
 
+def request_id(i: int) -> str:
+    return f"ph-r{i}"
+
+
 def as_examples(rows: list[tuple[dict[str, Any], bool]]) -> Iterator[TrainingExample]:
     base = 1_700_000_000_000
     for i, (x, y) in enumerate(rows):
-        rid, fid = f"ph-r{i}", f"ph-f{i}"
+        rid, fid = request_id(i), f"ph-f{i}"
         yield TrainingExample.new(
             event_id=f"ph-e{i}",
             ts=base + i,
@@ -106,8 +115,12 @@ def test_prequential_metrics_equal_river_progressive_val_score(
     config_path = tmp_path / "models.toml"
     config_path.write_text(model_toml())
     config = load_config(config_path).model(MODEL)
-    trained = len(rows) - len(rows) % config.batch_size
-    assert trained == 1248  # the open batch of 2 stays untrained at shutdown
+    percent = config.promotion.holdout_percent
+    assert percent == 10  # the shipped share
+    held = [i for i in range(len(rows)) if is_held_out(request_id(i), percent)]
+    learned = [row for i, row in enumerate(rows) if not is_held_out(request_id(i), percent)]
+    assert 1000 < len(learned) < 1250
+    trained = len(learned) - len(learned) % config.batch_size  # the open batch stays untrained
 
     produce(
         sandbox,
@@ -128,10 +141,13 @@ def test_prequential_metrics_equal_river_progressive_val_score(
     assert committed, trainer.text()[-3000:]
     final = committed[-1]
     assert (final.trigger, final.examples_seen) == ("shutdown", trained)
+    # held-out records are consumed and counted up to the last boundary, like the offsets
+    boundary = final.offsets[sandbox.topics.training_examples][str(partition)]
+    assert final.extra["held_out"] == sum(i < boundary for i in held) > 0
     assert final.metrics["accuracy_total"] > 0.8  # it learned something
     positions = [m.examples_seen for m in committed]
     assert positions[:3] == [EVERY_N, 2 * EVERY_N, 3 * EVERY_N], positions
     for manifest in committed:
         reported = {k: manifest.metrics[k] for k in REFERENCE_METRICS}
-        expected = progressive(config, rows, manifest.examples_seen)
+        expected = progressive(config, learned, manifest.examples_seen)
         assert reported == expected, (manifest.version, manifest.trigger, manifest.examples_seen)

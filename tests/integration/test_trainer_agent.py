@@ -44,6 +44,9 @@ factory = {{ path = "river.linear_model.LogisticRegression" }}
 [model.triggers]
 every_n = {every_n}
 on_drift = false
+# no holdout: these tests (and those borrowing this config) count what is learned
+[model.promotion]
+holdout_percent = 0
 """
 
 

@@ -64,6 +64,8 @@ def test_concept_drift_gives_a_drift_checkpoint_soon_after_and_counts_on_schedul
                     "batch_size": 20,
                     "triggers": {"every_n": 1000, "adaptive": {"min_every_n": 200}},
                     "drift": [{"kind": "ADWIN"}, {"kind": "DDM"}],
+                    # every example learned: the positions below are stream positions
+                    "promotion": {"holdout_percent": 0},
                 }
             ]
         }

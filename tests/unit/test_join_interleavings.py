@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import encode
-from schemas.events import FeedbackEvent, InferenceLog
+from schemas.codec import decode, encode
+from schemas.events import FeedbackEvent, InferenceLog, TrainingExample
 from services.attribution import (
     AttributionJoiner,
     Emit,
@@ -203,6 +203,8 @@ def test_every_interleaving_joins_the_same_examples_and_dead_letters_the_same_ev
     shadows = {offset for offset, log in enumerate(scenario.inference) if log.route == "shadow"}
     examples, letters = results[0]
     assert not any(b'"inference_event_id":"shadow-' in example for example in examples)
+    # every example carries its live or canary log's answer, never the shadow's
+    assert all(decode(TrainingExample, e).prediction == 0.5 for e in examples)
     for topic, offset, kind, reason in letters:  # a shadow log is dead-lettered only as late
         if topic == "inference-logs" and offset in shadows:
             assert kind == "late", reason

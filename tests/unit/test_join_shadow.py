@@ -190,3 +190,29 @@ def test_entries_written_before_shadow_logs_were_kept_read_unchanged() -> None:
     assert entry.shadow is None
     assert entry.closed_shadow_id is None
     assert entry.to_bytes() == old  # and entries without a shadow write as before
+
+
+def _scored(rid: str, ts: int, route: Route | None, prediction: Any, scores: Any) -> InferenceLog:
+    return log(rid, ts, route).model_copy(update={"prediction": prediction, "scores": scores})
+
+
+def test_an_example_carries_the_route_prediction_and_scores_of_its_log() -> None:
+    joiner, _ = make()
+    feed(joiner, _scored("r1", 1_000, "shadow", False, {"true": 0.1, "false": 0.9}))
+    feed(joiner, _scored("r1", 1_000, "canary", True, {"true": 0.8, "false": 0.2}))
+    [example] = examples(feed(joiner, feedback("r1", 2_000, eid="f1")))
+    assert (example.route, example.prediction) == ("canary", True)
+    assert example.scores == {"true": 0.8, "false": 0.2}
+    # a log with no route or scores gives an example without them
+    feed(joiner, log("r2", 1_000, None))
+    [plain] = examples(feed(joiner, feedback("r2", 2_000, eid="f2")))
+    assert (plain.route, plain.prediction, plain.scores) == (None, 0.3, None)
+
+
+def test_a_default_label_example_carries_its_logs_serving_fields_too() -> None:
+    joiner, _ = make(no_feedback_policy="default", default_label=0)
+    feed(joiner, _scored("r1", 1_000, "live", 0.25, None))
+    feed(joiner, _scored("r1", 1_000, "shadow", 0.75, None))
+    [example] = examples(tick(joiner, 1_000 + 12 * MIN))
+    assert example.label_is_default
+    assert (example.route, example.prediction, example.scores) == ("live", 0.25, None)

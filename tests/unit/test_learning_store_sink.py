@@ -17,6 +17,7 @@ from services.learning.config import ModelConfig, example_path, load_config
 from services.learning.store_sink import CheckpointerSink, load_into
 from services.learning.synthetic import examples_from
 from services.learning.trainer import OnlineTrainer
+from services.validation.base import is_held_out
 
 TOPIC = "training-examples"
 
@@ -47,14 +48,20 @@ def test_checkpoints_round_trip_through_the_store(kind: str, tmp_path: Path) -> 
     for i, ex in enumerate(exs):
         clean.process(ex, topic=TOPIC, partition=0, offset=i)
 
+    # The shipped 10% holdout: the 100th example learned completes the count checkpoint.
+    learned = [i for i, ex in enumerate(exs) if not is_held_out(ex.request_id, 10)]
+    boundary = learned[99] + 1
+    assert config.promotion.holdout_percent == 10
+    assert 100 < boundary < 137
     sink = _sink(tmp_path / "store")
     first = OnlineTrainer(config, sink)
     for i, ex in enumerate(exs[:137]):
         first.process(ex, topic=TOPIC, partition=0, offset=i)
     manifest = sink.last_manifest
     assert manifest.trigger == "count"
-    assert manifest.offsets == {TOPIC: {"0": 100}}
+    assert manifest.offsets == {TOPIC: {"0": boundary}}
     assert manifest.examples_seen == 100
+    assert manifest.extra["held_out"] == boundary - 100
     assert manifest.extra["schedule"]["interval"] == 50
     assert set(manifest.metrics) >= {"accuracy", "accuracy_total", "log_loss"}
 
@@ -62,14 +69,15 @@ def test_checkpoints_round_trip_through_the_store(kind: str, tmp_path: Path) -> 
     second = OnlineTrainer(config, _sink(tmp_path / "store"))
     assert second.restore() == manifest.version
     assert second.digest == manifest.example_digest
-    assert second.examples_seen == 100
+    assert (second.examples_seen, second.held_out) == (100, boundary - 100)
     start = second.position(TOPIC, 0)
-    assert start == 100
+    assert start == boundary
     for i in range(start, len(exs)):
         second.process(exs[i], topic=TOPIC, partition=0, offset=i)
     assert second.adapter.state_digest() == clean.adapter.state_digest()
     assert second.digest == clean.digest
     assert second.metrics.values() == clean.metrics.values()
+    assert second.held_out == clean.held_out
 
 
 @pytest.mark.parametrize("kind", ["river", "torch"])
@@ -79,8 +87,11 @@ def test_a_read_only_reader_loads_a_trained_version_into_a_fresh_adapter(
     """What a model server does: open_reader, load a version verified, put it in an adapter."""
     config = _config(kind)
     trainer = OnlineTrainer(config, _sink(tmp_path / "store"))
-    for i, ex in enumerate(examples_from(datasets.Phishing(), "m", limit=100)):
-        trainer.process(ex, topic=TOPIC, partition=0, offset=i)
+    stream = examples_from(datasets.Phishing(), "m")
+    offset = 0
+    while trainer.examples_seen < 100:  # 100 learned: the rest was held out
+        trainer.process(next(stream), topic=TOPIC, partition=0, offset=offset)
+        offset += 1
     trained = trainer.adapter.state_digest()
 
     reader = open_reader(StoreConfig(root=tmp_path / "store", fsync=False))

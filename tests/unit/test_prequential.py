@@ -12,6 +12,7 @@ from services.learning.config import ModelConfig, parse_config
 from services.learning.sink import InMemorySink
 from services.learning.synthetic import examples_from
 from services.learning.trainer import OnlineTrainer
+from services.validation.base import is_held_out
 
 
 def _config(batch_size: int, window: int) -> ModelConfig:
@@ -39,11 +40,28 @@ def _config(batch_size: int, window: int) -> ModelConfig:
 
 @pytest.mark.parametrize("batch_size", [1, 25, 50])
 def test_prequential_metrics_equal_progressive_val_score_exactly(batch_size: int) -> None:
-    trainer = OnlineTrainer(_config(batch_size, window=200), InMemorySink())
+    """With the default 10% holdout: the reference sees the examples the trainer
+    learns (not the held-out ones), in order, up to the last full batch."""
+    config = _config(batch_size, window=200)
+    assert config.promotion.holdout_percent == 10
+    trainer = OnlineTrainer(config, InMemorySink())
+    learned: list[tuple[dict[str, Any], Any]] = []
+    held: list[int] = []
     for i, ex in enumerate(examples_from(datasets.Phishing(), "phish")):
         trainer.process(ex, topic="training-examples", partition=0, offset=i)
-    assert trainer.pending == 0
-    assert trainer.examples_seen == 1250
+        if is_held_out(ex.request_id, 10):
+            held.append(i)
+        else:
+            learned.append((dict(ex.features), ex.label))
+    trained = len(learned) // batch_size * batch_size
+    assert 1000 < len(learned) < 1250
+    # counted up to the last batch boundary, like the offsets (the open batch is re-read)
+    position = trainer.position("training-examples", 0)
+    assert position is not None
+    assert trainer.held_out == sum(i < position for i in held)
+    assert trainer.pending == len(learned) - trained
+    assert trainer.examples_seen == trained
+    reference = learned[:trained]
 
     def model() -> object:
         return preprocessing.StandardScaler() | LogisticRegression()
@@ -58,7 +76,7 @@ def test_prequential_metrics_equal_progressive_val_score_exactly(batch_size: int
         ("log_loss", utils.Rolling(log_loss, window_size=200)),
     ]
     for name, metric in checks:
-        expected = evaluate.progressive_val_score(datasets.Phishing(), model(), metric)
+        expected = evaluate.progressive_val_score(reference, model(), metric)
         assert values[name] == expected.get(), name
 
 

@@ -61,6 +61,8 @@ def torch_config() -> ModelConfig:
             "batch_size": 4,
             "triggers": cfg.triggers.model_copy(update={"every_n": 8, "interval_s": None}),
             "encoding": cfg.encoding.model_copy(update={"buckets": 256}) if cfg.encoding else None,
+            # the checkpoints below fall after 8, 16, 24 examples: every example learned
+            "promotion": cfg.promotion.model_copy(update={"holdout_percent": 0}),
         }
     )
 

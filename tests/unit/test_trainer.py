@@ -14,11 +14,14 @@ from services.learning.config import ModelConfig, example_path, load_config, par
 from services.learning.sink import InMemorySink
 from services.learning.synthetic import LocalExample, examples_from
 from services.learning.trainer import OnlineTrainer
+from services.validation.base import is_held_out
 
 TOPIC = "training-examples"
 
 
 def river_config(**overrides: Any) -> ModelConfig:
+    """A small river model; no holdout unless asked (these tests count what is
+    learned; holdout has its own tests in test_trainer_holdout.py)."""
     data: dict[str, Any] = {
         "name": "m",
         "kind": "river",
@@ -26,14 +29,16 @@ def river_config(**overrides: Any) -> ModelConfig:
         "batch_size": 8,
         "triggers": {"every_n": 40},
         "drift": [{"kind": "ADWIN"}, {"kind": "DDM"}],
+        "promotion": {"holdout_percent": 0},
     }
     data.update(overrides)
     return parse_config({"model": [data]}).model("m")
 
 
-def torch_config() -> ModelConfig:
+def torch_config(holdout_percent: float = 0.0) -> ModelConfig:
     cfg = load_config(example_path("torch_fm")).model("torch-fm")
-    return cfg.model_copy(update={"name": "m", "batch_size": 8})
+    promotion = cfg.promotion.model_copy(update={"holdout_percent": holdout_percent})
+    return cfg.model_copy(update={"name": "m", "batch_size": 8, "promotion": promotion})
 
 
 def phishing(n: int = 300) -> list[LocalExample]:
@@ -131,7 +136,10 @@ def _run(config: ModelConfig, records: Sequence[tuple[int, int, Any]]) -> Online
 
 @pytest.mark.parametrize("kind", ["river", "torch"])
 def test_restarts_from_checkpoints_reproduce_the_uninterrupted_run_bitwise(kind: str) -> None:
-    config = river_config() if kind == "river" else torch_config()
+    # With the shipped holdout share: held-out records are skipped alike after each restart.
+    config = (
+        river_config(promotion={"holdout_percent": 10}) if kind == "river" else torch_config(10)
+    )
     config = config.model_copy(
         update={"triggers": config.triggers.model_copy(update={"every_n": 24})}
     )
@@ -158,7 +166,10 @@ def test_restarts_from_checkpoints_reproduce_the_uninterrupted_run_bitwise(kind:
         position = next(i for i, (p, offset, _) in enumerate(records) if offset >= resume[p])
         # Records of the other partition between here and its resume point are
         # re-delivered too and skipped as already reflected in the state.
-    assert trainer.examples_seen == clean.examples_seen == 400
+    held = sum(is_held_out(ex.request_id, 10) for _, _, ex in records)
+    assert 0 < held < 80
+    assert (trainer.examples_seen, trainer.held_out) == (clean.examples_seen, clean.held_out)
+    assert clean.examples_seen + clean.pending == 400 - held
     assert trainer.adapter.state_digest() == clean.adapter.state_digest()
     assert trainer.digest == clean.digest
     assert trainer.metrics.values() == clean.metrics.values()

@@ -40,6 +40,7 @@ def river(**overrides: Any) -> ModelConfig:
         "factory": {"path": "river.linear_model.LogisticRegression"},
         "batch_size": 4,
         "triggers": {"every_n": 8},
+        "promotion": {"holdout_percent": 0},  # these tests count checkpoints by examples
     }
     data.update(overrides)
     return parse_config({"model": [data]}).model("m")

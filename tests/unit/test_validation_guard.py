@@ -285,13 +285,17 @@ def test_a_candidate_waits_until_the_guard_has_judged_the_new_live_once() -> Non
     pending = w.val.describe()["models"][M]["pending"]
     assert pending["version"] == "v3"
     assert "the guard has not judged v2 yet" in pending["waiting_for_guard"]
+    [superseded] = w.val.on_checkpoint(checkpoint("v3b"))  # newest wins, and says why it waited
+    assert (superseded.version, superseded.decision) == ("v3", "superseded")
+    assert "it waited: the guard has not judged v2 yet" in superseded.reason
+    w.ev.table["v3b"] = 0.95
     sent, verdicts = w.until_verdict(2 * MIN)
     assert sent == MIN
     assert [(v.judge, v.version, v.decision) for v in verdicts] == [
         ("guard", "v2", "keep"),
-        ("gateway", "v3", "promote"),
+        ("gateway", "v3b", "promote"),
     ]
-    assert w.live() == "v3"
+    assert w.live() == "v3b"
 
 
 def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> None:
@@ -305,6 +309,7 @@ def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> 
     assert w.val.tick() == []  # noticed: watched against v2
     assert w.val.on_checkpoint(checkpoint("v3")) == []
     sent, verdicts = w.until_verdict(2 * MIN)
+    assert sent == MIN  # the guard's first sample
     assert [(v.judge, v.version, v.decision) for v in verdicts] == [
         ("guard", "v9", "rollback"),
         ("gateway", "v3", "promote"),

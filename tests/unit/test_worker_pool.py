@@ -23,6 +23,9 @@ PARTS = 3
 
 
 def config(name: str = "m", **overrides: Any) -> ModelConfig:
+    """A small river model; no holdout unless asked (these tests and those that
+    borrow this helper count what is learned; holdout has its own tests in
+    test_trainer_holdout.py)."""
     data: dict[str, Any] = {
         "name": name,
         "kind": "river",
@@ -30,6 +33,7 @@ def config(name: str = "m", **overrides: Any) -> ModelConfig:
         "factory": {"path": "river.linear_model.LogisticRegression"},
         "batch_size": 4,
         "triggers": {"every_n": 8},
+        "promotion": {"holdout_percent": 0},
     }
     data.update(overrides)
     return parse_config({"model": [data]}).model(name)
