@@ -39,6 +39,9 @@ The rules
   tick (:meth:`CanaryStage.tick`); a change that applied although its reply
   was lost gets its verdict then. The pointer refusing to promote the canary
   (e.g. it no longer verifies): ``reject``, the canary cleared.
+- **The process's memory.** The run lives in this object: a gateway that
+  restarts while a canary it set runs does not follow it again; the canary
+  stays in the pointer until an operator promotes or clears it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,12 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   -tolerance``. In ``auto`` mode a candidate that passed is promoted through
   the pointer (actor ``gateway``, reason = the verdict's reason,
   ``expected_epoch`` = the epoch read when judging): decision ``promote``
-  with the epoch after it; in ``manual`` mode it is ``hold``. A candidate
+  with the epoch after it; in ``manual`` mode it is ``hold``; in ``canary``
+  mode it is set as the model's canary at ``canary_percent`` percent
+  (``set_canary``, same actor, reason and ``expected_epoch``): decision
+  ``canary`` with the epoch after it, and the
+  :class:`~services.validation.canary.CanaryStage` then promotes or rejects
+  it on its canary-route examples (its own rules). A candidate
   that fails is ``reject``. A live version that cannot be scored (a failed
   check, or no value) is no baseline: a candidate whose evaluation passed
   passes. Examples the model refuses (``Evaluation.skipped``, the same for
@@ -22,7 +27,11 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   traffic, so no held-out examples would ever come. It is judged by its
   checks alone (:func:`~services.validation.judging.sane`: every check that
   ran passed; no value is needed, as there may be no examples yet, or a
-  fresh classifier scores none).
+  fresh classifier scores none). In ``canary`` mode too it is promoted: a
+  canary needs a live version.
+- **One canary at a time.** While a canary runs (until its ``promote`` or
+  ``reject``), a candidate waits (newest wins) and is judged once the canary
+  is decided, against the live version then.
 - **Ignored, no verdict:** a candidate equal to the live version, one already
   judged (replays of ``checkpoint-events`` after a rebalance) or the one
   already waiting. The memory of judged versions is this object's
@@ -49,8 +58,9 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   (restore needed): the candidate stays pending, blocked, and :meth:`retry`
   (each tick) tries again, re-reading the pointer first: while its live
   version and epoch are the same, the comparison made stands (no new
-  evaluation) and only the promotion is retried; if a promotion that was
-  not confirmed did apply, its ``promote`` verdict is made then.
+  evaluation) and only the promotion (or the setting of the canary) is
+  retried; if one that was not confirmed did apply, its ``promote`` (or
+  ``canary``) verdict is made then.
   :class:`~services.pointer.base.VersionRefusedError` and other refusals:
   ``reject`` with the reason.
 """

@@ -245,6 +245,25 @@ def test_a_live_version_changed_under_the_canary_clears_it() -> None:
     assert (state(p).live, state(p).canary) == ("v9", None)
 
 
+def test_the_guard_watches_a_promoted_canary_and_not_a_canary_being_set() -> None:
+    p = FlakyPointer()
+    p.promote(M, "v0", actor="operator", reason="by hand")
+    p.promote(M, "v1", actor="operator", reason="by hand")
+    policy = {"mode": "canary", "canary_percent": 20.0, "canary_examples": 5}
+    val = Validation(
+        {M: config(promotion=policy)}, FakeEvaluator({"v1": 0.8, "v2": 0.9}), p, clock=Clock()
+    )
+    val.tick()
+    feed(val, Feed(), 10)
+    [v] = val.on_checkpoint(checkpoint("v2"))
+    assert v.decision == "canary"
+    assert val.describe()["models"][M]["guard"]["watch"] is None
+    [promoted] = send(val, "v2", "canary", right=5)
+    assert promoted.decision == "promote"
+    watch = val.describe()["models"][M]["guard"]["watch"]
+    assert (watch["live"], watch["replaced"]) == ("v2", "v1")
+
+
 @pytest.mark.parametrize("percent", [0.0, -1.0, 50.5])
 def test_the_canary_percent_must_be_above_0_and_at_most_50(percent: float) -> None:
     with pytest.raises(ConfigError, match="canary_percent"):
