@@ -244,7 +244,12 @@ class CanaryStage:
             f"on {n} canary examples vs live {run.live} on {n_live} live examples since"
             f" the canary was set at epoch {run.epoch}"
         )
-        if value is None or baseline is None:
+        if value is None:  # not expected: the metric was fed canary_examples examples
+            reason = (
+                f"canary {run.version} has no {metric} value {on}; rejected, the canary cleared"
+            )
+            return self._fields(run, "reject", reason)
+        if baseline is None:
             summary = (
                 f"canary {run.version} {metric} {J.num(value)} {on}: live has no scored"
                 " example, no baseline"
