@@ -50,7 +50,9 @@ VersionAction: TypeAlias = Literal[
 """A change of the Redis version pointer."""
 Judge: TypeAlias = Literal["gateway", "guard"]
 """Who judged a version: the validation gateway (candidates) or the guard (the live version)."""
-Decision: TypeAlias = Literal["promote", "reject", "hold", "superseded", "rollback", "keep"]
+Decision: TypeAlias = Literal[
+    "promote", "reject", "hold", "canary", "superseded", "rollback", "keep"
+]
 """What a verdict decided (see :class:`Verdict`)."""
 
 #: Dead-letter kinds driftloop itself emits; ``DeadLetter.error_kind`` accepts
@@ -360,6 +362,10 @@ class Verdict(Event):
       (``epoch`` is the pointer's epoch after that);
     - ``hold``: it passed, but the policy is ``manual`` (recorded only; an
       operator promotes);
+    - ``canary``: it passed and the policy is ``canary``: the gateway set it
+      as the model's canary (``epoch`` after that); a ``promote`` or
+      ``reject`` verdict follows on its canary-route examples (``n`` = their
+      number, ``baseline`` = live on its live-route examples of the period);
     - ``reject``: a check failed or it scored worse than allowed;
     - ``superseded``: a newer candidate of the model arrived before this one
       could be judged (newest wins);
@@ -383,8 +389,8 @@ class Verdict(Event):
     """What it was compared with (the live version, or the one the live version replaced)."""
     judge: Judge
     """Who judged."""
-    policy: Literal["manual", "auto", "guard"]
-    """The policy in force: the gateway's ``manual`` or ``auto``, or the guard."""
+    policy: Literal["manual", "auto", "canary", "guard"]
+    """The policy in force: the gateway's ``manual``, ``auto`` or ``canary``, or the guard."""
     decision: Decision
     """What was decided (see the class docstring)."""
     reason: Text = ""

@@ -216,14 +216,27 @@ class PromotionConfig(_Frozen):
     judged at once on whatever held-out examples there are (possibly none),
     by its sanity checks alone: ``auto`` promotes the first that passes them
     (see :mod:`services.validation.gateway`).
+
+    ``canary``: a candidate that passed is not promoted but set as the
+    model's canary at ``canary_percent`` percent of the traffic (0 < p <= 50;
+    with nothing live there is no canary to set, and the first candidate is
+    promoted as in ``auto``). Once ``canary_examples`` attributed examples
+    served by it on the canary route were scored on ``metric`` (their logged
+    prediction against the feedback), it is compared with the live version
+    scored the same way on its live-route examples of the same period:
+    promoted when not worse than live by more than ``tolerance``, else
+    rejected and the canary cleared. While a canary runs, newer candidates
+    wait (see :mod:`services.validation.canary`).
     """
 
-    mode: Literal["manual", "auto"] = "manual"
+    mode: Literal["manual", "auto", "canary"] = "manual"
     metric: Literal["accuracy", "log_loss", "cross_entropy", "mae", "rmse"] | None = None
     tolerance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     min_examples: int = Field(default=200, ge=1, le=MAX_COUNT)
     holdout_percent: float = Field(default=10.0, ge=0.0, le=50.0, allow_inf_nan=False)
     holdout_size: int = Field(default=2_000, ge=1, le=1_000_000)
+    canary_percent: float = Field(default=10.0, gt=0.0, le=50.0, allow_inf_nan=False)
+    canary_examples: int = Field(default=200, ge=1, le=MAX_COUNT)
 
 
 class GuardConfig(_Frozen):

@@ -11,7 +11,12 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   -tolerance``. In ``auto`` mode a candidate that passed is promoted through
   the pointer (actor ``gateway``, reason = the verdict's reason,
   ``expected_epoch`` = the epoch read when judging): decision ``promote``
-  with the epoch after it; in ``manual`` mode it is ``hold``. A candidate
+  with the epoch after it; in ``manual`` mode it is ``hold``; in ``canary``
+  mode it is set as the model's canary at ``canary_percent`` percent
+  (``set_canary``, same actor, reason and ``expected_epoch``): decision
+  ``canary`` with the epoch after it, and the
+  :class:`~services.validation.canary.CanaryStage` then promotes or rejects
+  it on its canary-route examples (its own rules). A candidate
   that fails is ``reject``. A live version that cannot be scored (a failed
   check, or no value) is no baseline: a candidate whose evaluation passed
   passes. Examples the model refuses (``Evaluation.skipped``, the same for
@@ -22,7 +27,11 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   traffic, so no held-out examples would ever come. It is judged by its
   checks alone (:func:`~services.validation.judging.sane`: every check that
   ran passed; no value is needed, as there may be no examples yet, or a
-  fresh classifier scores none).
+  fresh classifier scores none). In ``canary`` mode too it is promoted: a
+  canary needs a live version.
+- **One canary at a time.** While a canary runs (until its ``promote`` or
+  ``reject``), a candidate waits (newest wins) and is judged once the canary
+  is decided, against the live version then.
 - **Ignored, no verdict:** a candidate equal to the live version, one already
   judged (replays of ``checkpoint-events`` after a rebalance) or the one
   already waiting. The memory of judged versions is this object's
@@ -49,8 +58,9 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   (restore needed): the candidate stays pending, blocked, and :meth:`retry`
   (each tick) tries again, re-reading the pointer first: while its live
   version and epoch are the same, the comparison made stands (no new
-  evaluation) and only the promotion is retried; if a promotion that was
-  not confirmed did apply, its ``promote`` verdict is made then.
+  evaluation) and only the promotion (or the setting of the canary) is
+  retried; if one that was not confirmed did apply, its ``promote`` (or
+  ``canary``) verdict is made then.
   :class:`~services.pointer.base.VersionRefusedError` and other refusals:
   ``reject`` with the reason.
 """
@@ -63,11 +73,12 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import CheckpointEvent, Verdict
+from schemas.events import CheckpointEvent, TrainingExample, Verdict
 from services.learning.config import ModelConfig
 from services.pointer.base import (
     PointerError,
     PointerLostError,
+    PointerState,
     PointerUnavailableError,
     StaleEpochError,
     VersionPointer,
@@ -75,6 +86,7 @@ from services.pointer.base import (
 from services.pointer.transitions import state_of
 from services.validation import judging as J
 from services.validation.base import HoldoutExample, VersionEvaluator
+from services.validation.canary import CanaryStage
 from services.validation.holdout import HoldoutBuffer
 from services.validation.judging import Outcome
 
@@ -147,6 +159,7 @@ class Gateway:
         self.rolled_back = rolled_back
         self.unsettled = unsettled
         self.pending: Candidate | None = None
+        self.canary = CanaryStage(config, pointer)
         self._judged: OrderedDict[str, None] = OrderedDict()
 
     def offer(self, event: CheckpointEvent) -> Outcome:
@@ -171,10 +184,29 @@ class Gateway:
             return Outcome()
         return self._judge(cand)
 
+    def on_attributed(self, example: TrainingExample) -> Outcome:
+        """Every attributed example (held out or not): the running canary counts it; a
+        candidate waiting for the canary is judged once the canary is decided."""
+        if self.canary.run is None:
+            return Outcome()
+        out = self.canary.on_example(example)
+        out.extend(self._after_canary())
+        return out
+
     def retry(self) -> Outcome:
-        """Each tick: judge again a candidate blocked by the pointer."""
+        """Each tick: follow the running canary; judge again a candidate blocked by the pointer."""
+        if self.canary.run is not None:
+            out = self.canary.tick()
+            out.extend(self._after_canary())
+            return out
         cand = self.pending
         if cand is None or cand.blocked is None:
+            return Outcome()
+        return self._judge(cand)
+
+    def _after_canary(self) -> Outcome:
+        cand = self.pending
+        if self.canary.run is not None or cand is None or cand.blocked is not None:
             return Outcome()
         return self._judge(cand)
 
@@ -188,12 +220,16 @@ class Gateway:
             "min_examples": self.config.promotion.min_examples,
             "blocked": cand.blocked,
             "waiting_for_guard": cand.waiting,
+            "waiting_for_canary": self.canary.waiting(),
             "promotion_unconfirmed": cand.sent is not None,
         }
 
     # -- judging -----------------------------------------------------------
 
     def _judge(self, cand: Candidate) -> Outcome:
+        if self.canary.run is not None:
+            cand.blocked = None  # judged when the canary is decided
+            return Outcome()
         stale: list[str] = []
         while True:
             try:
@@ -203,11 +239,13 @@ class Gateway:
                 return Outcome()
             live = state.live if state is not None else None
             epoch = state.epoch if state is not None else 0
-            if cand.sent is not None and state is not None and live == cand.version:
+            if cand.sent is not None and state is not None and _applied(cand, state):
                 reason = f"{cand.sent['reason']} (applied; Redis did not confirm it at first)"
                 fields = {**cand.sent, "reason": reason, "epoch": epoch}
                 out = self._finish(cand, J.verdict(**fields))
                 out.changes.append(state)
+                if fields["decision"] == "canary" and live is not None:
+                    self.canary.start(cand.version, live, epoch, fields["checks"])
                 return out
             cand.sent = None  # a promotion sent before did not apply (or was undone)
             if live == cand.version:
@@ -235,17 +273,36 @@ class Gateway:
             if self.config.promotion.mode == "manual":
                 held = "held: the policy is manual, an operator promotes"
                 return self._decide(cand, comparison, "hold", held + again)
-            promoted = "promoted (bootstrap)" if live is None else "promoted"
-            fields = {**comparison.fields, "decision": "promote"}
-            fields["reason"] = f"{comparison.summary}; {promoted}{again}"
-            try:
-                event = self.pointer.promote(
-                    self.model,
-                    cand.version,
-                    actor="gateway",
-                    reason=J.cut(fields["reason"]),
-                    expected_epoch=epoch,
+            cfg = self.config.promotion
+            if cfg.mode == "canary" and live is not None:
+                decision = "canary"
+                done = (
+                    f"set as canary at {cfg.canary_percent:g}% of the traffic (judged after"
+                    f" {cfg.canary_examples} canary examples)"
                 )
+            else:
+                decision = "promote"
+                done = "promoted (bootstrap)" if live is None else "promoted"
+            fields = {**comparison.fields, "decision": decision}
+            fields["reason"] = f"{comparison.summary}; {done}{again}"
+            try:
+                if decision == "canary":
+                    event = self.pointer.set_canary(
+                        self.model,
+                        cand.version,
+                        cfg.canary_percent,
+                        actor="gateway",
+                        reason=J.cut(fields["reason"]),
+                        expected_epoch=epoch,
+                    )
+                else:
+                    event = self.pointer.promote(
+                        self.model,
+                        cand.version,
+                        actor="gateway",
+                        reason=J.cut(fields["reason"]),
+                        expected_epoch=epoch,
+                    )
             except StaleEpochError as exc:
                 if not stale:
                     stale.append(f"the pointer changed from epoch {epoch} while judging")
@@ -270,6 +327,8 @@ class Gateway:
                 return Outcome()
             out = self._finish(cand, J.verdict(**{**fields, "epoch": event.epoch}))
             out.changes.append(state_of(event))
+            if decision == "canary" and live is not None:
+                self.canary.start(cand.version, live, event.epoch, fields["checks"])
             return out
 
     def _compare(
@@ -355,7 +414,10 @@ class Gateway:
     def _superseded(self, cand: Candidate, newer: str) -> Verdict:
         cfg = self.config.promotion
         version = cand.version
-        if cand.blocked is not None:
+        running = self.canary.waiting()
+        if running is not None:
+            waited = running
+        elif cand.blocked is not None:
             waited = cand.blocked
         elif cand.waiting is not None:
             waited = cand.waiting
@@ -403,3 +465,11 @@ class Gateway:
                 why,
             )
         cand.blocked = why
+
+
+def _applied(cand: Candidate, state: PointerState) -> bool:
+    """Whether the change ``cand.sent`` describes is what the pointer shows."""
+    assert cand.sent is not None  # noqa: S101 - the caller checked; guards no input
+    if cand.sent["decision"] == "canary":
+        return state.canary == cand.version and state.live != cand.version
+    return state.live == cand.version

@@ -9,8 +9,10 @@ given, and is not thread-safe: the agent calls it from one executor thread.
 
 When the agent calls it
 -----------------------
-- :meth:`Validation.on_example` for each record of ``training-examples``: an
-  example whose request is in the model's holdout share goes into its
+- :meth:`Validation.on_example` for each record of ``training-examples``: a
+  running canary counts it (every example: canary-route ones of the canary,
+  live-route ones of the live version; :mod:`services.validation.canary`);
+  an example whose request is in the model's holdout share goes into its
   buffer; the guard and then the gateway judge if that completed a sample.
 - :meth:`Validation.on_checkpoint` for each record of ``checkpoint-events``.
 - :meth:`Validation.tick` about every second: reads each model's pointer to
@@ -107,17 +109,19 @@ class Validation:
         self.ignored: Counter[str] = Counter()
 
     def on_example(self, example: TrainingExample) -> list[Verdict]:
-        """Keep ``example`` if it is held out; verdicts of judgements it completed."""
+        """Count ``example`` for a running canary, keep it if it is held out; verdicts of
+        judgements it completed."""
         m = self._model(example.model)
         if m is None:
             return []
         m.examples += 1
+        verdicts = self._absorb(m, m.gateway.on_attributed(example), "gateway")
         if not is_held_out(example.request_id, m.config.promotion.holdout_percent):
-            return []
+            return verdicts
         if not m.buffer.add(HoldoutExample.of(example)):
             m.duplicates += 1
-            return []
-        verdicts = self._absorb(m, m.guard.on_example(), "guard")
+            return verdicts
+        verdicts += self._absorb(m, m.guard.on_example(), "guard")
         verdicts += self._absorb(m, m.gateway.on_example(), "gateway")
         return verdicts
 
@@ -154,6 +158,7 @@ class Validation:
                     "duplicates": m.duplicates,
                 },
                 "pending": m.gateway.describe(),
+                "canary": m.gateway.canary.describe(),
                 "guard": m.guard.describe(),
                 "rolled_back": sorted(m.guard.rolled_back),
                 "verdicts": dict(m.verdicts),
@@ -208,9 +213,13 @@ class Validation:
         m.known = state
 
     def _absorb(self, m: _Model, out: Outcome, judge: Literal["gateway", "guard"]) -> list[Verdict]:
-        """Record an outcome's pointer changes and verdicts; a promotion starts a watch."""
+        """Record an outcome's pointer changes and verdicts; a promotion starts a watch
+        (setting or clearing a canary leaves live as it was: no watch)."""
+        promoted = {v.version for v in out.verdicts if v.decision == "promote"}
         for state in out.changes:
             m.read, m.known = True, state
+            if judge == "gateway" and state.live not in promoted:
+                continue  # the gateway set or cleared a canary
             if judge == "gateway":
                 m.guard.on_live(state, f"the gateway's promotion at epoch {state.epoch}")
             else:  # the guard's own rollback: seen, not watched
@@ -236,6 +245,8 @@ class Validation:
             keep += [m.known.live, m.known.previous, m.known.canary, m.known.shadow]
         if m.gateway.pending is not None:
             keep.append(m.gateway.pending.version)
+        if m.gateway.canary.run is not None:
+            keep += [m.gateway.canary.run.version, m.gateway.canary.run.live]
         if m.guard.watch is not None:
             keep += [m.guard.watch.live, m.guard.watch.replaced]
         try:

@@ -128,6 +128,9 @@ class FlakyPointer(InMemoryPointer):
     def rollback(self, model: str, **kwargs: Any) -> Any:
         return self._flaky(super().rollback, model, **kwargs)
 
+    def set_canary(self, model: str, version: str | None, *args: Any, **kwargs: Any) -> Any:
+        return self._flaky(super().set_canary, model, version, *args, **kwargs)
+
     def _flaky(self, change: Any, model: str, *args: Any, **kwargs: Any) -> Any:
         if self.down or self.changes_down:
             raise PointerUnavailableError("connection refused", model=model)
@@ -180,6 +183,38 @@ def example(request_id: str, model: str = M) -> TrainingExample:
         inference_event_id=f"inf-{request_id}",
         inference_ts=0,
         join_latency_ms=0,
+    )
+
+
+def served(
+    request_id: str,
+    version: str,
+    route: str | None,
+    *,
+    right: bool,
+    default: bool = False,
+    logged: bool = True,
+    model: str = M,
+) -> TrainingExample:
+    """An attributed example served by ``version`` on ``route`` whose logged prediction
+    was ``right`` or wrong (label True); ``default``: no feedback came (the label is the
+    joiner's default); ``logged`` False: no prediction was copied."""
+    feedback = None if default else f"fb-{request_id}"
+    return TrainingExample.new(
+        example_id=training_example_id(request_id, feedback),
+        request_id=request_id,
+        model=model,
+        model_version=version,
+        features={"x": 1.0},
+        label=True,
+        label_is_default=default,
+        feedback_event_id=feedback,
+        feedback_ts=None if default else 0,
+        inference_event_id=f"inf-{request_id}",
+        inference_ts=0,
+        join_latency_ms=0,
+        route=route,
+        prediction=right if logged else None,
     )
 
 
