@@ -49,8 +49,8 @@ SERVED_BEFORE_POISON = 100
 TRAINED_ON = 200
 #: How well the live version must score on recent held-out traffic before the
 #: poisoned checkpoint is offered (accuracy-like metrics; losses: GOOD_LOSS).
-GOOD_SCORE = 0.75
-GOOD_LOSS = 0.45
+GOOD_SCORE = 0.6
+GOOD_LOSS = 0.6
 #: Actor of the demo's forced promotion of the poisoned checkpoint.
 OPERATOR = "operator"
 

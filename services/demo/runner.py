@@ -380,10 +380,20 @@ class _Demo:
             self.refresh(200, force=True)
 
     def catch_up(self) -> None:
-        """Until the worker has read every input and nothing new came out for a while."""
-        group = f"{self.info.topics.prefix}driftloop-all"  # the worker's faust app id
+        """Until the worker (and the gateway, while it runs) has read every input
+        and nothing new came out for a while."""
         topics = self.info.topics
-        inputs = [topics.inference_logs, topics.feedback, topics.training_examples]
+        prefix = topics.prefix  # the workers' faust app ids: <prefix>driftloop-<role>
+        groups = [
+            (
+                f"{prefix}driftloop-all",
+                [topics.inference_logs, topics.feedback, topics.training_examples],
+            )
+        ]
+        if any(w.name == "gateway" for w in self.workers):
+            groups.append(
+                (f"{prefix}driftloop-gateway", [topics.training_examples, topics.checkpoint_events])
+            )
         kafka = self.info.kafka_config()
         quiet_since = time.monotonic()
         deadline = time.monotonic() + self.options.settle_timeout_s
@@ -391,7 +401,7 @@ class _Demo:
             if self.refresh(500, force=True):
                 quiet_since = time.monotonic()
             idle = time.monotonic() - quiet_since > 3.0
-            if idle and _group_lag(kafka, inputs, group) == 0:
+            if idle and all(_group_lag(kafka, inputs, group) == 0 for group, inputs in groups):
                 return
             if time.monotonic() > deadline:
                 raise StackError(

@@ -71,8 +71,7 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
 
     # The gateway promoted checkpoints on their figures (the first with nothing
     # live to compare), each promotion the verdict's decision, with its reason;
-    # every checkpoint has a verdict but the newest, which came after it stopped
-    # (or waited for the guard when it did).
+    # every checkpoint has a verdict but the newest (see below).
     promotions = summary["promotions"]
     by_gateway = [p for p in promotions if p["actor"] == "gateway"]
     assert len(by_gateway) >= 2
@@ -87,8 +86,12 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     later = judged[by_gateway[1]["to"]]
     assert later["n"] >= 50
     assert later["difference"] is not None
-    unjudged = summary["unjudged_checkpoints"]  # the newest: after the gateway stopped
-    assert unjudged == versions[len(versions) - len(unjudged) :]
+    # The demo stops the gateway once it has read every checkpoint event, so only
+    # the worker's shutdown checkpoint and one candidate waiting for the guard
+    # when it stopped can be left without a verdict.
+    unjudged = summary["unjudged_checkpoints"]
+    assert len(unjudged) <= 2, unjudged
+    assert set(unjudged) <= set(versions[-2:]), (unjudged, versions)
 
     # The poisoned checkpoint verified but was refused for its figures; forced
     # live by the operator, the guard rolled it back to the version it replaced
