@@ -52,7 +52,7 @@ from services.validation.service import Validation
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+E = TypeVar("E")
 
 
 class GatewayAgent:
@@ -111,9 +111,15 @@ class GatewayAgent:
         app.timer(tick_interval_s, name="gateway-tick")(self._tick)
         app.on_before_shutdown.connect(self._on_shutdown)
 
-    async def _run(self, call: Callable[..., T], *args: Any) -> T:
+    async def _run(self, call: Callable[..., list[E]], *args: Any) -> list[E]:
+        """``call`` on the executor thread; a failure is logged and yields nothing
+        (a bug must not stop the agent: faust would not restart it)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, call, *args)
+        try:
+            return await loop.run_in_executor(self._executor, call, *args)
+        except Exception:
+            log.exception("gateway: %s failed; what it was handling gets no verdict", call.__name__)
+            return []
 
     async def _examples(self, stream: Any) -> Any:
         async for events in stream.take_events(self.chunk, within=self.chunk_wait_s):
