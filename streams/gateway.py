@@ -124,7 +124,8 @@ class GatewayAgent:
     async def _examples(self, stream: Any) -> Any:
         async for events in stream.take_events(self.chunk, within=self.chunk_wait_s):
             records = [RawRecord.of(event.message) for event in events]
-            await self._emit(await self._run(self.handle_examples, records))
+            verdicts = await self._run(self.handle_examples, records)
+            await self._emit(verdicts)
             yield None
 
     async def _candidates(self, stream: Any) -> Any:
@@ -134,7 +135,8 @@ class GatewayAgent:
             yield None
 
     async def _tick(self, *_app: Any) -> None:
-        await self._emit(await self._run(self.handle_tick))
+        verdicts = await self._run(self.handle_tick)
+        await self._emit(verdicts)
 
     def handle_examples(self, records: Sequence[RawRecord]) -> list[Verdict]:
         """Decode and account for a chunk of training examples (executor thread)."""
