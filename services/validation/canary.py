@@ -241,7 +241,7 @@ class CanaryStage:
         n, value = self._tally(run, run.version, CANARY_ROUTE)
         n_live, baseline = self._tally(run, run.live, LIVE_ROUTE)
         on = (
-            f"on {n} canary examples vs live {run.live} on {n_live} live examples since"
+            f"on {n} canary-route examples (live: {n_live} live-route examples) since"
             f" the canary was set at epoch {run.epoch}"
         )
         if value is None:  # not expected: the metric was fed canary_examples examples

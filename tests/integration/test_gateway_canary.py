@@ -1,0 +1,189 @@
+"""The gateway's canary policy on the real stack (issue 11).
+
+A ``driftloop worker --role all`` and a ``driftloop worker --role gateway``
+run a river model whose promotion mode is ``canary``. The test plays the
+model servers: it reads the pointer, routes each request by the documented
+canary hash (:func:`services.server.routing.routes_to_canary`), predicts with
+the version that serves it (loaded read-only, as a server loads it) and logs
+the inference with its route, then sends the feedback.
+
+The first checkpoint is promoted (nothing live: no canary to set); a later
+candidate that passes the holdout comparison is set as canary at 50 %, and
+once ``canary_examples`` attributed canary examples were scored it is
+promoted on its live-traffic figures, with a verdict that carries them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from schemas.codec import encode
+from schemas.events import FeedbackEvent, InferenceLog, Verdict
+from services.checkpoints.config import StoreConfig
+from services.learning.config import parse_config
+from services.pointer.base import pointer_key
+from services.server.loader import StoreLoader
+from services.server.routing import routes_to_canary
+from tests.integration._procs import WorkerProcess, produce, worker_env
+from tests.integration.test_gateway import CONFIG as GATED
+from tests.integration.test_gateway import MODEL, Topic, _pairs, _send, _wait
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Sandbox
+
+CANARY_EXAMPLES = 40
+CONFIG = (
+    GATED.replace('mode = "auto"', 'mode = "canary"\ncanary_percent = 50.0')
+    .replace("holdout_size = 300", f"holdout_size = 300\ncanary_examples = {CANARY_EXAMPLES}")
+    .replace("enabled = true", "enabled = false")
+)
+
+
+class Versions:
+    """Versions loaded read-only, as a model server keeps them resident."""
+
+    def __init__(self, store: Path) -> None:
+        self.loader = StoreLoader(StoreConfig(root=store), parse_config(tomllib.loads(CONFIG)))
+        self.loaded: dict[str, Any] = {}
+
+    def predict(self, version: str, features: dict[str, Any]) -> Any:
+        if version not in self.loaded:
+            self.loaded[version] = self.loader.load(MODEL, version)
+        [answer] = self.loaded[version].predict_many([features])
+        return answer
+
+
+def _serve(
+    sandbox: Sandbox,
+    client: redis.Redis[str],
+    versions: Versions,
+    pairs: Any,
+    n: int,
+) -> dict[str, int]:
+    """``n`` requests answered the way a model server answers them; routes counted."""
+    state = client.hgetall(pointer_key(sandbox.redis.key_prefix, MODEL))
+    live, canary = state["live"], state.get("canary") or None
+    percent = float(state.get("canary_percent") or 0)
+    now = int(time.time() * 1000)
+    logs, feedback, routes = [], [], {"live": 0, "canary": 0}
+    batch = list(itertools.islice(pairs, n))
+    for rid, features, label in batch:
+        route = "canary" if canary and routes_to_canary(rid, percent) else "live"
+        version = canary if route == "canary" else live
+        assert version is not None
+        answer = versions.predict(version, features)
+        routes[route] += 1
+        log = InferenceLog.new(
+            event_id=f"i-{rid}",
+            request_id=rid,
+            model=MODEL,
+            model_version=version,
+            ts=now,
+            features=features,
+            prediction=answer.value if answer.value is not None else False,
+            scores={str(k): v for k, v in (answer.scores or {}).items()} or None,
+            route=route,
+        )
+        fb = FeedbackEvent.new(
+            event_id=f"f-{rid}", request_id=rid, model=MODEL, ts=now + 1, label=label
+        )
+        logs.append((rid.encode(), encode(log)))
+        feedback.append((rid.encode(), encode(fb)))
+    produce(sandbox, sandbox.topics.inference_logs, logs)
+    produce(sandbox, sandbox.topics.feedback, feedback)
+    return routes
+
+
+def test_a_candidate_runs_as_canary_and_is_promoted_on_its_live_figures(
+    sandbox: Sandbox,
+    tmp_path: Path,
+    started: list[WorkerProcess],
+    redis_client: redis.Redis[str],
+) -> None:
+    store = tmp_path / "store"
+    config = tmp_path / "canary.toml"
+    config.write_text(CONFIG)
+    assert parse_config(tomllib.loads(CONFIG)).model(MODEL).promotion.mode == "canary"
+    env = worker_env(
+        sandbox,
+        app_id=f"{sandbox.group_id}-all",
+        store=store,
+        DRIFTLOOP_REDIS_KEY_PREFIX=sandbox.redis.key_prefix,
+        DRIFTLOOP_WORKER_MODELS=str(config),
+        DRIFTLOOP_JOIN_WINDOW_MS="60000",
+        DRIFTLOOP_JOIN_GRACE_MS="1000",
+    )
+    worker = WorkerProcess("all", env, tmp_path / "worker.log", config=config)
+    gateway_env = env | {"DRIFTLOOP_WORKER_APP_ID": f"{sandbox.group_id}-gateway"}
+    gateway = WorkerProcess("gateway", gateway_env, tmp_path / "gateway.log", config=config)
+    started += [worker, gateway]
+    procs = [worker, gateway]
+    verdicts = Topic(sandbox, sandbox.topics.verdicts, Verdict)
+    key = pointer_key(sandbox.redis.key_prefix, MODEL)
+
+    def decided(decision: str) -> Callable[[], list[Verdict]]:
+        return lambda: [v for v in verdicts.poll() if v.decision == decision]
+
+    try:
+        # bootstrap: logs straight to the topics until the gateway made something live
+        pairs = _pairs(5)
+        _send(sandbox, pairs, 700)
+        first = _wait(decided("promote"), "the first promotion", procs)[0]
+        assert first.baseline_version is None
+        versions = Versions(store)  # the store exists now
+        # served traffic until a candidate becomes the canary
+        routes = {"live": 0, "canary": 0}
+        deadline = time.monotonic() + 180
+        while not decided("canary")() and time.monotonic() < deadline:
+            for route, n in _serve(sandbox, redis_client, versions, pairs, 100).items():
+                routes[route] += n
+            time.sleep(0.5)
+        canary = _wait(decided("canary"), "a canary", procs)[0]
+        assert canary.baseline_version == first.version
+        assert canary.epoch is not None
+        state = _wait(lambda: redis_client.hgetall(key), "the pointer", procs)
+        assert state["canary"] == canary.version
+        assert float(state["canary_percent"]) == 50.0
+
+        # traffic split by the canary hash until the gateway decides on live figures
+        def judged() -> list[Verdict]:
+            return [
+                v
+                for v in verdicts.poll()
+                if v.version == canary.version and v.decision in ("promote", "reject")
+            ]
+
+        while not judged():
+            assert time.monotonic() < deadline + 180, gateway.text()[-3000:]
+            for route, n in _serve(sandbox, redis_client, versions, pairs, 50).items():
+                routes[route] += n
+            time.sleep(0.5)
+        assert routes["canary"] >= CANARY_EXAMPLES
+        [verdict] = [
+            v for v in verdicts.seen if v.version == canary.version and v.decision != "canary"
+        ]
+        assert verdict.judge == "gateway"
+        assert verdict.policy == "canary"
+        assert verdict.n >= CANARY_EXAMPLES
+        assert verdict.baseline_version == first.version
+        assert verdict.candidate is not None
+        assert verdict.baseline is not None
+        after = redis_client.hgetall(key)
+        if verdict.decision == "promote":
+            assert verdict.difference is not None
+            assert verdict.difference >= -0.05
+            assert after["live"] == canary.version
+        else:
+            assert verdict.difference is not None
+            assert verdict.difference < -0.05
+            assert after["live"] == first.version
+        assert not after.get("canary")  # promoted or cleared: the slot is free
+    finally:
+        verdicts.close()
