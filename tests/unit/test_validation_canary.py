@@ -108,7 +108,7 @@ def test_the_canary_is_promoted_after_canary_examples_when_not_worse_than_live()
     )
     assert (v.candidate, v.baseline, v.n, v.min_examples, v.epoch) == (1.0, 0.8, 5, 5, 3)
     assert v.difference == pytest.approx(0.2)
-    assert "on 5 canary examples vs live v1 on 10 live examples" in v.reason
+    assert "on 5 canary-route examples (live: 10 live-route examples)" in v.reason
     s = state(p)
     assert (s.live, s.previous, s.canary, s.canary_percent, s.epoch) == ("v2", "v1", None, 0.0, 3)
     assert (p.published[-1].action, p.published[-1].actor) == ("promote", "gateway")
@@ -147,7 +147,7 @@ def test_only_canary_route_examples_of_the_canary_and_live_ones_of_live_are_coun
     send(val, "v1", "live", right=1, wrong=1)
     [v] = send(val, "v2", "canary", right=5)
     assert (v.decision, v.candidate, v.baseline, v.n) == ("promote", 1.0, 0.5, 5)
-    assert "vs live v1 on 2 live examples" in v.reason
+    assert "(live: 2 live-route examples)" in v.reason
 
 
 def test_a_live_version_without_scored_examples_is_no_baseline() -> None:
