@@ -73,8 +73,10 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     # live to compare), each promotion the verdict's decision, with its reason;
     # every checkpoint has a verdict but the newest (see below).
     promotions = summary["promotions"]
+    story = {k: summary[k] for k in ("timeline", "promotions", "rollbacks", "poison")}
+    story["verdicts"] = [(v["version"], v["judge"], v["decision"]) for v in summary["verdicts"]]
     by_gateway = [p for p in promotions if p["actor"] == "gateway"]
-    assert len(by_gateway) >= 2
+    assert len(by_gateway) >= 2, story
     verdicts = summary["verdicts"]
     judged = {v["version"]: v for v in verdicts if v["judge"] == "gateway"}
     for p in by_gateway:
@@ -97,8 +99,8 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     # live by the operator, the guard rolled it back to the version it replaced
     # within twice its sample (50) of held-out examples, and said why.
     poison = summary["poison"]
-    assert poison is not None
-    assert poison["verdict"] == "reject"
+    assert poison is not None, story
+    assert poison["verdict"] == "reject", story
     refused = judged[poison["version"]]
     assert all(refused["checks"].values())
     assert refused["difference"] < 0
@@ -106,10 +108,10 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     assert [p["to"] for p in forced] == [poison["version"]]
     assert forced[0]["epoch"] == poison["forced_epoch"]
     guard = [r for r in summary["rollbacks"] if r["actor"] == "guard"]
-    assert len(guard) == 1
+    assert len(guard) == 1, story
     assert (guard[0]["from"], guard[0]["to"]) == (poison["version"], forced[0]["from"])
     assert guard[0]["epoch"] == poison["rolled_back_epoch"]
-    assert 50 <= poison["guard_n"] <= 100
+    assert 50 <= poison["guard_n"] <= 100, story
     assert "accuracy" in guard[0]["reason"]
     epochs = sorted([p["epoch"] for p in promotions] + [r["epoch"] for r in summary["rollbacks"]])
     assert epochs == list(range(1, len(epochs) + 1))
