@@ -51,6 +51,9 @@ TRAINED_ON = 200
 #: poisoned checkpoint is offered (accuracy-like metrics; losses: GOOD_LOSS).
 GOOD_SCORE = 0.6
 GOOD_LOSS = 0.6
+#: How often a poisoned checkpoint is offered when a newer trainer checkpoint
+#: supersedes it before the gateway judged it.
+MAX_OFFERS = 3
 #: Actor of the demo's forced promotion of the poisoned checkpoint.
 OPERATOR = "operator"
 
@@ -126,17 +129,23 @@ class PoisonPlay:
         return self._live_is_good(view, pointer.live)
 
     def _live_is_good(self, view: DemoView, live: str) -> bool:
-        """The newest judgement of the live version scored it well on recent
-        held-out traffic (accuracy-like metrics at least :data:`GOOD_SCORE`,
-        losses at most :data:`GOOD_LOSS`): it has learned the current concept,
-        so a model trained on that concept's inverted labels is plainly worse.
-        (Right after a drift every version scores badly, and a poisoned copy
-        of the new concept's opposite could even look better.)"""
-        mine = [v for v in view.verdicts if v.version == live and v.candidate is not None]
-        if not mine or mine[-1].metric is None or mine[-1].candidate is None:
+        """The guard has judged the live version on the traffic since its
+        promotion (so the gateway judges a new candidate at once instead of
+        holding it), and kept it with a good score (accuracy-like metrics at
+        least :data:`GOOD_SCORE`, losses at most :data:`GOOD_LOSS`): it has
+        learned the current concept, so a model trained on that concept's
+        inverted labels is plainly worse. (Right after a drift every version
+        scores badly, and a poisoned copy of the new concept's opposite could
+        even look better.)"""
+        kept = [
+            v
+            for v in view.verdicts
+            if v.version == live and v.judge == "guard" and v.decision == "keep"
+        ]
+        if not kept or kept[-1].metric is None or kept[-1].candidate is None:
             return False
-        value = mine[-1].candidate
-        if bigger_is_better(mine[-1].metric):
+        value = kept[-1].candidate
+        if bigger_is_better(kept[-1].metric):
             return value >= GOOD_SCORE
         return value <= GOOD_LOSS
 
@@ -144,7 +153,7 @@ class PoisonPlay:
         """Offer the poisoned checkpoint, force it live once the gateway refused
         it, note the guard's rollback."""
         story = view.poison
-        if not story:
+        if "version" not in story:
             if self.due(view, left):
                 recent = list(view.recent)[-TRAINED_ON:]
                 pairs = [(e.features, bool(e.label)) for e in recent]
@@ -159,9 +168,16 @@ class PoisonPlay:
             verdict = view.verdict_on(version)
             if verdict is None:
                 return
+            if verdict.decision == "superseded" and story.get("offers", 1) < MAX_OFFERS:
+                # a trainer checkpoint came first and took its turn: offer it again
+                offers = story.get("offers", 1) + 1
+                story.clear()
+                story["offers"] = offers
+                view.enter("the poisoned checkpoint was superseded: offered again when due")
+                return
             story |= {"verdict": verdict.decision, "verdict_reason": verdict.reason}
             if verdict.decision != "reject":
-                return  # promoted or held: nothing to force
+                return  # promoted, held or superseded for good: nothing to force
             reason = (
                 f"{OPERATOR} forces {version} live against the gateway's verdict, to show the guard"
             )

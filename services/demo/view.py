@@ -206,7 +206,7 @@ class DemoView:
             "unjudged_checkpoints": [
                 c.version for c in self.checkpoints if self.verdict_on(c.version) is None
             ],
-            "poison": dict(self.poison) or None,
+            "poison": dict(self.poison) if "version" in self.poison else None,
             "joined_examples": self.examples,
             "default_label_examples": self.default_labels,
             "repeated_examples_seen_downstream": self.repeated_examples,
