@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 
 #: The reason recorded in the poisoned checkpoint's manifest.
 REASON = "demo: trained on inverted labels, to show the gateway and the guard"
-#: Requests each server answers with the gateway's last promotion before the
-#: poisoned checkpoint is offered.
-SERVED_BEFORE_POISON = 100
 #: Joined examples (after any drift) the poisoned checkpoint is trained on, at least.
 TRAINED_ON = 200
 #: How well the live version must score on recent held-out traffic before the
@@ -105,18 +102,16 @@ class PoisonPlay:
         self.started = time.monotonic()
 
     def due(self, view: DemoView, left: int) -> bool:
-        """Once the gateway's promotions have been served, long enough after any
-        drift that the poison is trained on the current concept, while enough
-        traffic is left for the guard's sample (twice ``guard.min_examples``
-        held-out requests), and once the live version scores well on the
-        current traffic."""
+        """Once the gateway has made its promotions and both servers apply the
+        last one, long enough after any drift that the poison is trained on the
+        current concept, while enough traffic is left for the guard's sample
+        (twice ``guard.min_examples`` held-out requests), and once the guard
+        has kept the live version with a good score."""
         by_gateway = [c for c in view.promotions if c.event.actor == "gateway"]
         if len(by_gateway) < self.poison_after or not view.converged:
             return False
         pointer = view.pointer
         if pointer is None or pointer.live is None:
-            return False
-        if min(s.versions.get(pointer.live, 0) for s in view.servers) < SERVED_BEFORE_POISON:
             return False
         drift = self.traffic.drift_at
         # feedback comes up to 2 s late, so joins run some hundred requests out of

@@ -25,8 +25,9 @@ synthetic production traffic (:mod:`services.demo.traffic`, carried out by
    the same held-out examples and promotes it when it is not worse (policy
    ``auto``), with a verdict carrying the figures. The demo promotes nothing.
 4. **A poisoned checkpoint and the guard.** Once the gateway has made
-   ``poison_after`` promotions that both servers served (and, with a drift
-   in the traffic, well after it), the demo writes a checkpoint trained on
+   ``poison_after`` promotions that both servers apply, the guard has kept
+   the live version with a good score (and, with a drift in the traffic,
+   well after it), the demo writes a checkpoint trained on
    inverted labels through the signing checkpointer
    (:mod:`services.demo.poison`) and offers it on ``checkpoint-events``. The
    gateway rejects it for its figures; the demo then forces it live as an
