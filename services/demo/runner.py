@@ -115,6 +115,9 @@ class DemoOptions:
     judges on the new concept soon."""
 
 
+#: The guard's cooldown after a rollback in the demo (the gateway promotes
+#: nothing meanwhile): short, so the demo shows promotions resuming.
+COOLDOWN_S = 5.0
 #: ``--server-id`` of the demo's model servers.
 SERVER_IDS = ("serve-a", "serve-b", "serve-c", "serve-d")
 
@@ -167,6 +170,7 @@ def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
         text += f"\n[model.guard]\nenabled = true\nmin_examples = {judge}\n"
     text = re.sub(r"(?m)^enabled\s*=\s*false", "enabled = true", text)
     text = re.sub(r"(?m)^min_examples\s*=\s*\d+", f"min_examples = {judge}", text)
+    text = re.sub(r"(?m)^cooldown_s\s*=\s*[\d.]+", f"cooldown_s = {COOLDOWN_S}", text)
     if not re.search(r"(?m)^holdout_size\s*=", text):
         text = text.replace("[model.promotion]\n", "[model.promotion]\nholdout_size = 0\n", 1)
     text = re.sub(r"(?m)^holdout_size\s*=\s*\d+", f"holdout_size = {2 * judge}", text)

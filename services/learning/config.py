@@ -252,8 +252,8 @@ class GuardConfig(_Frozen):
     again, and the gateway process never promotes a version its guard rolled
     back (an operator still can; the memory is the process's, see
     :mod:`services.validation.guard`). Until the guard has judged a new live
-    version once, the gateway holds candidates (newest wins): one unvalidated
-    change at a time.
+    version once, and during a cooldown, the gateway holds candidates (newest
+    wins): one unvalidated change at a time.
     """
 
     enabled: bool = False

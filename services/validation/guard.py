@@ -182,12 +182,16 @@ class Guard:
     def unjudged(self, live: str | None = None) -> str | None:
         """Why a candidate must wait, or None: ``live`` (the live version the
         gateway just read) is not the one the guard last saw go live (a change
-        by someone else, noticed at the next tick), or the guard watches a live
+        by someone else, noticed at the next tick), the guard cools down after a
+        rollback (no change lands that it could not judge), or it watches a live
         version it has not judged once yet, or has a rollback of it pending."""
         if not self.config.guard.enabled:
             return None
         if live is not None and live != self.seen_live:
             return f"the guard has not seen {live} go live yet (noticed at its next tick)"
+        if self.cooling() and self.cooldown_until is not None:
+            left = self.cooldown_until - self.clock()
+            return f"the guard cools down after its rollback ({left:.0f} s left)"
         if self.pending is not None:
             return f"the guard's rollback of {self.pending.live} is pending"
         w = self.watch

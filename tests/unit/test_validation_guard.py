@@ -147,21 +147,27 @@ def test_nothing_better_to_return_to_is_kept() -> None:
     assert w.live() == "v2"
 
 
-def test_after_a_rollback_the_guard_cools_down_before_it_judges_again() -> None:
+def test_after_a_rollback_the_guard_cools_down_and_nothing_is_promoted_meanwhile() -> None:
     w = World({"v3": 0.95})
     w.promote_v2()
     w.ev.table["v2"] = 0.5
     assert [v.decision for v in feed(w.val, w.feed, MIN)] == ["rollback"]
-    [v3] = w.val.on_checkpoint(checkpoint("v3"))  # enough examples: judged at once
-    assert (v3.decision, v3.baseline_version) == ("promote", "v1")
-    assert w.guard()["watch"]["live"] == "v3"
-    w.ev.table["v3"] = 0.5
-    assert feed(w.val, w.feed, 3 * MIN) == []  # cooling: no judgement
+    # a candidate waits out the cooldown: the guard could not judge it meanwhile
+    assert w.val.on_checkpoint(checkpoint("v3")) == []
+    pending = w.val.describe()["models"][M]["pending"]
+    assert "the guard cools down after its rollback" in pending["waiting_for_guard"]
+    assert feed(w.val, w.feed, 3 * MIN) == []
     assert w.val.tick() == []
     assert w.guard()["cooldown_remaining_s"] == pytest.approx(30.0)
     w.clock.now += 30.0
-    [v] = w.val.tick()
-    assert (v.decision, v.version, v.baseline_version, v.n) == ("rollback", "v3", "v1", 3 * MIN)
+    assert w.val.tick() == []  # the cooldown ends
+    [v3] = w.val.on_example(w.feed.next())  # judged at the next held-out example
+    assert (v3.decision, v3.baseline_version) == ("promote", "v1")
+    assert w.guard()["watch"]["live"] == "v3"
+    w.ev.table["v3"] = 0.5
+    sent, [v] = w.until_verdict(2 * MIN)
+    assert sent == MIN
+    assert (v.decision, v.version, v.baseline_version) == ("rollback", "v3", "v1")
     assert w.live() == "v1"
 
 
@@ -313,9 +319,15 @@ def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> 
     assert w.val.tick() == []  # noticed: watched against v2
     sent, verdicts = w.until_verdict(2 * MIN)
     assert sent == MIN  # the guard's first sample
-    assert [(v.judge, v.version, v.decision) for v in verdicts] == [
-        ("guard", "v9", "rollback"),
-        ("gateway", "v3", "promote"),
-    ]
-    assert verdicts[1].baseline_version == "v2"
+    assert [(v.judge, v.version, v.decision) for v in verdicts] == [("guard", "v9", "rollback")]
+    assert w.live() == "v2"
+    w.clock.now += 30.0  # the cooldown over, v3 is judged against v2
+    assert w.val.tick() == []
+    [v3] = w.val.on_example(w.feed.next())
+    assert (v3.judge, v3.version, v3.decision, v3.baseline_version) == (
+        "gateway",
+        "v3",
+        "promote",
+        "v2",
+    )
     assert w.live() == "v3"
