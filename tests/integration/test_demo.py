@@ -107,9 +107,13 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     forced = [p for p in promotions if p["actor"] == "operator"]
     assert [p["to"] for p in forced] == [poison["version"]]
     assert forced[0]["epoch"] == poison["forced_epoch"]
-    guard = [r for r in summary["rollbacks"] if r["actor"] == "guard"]
+    # (the guard may also have rolled back a version right after the drift, when
+    # every version scores badly and the one replaced slightly less so)
+    guard = [
+        r for r in summary["rollbacks"] if r["actor"] == "guard" and r["from"] == poison["version"]
+    ]
     assert len(guard) == 1, story
-    assert (guard[0]["from"], guard[0]["to"]) == (poison["version"], forced[0]["from"])
+    assert guard[0]["to"] == forced[0]["from"]
     assert guard[0]["epoch"] == poison["rolled_back_epoch"]
     assert 50 <= poison["guard_n"] <= 100, story
     assert "accuracy" in guard[0]["reason"]
@@ -119,10 +123,12 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     pointer = summary["pointer"]
     assert pointer["epoch"] == epochs[-1]
     assert summary["epochs_converged"] is True
+    # (a promotion soon replaced by the next may have answered no request of a server)
     for s in servers:
         assert (s["live"], s["applied_epoch"]) == (pointer["live"], pointer["epoch"])
         assert by_gateway[0]["to"] in s["versions_served"]
-        assert by_gateway[1]["to"] in s["versions_served"]
+        served = {p["to"] for p in by_gateway} & set(s["versions_served"])
+        assert len(served) >= 2, (s, by_gateway)
 
     # The broker, Redis, worker and both servers it started are gone once it has exited.
     pids = summary["processes"]
