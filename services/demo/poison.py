@@ -50,7 +50,7 @@ GOOD_SCORE = 0.6
 GOOD_LOSS = 0.6
 #: How often a poisoned checkpoint is offered when a newer trainer checkpoint
 #: supersedes it before the gateway judged it.
-MAX_OFFERS = 3
+MAX_OFFERS = 5
 #: Actor of the demo's forced promotion of the poisoned checkpoint.
 OPERATOR = "operator"
 
@@ -103,16 +103,19 @@ class PoisonPlay:
 
     def due(self, view: DemoView, left: int) -> bool:
         """Once the gateway has made its promotions and both servers apply the
-        last one, long enough after any drift that the poison is trained on the
-        current concept, while enough traffic is left for the guard's sample
-        (twice ``guard.min_examples`` held-out requests), and once the guard
-        has kept the live version with a good score."""
+        last one, no candidate waits at the gateway (every checkpoint seen has
+        its verdict), long enough after any drift that the poison is trained on
+        the current concept, while enough traffic is left for the guard's
+        sample (twice ``guard.min_examples`` held-out requests), and once the
+        guard has kept the live version with a good score."""
         by_gateway = [c for c in view.promotions if c.event.actor == "gateway"]
         if len(by_gateway) < self.poison_after or not view.converged:
             return False
         pointer = view.pointer
         if pointer is None or pointer.live is None:
             return False
+        if any(view.verdict_on(c.version) is None for c in view.checkpoints):
+            return False  # a trainer candidate waits at the gateway: it would go first
         drift = self.traffic.drift_at
         # feedback comes up to 2 s late, so joins run some hundred requests out of
         # order: well past the drift, the newest joined examples are all after it

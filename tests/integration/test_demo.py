@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
-    requests, drift_at = 6000, 2000  # room after the drift for the poisoned checkpoint
+    requests, drift_at = 8000, 2000  # room after the drift for the poisoned checkpoint
     options = ["--requests", str(requests), "--drift-at", str(drift_at)]
     options += ["--checkpoint-every", "400"]
     done = subprocess.run(
