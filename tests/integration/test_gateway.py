@@ -158,6 +158,29 @@ def _wait(
     raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
+def start_loop(
+    sandbox: Sandbox, tmp_path: Path, config_text: str, **gateway_env: str
+) -> tuple[Path, Path, list[WorkerProcess]]:
+    """A ``worker --role all`` and a ``worker --role gateway`` on a fresh store with
+    ``config_text``: the store, the config file and the two processes."""
+    store = tmp_path / "store"
+    config = tmp_path / "models.toml"
+    config.write_text(config_text)
+    env = worker_env(
+        sandbox,
+        app_id=f"{sandbox.group_id}-all",
+        store=store,
+        DRIFTLOOP_REDIS_KEY_PREFIX=sandbox.redis.key_prefix,
+        DRIFTLOOP_WORKER_MODELS=str(config),
+        DRIFTLOOP_JOIN_WINDOW_MS="60000",
+        DRIFTLOOP_JOIN_GRACE_MS="1000",
+    )
+    worker = WorkerProcess("all", env, tmp_path / "worker.log", config=config)
+    gateway_env = {"DRIFTLOOP_WORKER_APP_ID": f"{sandbox.group_id}-gateway", **gateway_env}
+    gateway = WorkerProcess("gateway", env | gateway_env, tmp_path / "gateway.log", config=config)
+    return store, config, [worker, gateway]
+
+
 def _poisoned(store: Path, config_text: str) -> CheckpointEvent:
     """A checkpoint of the model trained on inverted labels, written through the
     real signing checkpointer (it verifies: only its figures are bad)."""
@@ -172,28 +195,11 @@ def test_gateway_promotes_refuses_a_poisoned_checkpoint_and_the_guard_rolls_it_b
     started: list[WorkerProcess],
     redis_client: redis.Redis[str],
 ) -> None:
-    store = tmp_path / "store"
-    config = tmp_path / "gated.toml"
-    config.write_text(CONFIG)
-    env = worker_env(
-        sandbox,
-        app_id=f"{sandbox.group_id}-all",
-        store=store,
-        DRIFTLOOP_REDIS_KEY_PREFIX=sandbox.redis.key_prefix,
-        DRIFTLOOP_WORKER_MODELS=str(config),
-        DRIFTLOOP_JOIN_WINDOW_MS="60000",
-        DRIFTLOOP_JOIN_GRACE_MS="1000",
-    )
-    worker = WorkerProcess("all", env, tmp_path / "worker.log", config=config)
-    started.append(worker)
     metrics_port = free_port()
-    gateway_env = env | {
-        "DRIFTLOOP_WORKER_APP_ID": f"{sandbox.group_id}-gateway",
-        "DRIFTLOOP_WORKER_METRICS_PORT": str(metrics_port),
-    }
-    gateway = WorkerProcess("gateway", gateway_env, tmp_path / "gateway.log", config=config)
-    started.append(gateway)
-    procs = [worker, gateway]
+    store, config, procs = start_loop(
+        sandbox, tmp_path, CONFIG, DRIFTLOOP_WORKER_METRICS_PORT=str(metrics_port)
+    )
+    started += procs
     verdicts = Topic(sandbox, sandbox.topics.verdicts, Verdict)
     audit = Topic(sandbox, sandbox.topics.version_events, VersionEvent)
     key = pointer_key(sandbox.redis.key_prefix, MODEL)

@@ -31,9 +31,9 @@ from services.learning.config import parse_config
 from services.pointer.base import pointer_key
 from services.server.loader import StoreLoader
 from services.server.routing import routes_to_canary
-from tests.integration._procs import WorkerProcess, produce, worker_env
+from tests.integration._procs import WorkerProcess, produce
 from tests.integration.test_gateway import CONFIG as GATED
-from tests.integration.test_gateway import MODEL, Topic, _pairs, _send, _wait
+from tests.integration.test_gateway import MODEL, Topic, _pairs, _send, _wait, start_loop
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Sandbox
@@ -107,24 +107,10 @@ def test_a_candidate_runs_as_canary_and_is_promoted_on_its_live_figures(
     started: list[WorkerProcess],
     redis_client: redis.Redis[str],
 ) -> None:
-    store = tmp_path / "store"
-    config = tmp_path / "canary.toml"
-    config.write_text(CONFIG)
     assert parse_config(tomllib.loads(CONFIG)).model(MODEL).promotion.mode == "canary"
-    env = worker_env(
-        sandbox,
-        app_id=f"{sandbox.group_id}-all",
-        store=store,
-        DRIFTLOOP_REDIS_KEY_PREFIX=sandbox.redis.key_prefix,
-        DRIFTLOOP_WORKER_MODELS=str(config),
-        DRIFTLOOP_JOIN_WINDOW_MS="60000",
-        DRIFTLOOP_JOIN_GRACE_MS="1000",
-    )
-    worker = WorkerProcess("all", env, tmp_path / "worker.log", config=config)
-    gateway_env = env | {"DRIFTLOOP_WORKER_APP_ID": f"{sandbox.group_id}-gateway"}
-    gateway = WorkerProcess("gateway", gateway_env, tmp_path / "gateway.log", config=config)
-    started += [worker, gateway]
-    procs = [worker, gateway]
+    store, _, procs = start_loop(sandbox, tmp_path, CONFIG)
+    started += procs
+    gateway = procs[1]
     verdicts = Topic(sandbox, sandbox.topics.verdicts, Verdict)
     key = pointer_key(sandbox.redis.key_prefix, MODEL)
 
