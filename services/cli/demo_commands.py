@@ -107,7 +107,11 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_row("verdicts", ", ".join(f"{k}: {n}" for k, n in sorted(decisions.items())))
     poison = summary["poison"]
     if poison is None:
-        table.add_row("poisoned checkpoint", "not offered (too little traffic after the drift)")
+        table.add_row(
+            "poisoned checkpoint",
+            "not offered: the traffic ended before the live version had been kept by the"
+            " guard with a good score while no candidate waited (raise --requests)",
+        )
     else:
         table.add_row(
             "poisoned checkpoint",
