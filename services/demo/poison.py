@@ -188,10 +188,12 @@ class PoisonPlay:
                 e = change.event
                 if e.actor == "guard" and e.from_live == version:
                     story |= {"rolled_back_epoch": e.epoch, "rolled_back_at_s": self._at()}
-                    guard = view.verdict_on(version, judge="guard")
-                    if guard is not None and guard.decision == "rollback":
-                        story |= {"guard_n": guard.n, "guard_reason": guard.reason}
                     view.enter("the guard rolled the poisoned version back")
+        if "rolled_back_epoch" in story and "guard_n" not in story:
+            # its verdict travels on another topic: it may be read after the change
+            guard = view.verdict_on(version, judge="guard")
+            if guard is not None and guard.decision == "rollback":
+                story |= {"guard_n": guard.n, "guard_reason": guard.reason}
 
     def _at(self) -> float:
         return round(time.monotonic() - self.started, 2)

@@ -599,6 +599,7 @@ def run_demo(options: DemoOptions, console: Console, *, quiet: bool = False) -> 
             # The worker has exited, so whatever it published (the shutdown
             # checkpoint's event included) is in the log: read up to the end.
             _read_to_end(consumer, kafka, info.topics, view)
+            demo.poison.step(view, 0)  # the guard's verdict may have come last
             view.enter("done")
             if live is not None:
                 live.update(view.render())

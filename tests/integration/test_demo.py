@@ -75,8 +75,9 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     promotions = summary["promotions"]
     story = {k: summary[k] for k in ("timeline", "promotions", "rollbacks", "poison")}
     story["verdicts"] = [(v["version"], v["judge"], v["decision"]) for v in summary["verdicts"]]
+    told = orjson.dumps(story).decode()  # printed whole when an assertion fails
     by_gateway = [p for p in promotions if p["actor"] == "gateway"]
-    assert len(by_gateway) >= 2, story
+    assert len(by_gateway) >= 2, told
     verdicts = summary["verdicts"]
     judged = {v["version"]: v for v in verdicts if v["judge"] == "gateway"}
     for p in by_gateway:
@@ -95,28 +96,43 @@ def test_demo_runs_the_loop_and_leaves_nothing_behind() -> None:
     assert len(unjudged) <= 2, unjudged
     assert set(unjudged) <= set(versions[-2:]), (unjudged, versions)
 
-    # The poisoned checkpoint verified but was refused for its figures; forced
+    # The poisoned checkpoint's scene depends on timing: it waits until the guard
+    # has kept a good live version while no candidate waits, and a trainer
+    # checkpoint may still supersede it, so on a loaded machine the traffic can
+    # end first. tests/integration/test_gateway.py plays the same story
+    # deterministically; here, whatever part of it happened must be right. When
+    # offered and judged, it verified but was refused for its figures; forced
     # live by the operator, the guard rolled it back to the version it replaced
     # within twice its sample (50) of held-out examples, and said why.
     poison = summary["poison"]
-    assert poison is not None, story
-    assert poison["verdict"] == "reject", story
-    refused = judged[poison["version"]]
-    assert all(refused["checks"].values())
-    assert refused["difference"] < 0
     forced = [p for p in promotions if p["actor"] == "operator"]
-    assert [p["to"] for p in forced] == [poison["version"]]
-    assert forced[0]["epoch"] == poison["forced_epoch"]
-    # (the guard may also have rolled back a version right after the drift, when
-    # every version scores badly and the one replaced slightly less so)
-    guard = [
-        r for r in summary["rollbacks"] if r["actor"] == "guard" and r["from"] == poison["version"]
-    ]
-    assert len(guard) == 1, story
-    assert guard[0]["to"] == forced[0]["from"]
-    assert guard[0]["epoch"] == poison["rolled_back_epoch"]
-    assert 50 <= poison["guard_n"] <= 100, story
-    assert "accuracy" in guard[0]["reason"]
+    if poison is None or poison.get("verdict") != "reject":
+        assert poison is None or poison.get("verdict") in (None, "superseded"), told
+        assert forced == [], told
+    else:
+        refused = judged[poison["version"]]
+        assert all(refused["checks"].values())
+        assert refused["difference"] < 0
+        assert [p["to"] for p in forced] == [poison["version"]]
+        assert forced[0]["epoch"] == poison["forced_epoch"]
+        # (the guard may also have rolled back a version right after the drift,
+        # when every version scores badly and the one replaced slightly less so)
+        guard = [
+            r
+            for r in summary["rollbacks"]
+            if r["actor"] == "guard" and r["from"] == poison["version"]
+        ]
+        assert len(guard) == 1, told
+        assert guard[0]["to"] == forced[0]["from"]
+        assert guard[0]["epoch"] == poison["rolled_back_epoch"]
+        [rollback] = [
+            v
+            for v in summary["verdicts"]
+            if v["judge"] == "guard" and v["version"] == poison["version"]
+        ]
+        assert rollback["decision"] == "rollback"
+        assert 50 <= rollback["n"] <= 100, told
+        assert "accuracy" in guard[0]["reason"]
     epochs = sorted([p["epoch"] for p in promotions] + [r["epoch"] for r in summary["rollbacks"]])
     assert epochs == list(range(1, len(epochs) + 1))
     # Both servers served the gateway's versions and ended at the final epoch.
