@@ -414,6 +414,10 @@ class Verdict(Event):
     """The gateway's tolerance or the guard's threshold that ``difference`` was held to."""
     min_examples: Count = 0
     """The smallest ``n`` the policy decides on."""
+    p_value: Probability | None = None
+    """The guard's sign test: the chance of live scoring worse on at least as
+    many of the requests where the two differ if neither were better (None:
+    not tested)."""
     epoch: Count | None = None
     """The pointer's epoch after the change this verdict made, if it made one."""
 

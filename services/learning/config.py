@@ -254,6 +254,23 @@ class GuardConfig(_Frozen):
     :mod:`services.validation.guard`). Until the guard has judged a new live
     version once, and during a cooldown, the gateway holds candidates (newest
     wins): one unvalidated change at a time.
+
+    A regression must also be significant: with ``confidence`` above 0, live
+    must be worse request by request, by the one-sided sign test on the
+    examples both scored, at that confidence (p <= 1 - ``confidence``), so a
+    difference of a few examples in a small sample is not enough (at 0.95 no
+    fewer than 5 requests on which the two differ can be significant: 0.5**5 <
+    0.05). 0 turns the test off (the threshold alone decides).
+
+    ``detector`` (optional) watches the live error stream: every live-route
+    answer scored against its feedback, whichever version served it, as the
+    trainer's detectors are fed (:mod:`services.learning.drift`). When it
+    fires on an answer of a watched live version, the guard judges at once,
+    on the same-request comparison above, once ``detector_min_examples``
+    held-out examples came since the change (instead of waiting for
+    ``min_examples``): the alarm makes the judgement early, the comparison
+    with the replaced version decides it, so a drift in the traffic, which
+    hurts both versions alike, rolls nothing back.
     """
 
     enabled: bool = False
@@ -262,6 +279,9 @@ class GuardConfig(_Frozen):
     min_examples: int = Field(default=100, ge=1, le=MAX_COUNT)
     watch_examples: int = Field(default=2_000, ge=1, le=MAX_COUNT)
     cooldown_s: float = Field(default=60.0, ge=0.0, le=86_400.0, allow_inf_nan=False)
+    confidence: float = Field(default=0.95, ge=0.0, lt=1.0, allow_inf_nan=False)
+    detector: DetectorConfig | None = None
+    detector_min_examples: int = Field(default=20, ge=1, le=MAX_COUNT)
 
 
 class ModelConfig(_Frozen):

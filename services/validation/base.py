@@ -91,6 +91,13 @@ class Evaluation:
     skipped: int = 0
     """Examples left out because the model refuses their label or features (the
     same for every version of the model, so comparisons stay on equal terms)."""
+    losses: Mapping[int, float] | None = None
+    """Each scored example's own loss under ``metric`` (larger is worse: 0 or 1
+    for accuracy, the absolute or squared error for mae / rmse, the log loss of
+    the true class for log_loss / cross_entropy), by its index in the examples
+    given. Two versions scored on the same examples are compared request by
+    request on these (:func:`services.validation.judging.sign_test`); None
+    when the evaluator has no per-example figures."""
 
     @property
     def passed(self) -> bool:

@@ -91,6 +91,7 @@ METRICS: dict[str, tuple[Callable[[], Any], bool]] = {
     "rmse": (river_metrics.RMSE, False),
 }
 _SCORE_SLACK = 1e-9
+_EPS = 1e-15  # probability clip of the per-example log loss, as river's
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ class StoreEvaluator:
             checks[failed.check] = False
             failure = f"{where}: {failed.check} failed: {failed.message}"
             return StoreEvaluation(
-                model, version, metric, None, 0, checks, failure, skipped, skipped_reason
+                model, version, metric, None, 0, checks, failure, skipped, None, skipped_reason
             )
         if skipped:
             log.info(
@@ -216,14 +217,24 @@ class StoreEvaluator:
                 len(examples),
                 skipped_reason,
             )
-        value, n, problem = _score(metric, targets, predictions)
+        indices = [index for index, _ in kept]
+        value, n, losses, problem = _score(metric, indices, targets, predictions)
         if problem is None and value is None:
             problem = f"no example scored ({len(examples)} held out, {skipped} skipped)"
             if skipped_reason is not None:
                 problem += f"; first skipped: {skipped_reason}"
         error = None if problem is None else f"{where}: {problem}"
         return StoreEvaluation(
-            model, version, metric, value, n, checks, error, skipped, skipped_reason
+            model,
+            version,
+            metric,
+            value,
+            n,
+            checks,
+            error,
+            skipped,
+            losses if value is not None else None,
+            skipped_reason,
         )
 
     def _load(self, model: str, version: str) -> _Loaded:
@@ -331,14 +342,18 @@ def _prediction_problem(task: str, prediction: Prediction) -> str | None:
 
 
 def _score(
-    metric: str, targets: Sequence[Label], predictions: Sequence[Prediction]
-) -> tuple[float | None, int, str | None]:
-    """``metric`` over the predictions it can take (None: none), how many it took, and
-    what went wrong (the metric refused a prediction, or its value is not finite)."""
+    metric: str,
+    indices: Sequence[int],
+    targets: Sequence[Label],
+    predictions: Sequence[Prediction],
+) -> tuple[float | None, int, dict[int, float], str | None]:
+    """``metric`` over the predictions it can take (None: none), how many it took, each
+    one's own loss by its example index (:attr:`Evaluation.losses`), and what went wrong
+    (the metric refused a prediction, or its value is not finite)."""
     factory, uses_scores = METRICS[metric]
     measure = factory()
-    n = 0
-    for y_true, prediction in zip(targets, predictions, strict=True):
+    losses: dict[int, float] = {}
+    for index, y_true, prediction in zip(indices, targets, predictions, strict=True):
         y_pred: Any = prediction.scores if uses_scores else prediction.value
         if y_pred is None or y_pred == {}:
             continue
@@ -346,11 +361,30 @@ def _score(
             measure.update(y_true, y_pred)
         except Exception as exc:  # noqa: BLE001 - a metric that cannot take this model's output makes no value, reported
             why = f"{type(exc).__name__}: {exc}"
-            return None, n, f"{metric} cannot take prediction {y_pred!r} of {y_true!r}: {why}"
-        n += 1
+            problem = f"{metric} cannot take prediction {y_pred!r} of {y_true!r}: {why}"
+            return None, len(losses), {}, problem
+        losses[index] = example_loss(metric, y_true, y_pred)
+    n = len(losses)
     if not n:
-        return None, 0, None
+        return None, 0, {}, None
     value = float(measure.get())
     if not math.isfinite(value):
-        return None, n, f"{metric} is {value} on {n} examples"
-    return value, n, None
+        return None, n, {}, f"{metric} is {value} on {n} examples"
+    return value, n, losses, None
+
+
+def example_loss(metric: str, y_true: Any, y_pred: Any) -> float:
+    """One example's own loss under ``metric`` (larger is worse), fed what the metric is fed:
+    the predicted class or value, or the class probabilities (log_loss, cross_entropy).
+
+    The figure whose mean (accuracy: one minus it; rmse: the square root of
+    it) is the metric, so two versions can be compared request by request.
+    """
+    if metric == "accuracy":
+        return 0.0 if y_pred == y_true else 1.0
+    if metric in ("mae", "rmse"):
+        err = abs(float(y_pred) - float(y_true))
+        return err if metric == "mae" else err * err
+    p = y_pred.get(y_true, 0.0) if isinstance(y_pred, Mapping) else 0.0
+    p = float(p) if isinstance(p, int | float) and math.isfinite(p) else 0.0
+    return -math.log(min(max(p, _EPS), 1.0 - _EPS))

@@ -19,8 +19,23 @@ The rules (the policy is the model's :class:`~services.learning.config.GuardConf
   examples added since the mark that the buffer still holds, by
   ``config.guard_metric``. ``difference`` is live minus replaced in the
   metric's better direction.
+- **Early, on an alarm.** With ``guard.detector`` configured, every
+  live-route answer scored against its feedback (:meth:`Guard.on_served`,
+  whichever version served it, so the detector sees the error rate before
+  and after the change) feeds one river drift detector. When it fires on an
+  answer of the watched live version, the next judgement is due as soon as
+  ``guard.detector_min_examples`` held-out examples came since the change
+  (at once if they had); an alarm with no watch, or on another version's
+  answer, is a drift in the traffic with no change to blame: counted and
+  noted, nothing else. The alarm only brings the judgement forward; what it
+  decides is the comparison below.
 - **Regression.** Live is worse by more than ``threshold``
-  (``difference < -threshold``), or live cannot be scored (a failed sanity
+  (``difference < -threshold``) and, with ``guard.confidence`` above 0,
+  worse request by request at that confidence (the one-sided sign test on
+  the examples both scored, :func:`~services.validation.judging.sign_test`:
+  ``p <= 1 - confidence``; an evaluator without per-example losses leaves
+  the threshold alone to decide, and the reason says so), or live cannot be
+  scored (a failed sanity
   check, e.g. NaN predictions, or no value) while the replaced version can:
   the guard rolls back
   (actor ``guard``, the reason with the figures, ``expected_epoch`` = the
@@ -53,7 +68,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.learning.adapters import Score
 from services.learning.config import ModelConfig
+from services.learning.drift import DriftMonitor
 from services.pointer.base import (
     PointerError,
     PointerLostError,
@@ -81,6 +98,7 @@ class Watch:
     cause: str
     next_at: int  # examples since the mark at which the next judgement is due
     judgements: int = 0
+    alarm: str | None = None  # a detector alarm on this version's answers, not yet judged
 
 
 @dataclass
@@ -107,6 +125,9 @@ class Guard:
         Score versions; read and change the model's pointer.
     clock
         Seconds, monotonic: when cooldowns end.
+    task
+        ``"classification"`` or ``"regression"``: what the detector of
+        ``guard.detector`` is fed (needed only when one is configured).
     """
 
     def __init__(
@@ -116,6 +137,8 @@ class Guard:
         evaluator: VersionEvaluator,
         pointer: VersionPointer,
         clock: Callable[[], float],
+        *,
+        task: str | None = None,
     ) -> None:
         self.config = config
         self.model = config.name
@@ -131,6 +154,19 @@ class Guard:
         self.pending: Regression | None = None
         self.cooldown_until: float | None = None
         self.note = "no change of the live version seen yet"
+        cfg = config.guard
+        self.monitor: DriftMonitor | None = None
+        if cfg.enabled and cfg.detector is not None:
+            self.monitor = DriftMonitor(
+                [cfg.detector],
+                task=task or config.task or "classification",
+                seed=config.seed,
+                model=config.name,
+            )
+        #: Live-route answers fed to the detector, and its alarms (all, and with no watch to blame).
+        self.served = 0
+        self.alarms = 0
+        self.unblamed_alarms = 0
 
     def on_live(self, state: PointerState, cause: str) -> None:
         """The live version changed to ``state.live`` (by ``cause``): watch it if it can be."""
@@ -169,6 +205,35 @@ class Guard:
 
     def on_example(self) -> Outcome:
         """After an example was added: judge live if a judgement is due."""
+        return self._maybe_judge()
+
+    def on_served(self, version: str, score: Score) -> Outcome:
+        """A live-route answer of ``version`` scored against its feedback: feed the
+        detector (if one is configured); on an alarm, judge early (module docstring)."""
+        if self.monitor is None:
+            return Outcome()
+        self.served += 1
+        fired = self.monitor.update(score, self.served)
+        if not fired:
+            return Outcome()
+        self.alarms += 1
+        name = self.monitor.configs[0].kind
+        w = self.watch
+        if w is None or w.live != version:
+            self.unblamed_alarms += 1
+            log.info(
+                "%s: %s alarm on the live error stream (answer %d, by %s) with no watched"
+                " change of live to blame: a drift in the traffic, nothing rolled back",
+                self.model,
+                name,
+                self.served,
+                version,
+            )
+            return Outcome()
+        if w.alarm is None:
+            seen = self.buffer.added - w.mark
+            w.alarm = f"{name} alarm on the live error stream after {seen} held-out examples"
+            log.info("%s: %s alarm on answers of %s: judged early", self.model, name, w.live)
         return self._maybe_judge()
 
     def tick(self) -> Outcome:
@@ -222,6 +287,15 @@ class Guard:
                 "examples_since_promotion": self.buffer.added - w.mark,
                 "next_judgement_at": w.next_at,
                 "judgements": w.judgements,
+                "alarm": w.alarm,
+            },
+            "detector": None
+            if self.monitor is None
+            else {
+                "answers_seen": self.served,
+                "alarms": self.alarms,
+                "alarms_without_a_change": self.unblamed_alarms,
+                **self.monitor.summary(),
             },
             "note": self.note,
             "cooldown_remaining_s": remaining,
@@ -235,12 +309,17 @@ class Guard:
         if w is None or self.pending is not None or self.cooling():
             return Outcome()
         seen = self.buffer.added - w.mark
-        if seen < w.next_at:
-            return Outcome()
         cfg = self.config.guard
+        alarmed = w.alarm is not None and seen >= cfg.detector_min_examples
+        if seen < w.next_at and not alarmed:
+            return Outcome()
         w.judgements += 1
-        w.next_at = (seen // cfg.min_examples + 1) * cfg.min_examples
+        if seen >= w.next_at:
+            w.next_at = (seen // cfg.min_examples + 1) * cfg.min_examples
+        early, w.alarm = (w.alarm if alarmed else None), None
         fields, regressed = self._compare(w, seen)
+        if early is not None:
+            fields["reason"] = f"{early}: {fields['reason']}"
         if regressed:
             return self._rollback(Regression(w.live, w.replaced, fields))
         last = w.next_at > cfg.watch_examples
@@ -296,14 +375,27 @@ class Guard:
             return fields, False
         diff = J.difference(metric, lv, bv)
         fields["difference"] = diff
-        regressed = diff < -cfg.threshold
-        fields["reason"] = (
+        beyond = diff < -cfg.threshold
+        reason = (
             f"live {w.live} {metric} {J.num(lv)} vs replaced {w.replaced}"
             f" {J.num(bv)} on {on}: difference {J.signed(diff)}"
-            f" ({J.direction(metric)} is better) {'beyond' if regressed else 'within'}"
+            f" ({J.direction(metric)} is better) {'beyond' if beyond else 'within'}"
             f" the threshold {cfg.threshold:g}"
         )
-        return fields, regressed
+        significant = True
+        if cfg.confidence > 0:
+            test = J.sign_test(live, base)
+            if test is None:
+                reason += "; no per-example losses: the threshold alone decides"
+            else:
+                fields["p_value"] = test.p
+                significant = test.p <= 1.0 - cfg.confidence
+                reason += (
+                    f"; live {test.describe()},"
+                    f" {'' if significant else 'not '}significant at {cfg.confidence:g}"
+                )
+        fields["reason"] = reason
+        return fields, beyond and significant
 
     def _rollback(self, reg: Regression) -> Outcome:
         self.pending = None

@@ -98,6 +98,60 @@ def difference(metric: str, judged: float, baseline: float) -> float:
     return judged - baseline if bigger_is_better(metric) else baseline - judged
 
 
+#: Per-example losses closer than this are a tie in :func:`sign_test`.
+_TIE = 1e-12
+#: Above this many differing requests :func:`sign_test` uses the normal approximation.
+_EXACT_UP_TO = 2_000
+
+
+@dataclass(frozen=True)
+class SignTest:
+    """Two versions compared request by request on the same examples.
+
+    ``worse``: requests on which the judged version's own loss is larger than
+    the baseline's, ``better``: smaller (ties left out); ``p``: the one-sided
+    p-value of the sign test that the judged version is worse, the chance of
+    at least ``worse`` of ``worse + better`` under a fair coin.
+    """
+
+    worse: int
+    better: int
+    p: float
+
+    def describe(self) -> str:
+        differ = self.worse + self.better
+        return f"worse on {self.worse} of the {differ} requests where they differ (p {self.p:.3g})"
+
+
+def sign_test(judged: Evaluation, baseline: Evaluation) -> SignTest | None:
+    """The paired sign test of ``judged`` against ``baseline`` on the examples both
+    scored (:attr:`Evaluation.losses`), or None when either has no per-example losses."""
+    a, b = judged.losses, baseline.losses
+    if a is None or b is None:
+        return None
+    worse = better = 0
+    for index in a.keys() & b.keys():
+        gap = a[index] - b[index]
+        if gap > _TIE:
+            worse += 1
+        elif gap < -_TIE:
+            better += 1
+    return SignTest(worse, better, upper_tail(worse, worse + better))
+
+
+def upper_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2): exact up to ``_EXACT_UP_TO`` trials, else the
+    normal approximation with continuity correction."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if n <= _EXACT_UP_TO:
+        return sum(math.comb(n, j) for j in range(k, n + 1)) / (1 << n)
+    z = (k - 0.5 - n / 2) / math.sqrt(n / 4)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def direction(metric: str) -> str:
     return "higher" if bigger_is_better(metric) else "lower"
 

@@ -209,7 +209,7 @@ class LiveMetrics:
             figures.unscored += 1
             return
         try:
-            score = _score(m.rule, example)
+            score = score_served(m.rule, example)
         except SchemaError:
             figures.invalid += 1
             return
@@ -304,8 +304,9 @@ class LiveMetrics:
         return "\n".join(lines) + "\n" if lines else ""
 
 
-def _score(rule: LabelRule, example: TrainingExample) -> Score:
-    """The logged answer of ``example`` against its target, as the trainer scores it."""
+def score_served(rule: LabelRule, example: TrainingExample) -> Score:
+    """The logged answer of ``example`` (its ``prediction``, which must be set) against its
+    target, as the trainer scores it; SchemaError when the label or prediction cannot be one."""
     y_true = rule.target(example)
     assert example.prediction is not None  # noqa: S101 - the caller checked; guards no input
     if rule.task != "classification":

@@ -12,8 +12,10 @@ When the agent calls it
 - :meth:`Validation.on_example` for each record of ``training-examples``: a
   running canary counts it (every example: canary-route ones of the canary,
   live-route ones of the live version; :mod:`services.validation.canary`);
-  an example whose request is in the model's holdout share goes into its
-  buffer; the guard and then the gateway judge if that completed a sample.
+  a live-route answer with feedback feeds the guard's detector, when one is
+  configured (:meth:`Guard.on_served`); an example whose request is in the
+  model's holdout share goes into its buffer; the guard and then the gateway
+  judge if that completed a sample.
 - :meth:`Validation.on_checkpoint` for each record of ``checkpoint-events``.
 - :meth:`Validation.tick` about every second: reads each model's pointer to
   notice changes made by others (an operator's promote or rollback: the
@@ -35,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError
+from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError, SchemaError
 from schemas.events import CheckpointEvent, TrainingExample, Verdict
 from services.learning.config import ModelConfig
 from services.pointer.base import PointerState, VersionPointer
@@ -44,6 +46,7 @@ from services.validation.gateway import Gateway
 from services.validation.guard import Guard
 from services.validation.holdout import HoldoutBuffer
 from services.validation.judging import Outcome
+from services.validation.live_metrics import LabelRule, label_rule, score_served
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,9 @@ class _Model:
     known: PointerState | None = None  # the pointer as last read or changed here
     read: bool = False  # the pointer was read or changed here at least once
     pointer_error: str | None = None  # the last tick's read failure
+    rule: LabelRule | None = None  # how labels become targets, when the guard scores answers
     examples: int = 0
+    unscorable: int = 0  # live answers the guard's detector could not score
     duplicates: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
 
@@ -100,11 +105,14 @@ class Validation:
                     model=config.name,
                 )
             buffer = HoldoutBuffer(config.promotion.holdout_size)
-            guard = Guard(config, buffer, evaluator, pointer, clock)
+            watching = config.guard.enabled and config.guard.detector is not None
+            rule = label_rule(config) if watching else None
+            task = rule.task if rule is not None else None
+            guard = Guard(config, buffer, evaluator, pointer, clock, task=task)
             gateway = Gateway(
                 config, buffer, evaluator, pointer, guard.rolled_back, unsettled=guard.unjudged
             )
-            self._models[name] = _Model(config, buffer, guard, gateway)
+            self._models[name] = _Model(config, buffer, guard, gateway, rule=rule)
         self.ignored_total = 0
         self.ignored: Counter[str] = Counter()
 
@@ -116,6 +124,7 @@ class Validation:
             return []
         m.examples += 1
         verdicts = self._absorb(m, m.gateway.on_attributed(example), "gateway")
+        verdicts += self._served(m, example)
         if not is_held_out(example.request_id, m.config.promotion.holdout_percent):
             return verdicts
         if not m.buffer.add(HoldoutExample.of(example)):
@@ -157,6 +166,7 @@ class Validation:
                     "examples_seen": m.examples,
                     "duplicates": m.duplicates,
                 },
+                "unscorable_answers": m.unscorable,
                 "pending": m.gateway.describe(),
                 "canary": m.gateway.canary.describe(),
                 "guard": m.guard.describe(),
@@ -169,6 +179,19 @@ class Validation:
         }
 
     # -- internals ---------------------------------------------------------
+
+    def _served(self, m: _Model, example: TrainingExample) -> list[Verdict]:
+        """Feed a live-route answer with feedback to the guard's detector (if any)."""
+        if m.rule is None or example.route not in (None, "live"):
+            return []
+        if example.label_is_default or example.prediction is None:
+            return []
+        try:
+            score = score_served(m.rule, example)
+        except SchemaError:
+            m.unscorable += 1
+            return []
+        return self._absorb(m, m.guard.on_served(example.model_version, score), "guard")
 
     def _model(self, name: str) -> _Model | None:
         m = self._models.get(name)

@@ -126,10 +126,17 @@ def test_a_good_river_version_scores_its_accuracy_on_every_held_out_example(
     predictions = adapter.predict_many([e.features for e in HOLDOUT])
     right = sum(p.value == e.label for p, e in zip(predictions, HOLDOUT, strict=True))
     assert result.value == pytest.approx(right / len(HOLDOUT))
+    # Each example's own loss, by its index: 1 for a wrong prediction.
+    assert result.losses == {
+        i: float(p.value != e.label)
+        for i, (p, e) in enumerate(zip(predictions, HOLDOUT, strict=True))
+    }
     loss = evaluator.evaluate(RIVER.name, late, HOLDOUT, "log_loss")
     assert loss.passed
     assert loss.value is not None
     assert 0.0 < loss.value < math.log(2)  # better than a coin
+    assert loss.losses is not None and len(loss.losses) == len(HOLDOUT)
+    assert sum(loss.losses.values()) / len(HOLDOUT) == pytest.approx(loss.value)
 
 
 def test_a_good_torch_version_scores_a_plausible_log_loss(
@@ -296,6 +303,9 @@ def test_examples_the_model_refuses_are_skipped_and_counted(
     assert "label" in result.skipped_reason
     clean = evaluator.evaluate(RIVER.name, river_versions[-1], HOLDOUT, "accuracy")
     assert result.value == clean.value
+    # losses are indexed in the examples given: the two refused ones come first
+    assert result.losses is not None and clean.losses is not None
+    assert {i - 2: loss for i, loss in result.losses.items()} == clean.losses
     nothing = evaluator.evaluate(RIVER.name, river_versions[-1], refused, "accuracy")
     assert not nothing.passed
     assert nothing.n == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,9 @@ class FakeEvaluator:
 
     def __init__(self, table: dict[str, float | str] | None = None) -> None:
         self.table: dict[str, float | str] = dict(table or {})
+        #: version -> each example's own loss by its request id; a version listed here gets
+        #: per-example losses (Evaluation.losses), the others none.
+        self.losses: dict[str, Callable[[str], float]] = {}
         self.calls: list[tuple[str, tuple[str, ...], str]] = []
         self.kept: list[tuple[str, ...]] = []
         self.skipped = 0
@@ -70,7 +73,11 @@ class FakeEvaluator:
         n = max(0, len(examples) - self.skipped)
         value = entry if n else None
         checks = dict.fromkeys(CHECKS, True)
-        return Evaluation(model, version, metric, value, n, checks, skipped=self.skipped)
+        loss = self.losses.get(version)
+        losses = None if loss is None else {i: loss(r) for i, r in enumerate(ids[:n])}
+        return Evaluation(
+            model, version, metric, value, n, checks, skipped=self.skipped, losses=losses
+        )
 
     def forget(self, model: str, keep: Sequence[str] = ()) -> None:
         self.kept.append(tuple(keep))
