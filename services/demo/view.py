@@ -66,6 +66,7 @@ def _verdict_json(v: Verdict) -> dict[str, Any]:
         "baseline": v.baseline,
         "difference": v.difference,
         "n": v.n,
+        "p_value": v.p_value,
         "checks": dict(v.checks),
         "epoch": v.epoch,
         "reason": v.reason,

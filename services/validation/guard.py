@@ -25,8 +25,11 @@ The rules (the policy is the model's :class:`~services.learning.config.GuardConf
   and after the change) feeds one river drift detector. When it fires on an
   answer of the watched live version, the next judgement is due as soon as
   ``guard.detector_min_examples`` held-out examples came since the change
-  (at once if they had); an alarm with no watch, or on another version's
-  answer, is a drift in the traffic with no change to blame: counted and
+  (at once if they had). An alarm on answers of a version that is not
+  watched (yet: an operator's change is noticed at the next tick, and its
+  answers may come first) is remembered for it, and a watch of that version
+  starting later takes it; an alarm on the answers of a version that stays
+  unwatched is a drift in the traffic with no change to blame: counted and
   noted, nothing else. The alarm only brings the judgement forward; what it
   decides is the comparison below.
 - **Regression.** Live is worse by more than ``threshold``
@@ -167,6 +170,8 @@ class Guard:
         self.served = 0
         self.alarms = 0
         self.unblamed_alarms = 0
+        #: The last alarm on answers of a version not watched then: (version, what it said).
+        self.unwatched_alarm: tuple[str, str] | None = None
 
     def on_live(self, state: PointerState, cause: str) -> None:
         """The live version changed to ``state.live`` (by ``cause``): watch it if it can be."""
@@ -201,6 +206,10 @@ class Guard:
                 cause=cause,
                 next_at=self.config.guard.min_examples,
             )
+            if self.unwatched_alarm is not None and self.unwatched_alarm[0] == live:
+                self.watch.alarm = self.unwatched_alarm[1]
+                self.unblamed_alarms -= 1  # blamed on this change after all
+            self.unwatched_alarm = None
             self.note = f"watching {live} against {state.previous} since {cause}"
 
     def on_example(self) -> Outcome:
@@ -221,12 +230,19 @@ class Guard:
         w = self.watch
         if w is None or w.live != version:
             self.unblamed_alarms += 1
+            self.unwatched_alarm = (
+                version,
+                f"{name} alarm on the live error stream (on {version}'s answers before its"
+                " watch began)",
+            )
             log.info(
                 "%s: %s alarm on the live error stream (answer %d, by %s) with no watched"
-                " change of live to blame: a drift in the traffic, nothing rolled back",
+                " change of live to blame (yet): a drift in the traffic unless a change of"
+                " live to %s is noticed",
                 self.model,
                 name,
                 self.served,
+                version,
                 version,
             )
             return Outcome()
@@ -385,11 +401,12 @@ class Guard:
         significant = True
         if cfg.confidence > 0:
             test = J.sign_test(live, base)
-            if test is None:
-                reason += "; no per-example losses: the threshold alone decides"
-            else:
+            if test is not None:
                 fields["p_value"] = test.p
                 significant = test.p <= 1.0 - cfg.confidence
+            if beyond and test is None:
+                reason += "; no per-example losses: the threshold alone decides"
+            elif beyond and test is not None:
                 reason += (
                     f"; live {test.describe()},"
                     f" {'' if significant else 'not '}significant at {cfg.confidence:g}"

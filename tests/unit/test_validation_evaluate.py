@@ -135,7 +135,8 @@ def test_a_good_river_version_scores_its_accuracy_on_every_held_out_example(
     assert loss.passed
     assert loss.value is not None
     assert 0.0 < loss.value < math.log(2)  # better than a coin
-    assert loss.losses is not None and len(loss.losses) == len(HOLDOUT)
+    assert loss.losses is not None
+    assert len(loss.losses) == len(HOLDOUT)
     assert sum(loss.losses.values()) / len(HOLDOUT) == pytest.approx(loss.value)
 
 
@@ -304,7 +305,8 @@ def test_examples_the_model_refuses_are_skipped_and_counted(
     clean = evaluator.evaluate(RIVER.name, river_versions[-1], HOLDOUT, "accuracy")
     assert result.value == clean.value
     # losses are indexed in the examples given: the two refused ones come first
-    assert result.losses is not None and clean.losses is not None
+    assert result.losses is not None
+    assert clean.losses is not None
     assert {i - 2: loss for i, loss in result.losses.items()} == clean.losses
     nothing = evaluator.evaluate(RIVER.name, river_versions[-1], refused, "accuracy")
     assert not nothing.passed

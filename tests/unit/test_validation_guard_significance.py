@@ -220,3 +220,23 @@ def test_answers_without_feedback_or_prediction_and_other_routes_never_reach_the
 
 def test_a_guard_without_a_detector_reports_none() -> None:
     assert World().guard()["detector"] is None
+
+
+def test_an_alarm_on_answers_that_come_before_the_change_is_noticed_is_taken_by_its_watch() -> None:
+    w = _world()
+    live = Live(w)
+    live.answers("v1", 200, wrong_every=10)
+    w.p.promote(M, "v3", actor="operator", reason="forced")  # noticed at the next tick
+    w.ev.table.update(v3=0.1)
+    w.ev.losses["v3"] = lambda rid: 1.0
+    w.ev.losses["v1"] = lambda rid: 0.0
+    assert live.answers("v3", 60, wrong_every=1) == []  # v3's answers come first: alarm
+    assert w.guard()["detector"]["alarms_without_a_change"] >= 1
+    assert w.val.tick() == []
+    guard = w.guard()
+    assert guard["watch"]["live"] == "v3"
+    assert guard["watch"]["alarm"].startswith("DDM alarm on the live error stream (on v3's")
+    assert guard["detector"]["alarms_without_a_change"] == guard["detector"]["alarms"] - 1
+    sent, [v] = w.until_verdict(MIN)
+    assert (sent, v.decision, v.n) == (6, "rollback", 6)
+    assert w.live() == "v1"
