@@ -13,7 +13,11 @@ The parts, each opened the way every other process opens it:
 - after each change it made, the pointer's outbox is relayed to
   ``version-events`` (:class:`~services.pointer.relay.OutboxRelay`);
 - the per-version live metrics go to Redis (``{prefix}{model}:metrics``) at
-  most every :data:`METRICS_PUBLISH_S` seconds, where ``driftloop status`` reads them.
+  most every :data:`METRICS_PUBLISH_S` seconds, where ``driftloop status`` reads them;
+- at start, ``version-events`` is read once for the versions a guard rolled
+  back (:func:`~services.validation.service.rolled_back_by_guard`), so a
+  restarted gateway never promotes them again; when the log cannot be read
+  within :data:`LOG_READ_TIMEOUT_S` it starts without them and says so.
 """
 
 from __future__ import annotations
@@ -30,20 +34,24 @@ from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.learning.adapters import ModelAdapter
 from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig
+from services.pointer.base import PointerUnavailableError
 from services.pointer.factory import pointer_for_changes, redis_client
+from services.pointer.log import KafkaVersionLog
 from services.pointer.relay import OutboxRelay
 from services.pointer.validation import StoreVersionCheck
 from services.server.loader import StoreLoader
 from services.validation.evaluate import StoreEvaluator
 from services.validation.live_metrics import LiveMetrics
 from services.validation.live_store import LiveMetricsStore
-from services.validation.service import Validation
+from services.validation.service import Validation, rolled_back_by_guard
 from streams.gateway import GatewayAgent
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two writes of the live metrics to Redis.
 METRICS_PUBLISH_S = 2.0
+#: Seconds the start may spend reading ``version-events`` for earlier rollbacks.
+LOG_READ_TIMEOUT_S = 15.0
 
 
 class _StoreOnFirstUse:
@@ -117,10 +125,24 @@ def build_gateway(
         sorted(models),
         {n: (m.promotion.mode, m.guard.enabled) for n, m in models.items()},
     )
+    validation = Validation(models, evaluator, pointer)
+    try:
+        events = KafkaVersionLog(kafka, topics.version_events, timeout_s=LOG_READ_TIMEOUT_S)
+        earlier = rolled_back_by_guard(events.events())
+    except PointerUnavailableError as exc:
+        log.warning(
+            "cannot read %s for earlier rollbacks by the guard (%s): the gateway starts"
+            " without them, and could promote such a version again",
+            topics.version_events,
+            exc,
+        )
+    else:
+        validation.remember(earlier)
+        log.info("versions rolled back by the guard before this start: %s", earlier or "none")
     return GatewayAgent(
         app,
         topics,
-        Validation(models, evaluator, pointer),
+        validation,
         live_metrics=live_metrics,
         on_change=relay.relay_pending,
         publish_metrics=lambda: metrics_store.publish(time.time()),

@@ -45,7 +45,12 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   gateway reads (a change by someone else, noticed at the guard's next
   tick), a candidate waits (newest wins), so a new promotion never lands on
   top of one nobody has checked on live traffic yet — not even on top of a
-  version an operator forced live a moment ago.
+  version an operator forced live a moment ago. Waiting holds back only
+  changes: a waiting candidate is compared with the live version at once
+  (once per live version and epoch) and, when it fails, rejected at once (a
+  rejection changes nothing live, so a bad candidate is refused before a
+  newer one can supersede it); one that passes waits, and is judged again on
+  the examples there are when the guard is done.
 - **Newest wins.** While a candidate waits (for examples or for the
   pointer), a newer candidate of the model replaces it; the replaced one gets
   a ``superseded`` verdict naming the newer one.
@@ -113,6 +118,7 @@ class Candidate:
     waiting: str | None = None
     sent: dict[str, Any] | None = None
     scored: tuple[tuple[str | None, int], Comparison] | None = None
+    prejudged: tuple[str | None, int] | None = None  # compared while waiting, at (live, epoch)
 
 
 @dataclass(frozen=True)
@@ -260,7 +266,15 @@ class Gateway:
             waiting = self.unsettled(live) if live is not None else None
             if waiting is not None:
                 cand.blocked, cand.waiting = None, waiting
-                return Outcome()
+                if cand.prejudged == (live, epoch):
+                    return Outcome()
+                cand.prejudged = (live, epoch)
+                early = self._compare(cand.version, live, examples)
+                if early.passed:
+                    return Outcome()  # judged again once the guard is done
+                return self._decide(
+                    cand, early, "reject", f"rejected (while the candidate waited: {waiting})"
+                )
             cand.waiting = None
             if cand.scored is not None and cand.scored[0] == (live, epoch):
                 comparison = cand.scored[1]

@@ -23,6 +23,9 @@ When the agent calls it
   failed for a transient reason (Redis unavailable).
 
 Each returns the verdicts made, for the agent to publish on ``verdicts``.
+At start, :meth:`Validation.remember` takes what ``version-events`` says the
+guard rolled back (:func:`rolled_back_by_guard`), so a restarted gateway does
+not promote again a version its guard rolled back before.
 Events of models not configured are ignored (and counted). The live version
 found at the first read of a model's pointer is not watched by the guard:
 when it was promoted, and so which examples came after it, is unknown.
@@ -33,12 +36,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError, SchemaError
-from schemas.events import CheckpointEvent, TrainingExample, Verdict
+from schemas.events import CheckpointEvent, TrainingExample, Verdict, VersionEvent
 from services.learning.config import ModelConfig
 from services.pointer.base import PointerState, VersionPointer
 from services.validation.base import HoldoutExample, VersionEvaluator, is_held_out
@@ -133,6 +136,14 @@ class Validation:
         verdicts += self._absorb(m, m.guard.on_example(), "guard")
         verdicts += self._absorb(m, m.gateway.on_example(), "gateway")
         return verdicts
+
+    def remember(self, rolled_back: Mapping[str, Iterable[str]]) -> None:
+        """Versions rolled back by a guard before this process started (by model): never
+        promoted by the gateway (:func:`rolled_back_by_guard`). Other models are ignored."""
+        for name, versions in rolled_back.items():
+            m = self._models.get(name)
+            if m is not None:
+                m.guard.rolled_back.update(versions)
 
     def on_checkpoint(self, event: CheckpointEvent) -> list[Verdict]:
         """A candidate: judged now, or when enough held-out examples came."""
@@ -278,3 +289,19 @@ class Validation:
             raise
         except BaseException:  # memory housekeeping never stops a judgement
             log.exception("the evaluator failed to forget versions of %s", m.config.name)
+
+
+def rolled_back_by_guard(events: Iterable[VersionEvent]) -> dict[str, set[str]]:
+    """Per model, the versions a guard rolled back and no one but the gateway has made
+    live since (an operator's promote or rollback to a version lifts the bar; the
+    gateway's own cannot happen for such a version), from the pointer's log, in epoch
+    order."""
+    out: dict[str, set[str]] = {}
+    for event in sorted(events, key=lambda e: (e.model, e.epoch)):
+        versions = out.setdefault(event.model, set())
+        by_operator = event.actor not in ("gateway", "guard")
+        if event.action == "rollback" and event.actor == "guard" and event.from_live:
+            versions.add(event.from_live)
+        elif by_operator and event.live and event.action in ("promote", "rollback"):
+            versions.discard(event.live)  # an operator made it live
+    return {model: versions for model, versions in out.items() if versions}

@@ -291,10 +291,10 @@ def test_a_candidate_waits_until_the_guard_has_judged_the_new_live_once() -> Non
     pending = w.val.describe()["models"][M]["pending"]
     assert pending["version"] == "v3"
     assert "the guard has not judged v2 yet" in pending["waiting_for_guard"]
+    w.ev.table["v3b"] = 0.95
     [superseded] = w.val.on_checkpoint(checkpoint("v3b"))  # newest wins, and says why it waited
     assert (superseded.version, superseded.decision) == ("v3", "superseded")
     assert "it waited: the guard has not judged v2 yet" in superseded.reason
-    w.ev.table["v3b"] = 0.95
     sent, verdicts = w.until_verdict(2 * MIN)
     assert sent == MIN
     assert [(v.judge, v.version, v.decision) for v in verdicts] == [
@@ -302,6 +302,27 @@ def test_a_candidate_waits_until_the_guard_has_judged_the_new_live_once() -> Non
         ("gateway", "v3b", "promote"),
     ]
     assert w.live() == "v3b"
+
+
+def test_a_candidate_that_fails_while_it_waits_for_the_guard_is_rejected_at_once() -> None:
+    """Waiting holds back changes only: a candidate worse than live is refused on
+    arrival (a newer one cannot supersede it first), compared once per live epoch."""
+    w = World({"v3": 0.95, "bad": 0.1})
+    w.promote_v2()
+    assert w.val.on_checkpoint(checkpoint("v3")) == []  # passes: waits for the guard
+    calls = len(w.ev.calls)
+    assert w.val.on_example(w.feed.next()) == []
+    assert len(w.ev.calls) == calls  # not compared again at the same live epoch
+    [superseded, rejected] = w.val.on_checkpoint(checkpoint("bad"))
+    assert (superseded.version, superseded.decision) == ("v3", "superseded")
+    assert (rejected.version, rejected.decision, rejected.baseline_version) == (
+        "bad",
+        "reject",
+        "v2",
+    )
+    assert "rejected (while the candidate waited: the guard has not judged v2" in rejected.reason
+    assert w.val.describe()["models"][M]["pending"] is None
+    assert w.live() == "v2"
 
 
 def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> None:
@@ -331,3 +352,29 @@ def test_a_version_forced_live_is_judged_by_the_guard_before_any_candidate() -> 
         "v2",
     )
     assert w.live() == "v3"
+
+
+def test_a_restarted_gateway_remembers_from_the_log_what_its_guard_rolled_back() -> None:
+    from schemas.events import VersionEvent
+    from services.validation.service import rolled_back_by_guard
+
+    def change(epoch: int, action: str, live: str, actor: str, from_live: str | None) -> Any:
+        return VersionEvent.new(
+            model=M, action=action, live=live, epoch=epoch, actor=actor, from_live=from_live
+        )
+
+    log = [
+        change(4, "rollback", "v2", "guard", "v9"),  # out of order on purpose
+        change(1, "promote", "v1", "gateway", None),
+        change(2, "promote", "v2", "gateway", "v1"),
+        change(3, "promote", "v9", "operator", "v2"),
+        change(5, "promote", "v5", "operator", "v2"),
+        change(6, "rollback", "v2", "guard", "v5"),
+        change(7, "promote", "v5", "alice", "v2"),  # an operator lifts the bar for v5
+    ]
+    assert rolled_back_by_guard(log) == {M: {"v9"}}
+    w = World({"v9": 0.99})
+    w.val.remember(rolled_back_by_guard(log) | {"other-model": {"x"}})
+    [v] = w.val.on_checkpoint(checkpoint("v9"))
+    assert (v.decision, v.version) == ("reject", "v9")
+    assert "rolled back by the guard" in v.reason
