@@ -32,6 +32,13 @@ def demo(
     store: Annotated[
         Path | None, typer.Option(help="Keep checkpoints here (default: a temporary directory).")
     ] = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="The gateway's policy: canary (each candidate canaried at 25% of the traffic"
+            " before its promotion) or auto (promoted at once)."
+        ),
+    ] = "canary",
     json: Annotated[bool, typer.Option("--json", help="Print only the summary, as JSON.")] = False,
 ) -> None:
     """Run the whole loop on an embedded broker and Redis: a worker (attribution
@@ -55,8 +62,15 @@ def demo(
     traffic = TrafficConfig(
         requests=requests, drift_at=drift_at if drift_at is not None else requests // 2, seed=seed
     )
+    if policy not in ("canary", "auto"):
+        console.print(f"[red]--policy must be canary or auto, not {policy!r}[/red]")
+        raise typer.Exit(2)
     options = DemoOptions(
-        model_config=model, traffic=traffic, store=store, checkpoint_every=checkpoint_every
+        model_config=model,
+        traffic=traffic,
+        store=store,
+        checkpoint_every=checkpoint_every,
+        policy="canary" if policy == "canary" else "auto",
     )
     try:
         summary = run_demo(options, console, quiet=json)
@@ -96,6 +110,13 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             f" final live {server['live']} at epoch {server['applied_epoch']}",
         )
         table.add_row(f"  versions served by {server['server']}", served or "none")
+        routes = ", ".join(f"{r}: {n:,}" for r, n in server.get("routes_served", {}).items())
+        table.add_row(f"  routes of {server['server']}", routes or "none")
+    for c in summary.get("canaries", []):
+        table.add_row(
+            f"canary (epoch {c['epoch']}, {c['actor']})",
+            f"{c['canary']} at {c['canary_percent']:g}% of the traffic: {c['reason']}",
+        )
     for p in summary["promotions"]:
         table.add_row(f"promotion (epoch {p['epoch']}, {p['actor']})", f"{p['to']}: {p['reason']}")
     for r in summary["rollbacks"]:

@@ -255,6 +255,7 @@ class TrafficDriver:
         stats.requests += len(predictions)
         for p in predictions:
             stats.versions[str(p.get("model_version"))] += 1
+            stats.routes[str(p.get("route") or "live")] += 1
         self.sent.predicted += len(predictions)
         self._answered(planned)
 

@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from rich.console import Console
@@ -113,6 +113,11 @@ class DemoOptions:
     """``promotion.min_examples`` and ``guard.min_examples`` in the demo; the
     holdout buffer keeps twice as many, so that after the drift the gateway
     judges on the new concept soon."""
+    policy: Literal["auto", "canary"] = "canary"
+    """The gateway's promotion policy in the demo: ``canary`` sets each candidate
+    that passed on the holdout as canary at ``canary_percent`` first and promotes
+    it on ``judge_examples`` canary-route examples; ``auto`` promotes at once."""
+    canary_percent: float = 25.0
 
 
 #: The guard's cooldown after a rollback in the demo (the gateway promotes
@@ -164,8 +169,16 @@ def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
         text,
     )
     judge = options.judge_examples
-    # the demo's gateway promotes and its guard watches, whatever the example says
-    text = re.sub(r'(?m)^mode\s*=\s*"manual"', 'mode = "auto"', text)
+    # the demo's gateway promotes (through a canary by default) and its guard
+    # watches, whatever the example says
+    text = re.sub(r'(?m)^mode\s*=\s*"\w+"', f'mode = "{options.policy}"', text)
+    for key, value in (
+        ("canary_percent", options.canary_percent),
+        ("canary_examples", judge),
+    ):
+        if not re.search(rf"(?m)^{key}\s*=", text):
+            text = text.replace("[model.promotion]\n", f"[model.promotion]\n{key} = 0\n", 1)
+        text = re.sub(rf"(?m)^{key}\s*=\s*[\d.]+", f"{key} = {value}", text)
     if "[model.guard]" not in text:
         text += f"\n[model.guard]\nenabled = true\nmin_examples = {judge}\n"
     text = re.sub(r"(?m)^enabled\s*=\s*false", "enabled = true", text)
@@ -180,7 +193,17 @@ def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
     path = workdir / source.name
     path.write_text(text)
     model = load_config(path).models[0]
-    wanted = (every, judge, 2 * judge, judge, options.holdout_percent, "auto", True)
+    wanted = (
+        every,
+        judge,
+        2 * judge,
+        judge,
+        options.holdout_percent,
+        options.policy,
+        True,
+        options.canary_percent,
+        judge,
+    )
     got = (
         model.triggers.every_n,
         model.promotion.min_examples,
@@ -189,11 +212,13 @@ def _demo_model_config(options: DemoOptions, workdir: Path) -> tuple[Path, str]:
         model.promotion.holdout_percent,
         model.promotion.mode,
         model.guard.enabled,
+        model.promotion.canary_percent,
+        model.promotion.canary_examples,
     )
     if got != wanted:
         raise ConfigError(
             "the example does not take the demo's settings (count interval, judging sample,"
-            " holdout, auto promotion, guard on)",
+            " holdout, promotion policy, guard on, canary share and sample)",
             path=str(source),
             wanted=wanted,
             got=got,

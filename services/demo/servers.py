@@ -42,6 +42,8 @@ class ServerStats:
     """Calls answered 503 (not ready, or feedback not acknowledged in time) and sent again."""
     versions: Counter[str] = field(default_factory=Counter)
     """Version -> instances it served."""
+    routes: Counter[str] = field(default_factory=Counter)
+    """Route (``live``, ``canary``) -> instances it answered on it."""
     live: str | None = None
     epoch: int | None = None
     """The pointer epoch it reports having applied (``GET /v1/models/{model}``)."""
@@ -57,6 +59,7 @@ class ServerStats:
             "feedback_posted": self.feedback_posted,
             "retries": self.retries,
             "versions_served": dict(sorted(self.versions.items())),
+            "routes_served": dict(sorted(self.routes.items())),
             "live": self.live,
             "applied_epoch": self.epoch,
         }

@@ -39,15 +39,23 @@ class PointerChange:
 
     def as_json(self) -> dict[str, Any]:
         e = self.event
-        return {
-            "epoch": e.epoch,
-            "action": e.action,
-            "from": e.from_live,
-            "to": e.live,
-            "actor": e.actor,
-            "reason": e.reason,
-            "at_s": round(self.at_s, 2),
-        } | ({"examples_seen": self.examples_seen} if self.examples_seen is not None else {})
+        return (
+            {
+                "epoch": e.epoch,
+                "action": e.action,
+                "from": e.from_live,
+                "to": e.live,
+                "actor": e.actor,
+                "reason": e.reason,
+                "at_s": round(self.at_s, 2),
+            }
+            | (
+                {"canary": e.canary, "canary_percent": e.canary_percent}
+                if e.action in ("canary", "clear_canary")
+                else {}
+            )
+            | ({"examples_seen": self.examples_seen} if self.examples_seen is not None else {})
+        )
 
 
 #: Joined examples the view keeps for the poisoned checkpoint.
@@ -199,8 +207,14 @@ class DemoView:
             "servers": [s.as_json() for s in self.servers],
             "pointer": None
             if self.pointer is None
-            else {"live": self.pointer.live, "epoch": self.pointer.epoch},
+            else {
+                "live": self.pointer.live,
+                "canary": self.pointer.canary,
+                "canary_percent": self.pointer.canary_percent,
+                "epoch": self.pointer.epoch,
+            },
             "promotions": [c.as_json() for c in self.promotions],
+            "canaries": [c.as_json() for c in self.changes if c.event.action == "canary"],
             "rollbacks": [c.as_json() for c in self.rollbacks],
             "epochs_converged": self.converged,
             "verdicts": [_verdict_json(v) for v in self.verdicts],
@@ -264,7 +278,10 @@ class DemoView:
 
         pointer = self.pointer
         if pointer is not None:
-            counts.add_row("pointer", f"live={pointer.live} epoch={pointer.epoch}")
+            canary = (
+                f" canary={pointer.canary} at {pointer.canary_percent:g}%" if pointer.canary else ""
+            )
+            counts.add_row("pointer", f"live={pointer.live}{canary} epoch={pointer.epoch}")
         return Group(
             counts,
             self._servers_table(),
@@ -275,18 +292,21 @@ class DemoView:
 
     def _servers_table(self) -> Table:
         table = Table(title="model servers", expand=False)
-        for column in ("server", "port", "live", "epoch", "requests", "versions served"):
+        columns = ("server", "port", "live", "epoch", "requests", "routes", "versions served")
+        for column in columns:
             table.add_column(column)
         p = self.pointer
         for s in self.servers:
             behind = p is not None and s.epoch != p.epoch
             versions = ", ".join(f"{v[-6:]}:{n}" for v, n in sorted(s.versions.items()))
+            routes = ", ".join(f"{r}:{n:,}" for r, n in sorted(s.routes.items()))
             table.add_row(
                 s.server_id,
                 str(s.port),
                 s.live or "-",
                 "-" if s.epoch is None else str(s.epoch),
                 f"{s.requests:,}",
+                routes or "-",
                 versions or "-",
                 style="yellow" if behind else None,
             )
@@ -298,12 +318,16 @@ class DemoView:
             table.add_column(column)
         for c in self.changes[-8:]:
             e = c.event
+            canary = e.action in ("canary", "clear_canary")
+            before, after = (e.from_canary, e.canary) if canary else (e.from_live, e.live)
+            if e.action == "canary":
+                after = f"{e.canary} ({e.canary_percent:g}%)"
             table.add_row(
                 str(e.epoch),
                 e.action,
                 e.actor,
-                e.from_live or "-",
-                e.live or "-",
+                before or "-",
+                after or "-",
                 e.reason,
                 style="magenta" if e.action == "rollback" else None,
             )

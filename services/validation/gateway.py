@@ -31,7 +31,8 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   canary needs a live version.
 - **One canary at a time.** While a canary runs (until its ``promote`` or
   ``reject``), a candidate waits (newest wins) and is judged once the canary
-  is decided, against the live version then.
+  is decided, against the live version then; one that already scores worse
+  than live is rejected at once (see "waiting" below).
 - **Ignored, no verdict:** a candidate equal to the live version, one already
   judged (replays of ``checkpoint-events`` after a rebalance) or the one
   already waiting. The memory of judged versions is this object's
@@ -233,8 +234,8 @@ class Gateway:
     # -- judging -----------------------------------------------------------
 
     def _judge(self, cand: Candidate) -> Outcome:
-        if self.canary.run is not None:
-            cand.blocked = None  # judged when the canary is decided
+        if self.canary.run is not None and cand.prejudged is not None:
+            cand.blocked = None  # compared once already; judged when the canary is decided
             return Outcome()
         stale: list[str] = []
         while True:
@@ -263,7 +264,10 @@ class Gateway:
             if live is not None and len(examples) < self.config.promotion.min_examples:
                 cand.blocked = None
                 return Outcome()
-            waiting = self.unsettled(live) if live is not None else None
+            if self.canary.run is not None:
+                waiting: str | None = self.canary.waiting() or "a canary runs"
+            else:
+                waiting = self.unsettled(live) if live is not None else None
             if waiting is not None:
                 cand.blocked, cand.waiting = None, waiting
                 if cand.prejudged == (live, epoch):

@@ -23,11 +23,19 @@ def test_the_count_interval_is_applied_to_every_shipped_example(
     assert model.triggers.adaptive is None or model.triggers.adaptive.min_every_n <= 150
     # the gateway promotes on a small holdout sample and the guard watches
     options = DemoOptions()
-    assert model.promotion.mode == "auto"
+    assert model.promotion.mode == options.policy == "canary"
+    assert model.promotion.canary_percent == options.canary_percent
+    assert model.promotion.canary_examples == options.judge_examples
     assert model.promotion.min_examples == model.guard.min_examples == options.judge_examples
     assert model.promotion.holdout_size == 2 * options.judge_examples
     assert model.promotion.holdout_percent == options.holdout_percent
     assert model.guard.enabled
+
+
+@pytest.mark.parametrize("example", ["river_logreg", "torch_fm"])
+def test_the_auto_policy_is_applied_too(example: str, tmp_path: Path) -> None:
+    path, name = _demo_model_config(DemoOptions(model_config=example, policy="auto"), tmp_path)
+    assert load_config(path).model(name).promotion.mode == "auto"
 
 
 def test_the_bootstrap_covers_the_first_count_checkpoint_or_is_refused() -> None:

@@ -60,7 +60,7 @@ def test_promotions_rollback_and_convergence_in_the_summary() -> None:
     assert (verdict["version"], verdict["against"], verdict["difference"]) == ("v2", "v1", 0.1)
     assert view.verdict_on("v2") is not None
     assert view.verdict_on("v2", judge="guard") is None
-    assert summary["pointer"] == {"live": "v1", "epoch": 3}
+    assert summary["pointer"] == {"live": "v1", "canary": None, "canary_percent": 0.0, "epoch": 3}
     assert summary["epochs_converged"] is True
     assert [s["server"] for s in summary["servers"]] == ["serve-a", "serve-b"]
     view.render()  # the live panel renders with servers and changes

@@ -170,13 +170,24 @@ def test_newer_candidates_wait_while_the_canary_runs_newest_wins() -> None:
     [old] = val.on_checkpoint(checkpoint("v4"))
     assert (old.decision, old.version) == ("superseded", "v3")
     assert "the canary v2 is running" in old.reason
-    assert feed(val, Feed(), 3) == []  # held-out examples do not judge it either
-    assert ev.scored("v4") == []
+    assert len(ev.scored("v4")) == 1  # compared with live once, on arrival: it passes, waits
+    assert feed(val, Feed(), 3) == []  # held-out examples do not judge it again
+    assert len(ev.scored("v4")) == 1
     verdicts = send(val, "v2", "canary", right=5)
     assert [(v.decision, v.version) for v in verdicts] == [("promote", "v2"), ("canary", "v4")]
     assert verdicts[1].baseline_version == "v2"
     s = state(p)
     assert (s.live, s.canary) == ("v2", "v4")
+
+
+def test_a_candidate_worse_than_live_is_rejected_at_once_while_the_canary_runs() -> None:
+    val, _, p = setup({"v1": 0.8, "v2": 0.9, "bad": 0.1})
+    val.on_checkpoint(checkpoint("v2"))
+    [v] = val.on_checkpoint(checkpoint("bad"))
+    assert (v.decision, v.version, v.baseline_version) == ("reject", "bad", "v1")
+    assert "rejected (while the candidate waited: the canary v2 is running" in v.reason
+    assert val.describe()["models"][M]["pending"] is None
+    assert (state(p).live, state(p).canary) == ("v1", "v2")  # the canary run goes on
 
 
 def test_with_redis_unavailable_while_setting_the_canary_it_is_retried_at_tick() -> None:
