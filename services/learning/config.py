@@ -225,8 +225,13 @@ class PromotionConfig(_Frozen):
     prediction against the feedback), it is compared with the live version
     scored the same way on its live-route examples of the same period:
     promoted when not worse than live by more than ``tolerance``, else
-    rejected and the canary cleared. While a canary runs, newer candidates
-    wait (see :mod:`services.validation.canary`).
+    rejected and the canary cleared. With ``canary_confidence`` above 0 a
+    rejection also needs the canary worse at that confidence (a one-sided
+    Welch test of the two routes' per-example losses: different requests, so
+    not paired), so a canary is not refused for the noise of a small sample;
+    it passed the same-request holdout comparison already, and the guard
+    watches it once live. While a canary runs, newer candidates wait (see
+    :mod:`services.validation.canary`).
     """
 
     mode: Literal["manual", "auto", "canary"] = "manual"
@@ -237,6 +242,7 @@ class PromotionConfig(_Frozen):
     holdout_size: int = Field(default=2_000, ge=1, le=1_000_000)
     canary_percent: float = Field(default=10.0, gt=0.0, le=50.0, allow_inf_nan=False)
     canary_examples: int = Field(default=200, ge=1, le=MAX_COUNT)
+    canary_confidence: float = Field(default=0.95, ge=0.0, lt=1.0, allow_inf_nan=False)
 
 
 class GuardConfig(_Frozen):

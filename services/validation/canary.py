@@ -24,8 +24,13 @@ The rules
   live in the metric's better direction; not worse than ``-tolerance``:
   promoted through the pointer (actor ``gateway``; the promotion clears the
   canary slot, as the canary is the version promoted), decision ``promote``;
-  else the canary is cleared (``set_canary(model, None)``), decision
-  ``reject``. A live version with no counted example is no baseline: the
+  else — and, with ``canary_confidence`` above 0, when the canary is also
+  worse at that confidence by the one-sided Welch test of the two routes'
+  per-example losses (:func:`~services.validation.judging.welch_worse`; a
+  difference within the sample's noise promotes it: it passed the
+  same-request holdout comparison, and the guard watches it once live) — the
+  canary is cleared (``set_canary(model, None)``), decision ``reject``; the
+  verdict's ``p_value`` is the test's. A live version with no counted example is no baseline: the
   canary is promoted on its own figures. ``n`` is the number of canary
   examples; ``checks`` are the candidate's holdout sanity checks.
 - **Changed by someone else** (noticed at the decision, or at each tick):
@@ -47,9 +52,10 @@ The rules
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.errors import SchemaError
 from schemas.events import TrainingExample
 from services.learning.config import ModelConfig
 from services.pointer.base import (
@@ -63,7 +69,13 @@ from services.pointer.base import (
 from services.pointer.transitions import state_of
 from services.validation import judging as J
 from services.validation.judging import Outcome
-from services.validation.live_metrics import PROBA_METRICS, LabelRule, LiveMetrics, label_rule
+from services.validation.live_metrics import (
+    PROBA_METRICS,
+    LabelRule,
+    LiveMetrics,
+    label_rule,
+    score_served,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +100,10 @@ class CanaryRun:
     decided: dict[str, Any] | None = None
     blocked: str | None = None
     sent: bool = False
+    #: Each counted example's own loss under the promotion metric, by route.
+    losses: dict[str, list[float]] = field(
+        default_factory=lambda: {CANARY_ROUTE: [], LIVE_ROUTE: []}
+    )
 
 
 class CanaryStage:
@@ -148,6 +164,9 @@ class CanaryStage:
         ):
             return Outcome()
         run.figures.update(example)
+        loss = self._loss(example)
+        if loss is not None:
+            run.losses[route].append(loss)
         if route != CANARY_ROUTE:
             return Outcome()
         n, _ = self._tally(run, run.version, CANARY_ROUTE)
@@ -211,6 +230,23 @@ class CanaryStage:
         value = figures["metrics"].get(f"{metric}_total")
         return fed, value if fed else None
 
+    def _loss(self, example: TrainingExample) -> float | None:
+        """The example's own loss under the promotion metric, counted as the figures count
+        it (None where they do not: default label, no prediction, refused label, no scores
+        for a probability metric)."""
+        if example.label_is_default or example.prediction is None or self.rule is None:
+            return None
+        try:
+            score = score_served(self.rule, example)
+        except SchemaError:
+            return None
+        metric = self.config.promotion_metric
+        if metric in PROBA_METRICS:
+            return score.loss if score.proba is not None else None
+        if metric == "rmse":
+            return score.error * score.error
+        return score.error  # accuracy: 0 / 1; mae: the absolute error
+
     def _fields(self, run: CanaryRun, decision: str, reason: str) -> dict[str, Any]:
         cfg = self.config.promotion
         n, value = self._tally(run, run.version, CANARY_ROUTE)
@@ -256,15 +292,30 @@ class CanaryStage:
             )
             return self._fields(run, "promote", f"{summary}; promoted")
         diff = J.difference(metric, value, baseline)
-        passed = diff >= -cfg.tolerance
+        beyond = diff < -cfg.tolerance
         summary = (
             f"canary {run.version} {metric} {J.num(value)} vs live {run.live}"
             f" {J.num(baseline)} {on}: difference {J.signed(diff)} ({J.direction(metric)}"
-            f" is better) {'within' if passed else 'beyond'} the tolerance {cfg.tolerance:g}"
+            f" is better) {'beyond' if beyond else 'within'} the tolerance {cfg.tolerance:g}"
         )
-        if passed:
-            return self._fields(run, "promote", f"{summary}; promoted")
-        return self._fields(run, "reject", f"{summary}; rejected, the canary cleared")
+        p = None
+        if cfg.canary_confidence > 0:
+            p = J.welch_worse(run.losses[CANARY_ROUTE], run.losses[LIVE_ROUTE])
+        if beyond and p is not None:
+            significant = p <= 1.0 - cfg.canary_confidence
+            summary += (
+                f"; worse per example with p {p:.3g},"
+                f" {'' if significant else 'not '}significant at {cfg.canary_confidence:g}"
+            )
+            beyond = significant
+        verdict = (
+            self._fields(run, "reject", f"{summary}; rejected, the canary cleared")
+            if beyond
+            else self._fields(run, "promote", f"{summary}; promoted")
+        )
+        if p is not None:
+            verdict["p_value"] = p
+        return verdict
 
     def _interrupted(
         self, run: CanaryRun, state: PointerState

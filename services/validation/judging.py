@@ -152,6 +152,23 @@ def upper_tail(k: int, n: int) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+def welch_worse(judged: Sequence[float], baseline: Sequence[float]) -> float | None:
+    """The one-sided p-value that ``judged``'s mean loss is above ``baseline``'s, from
+    per-example losses of different requests (Welch's z, the normal approximation);
+    None with fewer than two of either."""
+    n, m = len(judged), len(baseline)
+    if n < 2 or m < 2:
+        return None
+    mean_j, mean_b = sum(judged) / n, sum(baseline) / m
+    var_j = sum((x - mean_j) ** 2 for x in judged) / (n - 1)
+    var_b = sum((x - mean_b) ** 2 for x in baseline) / (m - 1)
+    se = math.sqrt(var_j / n + var_b / m)
+    gap = mean_j - mean_b
+    if se == 0.0:
+        return 0.0 if gap > 0 else 1.0
+    return 0.5 * math.erfc(gap / se / math.sqrt(2))
+
+
 def direction(metric: str) -> str:
     return "higher" if bigger_is_better(metric) else "lower"
 

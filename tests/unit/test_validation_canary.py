@@ -117,7 +117,7 @@ def test_the_canary_is_promoted_after_canary_examples_when_not_worse_than_live()
 
 
 def test_a_canary_worse_than_live_is_rejected_and_cleared() -> None:
-    val, _, p = setup({"v1": 0.8, "v2": 0.9}, tolerance=0.1)
+    val, _, p = setup({"v1": 0.8, "v2": 0.9}, tolerance=0.1, canary_confidence=0.0)
     val.on_checkpoint(checkpoint("v2"))
     send(val, "v1", "live", right=8, wrong=2)
     [v] = send(val, "v2", "canary", right=3, wrong=2)
@@ -178,6 +178,41 @@ def test_newer_candidates_wait_while_the_canary_runs_newest_wins() -> None:
     assert verdicts[1].baseline_version == "v2"
     s = state(p)
     assert (s.live, s.canary) == ("v2", "v4")
+
+
+def test_a_canary_worse_only_within_the_noise_of_its_sample_is_promoted() -> None:
+    # 0.6 on 5 canary examples against 0.8 on 10 live ones: beyond the tolerance,
+    # but two wrong answers of five are no evidence (Welch p about 0.2)
+    val, _, p = setup({"v1": 0.8, "v2": 0.9}, tolerance=0.1)
+    val.on_checkpoint(checkpoint("v2"))
+    send(val, "v1", "live", right=8, wrong=2)
+    [v] = send(val, "v2", "canary", right=3, wrong=2)
+    assert (v.decision, v.candidate, v.baseline) == ("promote", 0.6, 0.8)
+    assert v.p_value is not None
+    assert 0.05 < v.p_value < 0.5
+    assert "not significant at 0.95; promoted" in v.reason
+    assert state(p).live == "v2"
+
+
+def test_a_canary_plainly_worse_than_live_is_rejected_with_its_p_value() -> None:
+    val, _, p = setup({"v1": 0.8, "v2": 0.9}, tolerance=0.1)
+    val.on_checkpoint(checkpoint("v2"))
+    send(val, "v1", "live", right=8, wrong=2)
+    [v] = send(val, "v2", "canary", right=0, wrong=5)
+    assert (v.decision, v.candidate) == ("reject", 0.0)
+    assert v.p_value is not None
+    assert v.p_value < 1e-6
+    assert ", significant at 0.95; rejected, the canary cleared" in v.reason
+    assert (state(p).live, state(p).canary) == ("v1", None)
+
+
+def test_welch_needs_two_of_each_and_reads_a_constant_gap_as_certain() -> None:
+    from services.validation.judging import welch_worse
+
+    assert welch_worse([1.0], [0.0, 0.0]) is None
+    assert welch_worse([1.0, 1.0], [0.0, 0.0]) == 0.0
+    assert welch_worse([0.0, 0.0], [1.0, 1.0]) == 1.0
+    assert welch_worse([0.0, 1.0], [0.0, 1.0]) == pytest.approx(0.5)
 
 
 def test_a_candidate_worse_than_live_is_rejected_at_once_while_the_canary_runs() -> None:
