@@ -113,10 +113,11 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
         routes = ", ".join(f"{r}: {n:,}" for r, n in server.get("routes_served", {}).items())
         table.add_row(f"  routes of {server['server']}", routes or "none")
     for c in summary.get("canaries", []):
-        table.add_row(
-            f"canary (epoch {c['epoch']}, {c['actor']})",
-            f"{c['canary']} at {c['canary_percent']:g}% of the traffic: {c['reason']}",
-        )
+        if c["action"] == "canary":
+            what = f"{c['canary']} at {c['canary_percent']:g}% of the traffic: {c['reason']}"
+        else:
+            what = f"cleared: {c['reason']}"
+        table.add_row(f"canary (epoch {c['epoch']}, {c['actor']})", what)
     for p in summary["promotions"]:
         table.add_row(f"promotion (epoch {p['epoch']}, {p['actor']})", f"{p['to']}: {p['reason']}")
     for r in summary["rollbacks"]:
@@ -131,7 +132,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(
             "poisoned checkpoint",
             "not offered: the traffic ended before the live version had been kept by the"
-            " guard with a good score while no candidate waited (raise --requests)",
+            " guard with a good score (raise --requests)",
         )
     else:
         table.add_row(

@@ -103,8 +103,9 @@ class PoisonPlay:
 
     def due(self, view: DemoView, left: int) -> bool:
         """Once the gateway has made its promotions and both servers apply the
-        last one, no candidate waits at the gateway (every checkpoint seen has
-        its verdict), long enough after any drift that the poison is trained on
+        last one (a candidate may be waiting at the gateway: the gateway compares
+        a candidate with live on arrival and refuses one that fails at once, so
+        the poison is not superseded), long enough after any drift that the poison is trained on
         the current concept, while enough traffic is left for the guard's
         sample (twice ``guard.min_examples`` held-out requests), and once the
         guard has kept the live version with a good score."""
@@ -114,8 +115,6 @@ class PoisonPlay:
         pointer = view.pointer
         if pointer is None or pointer.live is None:
             return False
-        if any(view.verdict_on(c.version) is None for c in view.checkpoints):
-            return False  # a trainer candidate waits at the gateway: it would go first
         drift = self.traffic.drift_at
         # feedback comes up to 2 s late, so joins run some hundred requests out of
         # order: well past the drift, the newest joined examples are all after it

@@ -214,7 +214,9 @@ class DemoView:
                 "epoch": self.pointer.epoch,
             },
             "promotions": [c.as_json() for c in self.promotions],
-            "canaries": [c.as_json() for c in self.changes if c.event.action == "canary"],
+            "canaries": [
+                c.as_json() for c in self.changes if c.event.action in ("canary", "clear_canary")
+            ],
             "rollbacks": [c.as_json() for c in self.rollbacks],
             "epochs_converged": self.converged,
             "verdicts": [_verdict_json(v) for v in self.verdicts],
