@@ -251,13 +251,16 @@ class Validation:
         (setting or clearing a canary leaves live as it was: no watch)."""
         promoted = {v.version for v in out.verdicts if v.decision == "promote"}
         for state in out.changes:
+            before = m.known.live if m.known is not None else None
             m.read, m.known = True, state
-            if judge == "gateway" and state.live not in promoted:
-                continue  # the gateway set or cleared a canary
-            if judge == "gateway":
-                m.guard.on_live(state, f"the gateway's promotion at epoch {state.epoch}")
-            else:  # the guard's own rollback: seen, not watched
+            if judge == "guard":  # the guard's own rollback: seen, not watched
                 m.guard.seen_live = state.live
+            elif state.live in promoted:
+                m.guard.on_live(state, f"the gateway's promotion at epoch {state.epoch}")
+            elif state.live != before:
+                # the gateway set or cleared a canary on a pointer whose live
+                # version someone else had changed: a change the guard must watch
+                m.guard.on_live(state, f"a change noticed at epoch {state.epoch}")
         for verdict in out.verdicts:
             m.verdicts[verdict.decision] += 1
             log.info(

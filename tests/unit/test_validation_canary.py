@@ -319,3 +319,30 @@ def test_the_canary_percent_must_be_above_0_and_at_most_50(percent: float) -> No
 def test_canary_defaults() -> None:
     cfg = PromotionConfig(mode="canary")
     assert (cfg.canary_percent, cfg.canary_examples) == (10.0, 200)
+
+
+def test_a_live_version_changed_under_the_canary_is_watched_by_the_guard() -> None:
+    """The canary's decision is where the gateway first sees an operator's change of
+    live: the canary is cleared, the guard watches the new live version, and a newer
+    candidate waits for its judgement (the demo's forced poisoned version went
+    unwatched and was replaced by the next canary)."""
+    ev = FakeEvaluator({"v1": 0.8, "v2": 0.9, "v9": 0.1, "v4": 0.95})
+    p = FlakyPointer()
+    p.promote(M, "v1", actor="operator", reason="by hand")
+    policy = {"mode": "canary", "canary_percent": 20.0, "canary_examples": 5}
+    val = Validation({M: config(promotion=policy)}, ev, p, clock=Clock())
+    assert val.tick() == []
+    source = Feed()
+    assert feed(val, source, 10) == []
+    [v] = val.on_checkpoint(checkpoint("v2"))
+    assert v.decision == "canary"
+    p.promote(M, "v9", actor="operator", reason="forced")
+    [cleared] = send(val, "v2", "canary", right=5)
+    assert (cleared.decision, cleared.version) == ("reject", "v2")
+    guard = val.describe()["models"][M]["guard"]
+    assert (guard["watch"]["live"], guard["watch"]["replaced"]) == ("v9", "v1")
+    assert val.on_checkpoint(checkpoint("v4")) == []  # waits for the guard's judgement of v9
+    verdicts = feed(val, source, 10)
+    first = verdicts[0]
+    assert (first.judge, first.version, first.decision) == ("guard", "v9", "rollback")
+    assert state(p).live == "v1"
