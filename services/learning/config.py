@@ -227,6 +227,14 @@ class PromotionConfig(_Frozen):
     promoted when not worse than live by more than ``tolerance``, else
     rejected and the canary cleared. While a canary runs, newer candidates
     wait (see :mod:`services.validation.canary`).
+
+    ``shadow_examples`` > 0 (default 0: off) puts a shadow stage first in
+    ``auto`` and ``canary`` mode (with a live version): a candidate that
+    passed is set as the model's shadow, judged on that many shadow answers
+    paired with the live answers to the same requests (the joiner's
+    ``ShadowScore``), by the same metric and tolerance, then promoted
+    (``auto``) or set as canary (``canary``), or rejected and the shadow
+    cleared (see :mod:`services.validation.shadow`). ``manual`` ignores it.
     """
 
     mode: Literal["manual", "auto", "canary"] = "manual"
@@ -237,6 +245,7 @@ class PromotionConfig(_Frozen):
     holdout_size: int = Field(default=2_000, ge=1, le=1_000_000)
     canary_percent: float = Field(default=10.0, gt=0.0, le=50.0, allow_inf_nan=False)
     canary_examples: int = Field(default=200, ge=1, le=MAX_COUNT)
+    shadow_examples: int = Field(default=0, ge=0, le=MAX_COUNT)
 
 
 class GuardConfig(_Frozen):

@@ -15,6 +15,9 @@ When the agent calls it
   an example whose request is in the model's holdout share goes into its
   buffer; the guard and then the gateway judge if that completed a sample.
 - :meth:`Validation.on_checkpoint` for each record of ``checkpoint-events``.
+- :meth:`Validation.on_shadow_score` for each record of ``shadow-scores``
+  (repeats dropped by the agent): a running shadow stage counts it
+  (:mod:`services.validation.shadow`).
 - :meth:`Validation.tick` about every second: reads each model's pointer to
   notice changes made by others (an operator's promote or rollback: the
   guard starts watching the new live), ends cooldowns, and retries what
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError
-from schemas.events import CheckpointEvent, TrainingExample, Verdict
+from schemas.events import CheckpointEvent, ShadowScore, TrainingExample, Verdict
 from services.learning.config import ModelConfig
 from services.pointer.base import PointerState, VersionPointer
 from services.validation.base import HoldoutExample, VersionEvaluator, is_held_out
@@ -61,6 +64,7 @@ class _Model:
     read: bool = False  # the pointer was read or changed here at least once
     pointer_error: str | None = None  # the last tick's read failure
     examples: int = 0
+    shadow_scores: int = 0
     duplicates: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
 
@@ -125,6 +129,14 @@ class Validation:
         verdicts += self._absorb(m, m.gateway.on_example(), "gateway")
         return verdicts
 
+    def on_shadow_score(self, score: ShadowScore) -> list[Verdict]:
+        """Count ``score`` for a running shadow stage; verdicts of the judgement it completed."""
+        m = self._model(score.model)
+        if m is None:
+            return []
+        m.shadow_scores += 1
+        return self._absorb(m, m.gateway.on_shadow_score(score), "gateway")
+
     def on_checkpoint(self, event: CheckpointEvent) -> list[Verdict]:
         """A candidate: judged now, or when enough held-out examples came."""
         m = self._model(event.model)
@@ -155,10 +167,12 @@ class Validation:
                     "capacity": m.buffer.size,
                     "added": m.buffer.added,
                     "examples_seen": m.examples,
+                    "shadow_scores_seen": m.shadow_scores,
                     "duplicates": m.duplicates,
                 },
                 "pending": m.gateway.describe(),
                 "canary": m.gateway.canary.describe(),
+                "shadow": m.gateway.shadow.describe(),
                 "guard": m.guard.describe(),
                 "rolled_back": sorted(m.guard.rolled_back),
                 "verdicts": dict(m.verdicts),
@@ -214,12 +228,12 @@ class Validation:
 
     def _absorb(self, m: _Model, out: Outcome, judge: Literal["gateway", "guard"]) -> list[Verdict]:
         """Record an outcome's pointer changes and verdicts; a promotion starts a watch
-        (setting or clearing a canary leaves live as it was: no watch)."""
+        (setting or clearing a canary or a shadow leaves live as it was: no watch)."""
         promoted = {v.version for v in out.verdicts if v.decision == "promote"}
         for state in out.changes:
             m.read, m.known = True, state
             if judge == "gateway" and state.live not in promoted:
-                continue  # the gateway set or cleared a canary
+                continue  # the gateway set or cleared a canary or a shadow
             if judge == "gateway":
                 m.guard.on_live(state, f"the gateway's promotion at epoch {state.epoch}")
             else:  # the guard's own rollback: seen, not watched
@@ -245,8 +259,9 @@ class Validation:
             keep += [m.known.live, m.known.previous, m.known.canary, m.known.shadow]
         if m.gateway.pending is not None:
             keep.append(m.gateway.pending.version)
-        if m.gateway.canary.run is not None:
-            keep += [m.gateway.canary.run.version, m.gateway.canary.run.live]
+        for stage in (m.gateway.canary, m.gateway.shadow):
+            if stage.run is not None:
+                keep += [stage.run.version, stage.run.live]
         if m.guard.watch is not None:
             keep += [m.guard.watch.live, m.guard.watch.replaced]
         try:
