@@ -16,7 +16,10 @@ How the pieces meet (``driftloop worker --role gateway``, ``streams/gateway.py``
                                    |                 |
                                    v                 v
                         LiveMetrics (per version)   Guard (live vs replaced)
+    shadow-scores --------> LiveMetrics (route shadow), ShadowStage (shadow vs live, paired)
     checkpoint-events --> Gateway (candidate vs live) --> pointer + verdicts
+
+:class:`RecentIds` drops repeated shadow scores by ``event_id`` before both.
 """
 
 from __future__ import annotations
