@@ -1,4 +1,4 @@
-"""The seven event types that travel on driftloop's topics (ARCHITECTURE.md, "Topics").
+"""The eight event types that travel on driftloop's topics (ARCHITECTURE.md, "Topics").
 
 Each model is frozen, strict and closed:
 
@@ -51,7 +51,7 @@ VersionAction: TypeAlias = Literal[
 Judge: TypeAlias = Literal["gateway", "guard"]
 """Who judged a version: the validation gateway (candidates) or the guard (the live version)."""
 Decision: TypeAlias = Literal[
-    "promote", "reject", "hold", "canary", "superseded", "rollback", "keep"
+    "promote", "reject", "hold", "canary", "superseded", "rollback", "keep", "shadow"
 ]
 """What a verdict decided (see :class:`Verdict`)."""
 
@@ -270,6 +270,77 @@ class TrainingExample(Event):
                 f"example_id must be training_example_id(request_id, feedback_event_id) "
                 f"= {expected!r}"
             )
+        return self
+
+
+def shadow_score_id(request_id: str, shadow_event_id: str) -> str:
+    """The deterministic ``event_id`` of the :class:`ShadowScore` of a request's shadow log.
+
+    One shadow log of a request is scored at most once, so the pair names the
+    score: a replayed join emits the same id and consumers drop the repeat.
+    """
+    material = f"shadow:{len(request_id)}:{request_id}+{len(shadow_event_id)}:{shadow_event_id}"
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class ShadowScore(Event):
+    """A shadow prediction paired with the live answer and the label of the same request.
+
+    Emitted by the attribution joiner, keyed by ``model`` on the
+    ``shadow-scores`` topic, when the window of a request that had a shadow
+    log (``route="shadow"``) and an example with a real label closes. It
+    carries what the shadow version answered, what the live (or canary)
+    version answered for the same request, and the label of the request's
+    training example, so both versions are scored on the same requests.
+    A request whose example has the default label gets none (a default is
+    not feedback). ``event_id`` is :func:`shadow_score_id` of ``request_id``
+    and ``shadow_event_id``; ``ts`` is the end of the request's window
+    (``live_ts + window + grace``), from the events alone: the same events
+    give byte-identical scores in every run and replay.
+    """
+
+    topic: ClassVar[str] = "shadow_scores"
+
+    request_id: EventId
+    """The request both versions answered."""
+    example_id: EventId
+    """The ``example_id`` of the request's training example (the label's source)."""
+    model: Name
+    """Model name."""
+    model_version: Name
+    """The shadow version (the shadow log's ``model_version``)."""
+    shadow_event_id: EventId
+    """event_id of the shadow InferenceLog."""
+    prediction: Scalar
+    """The shadow version's prediction (never returned to the caller)."""
+    scores: Annotated[dict[ScoreLabel, Probability], Field(max_length=L.MAX_SCORES)] | None = None
+    """The shadow version's class probabilities, when it had them."""
+    label: Scalar
+    """The label of the request's training example (feedback, never a default)."""
+    live_version: Name
+    """The version that served the request (the example's ``model_version``)."""
+    live_route: Route | None = None
+    """The route of the serving log (``live`` or ``canary``); absent when it had none."""
+    live_event_id: EventId
+    """event_id of the serving InferenceLog (the example's ``inference_event_id``)."""
+    live_ts: TimestampMs
+    """ts of the serving InferenceLog."""
+    live_prediction: Scalar
+    """What the serving version answered."""
+    live_scores: Annotated[dict[ScoreLabel, Probability], Field(max_length=L.MAX_SCORES)] | None = (
+        None
+    )
+    """The serving version's class probabilities, when it had them."""
+
+    @model_validator(mode="after")
+    def _check_id(self) -> Self:
+        expected = shadow_score_id(self.request_id, self.shadow_event_id)
+        if self.event_id != expected:
+            raise ValueError(
+                f"event_id must be shadow_score_id(request_id, shadow_event_id) = {expected!r}"
+            )
+        if self.live_route == "shadow":
+            raise ValueError("live_route is the serving log's route: live, canary or absent")
         return self
 
 
@@ -549,5 +620,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         VersionEvent,
         DeadLetter,
         Verdict,
+        ShadowScore,
     )
 }

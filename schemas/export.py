@@ -29,6 +29,7 @@ from schemas.events import (
     DeadLetter,
     FeedbackEvent,
     InferenceLog,
+    ShadowScore,
     TrainingExample,
     Verdict,
     VersionEvent,
@@ -48,6 +49,7 @@ EXPORTED: tuple[tuple[type[BaseModel], int], ...] = (
     (VersionEvent, CURRENT_SCHEMA_VERSION),
     (DeadLetter, CURRENT_SCHEMA_VERSION),
     (Verdict, CURRENT_SCHEMA_VERSION),
+    (ShadowScore, CURRENT_SCHEMA_VERSION),
     (CheckpointManifest, MANIFEST_SCHEMA_VERSION),
 )
 

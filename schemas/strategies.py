@@ -28,9 +28,11 @@ from schemas.events import (
     FeedbackKind,
     InferenceLog,
     Route,
+    ShadowScore,
     TrainingExample,
     VersionAction,
     VersionEvent,
+    shadow_score_id,
     training_example_id,
 )
 
@@ -260,6 +262,41 @@ def dead_letters() -> st.SearchStrategy[DeadLetter]:
     )
 
 
+def _score_maps() -> st.SearchStrategy[dict[str, float]]:
+    return st.dictionaries(
+        text(1, L.MAX_SCORE_LABEL_CHARS), finite_floats(min_value=0.0, max_value=1.0)
+    )
+
+
+@st.composite
+def shadow_scores(draw: st.DrawFn) -> ShadowScore:
+    """Shadow predictions paired with the live answer and the label."""
+    request_id, shadow_event_id = draw(ids()), draw(ids())
+    fields: dict[str, Any] = draw(st.fixed_dictionaries(_common()))
+    fields |= {
+        "event_id": shadow_score_id(request_id, shadow_event_id),
+        "request_id": request_id,
+        "example_id": draw(ids()),
+        "model": draw(names()),
+        "model_version": draw(names()),
+        "shadow_event_id": shadow_event_id,
+        "prediction": draw(scalars()),
+        "label": draw(scalars()),
+        "live_version": draw(names()),
+        "live_event_id": draw(ids()),
+        "live_ts": draw(timestamps()),
+        "live_prediction": draw(scalars()),
+    }
+    fields |= draw(
+        _optional_fields(
+            scores=_maybe(_score_maps()),
+            live_scores=_maybe(_score_maps()),
+            live_route=_maybe(st.sampled_from(["live", "canary"])),
+        )
+    )
+    return ShadowScore.model_validate(fields)
+
+
 #: Event type -> strategy generating valid events of that type.
 EVENT_STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     InferenceLog: inference_logs(),
@@ -268,6 +305,7 @@ EVENT_STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     CheckpointEvent: checkpoint_events(),
     VersionEvent: version_events(),
     DeadLetter: dead_letters(),
+    ShadowScore: shadow_scores(),
 }
 
 

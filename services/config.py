@@ -40,6 +40,7 @@ TOPIC_NAMES: dict[str, str] = {
     "version_events": "version-events",
     "dead_letters": "dead-letters",
     "verdicts": "verdicts",
+    "shadow_scores": "shadow-scores",
 }
 #: Topics driftloop's workers use among themselves, before the prefix: not part
 #: of the contract (nobody else reads or writes them), created by the worker
@@ -200,6 +201,10 @@ class TopicsConfig(BaseSettings):
     @property
     def verdicts(self) -> str:
         return self.name("verdicts")
+
+    @property
+    def shadow_scores(self) -> str:
+        return self.name("shadow_scores")
 
     @property
     def join_repartition(self) -> str:

@@ -1,8 +1,8 @@
 """The validation gateway and the guard as a faust agent (``driftloop worker --role gateway``).
 
 Faust wiring only (STYLE.md: agents decode, call a service, emit): the
-decisions live in :class:`services.validation.service.Validation`. Two
-agents feed it, both on one executor thread (model loads and scoring never
+decisions live in :class:`services.validation.service.Validation`. Three
+agents feed it, all on one executor thread (model loads and scoring never
 run on the event loop, and the service is never called concurrently):
 
 - ``training-examples``, in chunks: every example goes to
@@ -10,7 +10,13 @@ run on the event loop, and the service is never called concurrently):
   fill the model's holdout buffer, which may complete a waiting candidate's
   or the guard's sample), and to the per-version live metrics;
 - ``checkpoint-events``: each CheckpointEvent is a candidate
-  (:meth:`~services.validation.service.Validation.on_checkpoint`).
+  (:meth:`~services.validation.service.Validation.on_checkpoint`);
+- ``shadow-scores``, in chunks: each ShadowScore the joiner emitted (a
+  shadow prediction paired with the live answer and the label of the same
+  request), repeats dropped by ``event_id`` (the last 100,000), goes to the
+  live metrics (route ``shadow`` of the shadow version) and to
+  :meth:`~services.validation.service.Validation.on_shadow_score` (the
+  gateway's shadow stage).
 
 A timer calls :meth:`~services.validation.service.Validation.tick` every
 ``tick_interval_s`` (pointer changes made by others, retries, cooldowns)
@@ -30,7 +36,8 @@ new examples (a candidate waits for ``min_examples`` of them).
 
 A malformed CheckpointEvent goes to ``dead-letters`` with the reason; a
 malformed training example is counted and skipped (the trainer, which reads
-the same record, dead-letters it).
+the same record, dead-letters it); so is a malformed shadow score (only the
+joiner writes them).
 """
 
 from __future__ import annotations
@@ -43,10 +50,11 @@ from typing import Any, TypeVar
 
 import faust
 
-from schemas.events import CheckpointEvent, DeadLetter, TrainingExample, Verdict
+from schemas.events import CheckpointEvent, DeadLetter, ShadowScore, TrainingExample, Verdict
 from services.config import TopicsConfig
 from services.deadletters import RawRecord, decode_or_dead_letter
 from services.publish.faust import FaustPublisher
+from services.validation.base import RecentIds
 from services.validation.live_metrics import LiveMetrics
 from services.validation.service import Validation
 
@@ -98,6 +106,9 @@ class GatewayAgent:
         self.chunk = chunk
         self.chunk_wait_s = chunk_wait_s
         self.malformed_examples = 0
+        self.malformed_shadow_scores = 0
+        self.repeated_shadow_scores = 0
+        self.shadow_ids = RecentIds()
         self.verdicts = 0
         #: The last :meth:`render_metrics`, for the worker's ``/metrics`` endpoint.
         self.metrics_text = b""
@@ -106,8 +117,10 @@ class GatewayAgent:
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
         examples = app.topic(topics.training_examples, value_serializer="raw", **raw)
         candidates = app.topic(topics.checkpoint_events, value_serializer="raw", **raw)
+        shadows = app.topic(topics.shadow_scores, value_serializer="raw", **raw)
         app.agent(examples, name="gateway-holdout")(self._examples)
         app.agent(candidates, name="gateway-candidates")(self._candidates)
+        app.agent(shadows, name="gateway-shadow-scores")(self._shadow_scores)
         app.timer(tick_interval_s, name="gateway-tick")(self._tick)
         app.on_before_shutdown.connect(self._on_shutdown)
 
@@ -125,6 +138,13 @@ class GatewayAgent:
         async for events in stream.take_events(self.chunk, within=self.chunk_wait_s):
             records = [RawRecord.of(event.message) for event in events]
             verdicts = await self._run(self.handle_examples, records)
+            await self._emit(verdicts)
+            yield None
+
+    async def _shadow_scores(self, stream: Any) -> Any:
+        async for events in stream.take_events(self.chunk, within=self.chunk_wait_s):
+            records = [RawRecord.of(event.message) for event in events]
+            verdicts = await self._run(self.handle_shadow_scores, records)
             await self._emit(verdicts)
             yield None
 
@@ -149,6 +169,22 @@ class GatewayAgent:
             if self.live_metrics is not None:
                 self.live_metrics.update(example)
             out += self.validation.on_example(example)
+        return self._after(out)
+
+    def handle_shadow_scores(self, records: Sequence[RawRecord]) -> list[Verdict]:
+        """Decode and account for a chunk of shadow scores, dropping repeats (executor thread)."""
+        out: list[Verdict] = []
+        for record in records:
+            score = decode_or_dead_letter(ShadowScore, record)
+            if isinstance(score, DeadLetter):
+                self.malformed_shadow_scores += 1
+                continue
+            if not self.shadow_ids.add(score.event_id):
+                self.repeated_shadow_scores += 1
+                continue
+            if self.live_metrics is not None:
+                self.live_metrics.update_shadow(score)
+            out += self.validation.on_shadow_score(score)
         return self._after(out)
 
     def handle_candidate(self, record: RawRecord) -> list[Verdict | DeadLetter]:
@@ -177,6 +213,8 @@ class GatewayAgent:
             "# TYPE driftloop_gateway_verdicts_total counter",
             "# TYPE driftloop_gateway_holdout_examples gauge",
             "# TYPE driftloop_gateway_malformed_examples_total counter",
+            "# TYPE driftloop_gateway_malformed_shadow_scores_total counter",
+            "# TYPE driftloop_gateway_repeated_shadow_scores_total counter",
         ]
         for model, state in sorted(self.validation.describe()["models"].items()):
             for decision, count in sorted(state["verdicts"].items()):
@@ -185,6 +223,12 @@ class GatewayAgent:
             size = state["holdout"]["size"]
             lines.append(f'driftloop_gateway_holdout_examples{{model="{model}"}} {size}')
         lines.append(f"driftloop_gateway_malformed_examples_total {self.malformed_examples}")
+        lines.append(
+            f"driftloop_gateway_malformed_shadow_scores_total {self.malformed_shadow_scores}"
+        )
+        lines.append(
+            f"driftloop_gateway_repeated_shadow_scores_total {self.repeated_shadow_scores}"
+        )
         live = self.live_metrics.prometheus_text() if self.live_metrics is not None else ""
         return "\n".join(lines) + "\n" + live
 

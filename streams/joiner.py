@@ -4,8 +4,9 @@ One agent reads ``inference-logs``, ``feedback`` and the internal
 ``join-repartition`` topic together (faust assigns partition ``p`` of all
 three to one worker), decodes each raw record, hands it to
 :class:`~services.attribution.RoutedJoin` and sends what comes back:
-examples to ``training-examples`` (key: model), refusals and undecodable
-records to ``dead-letters`` (key: source topic) — both through the one event
+examples to ``training-examples`` and shadow scores to ``shadow-scores``
+(key: model), refusals and undecodable
+records to ``dead-letters`` (key: source topic) — all through the one event
 publisher (:class:`~services.publish.faust.FaustPublisher`) — records read on another
 partition than their request's join partition to ``join-repartition`` at
 that partition (raw key and value as read, source coordinates in a header).
@@ -113,7 +114,7 @@ from aiokafka import errors as aiokafka_errors
 
 from schemas.codec import encode
 from schemas.errors import SchemaError
-from schemas.events import DeadLetter, FeedbackEvent, InferenceLog, TrainingExample
+from schemas.events import DeadLetter, FeedbackEvent, InferenceLog, ShadowScore, TrainingExample
 from schemas.limits import MAX_PENDING_RAW_BYTES
 from services.attribution import (
     FEEDBACK,
@@ -125,6 +126,7 @@ from services.attribution import (
     Outcome,
     PendingRequest,
     RoutedJoin,
+    Scored,
     SourceRef,
     source_input,
     source_inputs,
@@ -152,10 +154,10 @@ class Forwarded:
     headers: list[tuple[str, bytes]]
 
 
-#: One output of a record: an example or a dead letter (contract events, sent
-#: through the :class:`~services.publish.faust.FaustPublisher`), or a record
-#: forwarded to the repartition topic (internal, raw).
-Send = TrainingExample | DeadLetter | Forwarded
+#: One output of a record: an example, a shadow score or a dead letter (contract
+#: events, sent through the :class:`~services.publish.faust.FaustPublisher`), or
+#: a record forwarded to the repartition topic (internal, raw).
+Send = TrainingExample | ShadowScore | DeadLetter | Forwarded
 
 #: Table keys that are not request ids start with this character.
 _META = "\x00"
@@ -575,14 +577,18 @@ class JoinerWorker:
         self.stats.dead_letters[letter.error_kind] += 1
         return letter
 
-    def _send(self, outcome: Outcome, current: RawRecord) -> TrainingExample | DeadLetter:
-        """An outcome as the example or dead letter to send. A
+    def _send(
+        self, outcome: Outcome, current: RawRecord
+    ) -> TrainingExample | ShadowScore | DeadLetter:
+        """An outcome as the example, shadow score or dead letter to send. A
         refusal of ``current`` (the record being handled) keeps its key and
         value as read; one of an earlier record (an orphan or late feedback held
         in the pending state) keeps the value its :class:`SourceRef` carried,
         else the canonical encoding, which then *is* the value as it arrived."""
         if isinstance(outcome, Emit):
             return outcome.example
+        if isinstance(outcome, Scored):
+            return outcome.score
         source = outcome.source
         if (source.topic, source.partition, source.offset) == (
             current.topic,

@@ -174,7 +174,12 @@ def build(
         from streams.joiner import JoinerWorker
 
         joiner = JoinerWorker(app, topics, JoinerConfig())
-        wanted += [topics.inference_logs, topics.feedback, topics.join_repartition]
+        wanted += [
+            topics.inference_logs,
+            topics.feedback,
+            topics.join_repartition,
+            topics.shadow_scores,
+        ]
         log.info("joiner on %s + %s", topics.inference_logs, topics.feedback)
     if role in ("trainer", "all"):
         path = models_path or worker.models
@@ -246,7 +251,7 @@ def build(
             kafka=kafka,
             tick_interval_s=worker.tick_interval_s,
         )
-        wanted += [topics.checkpoint_events, topics.verdicts]
+        wanted += [topics.checkpoint_events, topics.verdicts, topics.shadow_scores]
         if worker.metrics_port is not None:
             from services.metrics_http import serve_metrics
 

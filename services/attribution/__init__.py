@@ -15,7 +15,15 @@ from services.attribution.expiry import (
     ExpiryIndex,
     Watermarks,
 )
-from services.attribution.joiner import OWN, AttributionJoiner, Emit, Outcome, Own, Reject
+from services.attribution.joiner import (
+    OWN,
+    AttributionJoiner,
+    Emit,
+    Outcome,
+    Own,
+    Reject,
+    Scored,
+)
 from services.attribution.routing import (
     Forward,
     Marker,
@@ -58,6 +66,7 @@ __all__ = [
     "PendingStore",
     "Reject",
     "RoutedJoin",
+    "Scored",
     "SourceRef",
     "Watermarks",
     "join_partition",

@@ -40,18 +40,36 @@ Rules (``JoinerConfig`` names the knobs; the clocks are explained in
 - One inference log per route for a request: its live or canary log (route
   ``live``, ``canary`` or none) is the one that makes the training example,
   and a second one (another event_id) is a ``duplicate`` of field
-  ``request_id``, open or closed. A shadow log (``route="shadow"``), from
-  the shadow slot answering the same request for scoring, is kept beside it
+  ``request_id``, open or closed. A shadow log (``route="shadow"``), from the
+  shadow slot answering the same request for scoring, is kept beside it
   (:attr:`PendingRequest.shadow`) whichever comes first: it never makes a
   training example, never receives the feedback, never makes the live log a
   duplicate nor is dead-lettered as one of it. When the request's window
   closes the shadow log is counted (:attr:`JoinStats.shadows_closed`) and
-  dropped without a dead letter (scoring shadows is the gateway's work);
-  one that comes after the window closed, and a second shadow log for the
-  request (another event_id; which of two comes first depends on the read
-  order), are remembered and dropped the same way. A shadow log too far
-  behind its topic's watermark is ``late``, as every event is; a repeat of
-  its event_id is a duplicate like any repeat.
+  dropped without a dead letter, after it is *scored*: a
+  :class:`~schemas.events.ShadowScore` (:class:`Scored`; ``shadow-scores``,
+  key: model) pairs its prediction with the live log's and the label of the
+  request's example, when the request made an example with a real label (none
+  for a default label, a dropped window, or a request without a live log) and
+  the shadow log was read in time: before its own input's watermark had passed
+  the end of the request's window (``live.ts + window + grace``), the rule
+  that judges feedback read late. Read in time, a shadow log always comes
+  before the window closes, whatever the merge; read later, it never counts,
+  whether or not the window had closed in that merge. It must also be within a
+  window of the live log (``|shadow.ts - live.ts| <= window``); a shadow log
+  that comes first waits for its live log as feedback does (``shadow.ts + 2 *
+  window + grace``), so a live log within a window of it always finds it. A
+  second shadow log read in time (another event_id: a retry; which of two
+  comes first depends on the read order) makes the request's shadow ambiguous:
+  no score. Each kept shadow log remembers its mark, the one with the smaller
+  mark is kept, the others only their smallest mark, so the verdict is the
+  same in every read order. One that comes after the window closed is
+  remembered and dropped. A shadow log too far behind its topic's watermark is
+  ``late``, as every event is; a repeat of its event_id is a duplicate like
+  any repeat. The score's ``event_id`` is
+  :func:`~schemas.events.shadow_score_id` of the request and the shadow log,
+  its ``ts`` the window's end: byte-identical in every interleaving and
+  replay, like the examples.
 - ``example_id = training_example_id(request_id, feedback_event_id)``; the
   example's ``event_id`` is the example_id. Its ``ts`` is the event time at
   which it was decided, from the events alone: ``max(inference.ts,
@@ -80,7 +98,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from schemas.codec import encode
-from schemas.events import FeedbackEvent, InferenceLog, TrainingExample, training_example_id
+from schemas.events import (
+    FeedbackEvent,
+    InferenceLog,
+    ShadowScore,
+    TrainingExample,
+    shadow_score_id,
+    training_example_id,
+)
 from services.attribution.config import JoinerConfig
 from services.attribution.expiry import (
     DEFAULT_INPUTS,
@@ -108,6 +133,14 @@ class Emit:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """A shadow log scored at its request's window close: to send to
+    ``shadow-scores`` (key: its model)."""
+
+    score: ShadowScore
+
+
+@dataclass(frozen=True)
 class Reject:
     """An input the joiner refuses; the agent writes it to ``dead-letters``.
 
@@ -123,7 +156,7 @@ class Reject:
     field: str | None = None
 
 
-Outcome = Emit | Reject
+Outcome = Emit | Scored | Reject
 
 
 def _number(label: bool | int | float | str) -> float:
@@ -253,7 +286,8 @@ class AttributionJoiner:
             self._duplicate(log, source, out)
             return out
         if log.route == "shadow":
-            out.extend(self._on_shadow(entry, log, source, partition))
+            mark = 0 if behind is None else max(0, log.ts + behind)  # the watermark before it
+            out.extend(self._on_shadow(entry, log, partition, mark))
             self._publish_gauges()
             return out
         served = None
@@ -290,16 +324,27 @@ class AttributionJoiner:
         return out
 
     def _on_shadow(
-        self, entry: PendingRequest | None, log: InferenceLog, source: SourceRef, partition: int
+        self, entry: PendingRequest | None, log: InferenceLog, partition: int, mark: int
     ) -> list[Outcome]:
-        """Keep ``log``, a shadow log of its request (see the module rules)."""
-        held = None
-        if entry is not None:
-            held = entry.shadow.event_id if entry.shadow else entry.closed_shadow_id
+        """Keep ``log``, a shadow log of its request read when its input's
+        watermark was ``mark`` (see the module rules)."""
         self.stats.shadow_logs += 1
-        if entry is not None and held is not None:
+        if entry is not None and entry.shadow is None and entry.closed_shadow_id is not None:
+            # the request's shadow log was dropped at an earlier close: this one is a second
+            self._remember(entry, log)
+            self.stats.shadows_closed += 1
+            return []
+        if entry is not None and entry.shadow is not None:
             # a second one: which of two shadow logs comes first is the read
-            # order's (they may sit on different partitions), so neither is refused
+            # order's (they may sit on different partitions), so neither is
+            # refused; the one read at the smaller mark is kept, the other's
+            # mark remembered (either may make the shadow ambiguous)
+            kept = entry.shadow_mark
+            if mark < kept:
+                entry.shadow, entry.shadow_mark = log, mark
+            other = max(mark, kept)
+            if entry.other_shadow_mark is None or other < entry.other_shadow_mark:
+                entry.other_shadow_mark = other
             self._remember(entry, log)
             self.stats.shadows_closed += 1
             return []
@@ -308,14 +353,18 @@ class AttributionJoiner:
             self._remember(entry, log)
             self.stats.shadows_closed += 1
             return []
+        # without its live log, it waits for it as feedback does (a live log
+        # within a window of it can come until then), and never closes sooner
+        # than the request's feedback waits
         if entry is None:
             entry = self._new_entry(log.request_id, partition)
-            entry.deadline = log.ts + self.config.horizon_ms
+            entry.deadline = log.ts + self._wait_ms
         else:
             self._count(entry, -1)
-            if entry.inference is None:  # never sooner than its feedback waits
-                entry.deadline = max(entry.deadline, log.ts + self.config.horizon_ms)
+            if entry.inference is None:
+                entry.deadline = max(entry.deadline, log.ts + self._wait_ms)
         entry.shadow = log
+        entry.shadow_mark = mark
         entry.saw(log)
         self._save(entry)
         return []
@@ -544,6 +593,7 @@ class AttributionJoiner:
             return []
         if self.config.feedback_policy == "first":
             entry.status = "emitted"
+            entry.example_label = event.label  # for the shadow's score, at the close
             entry.feedback = []
             ts = max(inference.ts, event.ts)
             return [self._emit(entry, event, event.label, event.weight, ts)]
@@ -576,26 +626,75 @@ class AttributionJoiner:
             self.store.delete(entry.request_id)
             return []
         out: list[Outcome] = []
+        label = entry.example_label if entry.status == "emitted" else None
         if entry.inference is None:
             out.extend(self._orphan(pending) for pending in entry.feedback)
         elif entry.status == "open":
-            out.extend(self._final_label(entry, entry.deadline))
+            for outcome in self._final_label(entry, entry.deadline):
+                out.append(outcome)
+                if not outcome.example.label_is_default:
+                    label = outcome.example.label
         if entry.inference is not None:
             entry.closed_inference_id = entry.inference.event_id
             entry.closed_inference_ts = entry.inference.ts
-        if entry.shadow is not None:  # kept for scoring only: dropped, no dead letter
+        if entry.shadow is not None:  # kept for scoring only: no dead letter
             self.stats.shadows_closed += 1
             entry.closed_shadow_id = entry.shadow.event_id
+            if label is not None:
+                out.extend(self._score_shadow(entry, label))
         entry.status = "closed"
         entry.inference = None
         entry.shadow = None
+        entry.shadow_mark = 0
+        entry.other_shadow_mark = None
+        entry.example_label = None
         entry.inference_source = None
         entry.feedback = []
         entry.deadline = self._forget_at(entry)
         self._save(entry)
         return out
 
-    def _final_label(self, entry: PendingRequest, ts: int) -> list[Outcome]:
+    def _score_shadow(
+        self, entry: PendingRequest, label: bool | int | float | str
+    ) -> list[Outcome]:
+        """The shadow log of ``entry`` paired with its live log and its example's
+        ``label``, if it was read in time and is the only one (see the module rules)."""
+        live, shadow = entry.inference, entry.shadow
+        assert live is not None  # noqa: S101 - the caller checked; narrows the type
+        assert shadow is not None  # noqa: S101 - the caller checked; narrows the type
+        end = live.ts + self.config.horizon_ms
+        window = self.config.window_ms
+        if (
+            shadow.model != live.model
+            or entry.example_id is None
+            or entry.shadow_mark > end
+            or abs(shadow.ts - live.ts) > window
+        ):
+            return []
+        if entry.other_shadow_mark is not None and entry.other_shadow_mark <= end:
+            return []  # two shadow answers for one request: neither is scored
+        self.stats.shadow_scores += 1
+        score = ShadowScore.new(
+            event_id=shadow_score_id(entry.request_id, shadow.event_id),
+            ts=end,
+            request_id=entry.request_id,
+            example_id=entry.example_id,
+            model=shadow.model,
+            model_version=shadow.model_version,
+            shadow_event_id=shadow.event_id,
+            prediction=shadow.prediction,
+            scores=shadow.scores,
+            label=label,
+            live_version=live.model_version,
+            live_route=live.route,
+            live_event_id=live.event_id,
+            live_ts=live.ts,
+            live_prediction=live.prediction,
+            live_scores=live.scores,
+        )
+        return [Scored(score)]
+
+    def _final_label(self, entry: PendingRequest, ts: int) -> list[Emit]:
         feedback = [p.event for p in entry.feedback]
         if not feedback:
             if self.config.no_feedback_policy == "drop":

@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import FeedbackEvent, InferenceLog
+from schemas.events import FeedbackEvent, InferenceLog, Scalar
 
 Status = Literal["open", "emitted", "closed"]
 
@@ -80,8 +80,16 @@ class PendingRequest(BaseModel):
     largest ``ts`` of the events in ``seen_event_ids``. ``inference`` is the
     request's live or canary log, the one that makes its example;
     ``shadow`` its shadow log (``route="shadow"``), kept for scoring only,
-    and ``closed_shadow_id`` that log's event_id in a tombstone. Entries
-    written before shadow logs were kept have neither and read unchanged.
+    and ``closed_shadow_id`` that log's event_id in a tombstone.
+    ``shadow_mark`` is the watermark of the shadow log's input just before
+    it (0: none yet), by which it is judged read in time or not once the
+    live log is known; ``other_shadow_mark`` the smallest such mark of the
+    request's other shadow logs (None: no other), which make the shadow
+    ambiguous when read in time too (see :mod:`services.attribution.joiner`).
+    ``example_label`` is the label of the example emitted at the match
+    (``feedback_policy="first"``), kept until the window closes for the
+    request's :class:`~schemas.events.ShadowScore`. Entries written before
+    these fields existed have none of them and read unchanged.
     """
 
     request_id: str
@@ -99,6 +107,9 @@ class PendingRequest(BaseModel):
     max_ts: int = 0
     shadow: InferenceLog | None = None
     closed_shadow_id: str | None = None
+    shadow_mark: int = 0
+    other_shadow_mark: int | None = None
+    example_label: Scalar | None = None
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.seen_event_ids

@@ -58,7 +58,8 @@ class JoinStats:
     inference never came); ``shadow_logs`` (shadow inference logs kept for
     a request, never joined) and ``shadows_closed`` (those dropped, without a
     dead letter, when their request's window closed or because it had
-    closed); ``idle_releases`` (an idle input partition left out
+    closed); ``shadow_scores`` (of those, the ones scored: a ShadowScore
+    emitted); ``idle_releases`` (an idle input partition left out
     of its partition's closing watermark, see
     :mod:`services.attribution.expiry`); ``forwarded`` (records read on another
     partition than their request's join partition, sent on through the
@@ -91,6 +92,7 @@ class JoinStats:
     unmatched: int = 0
     shadow_logs: int = 0
     shadows_closed: int = 0
+    shadow_scores: int = 0
     idle_releases: int = 0
     forwarded: int = 0
     rewinds: int = 0
@@ -121,6 +123,7 @@ class JoinStats:
             "unmatched": self.unmatched,
             "shadow_logs": self.shadow_logs,
             "shadows_closed": self.shadows_closed,
+            "shadow_scores": self.shadow_scores,
             "idle_releases": self.idle_releases,
             "forwarded": self.forwarded,
             "rewinds": self.rewinds,
@@ -156,6 +159,7 @@ class JoinStats:
             "unmatched",
             "shadow_logs",
             "shadows_closed",
+            "shadow_scores",
             "idle_releases",
             "forwarded",
             "rewinds",

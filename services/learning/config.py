@@ -232,6 +232,14 @@ class PromotionConfig(_Frozen):
     it passed the same-request holdout comparison already, and the guard
     watches it once live. While a canary runs, newer candidates wait (see
     :mod:`services.validation.canary`).
+
+    ``shadow_examples`` > 0 (default 0: off) puts a shadow stage first in
+    ``auto`` and ``canary`` mode (with a live version): a candidate that
+    passed is set as the model's shadow, judged on that many shadow answers
+    paired with the live answers to the same requests (the joiner's
+    ``ShadowScore``), by the same metric and tolerance, then promoted
+    (``auto``) or set as canary (``canary``), or rejected and the shadow
+    cleared (see :mod:`services.validation.shadow`). ``manual`` ignores it.
     """
 
     mode: Literal["manual", "auto", "canary"] = "manual"
@@ -243,6 +251,7 @@ class PromotionConfig(_Frozen):
     canary_percent: float = Field(default=10.0, gt=0.0, le=50.0, allow_inf_nan=False)
     canary_examples: int = Field(default=200, ge=1, le=MAX_COUNT)
     canary_confidence: float = Field(default=0.95, ge=0.0, lt=1.0, allow_inf_nan=False)
+    shadow_examples: int = Field(default=0, ge=0, le=MAX_COUNT)
 
 
 class GuardConfig(_Frozen):

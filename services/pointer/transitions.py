@@ -16,7 +16,9 @@ The rules
   forward again. (Rolled-back versions stay in the store only while their
   other retention keeps them; pin one to keep it.)
 - **canary** ``v`` at ``p`` percent (0 < p <= 100), ``v`` not live; a live
-  version must exist. Clearing a canary that is not set is refused.
+  version must exist; a shadow equal to ``v`` is cleared (it moves from the
+  shadow slot to the canary slot in one change). Clearing a canary that is
+  not set is refused.
 - **shadow** ``v``, ``v`` not live; a live version must exist. Clearing a
   shadow that is not set is refused.
 - ``previous`` is always the newest history entry (None when the history is
@@ -136,7 +138,8 @@ def set_canary(
         )
     if not 0.0 < percent <= 100.0:
         raise PointerError("canary percent must be > 0 and <= 100", model=model, percent=percent)
-    after = _replace(cur, canary=version, canary_percent=float(percent))
+    shadow = None if cur.shadow == version else cur.shadow
+    after = _replace(cur, canary=version, canary_percent=float(percent), shadow=shadow)
     return _change(before, after, "canary", actor, reason, now_ms)
 
 

@@ -16,11 +16,15 @@ How the pieces meet (``driftloop worker --role gateway``, ``streams/gateway.py``
                                    |                 |
                                    v                 v
                         LiveMetrics (per version)   Guard (live vs replaced)
+    shadow-scores --------> LiveMetrics (route shadow), ShadowStage (shadow vs live, paired)
     checkpoint-events --> Gateway (candidate vs live) --> pointer + verdicts
+
+:class:`RecentIds` drops repeated shadow scores by ``event_id`` before both.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -122,3 +126,30 @@ class VersionEvaluator(Protocol):
     def forget(self, model: str, keep: Sequence[str] = ()) -> None:
         """Drop cached versions of ``model`` except ``keep`` (memory)."""
         ...
+
+
+class RecentIds:
+    """The last ``limit`` event ids seen, to drop repeats of at-least-once deliveries.
+
+    :meth:`add` says whether an id is new; the oldest ids are forgotten first,
+    so a repeat further back than ``limit`` events counts again.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, event_id: str) -> bool:
+        """Remember ``event_id``; True if it was not among the last ``limit``."""
+        if event_id in self._ids:
+            self._ids.move_to_end(event_id)
+            return False
+        self._ids[event_id] = None
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._ids)

@@ -16,7 +16,14 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   (``set_canary``, same actor, reason and ``expected_epoch``): decision
   ``canary`` with the epoch after it, and the
   :class:`~services.validation.canary.CanaryStage` then promotes or rejects
-  it on its canary-route examples (its own rules). A candidate
+  it on its canary-route examples (its own rules). With
+  ``promotion.shadow_examples`` > 0, in ``auto`` and ``canary`` mode with a
+  live version, a candidate that passed is first set as the model's shadow
+  (``set_shadow``, same actor, reason and ``expected_epoch``): decision
+  ``shadow`` with the epoch after it, and the
+  :class:`~services.validation.shadow.ShadowStage` judges it on its shadow
+  answers paired with live's, then promotes it (``auto``), sets it as canary
+  (``canary``: the canary stage follows) or rejects it. A candidate
   that fails is ``reject``. A live version that cannot be scored (a failed
   check, or no value) is no baseline: a candidate whose evaluation passed
   passes. Examples the model refuses (``Evaluation.skipped``, the same for
@@ -29,10 +36,10 @@ The rules (the policy is the model's :class:`~services.learning.config.Promotion
   ran passed; no value is needed, as there may be no examples yet, or a
   fresh classifier scores none). In ``canary`` mode too it is promoted: a
   canary needs a live version.
-- **One canary at a time.** While a canary runs (until its ``promote`` or
-  ``reject``), a candidate waits (newest wins) and is judged once the canary
-  is decided, against the live version then; one that already scores worse
-  than live is rejected at once (see "waiting" below).
+- **One trial at a time.** While a shadow or a canary runs (until its
+  stage's last verdict), a candidate waits (newest wins) and is judged once
+  it is decided, against the live version then; one that already scores
+  worse than live is rejected at once (see "waiting" below).
 - **Ignored, no verdict:** a candidate equal to the live version, one already
   judged (replays of ``checkpoint-events`` after a rebalance) or the one
   already waiting. The memory of judged versions is this object's
@@ -79,7 +86,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import CheckpointEvent, TrainingExample, Verdict
+from schemas.events import CheckpointEvent, ShadowScore, TrainingExample, Verdict
 from services.learning.config import ModelConfig
 from services.pointer.base import (
     PointerError,
@@ -95,6 +102,7 @@ from services.validation.base import HoldoutExample, VersionEvaluator
 from services.validation.canary import CanaryStage
 from services.validation.holdout import HoldoutBuffer
 from services.validation.judging import Outcome
+from services.validation.shadow import ShadowStage
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +175,7 @@ class Gateway:
         self.unsettled = unsettled
         self.pending: Candidate | None = None
         self.canary = CanaryStage(config, pointer)
+        self.shadow = ShadowStage(config, pointer, then_canary=self.canary.start)
         self._judged: OrderedDict[str, None] = OrderedDict()
 
     def offer(self, event: CheckpointEvent) -> Outcome:
@@ -197,23 +206,37 @@ class Gateway:
         if self.canary.run is None:
             return Outcome()
         out = self.canary.on_example(example)
-        out.extend(self._after_canary())
+        out.extend(self._after_trial())
+        return out
+
+    def on_shadow_score(self, score: ShadowScore) -> Outcome:
+        """Every shadow score: the running shadow stage counts it; a candidate waiting
+        for it is judged once it is decided (and a canary it became, too)."""
+        if self.shadow.run is None:
+            return Outcome()
+        out = self.shadow.on_score(score)
+        out.extend(self._after_trial())
         return out
 
     def retry(self) -> Outcome:
-        """Each tick: follow the running canary; judge again a candidate blocked by the pointer."""
-        if self.canary.run is not None:
-            out = self.canary.tick()
-            out.extend(self._after_canary())
-            return out
+        """Each tick: follow the running trial; judge again a candidate blocked by the pointer."""
+        for stage in (self.shadow, self.canary):
+            if stage.run is not None:
+                out = stage.tick()
+                out.extend(self._after_trial())
+                return out
         cand = self.pending
         if cand is None or cand.blocked is None:
             return Outcome()
         return self._judge(cand)
 
-    def _after_canary(self) -> Outcome:
+    def _trial(self) -> str | None:
+        """Why candidates wait for a running shadow or canary, or None."""
+        return self.shadow.waiting() or self.canary.waiting()
+
+    def _after_trial(self) -> Outcome:
         cand = self.pending
-        if self.canary.run is not None or cand is None or cand.blocked is not None:
+        if self._trial() is not None or cand is None or cand.blocked is not None:
             return Outcome()
         return self._judge(cand)
 
@@ -228,14 +251,15 @@ class Gateway:
             "blocked": cand.blocked,
             "waiting_for_guard": cand.waiting,
             "waiting_for_canary": self.canary.waiting(),
+            "waiting_for_shadow": self.shadow.waiting(),
             "promotion_unconfirmed": cand.sent is not None,
         }
 
     # -- judging -----------------------------------------------------------
 
     def _judge(self, cand: Candidate) -> Outcome:
-        if self.canary.run is not None and cand.prejudged is not None:
-            cand.blocked = None  # compared once already; judged when the canary is decided
+        if self._trial() is not None and cand.prejudged is not None:
+            cand.blocked = None  # compared once already; judged when the trial is decided
             return Outcome()
         stale: list[str] = []
         while True:
@@ -251,8 +275,7 @@ class Gateway:
                 fields = {**cand.sent, "reason": reason, "epoch": epoch}
                 out = self._finish(cand, J.verdict(**fields))
                 out.changes.append(state)
-                if fields["decision"] == "canary" and live is not None:
-                    self.canary.start(cand.version, live, epoch, fields["checks"])
+                self._start_trial(fields, live, epoch)
                 return out
             cand.sent = None  # a promotion sent before did not apply (or was undone)
             if live == cand.version:
@@ -264,9 +287,8 @@ class Gateway:
             if live is not None and len(examples) < self.config.promotion.min_examples:
                 cand.blocked = None
                 return Outcome()
-            if self.canary.run is not None:
-                waiting: str | None = self.canary.waiting() or "a canary runs"
-            else:
+            waiting: str | None = self._trial()
+            if waiting is None:
                 waiting = self.unsettled(live) if live is not None else None
             if waiting is not None:
                 cand.blocked, cand.waiting = None, waiting
@@ -292,7 +314,13 @@ class Gateway:
                 held = "held: the policy is manual, an operator promotes"
                 return self._decide(cand, comparison, "hold", held + again)
             cfg = self.config.promotion
-            if cfg.mode == "canary" and live is not None:
+            if ShadowStage.used(self.config) and live is not None:
+                decision = "shadow"
+                done = (
+                    f"set as shadow (judged after {cfg.shadow_examples} shadow answers paired"
+                    " with live's)"
+                )
+            elif cfg.mode == "canary" and live is not None:
                 decision = "canary"
                 done = (
                     f"set as canary at {cfg.canary_percent:g}% of the traffic (judged after"
@@ -304,7 +332,15 @@ class Gateway:
             fields = {**comparison.fields, "decision": decision}
             fields["reason"] = f"{comparison.summary}; {done}{again}"
             try:
-                if decision == "canary":
+                if decision == "shadow":
+                    event = self.pointer.set_shadow(
+                        self.model,
+                        cand.version,
+                        actor="gateway",
+                        reason=J.cut(fields["reason"]),
+                        expected_epoch=epoch,
+                    )
+                elif decision == "canary":
                     event = self.pointer.set_canary(
                         self.model,
                         cand.version,
@@ -345,9 +381,17 @@ class Gateway:
                 return Outcome()
             out = self._finish(cand, J.verdict(**{**fields, "epoch": event.epoch}))
             out.changes.append(state_of(event))
-            if decision == "canary" and live is not None:
-                self.canary.start(cand.version, live, event.epoch, fields["checks"])
+            self._start_trial(fields, live, event.epoch)
             return out
+
+    def _start_trial(self, fields: dict[str, Any], live: str | None, epoch: int) -> None:
+        """After a ``shadow`` or ``canary`` verdict: its stage follows the candidate."""
+        if live is None:
+            return
+        if fields["decision"] == "shadow":
+            self.shadow.start(fields["version"], live, epoch, fields["checks"])
+        elif fields["decision"] == "canary":
+            self.canary.start(fields["version"], live, epoch, fields["checks"])
 
     def _compare(
         self, version: str, live: str | None, examples: list[HoldoutExample]
@@ -432,7 +476,7 @@ class Gateway:
     def _superseded(self, cand: Candidate, newer: str) -> Verdict:
         cfg = self.config.promotion
         version = cand.version
-        running = self.canary.waiting()
+        running = self._trial()
         if running is not None:
             waited = running
         elif cand.blocked is not None:
@@ -488,6 +532,8 @@ class Gateway:
 def _applied(cand: Candidate, state: PointerState) -> bool:
     """Whether the change ``cand.sent`` describes is what the pointer shows."""
     assert cand.sent is not None  # noqa: S101 - the caller checked; guards no input
+    if cand.sent["decision"] == "shadow":
+        return state.shadow == cand.version and state.live != cand.version
     if cand.sent["decision"] == "canary":
         return state.canary == cand.version and state.live != cand.version
     return state.live == cand.version

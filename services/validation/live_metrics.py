@@ -20,6 +20,18 @@ What an example counts as, in this order:
   and ``cross_entropy`` need ``scores``; ``without_scores`` counts those that
   had none).
 
+Shadow predictions come as :class:`~schemas.events.ShadowScore` events
+(:meth:`LiveMetrics.update_shadow`): the shadow version's answer against the
+label of the request's example, scored the same way under route ``shadow``
+of the shadow version (``ShadowScore.model_version``). The joiner emits none
+for a default label, so a shadow route has no ``defaults``; every other
+count reads as above. With ``with_live`` the same event's live answer is
+scored too, under route ``live`` of ``live_version``: the live figures of
+exactly the requests the shadow answered (the gateway's shadow stage keeps
+such paired figures; the process-wide figures take the live route from the
+training examples, so they leave it off). Repeats are the caller's to drop
+(by ``event_id``).
+
 Labels become targets as the trainer makes them (the model adapter's
 ``target()``: ``positive_label``, binary river classifiers learning bools,
 ``1.0`` -> ``1``; see :mod:`services.learning.labels`). Score names are the
@@ -40,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.errors import SchemaError
-from schemas.events import TrainingExample
+from schemas.events import Scalar, ShadowScore, TrainingExample
 from services.learning.adapters import Example, Score
 from services.learning.config import ModelConfig
 from services.learning.labels import Label, binary_target, class_label, regression_target
@@ -48,6 +60,8 @@ from services.learning.metrics import PrequentialMetrics
 
 #: Route label of an example whose inference log named no route.
 NO_ROUTE = "none"
+#: Route label of shadow predictions (:meth:`LiveMetrics.update_shadow`).
+SHADOW_ROUTE = "shadow"
 #: Versions per model whose figures are kept in memory (least recently updated dropped first).
 MAX_VERSIONS = 64
 #: Metrics fed class probabilities (as in :mod:`services.learning.metrics`); the others
@@ -208,8 +222,36 @@ class LiveMetrics:
         if example.prediction is None:
             figures.unscored += 1
             return
+        self._scored(m, figures, example, example.prediction, example.scores)
+
+    def update_shadow(self, score: ShadowScore, *, with_live: bool = False) -> None:
+        """Score the shadow answer of ``score`` under route ``shadow`` (and, ``with_live``,
+        its live answer under route ``live``); never raises on the event's content."""
+        m = self._models.get(score.model)
+        if m is None:
+            self.ignored[score.model] += 1
+            return
+        answers: list[tuple[str, str, Scalar, Mapping[str, float] | None]] = [
+            (score.model_version, SHADOW_ROUTE, score.prediction, score.scores)
+        ]
+        if with_live:
+            answers.append((score.live_version, "live", score.live_prediction, score.live_scores))
+        for version, route, prediction, scores in answers:
+            figures = self._figures(m, version, route)
+            self._seq += 1
+            figures.seen(score.ts, self._seq)
+            self._scored(m, figures, score, prediction, scores)
+
+    def _scored(
+        self,
+        m: _ModelFigures,
+        figures: RouteFigures,
+        labelled: Labelled,
+        prediction: Scalar,
+        scores: Mapping[str, float] | None,
+    ) -> None:
         try:
-            score = score_served(m.rule, example)
+            score = _score(m.rule, labelled, prediction, scores)
         except SchemaError:
             figures.invalid += 1
             return
@@ -307,14 +349,50 @@ class LiveMetrics:
 def score_served(rule: LabelRule, example: TrainingExample) -> Score:
     """The logged answer of ``example`` (its ``prediction``, which must be set) against its
     target, as the trainer scores it; SchemaError when the label or prediction cannot be one."""
-    y_true = rule.target(example)
     assert example.prediction is not None  # noqa: S101 - the caller checked; guards no input
+    return _score(rule, example, example.prediction, example.scores)
+
+
+class Labelled(Protocol):
+    """What :func:`_score` reads of an event besides the answer: a TrainingExample
+    and a ShadowScore both have it."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def example_id(self) -> str: ...
+    @property
+    def label(self) -> Label: ...
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A :class:`Labelled` as the :class:`~services.learning.adapters.Example` a
+    label rule reads (the rules read ``label`` only; no features, unit weight)."""
+
+    example_id: str
+    request_id: str
+    model: str
+    label: Label
+    features: Mapping[str, bool | int | float | str] = field(default_factory=dict)
+    weight: float = 1.0
+
+
+def _score(
+    rule: LabelRule, labelled: Labelled, prediction: Scalar, scores: Mapping[str, float] | None
+) -> Score:
+    """A logged answer (``prediction``, ``scores``) against the target of ``labelled``'s
+    label, as the trainer scores it."""
+    target = _Target(labelled.example_id, labelled.request_id, labelled.model, labelled.label)
+    y_true = rule.target(target)
     if rule.task != "classification":
-        y_pred = regression_target(example.prediction, model=example.model)
+        y_pred = regression_target(prediction, model=labelled.model)
         err = abs(y_pred - float(y_true))
         return Score(y_true, y_pred, None, err, err)
-    y_class = class_label(example.prediction)
-    proba = _proba(y_true, example.scores) if example.scores else None
+    y_class = class_label(prediction)
+    proba = _proba(y_true, scores) if scores else None
     p_true = proba.get(y_true, 0.0) if proba else 0.0
     loss = -math.log(min(max(p_true, _EPS), 1.0 - _EPS))
     return Score(y_true, y_class, proba, loss, 0.0 if y_class == y_true else 1.0)

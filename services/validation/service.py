@@ -17,6 +17,9 @@ When the agent calls it
   model's holdout share goes into its buffer; the guard and then the gateway
   judge if that completed a sample.
 - :meth:`Validation.on_checkpoint` for each record of ``checkpoint-events``.
+- :meth:`Validation.on_shadow_score` for each record of ``shadow-scores``
+  (repeats dropped by the agent): a running shadow stage counts it
+  (:mod:`services.validation.shadow`).
 - :meth:`Validation.tick` about every second: reads each model's pointer to
   notice changes made by others (an operator's promote or rollback: the
   guard starts watching the new live), ends cooldowns, and retries what
@@ -41,7 +44,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError, SchemaError
-from schemas.events import CheckpointEvent, TrainingExample, Verdict, VersionEvent
+from schemas.events import (
+    CheckpointEvent,
+    ShadowScore,
+    TrainingExample,
+    Verdict,
+    VersionEvent,
+)
 from services.learning.config import ModelConfig
 from services.pointer.base import PointerState, VersionPointer
 from services.validation.base import HoldoutExample, VersionEvaluator, is_held_out
@@ -69,6 +78,7 @@ class _Model:
     rule: LabelRule | None = None  # how labels become targets, when the guard scores answers
     examples: int = 0
     unscorable: int = 0  # live answers the guard's detector could not score
+    shadow_scores: int = 0
     duplicates: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
 
@@ -145,6 +155,14 @@ class Validation:
             if m is not None:
                 m.guard.rolled_back.update(versions)
 
+    def on_shadow_score(self, score: ShadowScore) -> list[Verdict]:
+        """Count ``score`` for a running shadow stage; verdicts of the judgement it completed."""
+        m = self._model(score.model)
+        if m is None:
+            return []
+        m.shadow_scores += 1
+        return self._absorb(m, m.gateway.on_shadow_score(score), "gateway")
+
     def on_checkpoint(self, event: CheckpointEvent) -> list[Verdict]:
         """A candidate: judged now, or when enough held-out examples came."""
         m = self._model(event.model)
@@ -175,11 +193,13 @@ class Validation:
                     "capacity": m.buffer.size,
                     "added": m.buffer.added,
                     "examples_seen": m.examples,
+                    "shadow_scores_seen": m.shadow_scores,
                     "duplicates": m.duplicates,
                 },
                 "unscorable_answers": m.unscorable,
                 "pending": m.gateway.describe(),
                 "canary": m.gateway.canary.describe(),
+                "shadow": m.gateway.shadow.describe(),
                 "guard": m.guard.describe(),
                 "rolled_back": sorted(m.guard.rolled_back),
                 "verdicts": dict(m.verdicts),
@@ -248,7 +268,7 @@ class Validation:
 
     def _absorb(self, m: _Model, out: Outcome, judge: Literal["gateway", "guard"]) -> list[Verdict]:
         """Record an outcome's pointer changes and verdicts; a promotion starts a watch
-        (setting or clearing a canary leaves live as it was: no watch)."""
+        (setting or clearing a canary or a shadow leaves live as it was: no watch)."""
         promoted = {v.version for v in out.verdicts if v.decision == "promote"}
         for state in out.changes:
             before = m.known.live if m.known is not None else None
@@ -282,8 +302,9 @@ class Validation:
             keep += [m.known.live, m.known.previous, m.known.canary, m.known.shadow]
         if m.gateway.pending is not None:
             keep.append(m.gateway.pending.version)
-        if m.gateway.canary.run is not None:
-            keep += [m.gateway.canary.run.version, m.gateway.canary.run.live]
+        for stage in (m.gateway.canary, m.gateway.shadow):
+            if stage.run is not None:
+                keep += [stage.run.version, stage.run.live]
         if m.guard.watch is not None:
             keep += [m.guard.watch.live, m.guard.watch.replaced]
         try:

@@ -159,10 +159,16 @@ def _wait(
 
 
 def start_loop(
-    sandbox: Sandbox, tmp_path: Path, config_text: str, **gateway_env: str
+    sandbox: Sandbox,
+    tmp_path: Path,
+    config_text: str,
+    *,
+    join_window_ms: int = 60_000,
+    **gateway_env: str,
 ) -> tuple[Path, Path, list[WorkerProcess]]:
     """A ``worker --role all`` and a ``worker --role gateway`` on a fresh store with
-    ``config_text``: the store, the config file and the two processes."""
+    ``config_text`` (the joiner's window ``join_window_ms``): the store, the config
+    file and the two processes."""
     store = tmp_path / "store"
     config = tmp_path / "models.toml"
     config.write_text(config_text)
@@ -172,7 +178,7 @@ def start_loop(
         store=store,
         DRIFTLOOP_REDIS_KEY_PREFIX=sandbox.redis.key_prefix,
         DRIFTLOOP_WORKER_MODELS=str(config),
-        DRIFTLOOP_JOIN_WINDOW_MS="60000",
+        DRIFTLOOP_JOIN_WINDOW_MS=str(join_window_ms),
         DRIFTLOOP_JOIN_GRACE_MS="1000",
     )
     worker = WorkerProcess("all", env, tmp_path / "worker.log", config=config)

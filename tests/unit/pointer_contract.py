@@ -121,6 +121,11 @@ def canary_and_shadow_are_set_and_cleared(make: Make, outbox: Outbox) -> None:
     assert (e.action, e.shadow, e.from_shadow) == ("clear_shadow", None, v(3))
     with pytest.raises(PointerError, match="no shadow"):
         p.set_shadow(M, None, actor="a")
+    # the shadow made canary leaves the shadow slot, in the same change
+    p.set_shadow(M, v(4), actor="a")
+    e = p.set_canary(M, v(4), 5.0, actor="a")
+    assert (e.canary, e.shadow, e.from_shadow) == (v(4), None, v(4))
+    p.set_canary(M, None, actor="a")
     # promoting the canary ends the canary
     p.set_canary(M, v(2), 50.0, actor="a")
     e = p.promote(M, v(2), actor="a")
@@ -129,7 +134,7 @@ def canary_and_shadow_are_set_and_cleared(make: Make, outbox: Outbox) -> None:
     assert state is not None
     assert state.canary is None
     assert state.canary_percent == 0.0
-    assert [x.epoch for x in outbox()] == list(range(1, 8))
+    assert [x.epoch for x in outbox()] == list(range(1, 11))
 
 
 def a_stale_expected_epoch_changes_nothing(make: Make, outbox: Outbox) -> None:

@@ -45,6 +45,7 @@ def test_defaults_name_the_contract_topics_and_key_prefix() -> None:
     assert topics.all_names() == [
         "inference-logs", "feedback", "training-examples",
         "checkpoint-events", "version-events", "dead-letters", "verdicts",
+        "shadow-scores",
     ]  # fmt: skip
     assert RedisConfig().key("m", "versions") == "driftloop:m:versions"
     with pytest.raises(ConfigError, match="unknown topic key"):

@@ -18,7 +18,9 @@ never make an example nor a dead letter other than ``late``, and the
 examples and the other records' dead letters must be those of the same
 merge with each shadow log replaced by an inference log of a request nobody
 answers (same ``ts``, so the same watermarks): a shadow log changes nothing
-but itself.
+but itself. And every merge scores the same shadow logs: the same
+ShadowScore bytes, each paired with its request's live answer and the label
+of its example with real feedback.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import decode, encode
-from schemas.events import FeedbackEvent, InferenceLog, TrainingExample
+from schemas.events import FeedbackEvent, InferenceLog, ShadowScore, TrainingExample
 from services.attribution import (
     AttributionJoiner,
     Emit,
     InMemoryPendingStore,
     JoinerConfig,
+    Reject,
+    Scored,
     SourceRef,
 )
 
@@ -158,7 +162,10 @@ def _without_shadows(scenario: Scenario) -> Scenario:
     return Scenario(scenario.config, logs, scenario.feedback)
 
 
-def _join(scenario: Scenario, order: list[tuple[str, int]]) -> tuple[list[bytes], list[tuple]]:
+Joined = tuple[list[bytes], list[tuple], list[bytes]]
+
+
+def _join(scenario: Scenario, order: list[tuple[str, int]]) -> Joined:
     joiner = AttributionJoiner(scenario.config, InMemoryPendingStore(), clock=lambda: 0)
     outcomes = []
     for topic, offset in order:
@@ -183,9 +190,10 @@ def _join(scenario: Scenario, order: list[tuple[str, int]]) -> tuple[list[bytes]
     letters = sorted(
         (o.source.topic, o.source.offset, o.kind, o.reason)
         for o in outcomes
-        if not isinstance(o, Emit)
+        if isinstance(o, Reject)
     )
-    return examples, letters
+    scores = sorted(encode(o.score) for o in outcomes if isinstance(o, Scored))
+    return examples, letters, scores
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,7 +209,17 @@ def test_every_interleaving_joins_the_same_examples_and_dead_letters_the_same_ev
     for order, result in zip(merges[1:], results[1:], strict=True):
         assert result == results[0], f"merge {order} differs from {merges[0]}"
     shadows = {offset for offset, log in enumerate(scenario.inference) if log.route == "shadow"}
-    examples, letters = results[0]
+    examples, letters, scores = results[0]
+    # each score pairs a shadow answer with the live answer and a real label
+    decoded = [decode(TrainingExample, e) for e in examples]
+    by_request = {example.request_id: example for example in decoded}
+    for raw in scores:
+        score = decode(ShadowScore, raw)
+        example = by_request[score.request_id]
+        assert not example.label_is_default
+        assert (score.label, score.example_id) == (example.label, example.example_id)
+        assert (score.prediction, score.live_prediction) == (0.7, 0.5)
+        assert score.live_event_id == example.inference_event_id
     assert not any(b'"inference_event_id":"shadow-' in example for example in examples)
     # every example carries its live or canary log's answer, never the shadow's
     assert all(decode(TrainingExample, e).prediction == 0.5 for e in examples)
@@ -210,6 +228,7 @@ def test_every_interleaving_joins_the_same_examples_and_dead_letters_the_same_ev
             assert kind == "late", reason
     # a shadow log changes nothing but itself
     sinks = _join(_without_shadows(scenario), merges[0])
+    assert sinks[2] == []
     sink_examples = [e for e in sinks[0] if b'"request_id":"sink-' not in e]
     assert examples == sink_examples
     others = [x for x in letters if not (x[0] == "inference-logs" and x[1] in shadows)]

@@ -36,7 +36,9 @@ from services.attribution import (
     Marker,
     MarkerSchedule,
     Outcome,
+    Reject,
     RoutedJoin,
+    Scored,
     SourceRef,
     join_partition,
     source_input,
@@ -324,14 +326,16 @@ class Cluster:
             assert isinstance(event, InferenceLog | FeedbackEvent)
             self.outcomes += routed.on_forward(route, event, route.source)
 
-    def result(self) -> tuple[list[bytes], list[tuple[object, ...]]]:
+    def result(self) -> tuple[list[bytes], list[tuple[object, ...]], list[bytes]]:
+        """The examples, the dead letters and the shadow scores, in a fixed order."""
         examples = sorted(encode(o.example) for o in self.outcomes if isinstance(o, Emit))
         letters = sorted(
             (o.source.topic, o.source.partition, o.source.offset, o.kind, o.reason)
             for o in self.outcomes
-            if not isinstance(o, Emit)
+            if isinstance(o, Reject)
         )
-        return examples, letters
+        scores = sorted(encode(o.score) for o in self.outcomes if isinstance(o, Scored))
+        return examples, letters, scores
 
 
 def _place(scenario: Scenario, rng: random.Random) -> dict[tuple[str, int], list]:
@@ -394,7 +398,7 @@ def test_a_random_partitioner_with_two_workers_loses_no_pair() -> None:
     ]
     cluster = Cluster(config, _place(Scenario(config, logs, feedback), rng))
     cluster.run(rng, 0.2)
-    _examples, letters = cluster.result()
+    _examples, letters, _scores = cluster.result()
     assert letters == []
     joined = sorted(o.example.request_id for o in cluster.outcomes if isinstance(o, Emit))
     assert joined == sorted(f"req-{i}" for i in range(60))

@@ -11,11 +11,19 @@ import faust
 import pytest
 
 from schemas.codec import decode, encode
-from schemas.events import DeadLetter, FeedbackEvent, InferenceLog, TrainingExample
-from services.attribution import JoinerConfig, join_partition
+from schemas.events import (
+    DeadLetter,
+    FeedbackEvent,
+    InferenceLog,
+    ShadowScore,
+    TrainingExample,
+    shadow_score_id,
+)
+from services.attribution import JoinerConfig, Scored, join_partition
 from services.attribution.routing import ROUTE_HEADER, parse_route
 from services.config import TopicsConfig
 from services.deadletters import RawRecord
+from services.publish.base import route
 from streams.joiner import JoinerWorker
 from tests.unit.joiner_sends import wire
 
@@ -130,3 +138,16 @@ def test_a_forward_whose_value_does_not_decode_is_dead_lettered_at_its_first_sou
         TOPICS.inference_logs, 2, 4,
     )  # fmt: skip
     assert letter.error_kind == "decode"
+
+
+def test_a_shadow_score_is_sent_like_an_example_on_its_own_topic(worker: JoinerWorker) -> None:
+    score = ShadowScore.new(
+        event_id=shadow_score_id("r1", "s1"), ts=5, request_id="r1", example_id="e1",
+        model="m", model_version="v2", shadow_event_id="s1", prediction=1, label=1,
+        live_version="v1", live_event_id="i1", live_ts=1, live_prediction=0,
+    )  # fmt: skip
+    current = RawRecord(TOPICS.feedback, 0, 3, None, b"{}")
+    sent = worker._send(Scored(score), current)
+    assert sent is score
+    assert route(sent, TOPICS) == ("x.shadow-scores", b"m")
+    assert wire([sent], TOPICS) == [("shadow_scores", b"m", encode(score), None, None)]

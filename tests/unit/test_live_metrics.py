@@ -13,10 +13,10 @@ import pytest
 import redis
 from river import metrics, utils
 
-from schemas.events import TrainingExample, training_example_id
+from schemas.events import ShadowScore, TrainingExample, shadow_score_id, training_example_id
 from services.learning.adapters import build_predictor
 from services.learning.config import ModelConfig, load_config, parse_config
-from services.validation.live_metrics import NO_ROUTE, LiveMetrics, label_rule
+from services.validation.live_metrics import NO_ROUTE, SHADOW_ROUTE, LiveMetrics, label_rule
 from services.validation.live_store import LiveMetricsStore, metrics_key, read_live_metrics
 
 WINDOW = 5
@@ -164,6 +164,73 @@ def test_routes_are_kept_apart() -> None:
     assert routes["canary"]["metrics"]["accuracy_total"] == 1.0
     assert routes["live"]["n"] == 2
     assert routes["live"]["metrics"]["accuracy_total"] == 0.5
+
+
+def shadow_score(
+    model: str,
+    version: str,
+    label: Any,
+    prediction: Any,
+    scores: Mapping[str, float] | None = None,
+    *,
+    live: tuple[str, Any] = ("fraud-000001", False),
+    ts: int = 2_000,
+) -> ShadowScore:
+    n = next(_ids)
+    rid, sid = f"r{n}", f"s{n}"
+    return ShadowScore.new(
+        event_id=shadow_score_id(rid, sid),
+        ts=ts,
+        request_id=rid,
+        example_id=training_example_id(rid, f"f{n}"),
+        model=model,
+        model_version=version,
+        shadow_event_id=sid,
+        prediction=prediction,
+        scores=dict(scores) if scores is not None else None,
+        label=label,
+        live_version=live[0],
+        live_route="live",
+        live_event_id=f"i{n}",
+        live_ts=ts - 100,
+        live_prediction=live[1],
+    )
+
+
+def test_shadow_scores_are_scored_under_the_shadow_route_of_the_shadow_version() -> None:
+    live = LiveMetrics(_models())
+    live.update(example("fraud", "fraud-000001", "fraud", False))  # live traffic, as before
+    live.update_shadow(shadow_score("fraud", "fraud-000002", "fraud", True, {"true": 0.8}))
+    live.update_shadow(shadow_score("fraud", "fraud-000002", "ok", True, {"true": 0.6}))
+    live.update_shadow(shadow_score("price", "price-000002", "heavy", 1.0))  # not a label
+    live.update_shadow(shadow_score("nobody", "v", 1, 1))
+    shadow = _figures(live, "fraud", "fraud-000002", SHADOW_ROUTE)
+    assert (shadow["n"], shadow["defaults"], shadow["last_ts"]) == (2, 0, 2_000)
+    assert _figures(live, "price", "price-000002", SHADOW_ROUTE)["invalid"] == 1
+    assert shadow["metrics"]["accuracy_total"] == 0.5
+    loss = metrics.LogLoss()
+    loss.update(True, {True: 0.8, False: 0.0})
+    loss.update(False, {True: 0.6, False: 0.0})
+    assert shadow["metrics"]["log_loss_total"] == pytest.approx(loss.get())
+    # the process-wide figures take the live route from the examples alone
+    assert _figures(live, "fraud", "fraud-000001")["n"] == 1
+    assert live.ignored == {"nobody": 1}
+    text = live.prometheus_text()
+    assert (
+        'driftloop_live_examples_total{model="fraud",version="fraud-000002",route="shadow",'
+        'outcome="scored"} 2' in text
+    )
+
+
+def test_a_shadow_score_with_live_scores_both_answers_on_the_same_request() -> None:
+    paired = LiveMetrics(_models())
+    for label, shadow_says, live_says in (("fraud", True, False), ("ok", False, False)):
+        event = shadow_score(
+            "fraud", "fraud-000002", label, shadow_says, live=("fraud-1", live_says)
+        )
+        paired.update_shadow(event, with_live=True)
+    assert _figures(paired, "fraud", "fraud-000002", SHADOW_ROUTE)["metrics"]["accuracy"] == 1.0
+    assert _figures(paired, "fraud", "fraud-1", "live")["metrics"]["accuracy"] == 0.5
 
 
 def test_unscored_default_and_invalid_examples_are_counted_not_scored() -> None:

@@ -6,7 +6,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.events import CheckpointEvent, TrainingExample, training_example_id
+from schemas.events import (
+    CheckpointEvent,
+    Route,
+    ShadowScore,
+    TrainingExample,
+    shadow_score_id,
+    training_example_id,
+)
 from services.learning.config import ModelConfig, parse_config
 from services.pointer.base import (
     PointerUnavailableError,
@@ -138,6 +145,9 @@ class FlakyPointer(InMemoryPointer):
     def set_canary(self, model: str, version: str | None, *args: Any, **kwargs: Any) -> Any:
         return self._flaky(super().set_canary, model, version, *args, **kwargs)
 
+    def set_shadow(self, model: str, version: str | None, **kwargs: Any) -> Any:
+        return self._flaky(super().set_shadow, model, version, **kwargs)
+
     def _flaky(self, change: Any, model: str, *args: Any, **kwargs: Any) -> Any:
         if self.down or self.changes_down:
             raise PointerUnavailableError("connection refused", model=model)
@@ -222,6 +232,36 @@ def served(
         join_latency_ms=0,
         route=route,
         prediction=right if logged else None,
+    )
+
+
+def shadowed(
+    request_id: str,
+    version: str,
+    live: str,
+    *,
+    right: bool,
+    live_right: bool,
+    live_route: Route | None = "live",
+    model: str = M,
+) -> ShadowScore:
+    """A shadow score of ``version``'s answer to a request ``live`` served on
+    ``live_route``: each answer ``right`` or wrong (label True)."""
+    return ShadowScore.new(
+        event_id=shadow_score_id(request_id, f"shadow-{request_id}"),
+        ts=0,
+        request_id=request_id,
+        example_id=training_example_id(request_id, f"fb-{request_id}"),
+        model=model,
+        model_version=version,
+        shadow_event_id=f"shadow-{request_id}",
+        prediction=right,
+        label=True,
+        live_version=live,
+        live_route=live_route,
+        live_event_id=f"inf-{request_id}",
+        live_ts=0,
+        live_prediction=live_right,
     )
 
 
