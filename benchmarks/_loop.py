@@ -73,8 +73,24 @@ def model_config(
     holdout_size: int,
     guard_min: int,
     cooldown_s: float,
+    detector_min: int | None = None,
 ) -> Example:
-    """Write the benchmark's model configuration to ``path``; the parsed example."""
+    """Write the benchmark's model configuration to ``path``; the parsed example.
+
+    ``detector_min``: give the guard the shipped river example's ADWIN on the live
+    error stream, judging early at that many held-out examples (None: no detector).
+    """
+    detector = (
+        ""
+        if detector_min is None
+        else f"""detector_min_examples = {detector_min}
+
+[model.guard.detector]
+kind = "ADWIN"
+input = "error"
+params = {{ delta = 0.002, clock = 8 }}
+"""
+    )
     path.write_text(f"""
 [[model]]
 name = "{MODEL}"
@@ -114,7 +130,7 @@ threshold = 0.1
 min_examples = {guard_min}
 watch_examples = 100000
 cooldown_s = {cooldown_s}
-""")
+{detector}""")
     learning = load_config(path)
     return Example("loop", path, learning, MODEL)
 

@@ -26,7 +26,13 @@ examples at the traffic's held-out rate (``min_examples / (rate x 10 %)``
 seconds): the fastest any decision on a same-request comparison of that size
 could come. ``ratio`` = seconds / minimum.
 
-Run: ``python -m benchmarks.bad_version [--repeats 5] [--rate 500] [--batch 5] [--json]``.
+``--detector``: the guard also runs the shipped river example's ADWIN on the
+live error stream and judges at ``DETECTOR_MIN`` (20) held-out examples once it
+fires (the same-request comparison still decides); the minimum is then that
+many held-out examples at the held-out rate.
+
+Run: ``python -m benchmarks.bad_version [--repeats 5] [--rate 500] [--batch 5] [--detector]
+[--json]``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from services.validation.base import is_held_out
 
 HOLDOUT = 10.0
 GUARD_MIN = 100
+DETECTOR_MIN = 20
 COOLDOWN_S = 2.0
 
 
@@ -77,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=5, help="instances per predict call")
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=120.0, help="per rollback, seconds")
+    parser.add_argument(
+        "--detector", action="store_true", help="the guard's ADWIN on the live error stream"
+    )
     parser.add_argument("--dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -86,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     example = model_config(
         workdir / "loop.toml", every_n=300, holdout_percent=HOLDOUT, min_examples=30,
         holdout_size=300, guard_min=GUARD_MIN, cooldown_s=COOLDOWN_S,
+        detector_min=DETECTOR_MIN if args.detector else None,
     )  # fmt: skip
+    needed = DETECTOR_MIN if args.detector else GUARD_MIN
     config = example.learning.model(MODEL)
     # as the test's and the demo's: recent traffic that is learned, labels inverted by the writer
     poison_pairs = [
@@ -174,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     for r in reps:
         r["bad_answers"] = result.served.get(r["version"], 0)
-    floor_s = GUARD_MIN / (args.rate * HOLDOUT / 100)
+    floor_s = needed / (args.rate * HOLDOUT / 100)
     secs = [r["seconds"] for r in reps]
     results: dict[str, Any] = {
         "rate": args.rate,
         "batch": args.batch,
         "guard_min_examples": GUARD_MIN,
+        "detector": args.detector,
+        "minimum_examples": needed,
         "holdout_percent": HOLDOUT,
         "repeats": reps,
         "p50_s": pct(secs, 0.5),
@@ -190,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = [
         f"bad version rollback at {args.rate:g} requests/s ({args.batch} per call,"
-        f" {args.servers} servers); guard min_examples {GUARD_MIN}, {HOLDOUT:g} % held out",
+        f" {args.servers} servers); guard min_examples {GUARD_MIN}"
+        + (f", ADWIN detector judging at {DETECTOR_MIN}" if args.detector else "")
+        + f", {HOLDOUT:g} % held out",
         f"{'#':>2} {'version':<12} {'seconds':>8} {'ratio':>6} {'held-out':>8} {'verdict n':>9}"
         f" {'bad answers':>11}",
     ]
@@ -201,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     table.append(
         f"p50 {results['p50_s']:.2f} s, max {results['max_s']:.2f} s; baseline: the guard's"
-        f" minimum ({GUARD_MIN} held-out examples at {args.rate * HOLDOUT / 100:g}/s) ="
+        f" minimum ({needed} held-out examples at {args.rate * HOLDOUT / 100:g}/s) ="
         f" {floor_s:.2f} s; p50 / minimum = {results['ratio_p50']:.1f}x"
     )
     table.append(f"traffic: {result.calls} calls, {result.failed} failed")
