@@ -18,9 +18,10 @@ def demo(
     requests: Annotated[
         int,
         typer.Option(min=200, help="Predict requests to send (the first ones are the bootstrap)."),
-    ] = 6000,
+    ] = 9000,
     drift_at: Annotated[
-        int | None, typer.Option(help="Request index where the concept drifts (default: half).")
+        int | None,
+        typer.Option(help="Request index where the concept drifts (default: a third)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic traffic.")] = 7,
     model: Annotated[
@@ -60,7 +61,7 @@ def demo(
     from services.demo.traffic import TrafficConfig
 
     traffic = TrafficConfig(
-        requests=requests, drift_at=drift_at if drift_at is not None else requests // 2, seed=seed
+        requests=requests, drift_at=drift_at if drift_at is not None else requests // 3, seed=seed
     )
     if policy not in ("canary", "auto"):
         console.print(f"[red]--policy must be canary or auto, not {policy!r}[/red]")
