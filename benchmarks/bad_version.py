@@ -53,6 +53,7 @@ from benchmarks._loop import MODEL, Collector, Loop, model_config, sea
 from benchmarks._serving import open_pointer
 from schemas.events import Verdict
 from services.demo.poison import write_poisoned
+from services.pointer.factory import references_from_env
 from services.stack import EmbeddedStack
 from services.validation.base import is_held_out
 
@@ -117,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"traffic at {args.rate:g}/s; waiting for two gateway promotions")
                 wait_for("two gateway promotions", lambda: collector.counts()[2] >= 2, loop, 300)
                 for i in range(args.repeats):
-                    event = write_poisoned(loop.store, config, poison_pairs)
+                    references = references_from_env(
+                        loop.store,
+                        info.redis_config(),
+                        kafka=info.kafka_config(),
+                        topics=info.topics,
+                    )
+                    event = write_poisoned(loop.store, config, poison_pairs, references=references)
                     version = event.version
                     # a fresh pointer and store check per change, as each `driftloop promote`
                     # opens (a read-only store's catalog is synced once per object)

@@ -8,7 +8,11 @@ trainer uses), so its manifest is signed and every hash is right: the
 gateway must refuse it for its figures, not for its signature. Its
 CheckpointEvent is published the way the trainer publishes one; the version
 id is reserved under the store's per-model lock, so it cannot collide with
-the worker's own checkpoints.
+the worker's own checkpoints. The store is opened as every writer opens it
+(:func:`~services.checkpoints.opener.open_store`: the model's retention table
+and the version pointer's references), because a save prunes: opened bare,
+its GC kept only what the store's defaults say and deleted the live version's
+rollback target under the demo's feet.
 
 :class:`PoisonPlay` is the demo's scene around it, one step per refresh:
 offer the poisoned checkpoint when it is due, force it live as an operator
@@ -25,13 +29,15 @@ from schemas.codec import encode
 from schemas.events import CheckpointEvent, Features
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.store import CheckpointStore
-from services.learning.config import ModelConfig
+from services.checkpoints.opener import open_store
+from services.checkpoints.retention import ReferenceSource
+from services.learning.config import LearningConfig, ModelConfig
 from services.learning.metrics import bigger_is_better
 from services.learning.pool import checkpoint_event
 from services.learning.store_sink import CheckpointerSink
 from services.learning.synthetic import LocalExample
 from services.learning.trainer import OnlineTrainer
+from services.pointer.factory import references_from_env
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -56,14 +62,21 @@ OPERATOR = "operator"
 
 
 def write_poisoned(
-    store: StoreConfig, config: ModelConfig, examples: Sequence[tuple[Features, bool]]
+    store: StoreConfig,
+    config: ModelConfig,
+    examples: Sequence[tuple[Features, bool]],
+    *,
+    references: ReferenceSource | None,
 ) -> CheckpointEvent:
     """Write the poisoned checkpoint of ``config``'s model; its CheckpointEvent.
 
     ``examples`` are ``(features, label)`` pairs with boolean labels (the
     demo's SEA traffic); each is learned with the opposite label.
+    ``references``: the version pointer (its live, canary, shadow and rollback
+    history are never pruned by this save's GC); None only where no pointer
+    exists.
     """
-    writer = CheckpointStore(store)
+    writer = open_store(store, LearningConfig(model=(config,)), references=references)
     checkpointer = Checkpointer(writer, CheckpointerConfig(async_saves=False))
     trainer = OnlineTrainer(config, CheckpointerSink(checkpointer))
     try:
@@ -154,7 +167,13 @@ class PoisonPlay:
             if self.due(view, left):
                 recent = list(view.recent)[-TRAINED_ON:]
                 pairs = [(e.features, bool(e.label)) for e in recent]
-                event = write_poisoned(self.store, self.config, pairs)
+                references = references_from_env(
+                    self.store,
+                    self.promoter.redis,
+                    kafka=self.promoter.kafka,
+                    topics=self.promoter.topics,
+                )
+                event = write_poisoned(self.store, self.config, pairs, references=references)
                 self.producer.send(self.topic, key=self.config.name.encode(), value=encode(event))
                 self.producer.flush()
                 story |= {"version": event.version, "offered_at_s": self._at()}

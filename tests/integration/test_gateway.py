@@ -38,6 +38,7 @@ from services.checkpoints.config import StoreConfig
 from services.demo.poison import write_poisoned
 from services.learning.config import parse_config
 from services.pointer.base import pointer_key
+from services.pointer.factory import references_from_env
 from services.stack.process import free_port
 from services.validation.base import is_held_out
 from tests.integration._procs import WorkerProcess, produce, worker_env
@@ -187,12 +188,17 @@ def start_loop(
     return store, config, [worker, gateway]
 
 
-def _poisoned(store: Path, config_text: str) -> CheckpointEvent:
+def _poisoned(sandbox: Sandbox, store: Path, config_text: str) -> CheckpointEvent:
     """A checkpoint of the model trained on inverted labels, written through the
-    real signing checkpointer (it verifies: only its figures are bad)."""
+    real signing checkpointer (it verifies: only its figures are bad); its save's
+    GC keeps what the sandbox's pointer references."""
     config = parse_config(tomllib.loads(config_text)).model(MODEL)
     pairs = [(f, label) for _, f, label in itertools.islice(_pairs(99, held_out=False), 600)]
-    return write_poisoned(StoreConfig(root=store, fsync=False), config, pairs)
+    store_config = StoreConfig(root=store, fsync=False)
+    references = references_from_env(
+        store_config, sandbox.redis_config(), kafka=sandbox.kafka_config(), topics=sandbox.topics
+    )
+    return write_poisoned(store_config, config, pairs, references=references)
 
 
 def test_gateway_promotes_refuses_a_poisoned_checkpoint_and_the_guard_rolls_it_back(
@@ -236,7 +242,7 @@ def test_gateway_promotes_refuses_a_poisoned_checkpoint_and_the_guard_rolls_it_b
         assert live is not None
 
         # 2. a poisoned candidate is refused for its figures
-        offered = _poisoned(store, CONFIG)
+        offered = _poisoned(sandbox, store, CONFIG)
         poisoned = offered.version
         produce(sandbox, sandbox.topics.checkpoint_events, [(MODEL.encode(), encode(offered))])
         held = _pairs(2, held_out=True)
