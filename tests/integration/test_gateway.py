@@ -196,7 +196,7 @@ def _poisoned(sandbox: Sandbox, store: Path, config_text: str) -> CheckpointEven
     pairs = [(f, label) for _, f, label in itertools.islice(_pairs(99, held_out=False), 600)]
     store_config = StoreConfig(root=store, fsync=False)
     references = references_from_env(
-        store_config, sandbox.redis_config(), kafka=sandbox.kafka_config(), topics=sandbox.topics
+        store_config, sandbox.redis, kafka=sandbox.kafka, topics=sandbox.topics
     )
     return write_poisoned(store_config, config, pairs, references=references)
 
