@@ -3,7 +3,8 @@
 :class:`SpooledPublisher` is a :class:`~services.publish.base.DurablePublisher`.
 Callers (request handlers) never talk to the broker: :meth:`~SpooledPublisher.publish`
 routes and encodes the event and appends it to a bounded in-memory buffer; one
-background thread owns the :class:`~services.publish.kafka.KafkaPublisher`
+background thread owns the sender (for Kafka an
+:class:`~services.publish.rdkafka.RdKafkaSender`, see :meth:`~SpooledPublisher.for_kafka`)
 and sends the buffer in batches.
 
 Two modes, one order
@@ -50,7 +51,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -59,6 +60,7 @@ from schemas.events import Event
 from services.config import KafkaConfig, TopicsConfig
 from services.publish.base import PublishError
 from services.publish.kafka import Failure, KafkaPublisher, Record, record_of
+from services.publish.rdkafka import RdKafkaSender
 from services.publish.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
@@ -206,6 +208,7 @@ class SpooledPublisher:
         *,
         topics: TopicsConfig | None = None,
         linger_ms: int = 5,
+        client: Literal["rdkafka", "kafka-python"] = "rdkafka",
         max_buffered: int = 10_000,
         max_batch: int = 500,
         max_spool_bytes: int = DEFAULT_MAX_BYTES,
@@ -214,14 +217,20 @@ class SpooledPublisher:
         sync_interval_s: float = 1.0,
         registry: CollectorRegistry | None = None,
     ) -> SpooledPublisher:
-        """A spooled publisher sending through a :class:`KafkaPublisher` on ``kafka``.
+        """A spooled publisher sending to ``kafka`` through librdkafka.
 
-        The other arguments are the constructor's.
+        The sender is an :class:`~services.publish.rdkafka.RdKafkaSender`
+        (``client="rdkafka"``, the default: its batching and framing run in C,
+        off the GIL the request handlers need) or a kafka-python
+        :class:`KafkaPublisher` (``client="kafka-python"``). The other
+        arguments are the constructor's.
         """
         settings = topics if topics is not None else TopicsConfig()
 
         def factory() -> RecordSender:
-            return KafkaPublisher(kafka, settings, linger_ms=linger_ms)
+            if client == "kafka-python":
+                return KafkaPublisher(kafka, settings, linger_ms=linger_ms)
+            return RdKafkaSender(kafka, linger_ms=linger_ms)
 
         return cls(
             factory,
