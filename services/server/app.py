@@ -234,6 +234,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
             name=model,
             ready=_live(serving) is not None,
             epoch=None if serving is None else serving.epoch,
+            applied_ms=None if serving is None else serving.applied_ms,
             live=_version(serving.live) if serving else None,
             canary=_version(serving.canary) if serving else None,
             canary_percent=serving.canary_percent if serving else 0.0,
@@ -431,16 +432,20 @@ def _log(
         ctx.metrics.log_failures.labels(model, "no_prediction").inc()
         return
     try:
+        # Every field is validated here but the features: they were validated by the
+        # request body's model as the same strict ``Features`` type, and validating a
+        # few dozen of them again was most of the cost of a log (benchmarks/predict.py).
+        # The copy does not validate; the frozen request keeps them unchanged.
         event = InferenceLog.new(
             request_id=request_id,
             model=model,
             model_version=version,
-            features=dict(features),
+            features={},
             prediction=value,
             scores=_scores(p),
             route=route,
             server=ctx.config.server_id,
-        )
+        ).model_copy(update={"features": features})
         ctx.publisher.publish(event)
     except ValidationError as exc:
         ctx.metrics.log_failures.labels(model, "invalid").inc()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from schemas.codec import decode, encode
 from schemas.events import FeedbackEvent, InferenceLog
 from services.server.routing import routes_to_canary
 from tests.unit.server_fakes import Harness, harness, pointer
@@ -60,6 +62,18 @@ def test_predict_names_the_version_and_logs_every_prediction() -> None:
         (f"r-{i}", "v1", "live", "test-server") for i in range(3)
     ]
     assert logs[0].features == {"x": 0.0}
+
+
+def test_logged_features_are_the_validated_ones_and_the_log_round_trips() -> None:
+    h = harness()
+    client = _ready(h)
+    features = {"x": 2**70, "s": "a", "b": True, "i": 3}  # 2**70: kept as the nearest float
+    r = client.post("/v1/models/m:predict", json={"instances": [{"features": features}]})
+    assert r.status_code == 200, r.text
+    h.publisher.flush()
+    (log,) = h.publisher.events(InferenceLog)
+    assert log.features == {"x": float(2**70), "s": "a", "b": True, "i": 3}
+    assert decode(InferenceLog, encode(log)) == log
 
 
 def test_a_missing_request_id_is_generated_returned_and_logged() -> None:
@@ -183,8 +197,10 @@ def test_feedback_not_acknowledged_is_503_and_bad_feedback_is_4xx() -> None:
 
 def test_status_and_metrics_report_the_applied_epoch() -> None:
     h = harness()
+    before_ms = time.time_ns() // 1_000_000
     client = _ready(h, canary="v2", canary_percent=10.0, shadow="v3")
     status = client.get("/v1/models/m").json()
+    assert before_ms <= status.pop("applied_ms") <= time.time_ns() // 1_000_000
     assert status | {"resident": sorted(status["resident"])} == {
         "name": "m",
         "ready": True,
