@@ -203,6 +203,13 @@ class ServeProcess:
             raise SystemExit(f"server {self.name} was not started")
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server process used so far (all threads)."""
+        if self.proc is None:
+            raise SystemExit(f"server {self.name} was not started")
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
