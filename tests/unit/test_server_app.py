@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from schemas.codec import decode, encode
 from schemas.events import FeedbackEvent, InferenceLog
+from services.server.app import INLINE_INSTANCES
 from services.server.routing import routes_to_canary
 from tests.unit.server_fakes import Harness, harness, pointer
 
@@ -74,6 +75,17 @@ def test_logged_features_are_the_validated_ones_and_the_log_round_trips() -> Non
     (log,) = h.publisher.events(InferenceLog)
     assert log.features == {"x": float(2**70), "s": "a", "b": True, "i": 3}
     assert decode(InferenceLog, encode(log)) == log
+
+
+def test_a_batch_over_the_inline_limit_is_served_from_the_thread_pool_alike() -> None:
+    h = harness()
+    client = _ready(h)
+    n = INLINE_INSTANCES + 1
+    r = client.post("/v1/models/m:predict", json={"instances": _instances(n)})
+    assert r.status_code == 200, r.text
+    assert [p["request_id"] for p in r.json()["predictions"]] == [f"r-{i}" for i in range(n)]
+    h.publisher.flush()
+    assert len(h.publisher.events(InferenceLog)) == n
 
 
 def test_a_missing_request_id_is_generated_returned_and_logged() -> None:
