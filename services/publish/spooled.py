@@ -153,6 +153,11 @@ class SpooledPublisher:
         Pause between attempts to send the spool while the broker is away.
     sync_interval_s
         Longest time a record appended by :meth:`publish` stays un-fsynced.
+    gather_s
+        How long the thread lets events published with :meth:`publish` gather
+        into one batch (fewer, larger produce requests) before sending, unless
+        ``max_batch`` are waiting or a :meth:`publish_acked` caller waits (its
+        events go at once). 0: send as soon as one waits.
     registry
         Where the metrics are registered (default: a new registry, ``.registry``).
         One SpooledPublisher per registry: the metric names carry no label.
@@ -170,9 +175,11 @@ class SpooledPublisher:
         settle_timeout_s: float = 10.0,
         retry_s: float = 1.0,
         sync_interval_s: float = 1.0,
+        gather_s: float = 0.0,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.topics = topics if topics is not None else TopicsConfig()
+        self.gather_s = gather_s
         self.max_buffered = max_buffered
         self.max_batch = max_batch
         self.settle_timeout_s = settle_timeout_s
@@ -215,6 +222,7 @@ class SpooledPublisher:
         settle_timeout_s: float = 10.0,
         retry_s: float = 1.0,
         sync_interval_s: float = 1.0,
+        gather_s: float = 0.0,
         registry: CollectorRegistry | None = None,
     ) -> SpooledPublisher:
         """A spooled publisher sending to ``kafka`` through librdkafka.
@@ -242,6 +250,7 @@ class SpooledPublisher:
             settle_timeout_s=settle_timeout_s,
             retry_s=retry_s,
             sync_interval_s=sync_interval_s,
+            gather_s=gather_s,
             registry=registry,
         )
 
@@ -264,7 +273,10 @@ class SpooledPublisher:
             self._check_open()
             if not self._spooling and len(self._buffer) < self.max_buffered:
                 self._buffer.append(_Entry(record))
-                self._cond.notify_all()
+                if len(self._buffer) == 1 or len(self._buffer) == self.max_batch:
+                    # The thread waits for the first event, or gathers until a full batch;
+                    # otherwise it is busy and looks at the buffer when it is done.
+                    self._cond.notify_all()
                 return
             if not self._spooling:
                 self._spill([_Entry(record)], sync=False)
@@ -421,6 +433,7 @@ class SpooledPublisher:
                     if self.spool.unsynced and time.monotonic() - last_sync >= self.sync_interval_s:
                         self.spool.sync()
                         last_sync = time.monotonic()
+                    self._gather()
                     spooling, closing = self._spooling, self._closing
                     batch = list(self._buffer)[: self.max_batch] if not spooling else []
                     gen = self._spill_gen
@@ -458,6 +471,23 @@ class SpooledPublisher:
         finally:
             if sender is not None:
                 sender.close(timeout_s=0)
+
+    def _gather(self) -> None:
+        """Let published events gather for ``gather_s`` (called with the lock held)."""
+        if self.gather_s <= 0:
+            return
+        deadline = time.monotonic() + self.gather_s
+        while (
+            self._buffer
+            and not self._spooling
+            and not self._closing
+            and len(self._buffer) < self.max_batch
+            and not any(e.ticket is not None for e in self._buffer)
+        ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _send_buffer(self, sender: RecordSender, batch: list[_Entry], gen: int) -> None:
         for entry in batch:

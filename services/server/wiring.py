@@ -43,11 +43,18 @@ log = logging.getLogger(__name__)
 RELAY_TIMEOUT_S = 10.0
 
 
+#: How long inference logs gather into one produce batch (a joiner tolerates logs that
+#: come tens of ms late; feedback, acknowledged to its caller, never waits for it).
+LOG_GATHER_S = 0.02
+
+
 def make_publisher(
     kafka: KafkaConfig, topics: TopicsConfig, spool_dir: Path, registry: CollectorRegistry
 ) -> DurablePublisher:
     """The server's event publisher: spooled, metrics in the server's ``registry``."""
-    return SpooledPublisher.for_kafka(kafka, spool_dir, topics=topics, registry=registry)
+    return SpooledPublisher.for_kafka(
+        kafka, spool_dir, topics=topics, gather_s=LOG_GATHER_S, registry=registry
+    )
 
 
 def _count_failures(metrics: ServerMetrics, model: str) -> Callable[[LoadFailure], None]:
