@@ -268,7 +268,12 @@ class SpooledPublisher:
         its size limit) or after :meth:`close`. A full spool drops it
         (counted, logged).
         """
-        record = record_of(event, self.topics)
+        self.publish_record(record_of(event, self.topics))
+
+    def publish_record(self, record: Record, kind: type[Event] | None = None) -> None:
+        """:meth:`publish` of an event already routed and encoded (``record``); the
+        caller vouches that its value is a valid event within its size limit.
+        ``kind`` (the event's type) is not needed here."""
         with self._cond:
             self._check_open()
             if not self._spooling and len(self._buffer) < self.max_buffered:

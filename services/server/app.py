@@ -40,11 +40,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
+import orjson
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -55,11 +57,13 @@ from starlette.exceptions import HTTPException
 
 from schemas import limits as L
 from schemas.errors import SchemaError
-from schemas.events import FeedbackEvent, InferenceLog
+from schemas.events import Event, FeedbackEvent, InferenceLog
+from services.config import TopicsConfig
 from services.learning.adapters import PredictError, Prediction
 from services.learning.hashing import FeatureValue
 from services.publish.base import DurablePublisher, PublishError
 from services.publish.feedback import validate_feedback
+from services.publish.kafka import Record
 from services.server.config import ServerConfig
 from services.server.follower import PointerFollower
 from services.server.limits import BodyLimit
@@ -83,17 +87,36 @@ log = logging.getLogger(__name__)
 INLINE_INSTANCES = 64
 
 
+#: (model, version, route) -> the common fields of its inference logs, validated once.
+_LogTemplates = dict[tuple[str, str, str], dict[str, Any]]
+
+
+class LogPublisher(DurablePublisher, Protocol):
+    """The server's publisher: also takes inference logs already encoded (the
+    :class:`~services.publish.spooled.SpooledPublisher`, the in-memory one in tests)."""
+
+    topics: TopicsConfig
+
+    def publish_record(self, record: Record, kind: type[Event] | None = None) -> None: ...
+
+
 @dataclass
 class ServerContext:
     """Everything the app serves from (injected: fakes in unit tests)."""
 
     config: ServerConfig
     registries: Mapping[str, ModelRegistry]
-    publisher: DurablePublisher
+    publisher: LogPublisher
     metrics: ServerMetrics
     follower: PointerFollower | None = None
     #: Called in order when the app stops, after the last flush (publisher, store, Redis).
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: The common fields of inference logs per (model, version, route) (:func:`_log_fields`).
+    log_templates: _LogTemplates = field(default_factory=dict)
+
+    @property
+    def inference_log_topic(self) -> str:
+        return self.publisher.topics.name(InferenceLog.topic)
 
 
 class _Refused(Exception):
@@ -344,6 +367,7 @@ def _predict(
     ctx: ServerContext, serving: Serving, live: Resident, instances: Sequence[Instance]
 ) -> PredictResponse:
     ids = [i.request_id or uuid.uuid4().hex for i in instances]
+    log_ids = _LogIds()
     features: list[Mapping[str, FeatureValue]] = [i.features for i in instances]
     canary = serving.canary
     to_canary = [
@@ -376,9 +400,9 @@ def _predict(
                 scores=_scores(p),
             )
         )
-        _log(ctx, serving.model, resident.version, route, ids[i], features[i], p)
+        _log(ctx, serving.model, resident.version, route, ids[i], features[i], p, log_ids)
     if serving.shadow is not None:
-        _shadow(ctx, serving.model, serving.shadow, ids, features)
+        _shadow(ctx, serving.model, serving.shadow, ids, features, log_ids)
     return PredictResponse(
         model=serving.model,
         model_version=live.version if any(r == "live" for _, r in served) else served[0][0].version,
@@ -417,6 +441,7 @@ def _shadow(
     shadow: Resident,
     ids: list[str],
     features: list[Mapping[str, FeatureValue]],
+    log_ids: _LogIds,
 ) -> None:
     """Shadow predictions: logged with route=shadow, never returned, never failing the call."""
     try:
@@ -426,7 +451,43 @@ def _shadow(
         log.warning("model %s: shadow %s could not predict: %s", model, shadow.version, exc)
         return
     for rid, x, p in zip(ids, features, predictions, strict=True):
-        _log(ctx, model, shadow.version, "shadow", rid, x, p)
+        _log(ctx, model, shadow.version, "shadow", rid, x, p, log_ids)
+
+
+class _LogIds:
+    """Event ids for one request's inference logs: one random UUID, then a counter."""
+
+    def __init__(self) -> None:
+        self.base = uuid.uuid4().hex
+        self.n = 0
+
+    def next(self) -> str:
+        self.n += 1
+        return f"{self.base}-{self.n}"
+
+
+_LOG_LIMIT = min(InferenceLog.max_payload_bytes, L.MAX_RECORD_VALUE_BYTES)
+
+
+def _log_fields(ctx: ServerContext, model: str, version: str, route: str) -> dict[str, Any]:
+    """The fields every log of ``(model, version, route)`` shares, validated as an
+    InferenceLog once (pydantic's ValidationError when they are not valid)."""
+    key = (model, version, route)
+    fields = ctx.log_templates.get(key)
+    if fields is None:
+        if len(ctx.log_templates) >= 256:  # versions come and go: keep the recent ones
+            ctx.log_templates.clear()
+        fields = InferenceLog.new(
+            request_id="-",
+            model=model,
+            model_version=version,
+            features={},
+            prediction=0,
+            route=route,
+            server=ctx.config.server_id,
+        ).model_dump()
+        ctx.log_templates[key] = fields
+    return fields
 
 
 def _log(
@@ -437,8 +498,18 @@ def _log(
     request_id: str,
     features: Mapping[str, FeatureValue],
     p: Prediction,
+    log_ids: _LogIds,
 ) -> None:
-    """Queue the InferenceLog of one prediction; a failure is counted, never raised."""
+    """Queue the InferenceLog of one prediction; a failure is counted, never raised.
+
+    The log is encoded without building a pydantic model (that was most of its
+    cost): its common fields were validated once (:func:`_log_fields`), the
+    request id and features by the request body's model (the same strict
+    ``EventId`` and ``Features`` types), the prediction is a contract
+    :func:`_scalar`, the scores are checked here, and the bytes are what
+    :func:`schemas.codec.encode` writes for the same event (tested: they decode
+    strictly to it). Scores that do not pass go the validating way.
+    """
     ctx.metrics.predictions.labels(model, route, version).inc()
     if not ctx.config.log_inferences:
         return  # DRIFTLOOP_SERVER_LOG_INFERENCES=false
@@ -447,21 +518,23 @@ def _log(
         ctx.metrics.log_failures.labels(model, "no_prediction").inc()
         return
     try:
-        # Every field is validated here but the features: they were validated by the
-        # request body's model as the same strict ``Features`` type, and validating a
-        # few dozen of them again was most of the cost of a log (benchmarks/predict.py).
-        # The copy does not validate; the frozen request keeps them unchanged.
-        event = InferenceLog.new(
-            request_id=request_id,
-            model=model,
-            model_version=version,
-            features={},
-            prediction=value,
-            scores=_scores(p),
-            route=route,
-            server=ctx.config.server_id,
-        ).model_copy(update={"features": features})
-        ctx.publisher.publish(event)
+        scores = _scores(p)
+        fields = dict(_log_fields(ctx, model, version, route))
+        fields |= {
+            "event_id": log_ids.next(),
+            "ts": time.time_ns() // 1_000_000,
+            "request_id": request_id,
+            "features": features if isinstance(features, dict) else dict(features),
+            "prediction": value,
+            "scores": scores,
+        }
+        if scores is not None and not all(k and 0.0 <= v <= 1.0 for k, v in scores.items()):
+            InferenceLog.model_validate(fields)  # raises, naming what is wrong
+        raw = orjson.dumps(fields)
+        if len(raw) > _LOG_LIMIT:
+            raise PublishError(f"InferenceLog encodes to {len(raw)} bytes, over {_LOG_LIMIT}")
+        record = Record(ctx.inference_log_topic, request_id.encode(), raw)
+        ctx.publisher.publish_record(record, InferenceLog)
     except ValidationError as exc:
         ctx.metrics.log_failures.labels(model, "invalid").inc()
         log.warning("model %s: inference log does not validate: %s", model, exc.errors()[:1])

@@ -10,8 +10,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from schemas.codec import decode, encode
-from schemas.events import FeedbackEvent, InferenceLog
+from schemas.codec import encode
+from schemas.events import Event, FeedbackEvent, InferenceLog
+from services.publish.kafka import Record
 from services.server.app import INLINE_INSTANCES
 from services.server.routing import routes_to_canary
 from tests.unit.server_fakes import Harness, harness, pointer
@@ -65,16 +66,32 @@ def test_predict_names_the_version_and_logs_every_prediction() -> None:
     assert logs[0].features == {"x": 0.0}
 
 
-def test_logged_features_are_the_validated_ones_and_the_log_round_trips() -> None:
+def test_inference_logs_are_the_bytes_the_codec_writes_and_decode_strictly() -> None:
     h = harness()
+    raws: list[Record] = []
+    publish_record = h.publisher.publish_record
+
+    def keep(record: Record, kind: type[Event] | None = None) -> None:
+        raws.append(record)
+        publish_record(record, kind)  # decodes strictly: a log that is not valid fails here
+
+    h.publisher.publish_record = keep  # type: ignore[method-assign]
     client = _ready(h)
     features = {"x": 2**70, "s": "a", "b": True, "i": 3}  # 2**70: kept as the nearest float
-    r = client.post("/v1/models/m:predict", json={"instances": [{"features": features}]})
+    body = {"instances": [{"features": features}, {"request_id": "r-9", "features": {"y": 1.5}}]}
+    r = client.post("/v1/models/m:predict", json=body)
     assert r.status_code == 200, r.text
     h.publisher.flush()
-    (log,) = h.publisher.events(InferenceLog)
-    assert log.features == {"x": float(2**70), "s": "a", "b": True, "i": 3}
-    assert decode(InferenceLog, encode(log)) == log
+    logs = h.publisher.events(InferenceLog)
+    assert [log.features for log in logs] == [
+        {"x": float(2**70), "s": "a", "b": True, "i": 3},
+        {"y": 1.5},
+    ]
+    assert len({log.event_id for log in logs}) == 2
+    for log, record in zip(logs, raws, strict=True):
+        assert record.value == encode(log)  # what schemas.codec writes for the event
+        assert record.key == log.request_id.encode()
+        assert record.topic == h.publisher.topics.inference_logs
 
 
 def test_a_batch_over_the_inline_limit_is_served_from_the_thread_pool_alike() -> None:
