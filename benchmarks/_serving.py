@@ -144,8 +144,10 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         self.port = free_port()
         env = dict(os.environ) | self.info.env() | signing_env(self.store.root)
+        inherited = os.environ.get("PYTHONPATH")
         env |= {
-            "PYTHONPATH": str(ROOT),
+            # This checkout first; what the caller's PYTHONPATH adds stays reachable after it.
+            "PYTHONPATH": os.pathsep.join([str(ROOT), *([inherited] if inherited else [])]),
             "DRIFTLOOP_STORE_ROOT": str(self.store.root),
             "DRIFTLOOP_SERVER_SPOOL_DIR": str(self.workdir / f"spool-{self.name}"),
             "DRIFTLOOP_SERVER_LOG_LEVEL": "warning",
@@ -202,6 +204,13 @@ class ServeProcess:
         if self.proc is None:
             raise SystemExit(f"server {self.name} was not started")
         return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server process used so far (all threads)."""
+        if self.proc is None:
+            raise SystemExit(f"server {self.name} was not started")
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

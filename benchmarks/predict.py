@@ -11,6 +11,11 @@ for ``--duration`` seconds, with single instances and with batches of 32.
 The two servers take turns, ``--rounds`` times (the machine's load drifts);
 each figure is the median over rounds, and ``log_cost`` is
 ``1 - (logging on req/s) / (logging off req/s)`` (median of per-round ratios).
+The server's CPU seconds per request (all its threads, read from the process
+while the clients run) is printed too, and ``log_cpu_cost`` is
+``1 - (off CPU per request) / (on CPU per request)``: on a machine other work
+shares, it moves less than req/s (which also measures how the scheduler shares
+the cores among server, clients, broker and the rest).
 
 Anchor: the in-process ``adapter.predict_many`` time alone on the same
 batches (median of ``--calls`` calls, on a worker thread as the server runs
@@ -123,8 +128,10 @@ def log_path(info: Any, example: Example, workdir: Path, count: int) -> dict[str
 
 def load(
     pool: ProcessPoolExecutor, server: ServeProcess, body: bytes, args: argparse.Namespace
-) -> tuple[DriveResult, float]:
-    """All clients against ``server`` for ``args.duration`` s: merged result, seconds."""
+) -> tuple[DriveResult, float, float]:
+    """All clients against ``server`` for ``args.duration`` s: merged result, seconds,
+    and the CPU seconds the server process used meanwhile (all its threads)."""
+    cpu0 = server.cpu_seconds()
     futures = [
         pool.submit(drive, server.url, server.predict_path, body, args.duration, args.threads)
         for _ in range(args.clients)
@@ -133,7 +140,7 @@ def load(
     merged = DriveResult(samples=[s for p in parts for s in p.samples])
     merged.failed = sum(p.failed for p in parts)
     merged.errors = [e for p in parts for e in p.errors][:5]
-    return merged, args.duration  # each client sends for exactly that long
+    return merged, args.duration, server.cpu_seconds() - cpu0  # each sends for that long
 
 
 def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -164,11 +171,12 @@ def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace
                 load(pool, s, body, argparse.Namespace(**{**vars(args), "duration": 0.5}))
             for _ in range(args.rounds):
                 for mode, server in servers.items():
-                    result, elapsed = load(pool, server, body, args)
+                    result, elapsed, cpu = load(pool, server, body, args)
                     lat = [lat for _, lat in result.samples]
                     rounds[mode].append(
                         {
                             "requests_per_s": len(lat) / elapsed,
+                            "server_cpu_ms_per_request": cpu / max(len(lat), 1) * 1e3,
                             "p50_ms": pct(lat, 0.5) * 1e3,
                             "p99_ms": pct(lat, 0.99) * 1e3,
                             "failed": result.failed,
@@ -183,10 +191,17 @@ def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace
                     "instances_per_s": rps * batch,
                     "p50_ms": statistics.median(r["p50_ms"] for r in rs),
                     "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                    "server_cpu_ms_per_request": statistics.median(
+                        r["server_cpu_ms_per_request"] for r in rs
+                    ),
                     "failed": sum(int(r["failed"]) for r in rs),
                 }
             cell["log_cost"] = statistics.median(
                 1 - on["requests_per_s"] / off["requests_per_s"]
+                for on, off in zip(rounds["on"], rounds["off"], strict=True)
+            )
+            cell["log_cpu_cost"] = statistics.median(
+                1 - off["server_cpu_ms_per_request"] / on["server_cpu_ms_per_request"]
                 for on, off in zip(rounds["on"], rounds["off"], strict=True)
             )
             cell["predict_many_ms"] = anchors[batch] * 1e3
@@ -226,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         f"predict over HTTP, {args.clients} clients x {args.threads} threads, closed loop,"
         f" {args.duration:g} s x {args.rounds} rounds (medians)",
         f"{'example':13} {'batch':>5} {'log':>4} {'req/s':>8} {'inst/s':>9} {'p50 ms':>8}"
-        f" {'p99 ms':>8} {'failed':>6}",
+        f" {'p99 ms':>8} {'cpu ms/req':>10} {'failed':>6}",
     ]
     for name in names:
         for batch in map(str, BATCHES):
@@ -236,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                 table.append(
                     f"{name:13} {batch:>5} {mode:>4} {r['requests_per_s']:8.0f}"
                     f" {r['instances_per_s']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
-                    f" {r['failed']:>6}"
+                    f" {r['server_cpu_ms_per_request']:10.3f} {r['failed']:>6}"
                 )
             table.append(
-                f"{'':13} {batch:>5}  logging costs {cell['log_cost'] * 100:5.1f}% of req/s;"
+                f"{'':13} {batch:>5}  logging costs {cell['log_cost'] * 100:5.1f}% of req/s"
+                f" and {cell['log_cpu_cost'] * 100:4.1f}% of the server's CPU per request;"
                 f" predict_many alone {cell['predict_many_ms']:.3f} ms,"
                 f" HTTP p50 = {cell['http_p50_over_predict_many']:.0f}x that"
                 " (Decision Service: 0.2 ms)"

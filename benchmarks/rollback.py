@@ -16,7 +16,10 @@ three servers answers a predict request with the new version (a thread per
 server polls its ``:predict`` in a tight loop, single instances; status routes
 are not consulted). A server that answers with the new version before the
 call has returned counts 0. The next change starts once all have converged
-(plus a 20-50 ms pause).
+(plus a 20-50 ms pause). Untimed, each server's status then says when it
+applied the epoch (``applied_ms``, its clock, the same machine's): ``applied``
+is from the call returning until the last server applied it, so the rest of
+the convergence is the servers answering with it.
 
 Baseline, same run, same servers settings but ``DRIFTLOOP_SERVER_RESIDENT_VERSIONS=1``:
 only the live version stays loaded, so every change is a load from the store
@@ -155,6 +158,17 @@ class Watch:
             t.join(30)
 
 
+def applied_at(client: httpx.Client, path: str, epoch: int) -> float | None:
+    """When the server applied ``epoch`` (epoch ms, its clock), or None."""
+    try:
+        body = client.get(path).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if body.get("epoch") != epoch or not body.get("applied_ms"):
+        return None
+    return float(body["applied_ms"])
+
+
 def run_mode(
     info: StackInfo,
     example: Example,
@@ -199,6 +213,9 @@ def run_mode(
             if rate > 0
         ]
         watch = Watch(servers, body1).start()
+        statuses = [httpx.Client(base_url=s.url, timeout=10.0) for s in servers]
+        status_path = f"/v1/models/{example.model}"
+        applied_lag: list[float] = []
         timings: list[float] = []
         per_server: list[list[float]] = []
         timeouts = 0
@@ -216,6 +233,7 @@ def run_mode(
                 watch.arm(target)
                 event = change(pointer)
                 watch.returned(time.monotonic())
+                returned_ms = time.time() * 1e3
                 if event.live != target:
                     raise SystemExit(f"change {i} made {event.live} live, not {target}")
                 got = watch.wait(60.0)
@@ -224,9 +242,17 @@ def run_mode(
                 else:
                     timings.append(max(got))
                     per_server.append(got)
+                    # Untimed: when each server applied the epoch (its status, its clock).
+                    applied = [applied_at(c, status_path, event.epoch) for c in statuses]
+                    if all(a is not None for a in applied):
+                        applied_lag.append(
+                            max(0.0, max(a for a in applied if a is not None) - returned_ms) / 1e3
+                        )
                 time.sleep(rng.uniform(0.02, 0.05))
         finally:
             watch.close()
+            for status in statuses:
+                status.close()
             results = [load.finish() for load in loads]
     load_requests = sum(len(r.samples) for r in results)
     errors = [e for r in results for e in r.errors] + watch.errors
@@ -240,6 +266,10 @@ def run_mode(
         "max_ms": max(timings) * 1e3 if timings else None,
         # Slower than the follower's poll interval (1 s): a lost hint, or a starved machine.
         "over_1s": sum(1 for t in timings if t >= 1.0),
+        # From the call returning until the last server applied the epoch (its status's
+        # applied_ms; the rest of the convergence is answering with it).
+        "applied_p50_ms": pct(applied_lag, 0.5) * 1e3 if applied_lag else None,
+        "applied_p99_ms": pct(applied_lag, 0.99) * 1e3 if applied_lag else None,
         "first_server_p50_ms": pct([min(g) for g in per_server], 0.5) * 1e3 if per_server else None,
         "poll_p50_ms": pct(watch.latencies, 0.5) * 1e3,
         "load_requests": load_requests,
@@ -299,13 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         f"rollback convergence, {SERVERS} servers ({args.example}), under load"
         f" ({args.rate:g} batches of 32 /s per server + one poller each)",
         f"{'':24} {'changes':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"
-        f" {'failed':>6} {'half':>5} {'regr':>5} {'timeouts':>8} {'poll p50':>8}",
+        f" {'failed':>6} {'half':>5} {'regr':>5} {'timeouts':>8} {'poll p50':>8}"
+        f" {'applied p50/p99':>15}",
     ]
     for name, r in (("driftloop (K=4 resident)", driftloop), ("baseline (K=1: load)", baseline)):
         table.append(
             f"{name:24} {r['changes']:>7} {r['p50_ms'] or 0:9.2f} {r['p99_ms'] or 0:9.2f}"
             f" {r['max_ms'] or 0:9.2f} {r['failed']:>6} {r['half_swapped']:>5}"
             f" {r['regressed']:>5} {r['timeouts']:>8} {r['poll_p50_ms']:8.2f}"
+            f" {r['applied_p50_ms'] or 0:7.2f}/{r['applied_p99_ms'] or 0:7.2f}"
         )
     table.append(
         "baseline / driftloop: "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from schemas.codec import decode
 from schemas.events import Event
 from services.config import TopicsConfig
 from services.publish.base import PublishError, route
+from services.publish.kafka import Record
 
 
 @dataclass
@@ -22,6 +24,12 @@ class InMemoryPublisher:
     def publish(self, event: Event) -> None:
         topic, key = route(event, self.topics)
         self.pending.append((topic, key, event))
+
+    def publish_record(self, record: Record, kind: type[Event] | None = None) -> None:
+        """An encoded ``kind`` event: decoded strictly (SchemaError when it is not valid)."""
+        if kind is None:
+            raise PublishError("the in-memory publisher needs the record's event type")
+        self.pending.append((record.topic, record.key, decode(kind, record.value)))
 
     def flush(self, timeout_s: float | None = None) -> None:
         pending, self.pending = self.pending, []

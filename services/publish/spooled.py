@@ -3,7 +3,8 @@
 :class:`SpooledPublisher` is a :class:`~services.publish.base.DurablePublisher`.
 Callers (request handlers) never talk to the broker: :meth:`~SpooledPublisher.publish`
 routes and encodes the event and appends it to a bounded in-memory buffer; one
-background thread owns the :class:`~services.publish.kafka.KafkaPublisher`
+background thread owns the sender (for Kafka an
+:class:`~services.publish.rdkafka.RdKafkaSender`, see :meth:`~SpooledPublisher.for_kafka`)
 and sends the buffer in batches.
 
 Two modes, one order
@@ -50,7 +51,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -59,6 +60,7 @@ from schemas.events import Event
 from services.config import KafkaConfig, TopicsConfig
 from services.publish.base import PublishError
 from services.publish.kafka import Failure, KafkaPublisher, Record, record_of
+from services.publish.rdkafka import RdKafkaSender
 from services.publish.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,11 @@ class SpooledPublisher:
         Pause between attempts to send the spool while the broker is away.
     sync_interval_s
         Longest time a record appended by :meth:`publish` stays un-fsynced.
+    gather_s
+        How long the thread lets events published with :meth:`publish` gather
+        into one batch (fewer, larger produce requests) before sending, unless
+        ``max_batch`` are waiting or a :meth:`publish_acked` caller waits (its
+        events go at once). 0: send as soon as one waits.
     registry
         Where the metrics are registered (default: a new registry, ``.registry``).
         One SpooledPublisher per registry: the metric names carry no label.
@@ -168,9 +175,11 @@ class SpooledPublisher:
         settle_timeout_s: float = 10.0,
         retry_s: float = 1.0,
         sync_interval_s: float = 1.0,
+        gather_s: float = 0.0,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.topics = topics if topics is not None else TopicsConfig()
+        self.gather_s = gather_s
         self.max_buffered = max_buffered
         self.max_batch = max_batch
         self.settle_timeout_s = settle_timeout_s
@@ -206,22 +215,30 @@ class SpooledPublisher:
         *,
         topics: TopicsConfig | None = None,
         linger_ms: int = 5,
+        client: Literal["rdkafka", "kafka-python"] = "rdkafka",
         max_buffered: int = 10_000,
         max_batch: int = 500,
         max_spool_bytes: int = DEFAULT_MAX_BYTES,
         settle_timeout_s: float = 10.0,
         retry_s: float = 1.0,
         sync_interval_s: float = 1.0,
+        gather_s: float = 0.0,
         registry: CollectorRegistry | None = None,
     ) -> SpooledPublisher:
-        """A spooled publisher sending through a :class:`KafkaPublisher` on ``kafka``.
+        """A spooled publisher sending to ``kafka`` through librdkafka.
 
-        The other arguments are the constructor's.
+        The sender is an :class:`~services.publish.rdkafka.RdKafkaSender`
+        (``client="rdkafka"``, the default: its batching and framing run in C,
+        off the GIL the request handlers need) or a kafka-python
+        :class:`KafkaPublisher` (``client="kafka-python"``). The other
+        arguments are the constructor's.
         """
         settings = topics if topics is not None else TopicsConfig()
 
         def factory() -> RecordSender:
-            return KafkaPublisher(kafka, settings, linger_ms=linger_ms)
+            if client == "kafka-python":
+                return KafkaPublisher(kafka, settings, linger_ms=linger_ms)
+            return RdKafkaSender(kafka, linger_ms=linger_ms)
 
         return cls(
             factory,
@@ -233,6 +250,7 @@ class SpooledPublisher:
             settle_timeout_s=settle_timeout_s,
             retry_s=retry_s,
             sync_interval_s=sync_interval_s,
+            gather_s=gather_s,
             registry=registry,
         )
 
@@ -250,12 +268,20 @@ class SpooledPublisher:
         its size limit) or after :meth:`close`. A full spool drops it
         (counted, logged).
         """
-        record = record_of(event, self.topics)
+        self.publish_record(record_of(event, self.topics))
+
+    def publish_record(self, record: Record, kind: type[Event] | None = None) -> None:
+        """:meth:`publish` of an event already routed and encoded (``record``); the
+        caller vouches that its value is a valid event within its size limit.
+        ``kind`` (the event's type) is not needed here."""
         with self._cond:
             self._check_open()
             if not self._spooling and len(self._buffer) < self.max_buffered:
                 self._buffer.append(_Entry(record))
-                self._cond.notify_all()
+                if len(self._buffer) == 1 or len(self._buffer) == self.max_batch:
+                    # The thread waits for the first event, or gathers until a full batch;
+                    # otherwise it is busy and looks at the buffer when it is done.
+                    self._cond.notify_all()
                 return
             if not self._spooling:
                 self._spill([_Entry(record)], sync=False)
@@ -412,6 +438,7 @@ class SpooledPublisher:
                     if self.spool.unsynced and time.monotonic() - last_sync >= self.sync_interval_s:
                         self.spool.sync()
                         last_sync = time.monotonic()
+                    self._gather()
                     spooling, closing = self._spooling, self._closing
                     batch = list(self._buffer)[: self.max_batch] if not spooling else []
                     gen = self._spill_gen
@@ -449,6 +476,23 @@ class SpooledPublisher:
         finally:
             if sender is not None:
                 sender.close(timeout_s=0)
+
+    def _gather(self) -> None:
+        """Let published events gather for ``gather_s`` (called with the lock held)."""
+        if self.gather_s <= 0:
+            return
+        deadline = time.monotonic() + self.gather_s
+        while (
+            self._buffer
+            and not self._spooling
+            and not self._closing
+            and len(self._buffer) < self.max_batch
+            and not any(e.ticket is not None for e in self._buffer)
+        ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _send_buffer(self, sender: RecordSender, batch: list[_Entry], gen: int) -> None:
         for entry in batch:

@@ -57,6 +57,9 @@ class Serving:
     canary: Resident | None
     canary_percent: float
     shadow: Resident | None
+    #: When this snapshot was swapped in, epoch milliseconds (the status shows it,
+    #: so convergence can be split into "told and applied" and "answered").
+    applied_ms: int = 0
 
     def versions(self) -> tuple[str, ...]:
         """The versions this snapshot serves from."""
@@ -153,6 +156,7 @@ class ModelRegistry:
                 canary=loaded.get(state.canary) if state.canary else None,
                 canary_percent=state.canary_percent if state.canary else 0.0,
                 shadow=loaded.get(state.shadow) if state.shadow else None,
+                applied_ms=time.time_ns() // 1_000_000,
             )
             self.serving = serving  # the swap: one reference assignment
             self.last_error = None

@@ -73,6 +73,8 @@ class ModelStatus(BaseModel):
     ready: bool
     epoch: int | None
     """The pointer epoch this server has applied (None: none yet)."""
+    applied_ms: int | None = None
+    """When that epoch was applied here, epoch milliseconds (this server's clock)."""
     live: str | None
     canary: str | None
     canary_percent: float

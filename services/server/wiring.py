@@ -26,9 +26,8 @@ from services.learning.config import LearningConfig
 from services.pointer.factory import redis_client
 from services.pointer.redis import RedisPointerReader
 from services.pointer.relay import OutboxRelay
-from services.publish.base import DurablePublisher
 from services.publish.spooled import SpooledPublisher
-from services.server.app import ServerContext
+from services.server.app import LogPublisher, ServerContext
 from services.server.config import ServerConfig
 from services.server.follower import PointerFollower
 from services.server.loader import StoreLoader
@@ -43,11 +42,18 @@ log = logging.getLogger(__name__)
 RELAY_TIMEOUT_S = 10.0
 
 
+#: How long inference logs gather into one produce batch (a joiner tolerates logs that
+#: come tens of ms late; feedback, acknowledged to its caller, never waits for it).
+LOG_GATHER_S = 0.02
+
+
 def make_publisher(
     kafka: KafkaConfig, topics: TopicsConfig, spool_dir: Path, registry: CollectorRegistry
-) -> DurablePublisher:
+) -> LogPublisher:
     """The server's event publisher: spooled, metrics in the server's ``registry``."""
-    return SpooledPublisher.for_kafka(kafka, spool_dir, topics=topics, registry=registry)
+    return SpooledPublisher.for_kafka(
+        kafka, spool_dir, topics=topics, gather_s=LOG_GATHER_S, registry=registry
+    )
 
 
 def _count_failures(metrics: ServerMetrics, model: str) -> Callable[[LoadFailure], None]:
@@ -62,7 +68,7 @@ def build_server(
     learning: LearningConfig,
     store: StoreConfig,
     redis_config: RedisConfig,
-    publisher: Callable[[CollectorRegistry], DurablePublisher],
+    publisher: Callable[[CollectorRegistry], LogPublisher],
     *,
     models: tuple[str, ...] = (),
     kafka: KafkaConfig | None = None,

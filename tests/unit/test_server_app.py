@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
 
-from schemas.events import FeedbackEvent, InferenceLog
+from schemas.codec import encode
+from schemas.events import Event, FeedbackEvent, InferenceLog
+from services.publish.kafka import Record
+from services.server.app import INLINE_INSTANCES
 from services.server.routing import routes_to_canary
 from tests.unit.server_fakes import Harness, harness, pointer
 
@@ -60,6 +64,45 @@ def test_predict_names_the_version_and_logs_every_prediction() -> None:
         (f"r-{i}", "v1", "live", "test-server") for i in range(3)
     ]
     assert logs[0].features == {"x": 0.0}
+
+
+def test_inference_logs_are_the_bytes_the_codec_writes_and_decode_strictly() -> None:
+    h = harness()
+    raws: list[Record] = []
+    publish_record = h.publisher.publish_record
+
+    def keep(record: Record, kind: type[Event] | None = None) -> None:
+        raws.append(record)
+        publish_record(record, kind)  # decodes strictly: a log that is not valid fails here
+
+    h.publisher.publish_record = keep  # type: ignore[method-assign]
+    client = _ready(h)
+    features = {"x": 2**70, "s": "a", "b": True, "i": 3}  # 2**70: kept as the nearest float
+    body = {"instances": [{"features": features}, {"request_id": "r-9", "features": {"y": 1.5}}]}
+    r = client.post("/v1/models/m:predict", json=body)
+    assert r.status_code == 200, r.text
+    h.publisher.flush()
+    logs = h.publisher.events(InferenceLog)
+    assert [log.features for log in logs] == [
+        {"x": float(2**70), "s": "a", "b": True, "i": 3},
+        {"y": 1.5},
+    ]
+    assert len({log.event_id for log in logs}) == 2
+    for log, record in zip(logs, raws, strict=True):
+        assert record.value == encode(log)  # what schemas.codec writes for the event
+        assert record.key == log.request_id.encode()
+        assert record.topic == h.publisher.topics.inference_logs
+
+
+def test_a_batch_over_the_inline_limit_is_served_from_the_thread_pool_alike() -> None:
+    h = harness()
+    client = _ready(h)
+    n = INLINE_INSTANCES + 1
+    r = client.post("/v1/models/m:predict", json={"instances": _instances(n)})
+    assert r.status_code == 200, r.text
+    assert [p["request_id"] for p in r.json()["predictions"]] == [f"r-{i}" for i in range(n)]
+    h.publisher.flush()
+    assert len(h.publisher.events(InferenceLog)) == n
 
 
 def test_a_missing_request_id_is_generated_returned_and_logged() -> None:
@@ -183,8 +226,10 @@ def test_feedback_not_acknowledged_is_503_and_bad_feedback_is_4xx() -> None:
 
 def test_status_and_metrics_report_the_applied_epoch() -> None:
     h = harness()
+    before_ms = time.time_ns() // 1_000_000
     client = _ready(h, canary="v2", canary_percent=10.0, shadow="v3")
     status = client.get("/v1/models/m").json()
+    assert before_ms <= status.pop("applied_ms") <= time.time_ns() // 1_000_000
     assert status | {"resident": sorted(status["resident"])} == {
         "name": "m",
         "ready": True,
