@@ -143,6 +143,13 @@ class Worker:
         self._out.close()
         return at, wall
 
+    def abort(self) -> None:
+        """SIGKILL the process if it still runs (after a failure: its broker goes away)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._out.close()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -180,36 +187,39 @@ def run(n: int, kills: int, seed: int) -> dict[str, Any]:
         log = Path(tmp) / "worker.log"
         started = time.perf_counter()
         worker = Worker(env, log)
-        cold_learning = worker.wait_for(r"model \S+: learning") - started
-        samples: list[dict[str, float]] = []
-        for _ in range(kills):
-            # Kill mid-stream, after it has committed at least one checkpoint.
-            worker.wait_for(r"checkpoint \S+ trigger=")
-            time.sleep(rng.uniform(0.0, 0.5))
-            killed_at, killed_wall = worker.kill()
-            worker = Worker(env, log)
-            learning = worker.wait_for(r"model \S+: learning") - killed_at
-            caught = worker.wait_for(_CAUGHT_UP.pattern) - killed_at
-            match = _CAUGHT_UP.search(worker.text())
-            if match is None or int(match.group(2)) != target:
-                raise RuntimeError(f"caught up at {match and match.group(2)}, not at {target}")
-            split = phases(worker.text(), killed_wall)
-            samples.append(
-                {
-                    "learning_s": learning,
-                    "caught_up_s": caught,
-                    "learning_excl_join_s": learning - split.get("group_join", 0.0),
-                    **{f"{name}_s": value for name, value in split.items()},
-                }
-            )
-            produce(
-                kafka,
-                topics.training_examples,
-                MODEL,
-                [encode(e) for e in make_examples(MODEL, n // 4, seed=rng.randrange(10**6))],
-            )
-            target = high_watermarks(kafka, [topics.training_examples])[tp]
-        worker.stop()
+        try:
+            cold_learning = worker.wait_for(r"model \S+: learning") - started
+            samples: list[dict[str, float]] = []
+            for _ in range(kills):
+                # Kill mid-stream, after it has committed at least one checkpoint.
+                worker.wait_for(r"checkpoint \S+ trigger=")
+                time.sleep(rng.uniform(0.0, 0.5))
+                killed_at, killed_wall = worker.kill()
+                worker = Worker(env, log)
+                learning = worker.wait_for(r"model \S+: learning") - killed_at
+                caught = worker.wait_for(_CAUGHT_UP.pattern) - killed_at
+                match = _CAUGHT_UP.search(worker.text())
+                if match is None or int(match.group(2)) != target:
+                    raise RuntimeError(f"caught up at {match and match.group(2)}, not at {target}")
+                split = phases(worker.text(), killed_wall)
+                samples.append(
+                    {
+                        "learning_s": learning,
+                        "caught_up_s": caught,
+                        "learning_excl_join_s": learning - split.get("group_join", 0.0),
+                        **{f"{name}_s": value for name, value in split.items()},
+                    }
+                )
+                produce(
+                    kafka,
+                    topics.training_examples,
+                    MODEL,
+                    [encode(e) for e in make_examples(MODEL, n // 4, seed=rng.randrange(10**6))],
+                )
+                target = high_watermarks(kafka, [topics.training_examples])[tp]
+            worker.stop()
+        finally:
+            worker.abort()  # a failed run leaves no worker behind
     learning_s = [s["learning_s"] for s in samples]
     caught_s = [s["caught_up_s"] for s in samples]
     excl_s = [s["learning_excl_join_s"] for s in samples]
