@@ -70,8 +70,10 @@ without the tasks). And three waits stalled a busy partition: faust's Fetch
 wait of 1500 ms on idle partitions of the same broker
 (:data:`CONSUMER_FETCH_MAX_WAIT_MS`), its 1 s fetch timeout and 1 s sleep
 while stream buffers are full (:meth:`HighwaterConsumer._wait_next_records`).
-Measured with the trainer (``benchmarks.train``): about 3,000 examples/s
-with stalls of 0.4 to 1.8 s after each large fetch before, none after.
+Measured on a timeline of the trainer's fetches and chunks
+(``benchmarks.train``): before, after each large fetch the model thread sat
+idle for 0.3 to 1.8 s (the likely cause of runs at ~3,000 or ~8,000
+examples/s); after, such idle gaps became rare and short.
 
 :func:`install` puts the transport on a faust app; :func:`streams.app.make_app`
 does that for every ``kafka://`` app.
