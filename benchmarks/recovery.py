@@ -14,6 +14,23 @@ group. Measured, per kill, in seconds from the kill:
 Baseline, measured in the same run: a cold start (empty store) of the same
 worker until it learns, so ``learning`` is also printed as a ratio to it.
 
+Each restart's ``learning`` is split by the lines the worker logs (their own
+timestamps, against the wall clock at the kill):
+
+- ``start_imports``: the process starts and imports everything up to
+  ``streams.worker.build``;
+- ``preflight``: configuration, the checkpoint store, the pre-flight restore
+  check, topics, until faust's worker starts;
+- ``app_start``: faust starts producer, consumer and table manager, until the
+  consumer asks to join the group;
+- ``group_join``: until the broker answers the join. The embedded broker makes
+  a group's first join wait out the rebalance timeout (here 1 s: the
+  ``max_poll_interval_ms`` below), which is reported apart:
+  ``learning_excl_join_s`` is ``learning`` without it;
+- ``restore``: group sync, faust's seek to committed offsets and the
+  trainer's restore of the newest checkpoint and seek to its offsets;
+- ``first_batch``: fetch, decode and the first micro-batch trained.
+
 Run: ``python -m benchmarks.recovery [--examples N] [--kills K] [--json]``.
 """
 
@@ -48,6 +65,44 @@ from services.stack import EmbeddedStack
 MODEL = "river-logreg"
 WORKER = [sys.executable, "-c", "from services.cli import main; main()", "worker"]
 _CAUGHT_UP = re.compile(r"trainer caught up: partition (\d+) at offset (\d+)")
+#: A log line's own timestamp, in either format the worker writes (ours, faust's).
+_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]?")
+#: The phases of a restart (see the module docstring), each ending at the first
+#: line matching its pattern, in order.
+PHASES: tuple[tuple[str, str], ...] = (
+    ("start_imports", r"worker \S+: building"),
+    ("preflight", r"\[\^Worker\]: Starting"),
+    ("app_start", r"\(Re-\)joining group"),
+    ("group_join", r"Joined group"),
+    ("restore", r"trainer owns partitions"),
+    ("first_batch", r"model \S+: learning"),
+)
+
+
+def line_time(line: str) -> float | None:
+    """The epoch seconds a log line was written at (local time, ms), or None."""
+    match = _STAMP.match(line)
+    if match is None:
+        return None
+    return time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + (
+        int(match.group(2)) / 1000
+    )
+
+
+def phases(text: str, killed_at: float) -> dict[str, float]:
+    """Seconds of each restart phase from the worker's log ``text`` (kill at
+    ``killed_at``, epoch seconds); a phase whose line is missing is absent."""
+    out: dict[str, float] = {}
+    lines = text.splitlines()
+    previous, at = killed_at, 0
+    for name, pattern in PHASES:
+        found = next((i for i in range(at, len(lines)) if re.search(pattern, lines[i])), None)
+        stamp = line_time(lines[found]) if found is not None else None
+        if found is None or stamp is None:
+            break
+        out[name] = max(stamp - previous, 0.0)
+        previous, at = stamp, found
+    return out
 
 
 class Worker:
@@ -80,12 +135,20 @@ class Worker:
             time.sleep(0.005)
         raise RuntimeError(f"no {pattern!r} in time:\n{self.text()[-2000:]}")
 
-    def kill(self) -> float:
+    def kill(self) -> tuple[float, float]:
+        """SIGKILL; perf_counter() and the wall clock at the kill."""
         self.proc.send_signal(signal.SIGKILL)
-        at = time.perf_counter()
+        at, wall = time.perf_counter(), time.time()
         self.proc.wait(timeout=30)
         self._out.close()
-        return at
+        return at, wall
+
+    def abort(self) -> None:
+        """SIGKILL the process if it still runs (after a failure: its broker goes away)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._out.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -124,36 +187,54 @@ def run(n: int, kills: int, seed: int) -> dict[str, Any]:
         log = Path(tmp) / "worker.log"
         started = time.perf_counter()
         worker = Worker(env, log)
-        cold_learning = worker.wait_for(r"model \S+: learning") - started
-        samples: list[dict[str, float]] = []
-        for _ in range(kills):
-            # Kill mid-stream, after it has committed at least one checkpoint.
-            worker.wait_for(r"checkpoint \S+ trigger=")
-            time.sleep(rng.uniform(0.0, 0.5))
-            killed_at = worker.kill()
-            worker = Worker(env, log)
-            learning = worker.wait_for(r"model \S+: learning") - killed_at
-            caught = worker.wait_for(_CAUGHT_UP.pattern) - killed_at
-            match = _CAUGHT_UP.search(worker.text())
-            if match is None or int(match.group(2)) != target:
-                raise RuntimeError(f"caught up at {match and match.group(2)}, not at {target}")
-            samples.append({"learning_s": learning, "caught_up_s": caught})
-            produce(
-                kafka,
-                topics.training_examples,
-                MODEL,
-                [encode(e) for e in make_examples(MODEL, n // 4, seed=rng.randrange(10**6))],
-            )
-            target = high_watermarks(kafka, [topics.training_examples])[tp]
-        worker.stop()
+        try:
+            cold_learning = worker.wait_for(r"model \S+: learning") - started
+            samples: list[dict[str, float]] = []
+            for _ in range(kills):
+                # Kill mid-stream, after it has committed at least one checkpoint.
+                worker.wait_for(r"checkpoint \S+ trigger=")
+                time.sleep(rng.uniform(0.0, 0.5))
+                killed_at, killed_wall = worker.kill()
+                worker = Worker(env, log)
+                learning = worker.wait_for(r"model \S+: learning") - killed_at
+                caught = worker.wait_for(_CAUGHT_UP.pattern) - killed_at
+                match = _CAUGHT_UP.search(worker.text())
+                if match is None or int(match.group(2)) != target:
+                    raise RuntimeError(f"caught up at {match and match.group(2)}, not at {target}")
+                split = phases(worker.text(), killed_wall)
+                samples.append(
+                    {
+                        "learning_s": learning,
+                        "caught_up_s": caught,
+                        "learning_excl_join_s": learning - split.get("group_join", 0.0),
+                        **{f"{name}_s": value for name, value in split.items()},
+                    }
+                )
+                produce(
+                    kafka,
+                    topics.training_examples,
+                    MODEL,
+                    [encode(e) for e in make_examples(MODEL, n // 4, seed=rng.randrange(10**6))],
+                )
+                target = high_watermarks(kafka, [topics.training_examples])[tp]
+            worker.stop()
+        finally:
+            worker.abort()  # a failed run leaves no worker behind
     learning_s = [s["learning_s"] for s in samples]
     caught_s = [s["caught_up_s"] for s in samples]
+    excl_s = [s["learning_excl_join_s"] for s in samples]
     return {
         "examples": n,
         "kills": kills,
         "cold_start_learning_s": round(cold_learning, 3),
         "learning_s_median": round(statistics.median(learning_s), 3),
         "learning_s_max": round(max(learning_s), 3),
+        "learning_excl_join_s_median": round(statistics.median(excl_s), 3),
+        "learning_excl_join_s_max": round(max(excl_s), 3),
+        "phases_s_median": {
+            name: round(statistics.median(s.get(f"{name}_s", 0.0) for s in samples), 3)
+            for name, _ in PHASES
+        },
         "caught_up_s_median": round(statistics.median(caught_s), 3),
         "caught_up_s_max": round(max(caught_s), 3),
         "ratio_learning_to_cold_start": round(statistics.median(learning_s) / cold_learning, 3),
@@ -180,6 +261,15 @@ def main() -> None:
         f"  kill -9 -> learning again: median {results['learning_s_median']:.2f} s, "
         f"max {results['learning_s_max']:.2f} s "
         f"(ratio to cold start {results['ratio_learning_to_cold_start']:.2f})"
+    )
+    print(
+        f"  kill -9 -> learning again without the group join wait: median "
+        f"{results['learning_excl_join_s_median']:.2f} s, "
+        f"max {results['learning_excl_join_s_max']:.2f} s"
+    )
+    print(
+        "  phases (median s): "
+        + ", ".join(f"{name} {value:.2f}" for name, value in results["phases_s_median"].items())
     )
     print(
         f"  kill -9 -> caught up to the high watermark: median "

@@ -24,6 +24,8 @@
 - the transport corrects faust's changelog highwaters, which Tansu's
   ``ListOffsets`` undercounts, with the Fetch high watermark
   (:mod:`streams.kafka_compat`; harmless on Apache Kafka);
+- the table manager starts without faust's one-second nap (the apps declare
+  their tables before they start: :class:`streams.kafka_compat.PromptTableManager`);
 - the web server is off and the table store is ``memory://`` unless asked;
 - the data directory is always explicit: faust would otherwise write
   ``<app id>-data`` into the current directory.
@@ -127,6 +129,8 @@ def make_app(
         "datadir": str(datadir),
         "web_enabled": web_enabled,
         "autodiscover": autodiscover,
+        # No one-second nap before the consumer subscribes (see kafka_compat).
+        "TableManager": kafka_compat.PromptTableManager,
     }
     app = faust.App(app_id, **(derived | settings))
     kafka_compat.install(app)

@@ -63,6 +63,18 @@ far it handled each input partition registers an :class:`InputFloor`
 past it: a committed offset beyond it (records committed but never handled)
 is sought back to it and reported.
 
+Throughput, for any broker. faust hands each fetched record to its streams
+with a ``wait_first`` of four tasks; :meth:`HighwaterConsumer.wait_first`
+runs the hand-over inline when it does not have to wait (the same outcome,
+without the tasks). And three waits stalled a busy partition: faust's Fetch
+wait of 1500 ms on idle partitions of the same broker
+(:data:`CONSUMER_FETCH_MAX_WAIT_MS`), its 1 s fetch timeout and 1 s sleep
+while stream buffers are full (:meth:`HighwaterConsumer._wait_next_records`).
+Measured on a timeline of the trainer's fetches and chunks
+(``benchmarks.train``): before, after each large fetch the model thread sat
+idle for 0.3 to 1.8 s (the likely cause of runs at ~3,000 or ~8,000
+examples/s); after, such idle gaps became rare and short.
+
 :func:`install` puts the transport on a faust app; :func:`streams.app.make_app`
 does that for every ``kafka://`` app.
 """
@@ -72,15 +84,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Generator, Mapping
 from typing import Any, Protocol, cast
 
 import faust
 from aiokafka import errors as aiokafka_errors
 from aiokafka import structs as aiokafka_structs
 from aiokafka.protocol.fetch import FetchRequest
+from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.services import WaitResults
+from mode.utils.locks import Event
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +103,24 @@ log = logging.getLogger(__name__)
 #: partition has a record at the fetch offset. Not 0: Tansu answers a Fetch
 #: with ``max_wait_ms=0`` with no partitions at all.
 _FETCH_MAX_WAIT_MS = 100
+
+#: How long the broker may hold a consumer's Fetch when no fetched partition has
+#: a record (faust hard-codes 1500 ms). aiokafka sends one Fetch per broker at a
+#: time, and while the records of one partition wait to be consumed it fetches
+#: the *other* partitions of that broker: when those are idle (most partitions
+#: of ``training-examples``, keyed by model, are) that Fetch is held for the
+#: whole wait, and the busy partition gets no new records until it returns.
+#: With 1500 ms the trainer alternated between streaming and stalling (runs of
+#: the same benchmark gave ~3,000 or ~8,000 examples/s). An idle consumer sends
+#: a few more requests per second.
+CONSUMER_FETCH_MAX_WAIT_MS = 50
+
+#: How long faust's fetch of records waits while a stream buffer is full
+#: (:meth:`HighwaterConsumer._wait_next_records`); faust waits 1 s.
+BUFFERED_FETCH_WAIT_S = 0.02
+
+#: The longest the fetcher waits for a full stream buffer to drain (faust's sleep).
+DRAIN_WAIT_S = 1.0
 
 #: Broker URL schemes served by faust's aiokafka driver.
 KAFKA_SCHEMES = frozenset({"kafka", "aiokafka"})
@@ -200,6 +233,12 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         super().__init__(*args, **kwargs)
         #: Seeks per partition so far (written on this thread only).
         self.seeks: dict[TP, int] = {}
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by the consumer's start(), when it builds its fetcher.
+        consumer._fetch_max_wait_ms = CONSUMER_FETCH_MAX_WAIT_MS
+        return consumer
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = dict(await super()._highwaters(partitions))
@@ -348,11 +387,71 @@ class HighwaterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return SoughtRecords(records, dict(self.seeks))
 
 
+class _Resumed:
+    """The rest of a coroutine that has already run up to its first suspension
+    (it yielded ``first``), as an awaitable: what ``yield from`` would do."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, out = self.coro, self.first
+        while True:
+            try:
+                sent = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in (a cancellation): passed on into the coroutine
+                try:
+                    out = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+                continue
+            try:
+                out = coro.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
 class HighwaterConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer running :class:`HighwaterConsumerThread`, seeking
-    on it, and dropping records of partitions sought since they were fetched."""
+    on it, dropping records of partitions sought since they were fetched, and
+    handing each record to the streams without four tasks per record."""
 
     _batch_seeks: Mapping[TP, int] | None = None
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        """mode's ``wait_first``, with a fast path for faust's inner loop.
+
+        faust hands every fetched record to its streams with
+        ``wait_first(callback(message), suspend_flow.wait())``: four tasks,
+        an ``asyncio.wait`` and three cancellations per record, most of the
+        event loop's time (profiled: the trainer read about 3,000 records/s
+        while a bare consumer read 40,000). The callback (put the record in
+        its stream's buffer) nearly always completes without waiting, so
+        when nothing is stopping and the flow is not suspended it is run
+        inline first; only when it has to wait (a full buffer) does the rest
+        of it go through the general path, which can still interrupt it.
+        """
+        if (
+            timeout is None
+            and len(coros) == 2
+            and all(asyncio.iscoroutine(c) for c in coros)
+            and not (self.suspend_flow.is_set() or self._stopped.is_set() or self._crashed.is_set())
+        ):
+            first, flow = coros
+            try:
+                suspended = first.send(None)
+            except StopIteration as done:
+                flow.close()
+                return WaitResults([first], [done.value], False)
+            except BaseException:
+                flow.close()
+                raise
+            return await super().wait_first(_Resumed(first, suspended), flow)
+        return await super().wait_first(*coros, timeout=timeout)
 
     def _new_consumer_thread(self) -> HighwaterConsumerThread:
         return HighwaterConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -362,7 +461,29 @@ class HighwaterConsumer(faust_aiokafka.Consumer):
         thread = cast(HighwaterConsumerThread, self._thread)
         await thread.call_thread(thread.seek_here, partition, offset)
 
+    _buffer_drained: Event | None = None
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        super().on_buffer_drop(tp)
+        if self._buffer_drained is not None:
+            self._buffer_drained.set()
+
     async def _wait_next_records(self, timeout: float) -> Any:
+        # A partition whose stream buffer is full is taken out of the fetch
+        # until the buffer drains (faust's flow control), but faust looks at
+        # the partitions again only when its fetch returns: it waits up to its
+        # 1 s ``getmany`` timeout for records of the *other* partitions (idle
+        # ones wait it out), or, when none is left, sleeps a whole second. The
+        # trainer stalled ~0.6 s after every large fetch that way. While a
+        # buffer is full, the fetch here waits at most BUFFERED_FETCH_WAIT_S,
+        # and with no partition left the fetcher wakes when a buffer drains.
+        if self._buffered_partitions:
+            timeout = min(timeout, BUFFERED_FETCH_WAIT_S)
+            if not self._get_active_partitions() and self.flow_active:
+                if self._buffer_drained is None:
+                    self._buffer_drained = Event()
+                self._buffer_drained.clear()
+                await self.wait_for_stopped(self._buffer_drained, timeout=DRAIN_WAIT_S)
         records, active = await super()._wait_next_records(timeout)
         self._batch_seeks = records.seeks if isinstance(records, SoughtRecords) else None
         return records, active
@@ -429,6 +550,23 @@ class HighwaterTransport(faust_aiokafka.Transport):
 
     #: Bounds seeks to committed offsets (:func:`set_input_floor`); None: none.
     input_floor: InputFloor | None = None
+
+
+class PromptTableManager(TableManager):
+    """faust's table manager without its one-second nap at start.
+
+    faust's ``TableManager.on_start`` sleeps 1 s before it finalizes the tables
+    and starts recovery, to give tables created while the app starts a chance
+    to register; the consumer does not subscribe before that. Every driftloop
+    app declares its tables when it is built, before it starts (a table added
+    later still raises faust's "Too late to add tables"), so the wait only
+    delayed every start and restart by a second.
+    """
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 def install(app: faust.App) -> None:

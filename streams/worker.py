@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ def build(
     """
     if role not in ROLES:
         raise ConfigError(f"unknown worker role {role!r}; one of {list(ROLES)}")
+    log.info("worker %s: building (pid %d)", role, os.getpid())
     kafka = kafka if kafka is not None else KafkaConfig()
     topics = topics if topics is not None else TopicsConfig()
     worker = worker if worker is not None else WorkerConfig()

@@ -46,10 +46,7 @@ import math
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas.errors import SHUTDOWN_EXCEPTIONS, ConfigError, DriftloopError, LearnError, SchemaError
 from services.learning.config import EncodingConfig, ModelConfig
@@ -57,6 +54,11 @@ from services.learning.factory import build, call, resolve
 from services.learning.hashing import FeatureHasher, FeatureValue
 from services.learning.labels import Label, binary_target, class_label, regression_target
 from services.learning.validation import check_features, needs_numeric_features
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 _EPS = 1e-15
 
@@ -364,11 +366,12 @@ class RiverAdapter:
         return hashlib.sha256(canonical).hexdigest()
 
 
-_LOSSES: dict[str, type[nn.Module]] = {
-    "bce": nn.BCEWithLogitsLoss,
-    "mse": nn.MSELoss,
-    "l1": nn.L1Loss,
-    "huber": nn.HuberLoss,
+#: torch.nn loss classes by configured name (looked up when a torch model is built).
+_LOSSES: dict[str, str] = {
+    "bce": "BCEWithLogitsLoss",
+    "mse": "MSELoss",
+    "l1": "L1Loss",
+    "huber": "HuberLoss",
 }
 
 
@@ -391,15 +394,15 @@ class TorchAdapter:
         params = {**config.factory.params, "buckets": enc.buckets, "sparse": enc.sparse}
         params.setdefault("seed", config.seed)
         module = build(config.factory.path, params)
-        if not isinstance(module, nn.Module):
+        if not isinstance(module, torch.nn.Module):
             raise ConfigError(
                 "torch factory did not build a torch.nn.Module",
                 model=config.name,
                 path=config.factory.path,
             )
-        self.module: nn.Module = module
+        self.module: torch.nn.Module = module
         self.loss_name = config.torch_loss
-        self._loss = _LOSSES[self.loss_name](reduction="none")
+        self._loss = getattr(torch.nn, _LOSSES[self.loss_name])(reduction="none")
         self._optimizer: torch.optim.Optimizer | None = None
         if inference:
             self.module.eval()

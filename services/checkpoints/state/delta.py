@@ -16,12 +16,15 @@ back from the store once, on the first save.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.manifest import FileEntry
 from services.checkpoints.state.state import CheckpointState, rows_view
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 #: Bytes of one row index in a rows file (int64).
 INDEX_BYTES = 8

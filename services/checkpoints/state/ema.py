@@ -8,11 +8,14 @@ serving, while training resumes with the raw weights.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 
 class EmaWeights:
@@ -32,15 +35,15 @@ class EmaWeights:
             k: v.detach().clone() for k, v in module.state_dict().items()
         }
 
-    @torch.no_grad()
     def update(self) -> None:
         """Fold the module's current weights into the average; call after each step."""
-        for name, value in self.module.state_dict().items():
-            shadow = self.shadow[name]
-            if shadow.is_floating_point():
-                shadow.lerp_(value.detach(), 1.0 - self.decay)
-            else:
-                shadow.copy_(value)
+        with torch.no_grad():
+            for name, value in self.module.state_dict().items():
+                shadow = self.shadow[name]
+                if shadow.is_floating_point():
+                    shadow.lerp_(value.detach(), 1.0 - self.decay)
+                else:
+                    shadow.copy_(value)
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:

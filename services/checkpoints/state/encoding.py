@@ -20,20 +20,23 @@ value unchanged). One file per tensor makes "unchanged tensor" mean
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from schemas.errors import CheckpointCorruptError
 from schemas.manifest import CheckpointManifest
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 INDEX_NAME = "state/index.json"
 INDEX_FORMAT = 1
@@ -79,27 +82,38 @@ def blob_file(name: str) -> str:
 
 def encode_tensor(tensor: torch.Tensor, key: str = "value") -> bytes:
     """safetensors bytes holding one tensor under ``key``."""
+    from safetensors.torch import save as st_save
+
     return st_save({key: tensor.detach().contiguous()})
 
 
 def encode_tensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
     """safetensors bytes holding several (unshared) tensors."""
+    from safetensors.torch import save as st_save
+
     return st_save({k: v.detach().contiguous() for k, v in tensors.items()})
 
 
-_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+_DTYPE_NAMES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
 }
-_BY_CODE = {code: dtype for dtype, code in _DTYPES.items()}
+
+
+@functools.cache
+def _dtype_codes() -> tuple[dict[torch.dtype, str], dict[str, torch.dtype]]:
+    """safetensors' dtype codes by torch dtype, and back (built at first use: torch
+    is imported only by processes that handle tensors)."""
+    codes = {getattr(torch, name): code for name, code in _DTYPE_NAMES.items()}
+    return codes, {code: dtype for dtype, code in codes.items()}
 
 
 def tensor_payload(tensor: torch.Tensor, key: str = "value") -> list[bytes | memoryview]:
@@ -109,7 +123,7 @@ def tensor_payload(tensor: torch.Tensor, key: str = "value") -> list[bytes | mem
     this encoder does not know fall back to that (one copy).
     """
     flat = tensor.detach().reshape(-1).contiguous()
-    code = _DTYPES.get(flat.dtype)
+    code = _dtype_codes()[0].get(flat.dtype)
     if code is None or flat.device.type != "cpu":
         return [encode_tensor(tensor, key)]
     nbytes = flat.numel() * flat.element_size()
@@ -142,7 +156,7 @@ def _view_tensors(data: bytearray | memoryview) -> dict[str, torch.Tensor] | Non
     start = 8 + size
     out: dict[str, torch.Tensor] = {}
     for key, info in header.items():
-        dtype = _BY_CODE.get(str(info.get("dtype"))) if isinstance(info, dict) else None
+        dtype = _dtype_codes()[1].get(str(info.get("dtype"))) if isinstance(info, dict) else None
         if dtype is None:
             return None
         shape = [int(d) for d in info["shape"]]
@@ -176,6 +190,8 @@ def decode_tensors(
             viewed = _view_tensors(data)
             if viewed is not None:
                 return viewed
+        from safetensors.torch import load as st_load
+
         return st_load(bytes(data))
     except Exception as exc:  # safetensors raises its own SafetensorError and others
         raise CheckpointCorruptError(

@@ -15,11 +15,14 @@ arbitrary object) is refused: it would need pickle.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 _TAGS = ("__tensor__", "__tuple__", "__items__", "__float__")
 

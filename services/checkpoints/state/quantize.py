@@ -10,7 +10,12 @@ and boolean tensors are kept as they are.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 
 def _as_rows(tensor: torch.Tensor) -> torch.Tensor:

@@ -31,9 +31,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas.errors import CheckpointCorruptError, CheckpointNotFoundError
 from schemas.manifest import CheckpointManifest
@@ -53,6 +51,11 @@ from services.checkpoints.state.state import (
     compose_digest_v1,
     legacy_state_digest,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 #: Longest delta chain a load follows before calling the lineage broken.
 MAX_CHAIN = 1024

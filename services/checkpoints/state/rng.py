@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import base64
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from schemas.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 
 def _ints_to_str(value: Any) -> Any:

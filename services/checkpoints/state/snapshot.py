@@ -14,13 +14,16 @@ fresh values made by ``capture()``.
 from __future__ import annotations
 
 import threading
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from services.checkpoints.state.state import CheckpointState
 
-Signature = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+if TYPE_CHECKING:
+    import torch
+
+    Signature = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 
 def _signature(groups: dict[str, dict[str, torch.Tensor]]) -> Signature:
@@ -42,9 +45,16 @@ class SnapshotPool:
     def __init__(self, mode: Literal["copy", "clone"] = "copy", *, keep: int = 2) -> None:
         self.mode = mode
         self.keep = keep
-        self.pin = torch.cuda.is_available()
+        self._pin: bool | None = None  # torch.cuda.is_available(), asked at the first tensor
         self._idle: list[tuple[Signature, dict[str, dict[str, torch.Tensor]]]] = []
         self._lock = threading.Lock()
+
+    @property
+    def pin(self) -> bool:
+        """Whether snapshot buffers are pinned (CUDA present); asked of torch at first use."""
+        if self._pin is None:
+            self._pin = bool(torch.cuda.is_available())
+        return self._pin
 
     def _buffers(
         self, groups: dict[str, dict[str, torch.Tensor]]

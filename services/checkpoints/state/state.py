@@ -36,11 +36,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from services.checkpoints.state.encoding import tensor_file_digest
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 #: Marks a state digest of canonical tensor-file digests and blob digests.
 DIGEST_PREFIX = "tf2:"

@@ -11,16 +11,20 @@ included (RNG states travel in the manifest's ``rng``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from schemas.errors import CheckpointError
 from services.checkpoints.state.ema import EmaWeights
 from services.checkpoints.state.jsonable import join_tensors, split_tensors
 from services.checkpoints.state.rng import capture_rng, restore_rng
 from services.checkpoints.state.state import CheckpointState
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 
 class TorchAdapter:

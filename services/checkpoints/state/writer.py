@@ -26,9 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.manifest import FileEntry
 from services.checkpoints.state.delta import ParentState, TensorChange, diff_tensor
@@ -46,7 +44,12 @@ from services.checkpoints.state.quantize import max_abs_error, quantize
 from services.checkpoints.state.state import CheckpointState, compose_digest
 from services.checkpoints.storage import Payload, payload_size
 
-Parts = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+    Parts = dict[str, torch.Tensor]
+else:
+    from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 
 @dataclass(frozen=True)

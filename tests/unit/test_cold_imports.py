@@ -1,0 +1,42 @@
+"""A trainer worker imports only what its role uses (cold start, restart after kill -9).
+
+Importing torch took longer than everything else a worker imports together
+(``python -X importtime``); a worker whose models are river models never
+uses it, nor the server's web stack or the gateway. Checked in a fresh
+interpreter, as ``driftloop worker --role trainer`` starts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+UNUSED_BY_A_RIVER_TRAINER = (
+    "torch",
+    "safetensors.torch",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "streams.gateway",
+    "streams.gateway_build",
+    "services.server.app",
+)
+
+_PROBE = """
+import sys, orjson
+import services.cli, streams.worker
+from services.learning.config import example_path, load_config
+from services.learning.buildcheck import check_buildable
+check_buildable(list(load_config(example_path("river_logreg")).models))
+print(orjson.dumps(sorted(sys.modules)).decode())
+"""
+
+
+def test_the_trainer_role_with_a_river_model_imports_no_torch_nor_web_stack() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, check=True, text=True
+    ).stdout
+    loaded = set(orjson.loads(out.splitlines()[-1]))
+    assert sorted(loaded & set(UNUSED_BY_A_RIVER_TRAINER)) == []
