@@ -31,6 +31,15 @@ watermark, not Tansu's undercounted ``ListOffsets`` end
 a surviving worker already follows the other's changelog partitions, so a
 take-over has little left to read.
 
+Batches: the agent takes up to ``batch`` records at once (faust's
+``take_events``, waiting at most ``batch_wait_s``), handles them one after
+the other (each record's outputs sent before the next is joined), then
+writes the batch's table changes (:meth:`TablePendingStore.flush`: each key
+once, its last value, to the changelog partition of the records that changed
+it), and only then hands the batch back, so faust acknowledges its records
+after both. The join logic sees the records one by one in the same order as
+without batches: which windows close, and when, does not change.
+
 Delivery: faust flushes the producer (examples, dead letters, changelog)
 before it commits input offsets, and the app's producer
 (:class:`streams.kafka_compat.DurableProducer`) makes that flush wait until the
@@ -46,8 +55,8 @@ offsets it never delivered as acknowledged (its "gaps", and a missing record
 right at the committed offset, see ``Consumer._new_offset``), so one record
 skipped on its way to the agent is committed past. So the table itself
 records, per input topic partition, the next offset the join has handled
-(``\x00offset:<topic>:<partition>``, written last among each record's
-held-back changes, :meth:`TablePendingStore.flush`), and that offset, not the
+(``\x00offset:<topic>:<partition>``, written last among a batch's
+held-back changes of its partition, :meth:`TablePendingStore.flush`), and that offset, not the
 group's, is the truth:
 
 - every record is judged against it (:mod:`streams.frontier`): one delivered
@@ -68,16 +77,17 @@ The state a new owner restores can be *ahead* of the committed offsets
 (changelog writes that landed after the last commit); the replayed records
 are then known by their event_ids and change nothing. That is only safe if
 no state write lands before the outputs it accounts for, else a replay would
-skip an example that never reached Kafka. So the agent hands a record's
+skip an example that never reached Kafka. So the agent hands a batch's
 outputs to the producer first and its table changes after
-(:meth:`TablePendingStore.flush`); the producer sends at most one request per
+(:meth:`TablePendingStore.flush`, which also orders a partition's writes so
+that any prefix of them replays right); the producer sends at most one request per
 broker at a time, in order, so a changelog write is never acknowledged
 before the example it records. The remaining gap is a broker error on the
 example's batch alone followed by a kill within the producer's retry;
 closing that needs Kafka transactions.
 
 A forward is an output of the record it forwards, like an example: sent
-before that record's table writes, replayed with it. The owner of the join
+before that record's batch's table writes, replayed with it. The owner of the join
 partition then finds the replayed copy's event_id already seen (a
 duplicate: nothing emitted twice). Markers are sent by the timer between
 records, never tied to an offset: a replay after a kill may resend records
@@ -183,9 +193,10 @@ class TablePendingStore:
     are placed on its partition (:meth:`hold`), whose changelog partition they
     are written to; a key changed by several records of a batch is written
     once, with its last value, and an entry is serialised only then. Parsed
-    entries are cached; the cache is dropped on every rebalance, when the
-    table's contents change under it. Must be used from inside the agent
-    (faust writes each change to the changelog partition of the record being
+    entries are kept until the flush (an entry is parsed and serialised at
+    most once a batch; no parsed copy outlives it, so none goes stale at a
+    rebalance nor holds memory). Must be used from inside the agent (faust
+    writes each change to the changelog partition of the record being
     processed, or of the one ``place`` makes current for a partition).
 
     Parameters
@@ -315,6 +326,7 @@ class TablePendingStore:
                         del self.table[key]
         self._held.clear()
         self._latest.clear()
+        self._cache.clear()
 
     def discard(self) -> None:
         """Forget the held-back changes (their records will be handled again)."""
