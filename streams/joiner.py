@@ -77,14 +77,15 @@ The state a new owner restores can be *ahead* of the committed offsets
 (changelog writes that landed after the last commit); the replayed records
 are then known by their event_ids and change nothing. That is only safe if
 no state write lands before the outputs it accounts for, else a replay would
-skip an example that never reached Kafka. So the agent hands a batch's
-outputs to the producer first and its table changes after
-(:meth:`TablePendingStore.flush`, which also orders a partition's writes so
-that any prefix of them replays right); the producer sends at most one request per
-broker at a time, in order, so a changelog write is never acknowledged
-before the example it records. The remaining gap is a broker error on the
-example's batch alone followed by a kill within the producer's retry;
-closing that needs Kafka transactions.
+skip an example that never reached Kafka. So the agent waits until the
+broker has acknowledged a batch's outputs before it hands the batch's table
+changes to the producer (:meth:`TablePendingStore.flush`, which also orders
+a partition's writes so that any prefix of them replays right): a changelog
+write is never sent before the examples it records are durable. (Sending
+in order is not enough: the producer drains one record batch per partition
+per request, so with several batches queued for the examples' partition a
+later request could carry the state of examples still queued.) A send the
+broker refuses fails the batch: its state is discarded and the agent stops.
 
 A forward is an output of the record it forwards, like an example: sent
 before that record's batch's table writes, replayed with it. The owner of the join
@@ -396,6 +397,8 @@ class JoinerWorker:
         self.batch_wait_s = batch_wait_s
         #: The batch's last event of each partition (where its changes are written).
         self._events: dict[int, Any] = {}
+        #: The batch's outputs until the broker acknowledges them.
+        self._sent: list[Awaitable[Any]] = []
         self.stats = JoinStats()
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
         self.source = app.topic(
@@ -552,12 +555,15 @@ class JoinerWorker:
             try:
                 for event in events:
                     await self._one(event)
+                if self._sent:  # acknowledged by the broker before any state they account for
+                    await asyncio.gather(*self._sent)
                 self._flush()  # the batch's state, after all its outputs: see "Delivery"
             except BaseException:
                 self.store.discard()  # a send failed: keep the state that matches Kafka
                 raise
             finally:
                 self._events.clear()
+                self._sent.clear()
             yield None  # faust acknowledges the batch's records after this
 
     async def _one(self, event: Any) -> None:
@@ -584,7 +590,7 @@ class JoinerWorker:
         self._events[record.partition] = event
         async with self._turn:
             for out in self.handle(record, message.headers):
-                await self._deliver(out)
+                self._sent.append(await self._deliver(out))
             self._hold(record)  # state after its outputs: see "Delivery"
 
     def handled(self, record: RawRecord) -> None:
@@ -642,13 +648,15 @@ class JoinerWorker:
         except aiokafka_errors.IllegalStateError as exc:  # revoked: the next owner rewinds
             log.warning("joiner: seeking %s[%d] back to %d failed: %r", *tp, floor, exc)
 
-    async def _deliver(self, out: Send) -> None:
+    async def _deliver(self, out: Send) -> Awaitable[Any]:
+        """Hand ``out`` to the producer; returns what resolves on its acknowledgement."""
         if isinstance(out, Forwarded):
-            await self.repartition_topic.send(
+            sent: Awaitable[Any] = await self.repartition_topic.send(
                 key=out.key, value=out.value, partition=out.partition, headers=out.headers
             )
-        else:  # topic and key from the event's type, as every publisher does
-            await self.publisher.send(out)
+            return sent
+        # topic and key from the event's type, as every publisher does
+        return await self.publisher.send(out)
 
     def handle(self, record: RawRecord, headers: Any = None) -> list[Send]:
         """Decode one input or repartition record and join it: what to send
