@@ -31,15 +31,6 @@ watermark, not Tansu's undercounted ``ListOffsets`` end
 a surviving worker already follows the other's changelog partitions, so a
 take-over has little left to read.
 
-Batches: the agent takes up to ``batch`` records at once (faust's
-``take_events``, waiting at most ``batch_wait_s``), handles them one after
-the other (each record's outputs sent before the next is joined), then
-writes the batch's table changes (:meth:`TablePendingStore.flush`: each key
-once, its last value, to the changelog partition of the records that changed
-it), and only then hands the batch back, so faust acknowledges its records
-after both. The join logic sees the records one by one in the same order as
-without batches: which windows close, and when, does not change.
-
 Delivery: faust flushes the producer (examples, dead letters, changelog)
 before it commits input offsets, and the app's producer
 (:class:`streams.kafka_compat.DurableProducer`) makes that flush wait until the
@@ -55,8 +46,8 @@ offsets it never delivered as acknowledged (its "gaps", and a missing record
 right at the committed offset, see ``Consumer._new_offset``), so one record
 skipped on its way to the agent is committed past. So the table itself
 records, per input topic partition, the next offset the join has handled
-(``\x00offset:<topic>:<partition>``, written last among a batch's
-held-back changes of its partition, :meth:`TablePendingStore.flush`), and that offset, not the
+(``\x00offset:<topic>:<partition>``, written last among each record's
+held-back changes, :meth:`TablePendingStore.flush`), and that offset, not the
 group's, is the truth:
 
 - every record is judged against it (:mod:`streams.frontier`): one delivered
@@ -77,18 +68,16 @@ The state a new owner restores can be *ahead* of the committed offsets
 (changelog writes that landed after the last commit); the replayed records
 are then known by their event_ids and change nothing. That is only safe if
 no state write lands before the outputs it accounts for, else a replay would
-skip an example that never reached Kafka. So the agent waits until the
-broker has acknowledged a batch's outputs before it hands the batch's table
-changes to the producer (:meth:`TablePendingStore.flush`, which also orders
-a partition's writes so that any prefix of them replays right): a changelog
-write is never sent before the examples it records are durable. (Sending
-in order is not enough: the producer drains one record batch per partition
-per request, so with several batches queued for the examples' partition a
-later request could carry the state of examples still queued.) A send the
-broker refuses fails the batch: its state is discarded and the agent stops.
+skip an example that never reached Kafka. So the agent hands a record's
+outputs to the producer first and its table changes after
+(:meth:`TablePendingStore.flush`); the producer sends at most one request per
+broker at a time, in order, so a changelog write is never acknowledged
+before the example it records. The remaining gap is a broker error on the
+example's batch alone followed by a kill within the producer's retry;
+closing that needs Kafka transactions.
 
 A forward is an output of the record it forwards, like an example: sent
-before that record's batch's table writes, replayed with it. The owner of the join
+before that record's table writes, replayed with it. The owner of the join
 partition then finds the replayed copy's event_id already seen (a
 duplicate: nothing emitted twice). Markers are sent by the timer between
 records, never tied to an offset: a replay after a kill may resend records
@@ -110,20 +99,16 @@ Run a worker with ``python -m streams.joiner`` (settings from
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import itertools
 import logging
 import os
 import sys
 import tempfile
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-import faust.streams as faust_streams
 from aiokafka import errors as aiokafka_errors
 
 from schemas.codec import encode
@@ -179,49 +164,23 @@ _OFFSET = f"{_META}offset:"
 TABLE_NAME = "join-pending"
 
 
-#: A held-back change of a table key: an entry (serialised when written), a
-#: value's bytes, or None (a delete).
-Change = PendingRequest | bytes | None
-
-
 class TablePendingStore:
     """:class:`~services.attribution.PendingStore` on a faust table of JSON bytes.
 
-    Changes are held back until :meth:`flush`: the agent sends the outputs of
-    a batch of records first and flushes after, so every changelog write
-    reaches the producer after the outputs it accounts for (see "Delivery" in
-    the module notes). Reads see the held-back changes. Each record's changes
-    are placed on its partition (:meth:`hold`), whose changelog partition they
-    are written to; a key changed by several records of a batch is written
-    once, with its last value, and an entry is serialised only then. Parsed
-    entries are kept until the flush (an entry is parsed and serialised at
-    most once a batch; no parsed copy outlives it, so none goes stale at a
-    rebalance nor holds memory). Must be used from inside the agent (faust
-    writes each change to the changelog partition of the record being
-    processed, or of the one ``place`` makes current for a partition).
-
-    Parameters
-    ----------
-    table
-        The faust table (a dict in unit tests).
-    place
-        ``place(partition)`` makes faust write the changes held for
-        ``partition`` to that changelog partition while it is entered (the
-        agent's batch); None: the current record's.
+    Changes are held back until :meth:`flush`: the agent sends a record's
+    examples and dead letters first and flushes after, so every changelog
+    write reaches the producer after the outputs it accounts for (see
+    "Delivery" in the module notes). Reads see the held-back changes.
+    Parsed entries are cached; the cache is dropped on every rebalance, when
+    the table's contents change under it. Must be used from inside the agent
+    (faust writes each change to the changelog partition of the record
+    being processed).
     """
 
-    def __init__(
-        self,
-        table: Any,
-        place: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
-    ) -> None:
+    def __init__(self, table: Any) -> None:
         self.table = table
-        self.place = place
         self._cache: dict[str, PendingRequest] = {}
-        self._latest: dict[str, Change] = {}  # every held-back key's last change: what reads see
-        self._unplaced: dict[str, None] = {}  # keys changed since the last hold, in order
-        #: (partition, key) -> change, in the order of their last change; None: no partition
-        self._held: dict[tuple[int | None, str], Change] = {}
+        self._writes: dict[str, bytes | None] = {}  # key -> value; None deletes
 
     def get(self, request_id: str) -> PendingRequest | None:
         cached = self._cache.get(request_id)
@@ -230,17 +189,17 @@ class TablePendingStore:
         raw = self._read(request_id)
         if raw is None:
             return None
-        entry = raw if isinstance(raw, PendingRequest) else PendingRequest.from_bytes(raw)
+        entry = PendingRequest.from_bytes(raw)
         self._cache[request_id] = entry
         return entry
 
     def put(self, entry: PendingRequest) -> None:
-        self._change(entry.request_id, entry)
+        self._writes[entry.request_id] = entry.to_bytes()
         self._cache[entry.request_id] = entry
 
     def delete(self, request_id: str) -> None:
         self._cache.pop(request_id, None)
-        self._change(request_id, None)
+        self._writes[request_id] = None
 
     def entries(self, partitions: frozenset[int]) -> Iterator[PendingRequest]:
         self.flush()
@@ -253,115 +212,59 @@ class TablePendingStore:
                 yield entry
 
     def get_watermark(self, partition: int, input: str) -> int | None:
-        raw = self._read_bytes(f"{_META}watermark:{partition}:{input}")
+        raw = self._read(f"{_META}watermark:{partition}:{input}")
         kind, _, source = input.partition(":")
         if raw is None and source == str(partition):
             # state of earlier versions, when only a partition's own topic
             # partitions delivered to it: one key per input kind ...
-            raw = self._read_bytes(f"{_META}watermark:{partition}:{kind}")
+            raw = self._read(f"{_META}watermark:{partition}:{kind}")
             if raw is None:  # ... or one per partition
-                raw = self._read_bytes(f"{_META}watermark:{partition}")
+                raw = self._read(f"{_META}watermark:{partition}")
         elif raw is None and not source:
-            raw = self._read_bytes(f"{_META}watermark:{partition}")
+            raw = self._read(f"{_META}watermark:{partition}")
         return None if raw is None else int(raw)
 
     def put_watermark(self, partition: int, input: str, ts: int) -> None:
-        self._change(f"{_META}watermark:{partition}:{input}", str(ts).encode())
+        self._writes[f"{_META}watermark:{partition}:{input}"] = str(ts).encode()
 
     def get_handled(self, topic: str, partition: int) -> int | None:
         """The next offset of input ``topic[partition]`` the table accounts for
         (None: no record of it handled since offsets were kept)."""
-        raw = self._read_bytes(f"{_OFFSET}{topic}:{partition}")
+        raw = self._read(f"{_OFFSET}{topic}:{partition}")
         return None if raw is None else int(raw)
 
     def put_handled(self, topic: str, partition: int, offset: int) -> None:
         """Record that the join handled ``topic[partition]`` up to ``offset``
         (exclusive), with the record's other held-back changes; written last
         at :meth:`flush`, after them."""
-        self._change(f"{_OFFSET}{topic}:{partition}", str(offset).encode())
+        self._writes[f"{_OFFSET}{topic}:{partition}"] = str(offset).encode()
 
     def knows_input(self, partition: int, input: str) -> bool:
         """Whether the table holds a watermark of ``input`` on ``partition``,
         which the join writes with the first record it handles there."""
         return self.get_watermark(partition, input) is not None
 
-    def hold(self, partition: int) -> None:
-        """The changes made since the last hold are a record's of ``partition``:
-        keep them for :meth:`flush`, which writes them to that changelog partition."""
-        self._place(partition)
-
     def flush(self) -> None:
-        """Write the held-back changes to the table, so to its changelog: each
-        key once, its last change, partition by partition; of a partition, the
-        entries first, then the watermarks, then the handled offsets. Changes
-        not yet held are written as the current record's (no partition).
-
-        So whatever prefix of these writes is durable when a worker dies, the
-        records replayed from the table's offsets find the state either from
-        before the batch or with every entry the batch made; a new watermark
-        never lands without them, which could make a record the batch joined
-        late on its replay, and no offset lands before the state it accounts for."""
-        self._place(None)
-        # partition by partition (a key belongs to one: its request's, its
-        # watermark's, its offset's), each in the order of the last changes
-        # (a stable sort), entries first, then watermarks, then offsets
-        order: dict[int | None, int] = {}
-        for partition, _ in self._held:
-            order.setdefault(partition, len(order))
-        changes = sorted(
-            self._held.items(), key=lambda item: (order[item[0][0]], _rank(item[0][1]))
-        )
-        for partition, run in itertools.groupby(changes, key=lambda item: item[0][0]):
-            scope = (
-                self.place(partition)
-                if partition is not None and self.place is not None
-                else contextlib.nullcontext()
-            )
-            with scope:
-                for (_, key), change in run:
-                    if isinstance(change, PendingRequest):
-                        self.table[key] = change.to_bytes()
-                    elif change is not None:
-                        self.table[key] = change
-                    elif key in self.table:
-                        del self.table[key]
-        self._held.clear()
-        self._latest.clear()
-        self._cache.clear()
+        """Write the held-back changes to the table, so to its changelog;
+        handled offsets last, after the state they account for."""
+        writes = sorted(self._writes.items(), key=lambda item: item[0].startswith(_OFFSET))
+        for key, value in writes:
+            if value is not None:
+                self.table[key] = value
+            elif key in self.table:
+                del self.table[key]
+        self._writes.clear()
 
     def discard(self) -> None:
-        """Forget the held-back changes (their records will be handled again)."""
-        self._held.clear()
-        self._latest.clear()
-        self._unplaced.clear()
+        """Forget the held-back changes (their record will be handled again)."""
+        self._writes.clear()
         self._cache.clear()
 
-    def _change(self, key: str, change: Change) -> None:
-        self._latest[key] = change
-        self._unplaced[key] = None
-
-    def _place(self, partition: int | None) -> None:
-        for key in self._unplaced:
-            self._held.pop((partition, key), None)  # re-inserted: ordered by last change
-            self._held[(partition, key)] = self._latest[key]
-        self._unplaced.clear()
-
-    def _read(self, key: str) -> Change:
-        if key in self._latest:
-            return self._latest[key]
+    def _read(self, key: str) -> bytes | None:
+        if key in self._writes:
+            return self._writes[key]
         raw: bytes | None = self.table.get(key)
         return raw
-
-    def _read_bytes(self, key: str) -> bytes | None:
-        raw = self._read(key)
-        return raw.to_bytes() if isinstance(raw, PendingRequest) else raw
-
-
-def _rank(key: str) -> int:
-    """Where a key is written among a partition's changes (:meth:`TablePendingStore.flush`)."""
-    if not key.startswith(_META):
-        return 0
-    return 2 if key.startswith(_OFFSET) else 1
 
 
 class JoinerWorker:
@@ -375,30 +278,12 @@ class JoinerWorker:
         Topic names; the inputs must have ``topics.partitions`` partitions.
     config
         Window, grace and policies.
-    batch
-        Records handled at once (at most): their outputs are sent one after
-        the other, then their state changes are written to the table, each
-        key once; the agent waits at most ``batch_wait_s`` to fill a batch.
     """
 
-    def __init__(
-        self,
-        app: faust.App,
-        topics: TopicsConfig,
-        config: JoinerConfig,
-        *,
-        batch: int = 500,
-        batch_wait_s: float = 0.02,
-    ) -> None:
+    def __init__(self, app: faust.App, topics: TopicsConfig, config: JoinerConfig) -> None:
         self.app = app
         self.topics = topics
         self.config = config
-        self.batch = batch
-        self.batch_wait_s = batch_wait_s
-        #: The batch's last event of each partition (where its changes are written).
-        self._events: dict[int, Any] = {}
-        #: The batch's outputs until the broker acknowledges them.
-        self._sent: list[Awaitable[Any]] = []
         self.stats = JoinStats()
         raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
         self.source = app.topic(
@@ -417,7 +302,7 @@ class JoinerWorker:
             partitions=topics.partitions,
             extra_topic_configs=topic_configs(),  # entries hold events of up to 2 MiB
         )
-        self.store = TablePendingStore(self.table, place=self._on_partition)
+        self.store = TablePendingStore(self.table)
         self.joiner = AttributionJoiner(
             config, self.store, stats=self.stats, inputs=source_inputs(topics.partitions)
         )
@@ -551,80 +436,43 @@ class JoinerWorker:
         )
 
     async def _agent(self, stream: Any) -> AsyncIterator[None]:
-        async for events in stream.take_events(self.batch, within=self.batch_wait_s):
-            try:
-                for event in events:
-                    await self._one(event)
-                if self._sent:  # acknowledged by the broker before any state they account for
-                    await asyncio.gather(*self._sent)
-                self._flush()  # the batch's state, after all its outputs: see "Delivery"
-            except BaseException:
-                self.store.discard()  # a send failed: keep the state that matches Kafka
-                raise
-            finally:
-                self._events.clear()
-                self._sent.clear()
-            yield None  # faust acknowledges the batch's records after this
-
-    async def _one(self, event: Any) -> None:
-        """Handle one record of a batch: send its outputs and hold its state
-        changes for the batch's flush."""
-        message = event.message
-        record = RawRecord.of(message)
-        where = (record.topic, record.partition)
-        verdict = self.frontier.admit(where, record.offset)
-        if verdict == "drop":  # queued before a rewind's seek: read again
-            return
-        if verdict == "rewind":
-            await self._rewind_skipped(message.tp, record.offset)
-            return
-        if verdict == "accept":
-            log.warning(
-                "joiner: %s[%d] has no records below %d since %s: a gap in the topic",
-                record.topic,
-                record.partition,
-                record.offset,
-                self.frontier.floor(where),
-            )
-        self._handled[where] = record.offset + 1
-        self._events[record.partition] = event
-        async with self._turn:
-            for out in self.handle(record, message.headers):
-                self._sent.append(await self._deliver(out))
-            self._hold(record)  # state after its outputs: see "Delivery"
+        async for event in stream.events():
+            message = event.message
+            record = RawRecord.of(message)
+            where = (record.topic, record.partition)
+            verdict = self.frontier.admit(where, record.offset)
+            if verdict == "drop":  # queued before a rewind's seek: read again
+                continue
+            if verdict == "rewind":
+                await self._rewind_skipped(message.tp, record.offset)
+                continue
+            if verdict == "accept":
+                log.warning(
+                    "joiner: %s[%d] has no records below %d since %s: a gap in the topic",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    self.frontier.floor(where),
+                )
+            self._handled[where] = record.offset + 1
+            async with self._turn:
+                try:
+                    for out in self.handle(record, message.headers):
+                        await self._deliver(out)
+                except BaseException:
+                    self.store.discard()  # a send failed: keep the state that matches Kafka
+                    raise
+                self.handled(record)  # state after its outputs: see "Delivery"
+            yield None
 
     def handled(self, record: RawRecord) -> None:
         """Write ``record``'s state changes, after its outputs went to the
         producer, and with them the next offset of its partition the table
-        accounts for (see "Delivery"): what the agent does for a batch of one."""
-        self._hold(record)
-        self._flush()
-
-    def _hold(self, record: RawRecord) -> None:
-        """Hold ``record``'s state changes for the flush, with the next offset of
-        its partition the table accounts for."""
+        accounts for (see "Delivery")."""
         known = self.store.get_handled(record.topic, record.partition)
         floor = self.frontier.handled((record.topic, record.partition), record.offset, known)
         self.store.put_handled(record.topic, record.partition, floor)
-        self.store.hold(record.partition)
-
-    def _flush(self) -> None:
         self.store.flush()
-
-    @contextlib.contextmanager
-    def _on_partition(self, partition: int) -> Iterator[None]:
-        """faust writes table changes to the changelog partition of its current
-        event: while entered, that is the batch's last record of ``partition``
-        (outside a batch: left as it is)."""
-        event = self._events.get(partition)
-        if event is None:
-            yield
-            return
-        token = faust_streams._current_event.set(weakref.ref(event))
-        try:
-            yield
-        finally:
-            faust_streams._current_event.reset(token)
 
     async def _rewind_skipped(self, tp: Any, offset: int) -> None:
         """The stream delivered ``tp`` at ``offset``, past what the table accounts
@@ -648,15 +496,13 @@ class JoinerWorker:
         except aiokafka_errors.IllegalStateError as exc:  # revoked: the next owner rewinds
             log.warning("joiner: seeking %s[%d] back to %d failed: %r", *tp, floor, exc)
 
-    async def _deliver(self, out: Send) -> Awaitable[Any]:
-        """Hand ``out`` to the producer; returns what resolves on its acknowledgement."""
+    async def _deliver(self, out: Send) -> None:
         if isinstance(out, Forwarded):
-            sent: Awaitable[Any] = await self.repartition_topic.send(
+            await self.repartition_topic.send(
                 key=out.key, value=out.value, partition=out.partition, headers=out.headers
             )
-            return sent
-        # topic and key from the event's type, as every publisher does
-        return await self.publisher.send(out)
+        else:  # topic and key from the event's type, as every publisher does
+            await self.publisher.send(out)
 
     def handle(self, record: RawRecord, headers: Any = None) -> list[Send]:
         """Decode one input or repartition record and join it: what to send

@@ -77,15 +77,11 @@ class FaustPublisher:
         fut = self.channel(record.topic).send_soon(key=record.key, value=record.value)
         self._track(record, fut)
 
-    async def send(self, event: Event) -> Awaitable[Any]:
-        """Hand ``event`` to faust's producer now (agents await this). Returns
-        what resolves when the broker acknowledged it (and raises if it did not)."""
+    async def send(self, event: Event) -> None:
+        """Hand ``event`` to faust's producer now (agents await this)."""
         record = record_of(event, self.topics)
-        result: Awaitable[Any] = await self.channel(record.topic).send(
-            key=record.key, value=record.value
-        )
+        result = await self.channel(record.topic).send(key=record.key, value=record.value)
         self._track(record, result)
-        return result
 
     def _track(self, record: Record, result: Awaitable[Any]) -> None:
         self._total += 1
