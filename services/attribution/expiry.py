@@ -180,7 +180,10 @@ class Watermarks:
         self._clocks: dict[int, _PartitionClock] = {}
 
     def _clock(self, partition: int) -> _PartitionClock:
-        return self._clocks.setdefault(partition, _PartitionClock())
+        clock = self._clocks.get(partition)
+        if clock is None:  # not setdefault: that builds a clock on every call
+            clock = self._clocks[partition] = _PartitionClock()
+        return clock
 
     def _check(self, input: str) -> None:
         if input not in self.inputs:

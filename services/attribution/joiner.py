@@ -870,12 +870,13 @@ class AttributionJoiner:
             kind = "pending_inferences"
         else:
             kind = "pending_feedback"
-        self._gauges.setdefault(entry.partition, Counter())[kind] += sign
+        counts = self._gauges.get(entry.partition)
+        if counts is None:  # not setdefault: that builds a Counter on every call
+            counts = self._gauges[entry.partition] = Counter()
+        counts[kind] += sign
 
     def _publish_gauges(self) -> None:
-        total: Counter[str] = Counter()
-        for counts in self._gauges.values():
-            total.update(counts)
-        self.stats.pending_inferences = total["pending_inferences"]
-        self.stats.pending_feedback = total["pending_feedback"]
-        self.stats.closed_remembered = total["closed_remembered"]
+        gauges = self._gauges.values()
+        self.stats.pending_inferences = sum(c["pending_inferences"] for c in gauges)
+        self.stats.pending_feedback = sum(c["pending_feedback"] for c in gauges)
+        self.stats.closed_remembered = sum(c["closed_remembered"] for c in gauges)
