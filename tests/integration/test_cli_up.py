@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -25,26 +27,35 @@ def _own_env() -> dict[str, str]:
     return env
 
 
-def _start_up(*args: str) -> subprocess.Popen[str]:
+def _start_up(*args: str, stderr: IO[str] | int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """``driftloop up`` with ``args``; ``stderr`` a file for a long run (a pipe nobody
+    reads fills with the process's log lines and blocks it)."""
     return subprocess.Popen(
         [sys.executable, "-c", "from services.cli import main; main()", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         env=_own_env(),
         cwd=REPO,
         text=True,
     )
 
 
+def _tail(log: IO[str]) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()[-4000:]
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_up_prints_json_serves_clients_and_stops_on_signal(
     stop_signal: signal.Signals, wait_until_gone: Callable[[list[int]], list[int]]
 ) -> None:
-    proc = _start_up("up", "--json", "--topic-prefix", "cli.", "--partitions", "2")
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed on every path below
+    proc = _start_up("up", "--json", "--topic-prefix", "cli.", "--partitions", "2", stderr=log)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line, proc.stderr.read() if proc.stderr else ""
+        assert line, _tail(log)
         details = json.loads(line)
         env = details["env"]
         assert env["DRIFTLOOP_KAFKA_BOOTSTRAP"] == details["bootstrap"]
@@ -70,10 +81,23 @@ def test_up_prints_json_serves_clients_and_stops_on_signal(
         client = redis.Redis.from_url(env["DRIFTLOOP_REDIS_URL"])
         assert client.ping()
         client.close()
+    except BaseException:
+        # the failure above is the one to report, not how the process then stopped
+        proc.kill()
+        proc.wait()
+        log.close()
+        raise
+    proc.send_signal(stop_signal)
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"`driftloop up` did not stop on {stop_signal.name}:\n{_tail(log)}")
     finally:
-        proc.send_signal(stop_signal)
-        code = proc.wait(timeout=60)
-    assert code == 0
+        tail = _tail(log)
+        log.close()
+    assert code == 0, tail
     # `up` waits for its children before exiting: nothing is left to wait for.
     assert wait_until_gone(pids) == []
 
