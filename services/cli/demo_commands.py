@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.errors import DriftloopError
+from services.cli.stack_commands import sigterm_as_interrupt
 
 
 def demo(
@@ -74,7 +75,8 @@ def demo(
         policy="canary" if policy == "canary" else "auto",
     )
     try:
-        summary = run_demo(options, console, quiet=json)
+        with sigterm_as_interrupt():  # Ctrl-C, kill -INT and kill stop it cleanly
+            summary = run_demo(options, console, quiet=json)
     except DriftloopError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -26,25 +26,29 @@ _WATCH_INTERVAL_S = 0.5
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C does.
+    """Within the block, SIGTERM and SIGINT raise ``KeyboardInterrupt`` like Ctrl-C does.
 
     So ``kill <pid>`` (or a supervisor stopping us) unwinds ``with`` blocks
-    and stops child servers cleanly instead of leaving it to PDEATHSIG.
-    Only from the main thread; elsewhere it does nothing.
+    and stops child servers cleanly instead of leaving it to PDEATHSIG. SIGINT
+    is set too because a process started as a background job of a
+    non-interactive shell inherits it ignored, and Python then installs no
+    Ctrl-C handler: ``kill -INT`` would be lost on a command that says Ctrl-C
+    stops it. Only from the main thread; elsewhere it does nothing.
     """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _topics_config(partitions: int | None, topic_prefix: str | None) -> TopicsConfig:
