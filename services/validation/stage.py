@@ -65,6 +65,7 @@ from services.pointer.base import (
 )
 from services.pointer.transitions import state_of
 from services.validation import judging as J
+from services.validation.evaluate import example_loss
 from services.validation.judging import Outcome
 from services.validation.live_metrics import (
     PROBA_METRICS,
@@ -293,12 +294,10 @@ class TrialStage:
         except SchemaError:
             return
         metric = self.config.promotion_metric
-        if metric in PROBA_METRICS:
-            if score.proba is None:
-                return
-            loss = score.loss
-        else:  # accuracy: 0 / 1; mae: the absolute error; rmse: its square
-            loss = score.error * score.error if metric == "rmse" else score.error
+        answer = score.proba if metric in PROBA_METRICS else score.y_pred
+        if answer is None:
+            return
+        loss = example_loss(metric, score.y_true, answer)  # as the holdout comparison's
         run.losses.setdefault(route, []).append(loss)
 
     def _judged(self, run: TrialRun) -> dict[str, Any]:
