@@ -173,3 +173,79 @@ def test_the_joiner_over_the_table_store_joins_as_over_the_in_memory_store(
     joined = _run(AttributionJoiner(config, store, clock=lambda: 0), events, store.flush)
     assert joined == reference
     assert any(line.startswith("emit") for line in reference)
+
+
+class ChangelogTable(dict[str, bytes]):
+    """The parts of a faust table the store uses: its local data (here the
+    dict itself) and ``send_changelog(partition, key, value)``, recorded."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.changelog: list[tuple[int | None, str, bytes | None]] = []
+
+    @property
+    def data(self) -> dict[str, bytes]:
+        return self
+
+    def send_changelog(
+        self, partition: int | None, key: str, value: bytes | None, **kwargs: object
+    ) -> None:
+        self.changelog.append((partition, key, value))
+
+
+@pytest.mark.parametrize("policy", ["first", "last", "sum"])
+@pytest.mark.parametrize("batch", [1, 7, 1_000])
+def test_batched_flushes_leave_the_table_as_flushing_every_record(policy: str, batch: int) -> None:
+    """The agent writes a batch's state once at its end: the join and the
+    table it leaves are those of a flush after every record."""
+    events = _stream(random.Random(5), 60)
+    config = JoinerConfig(window_ms=5_000, grace_ms=1_000, feedback_policy=policy)
+    every: dict[str, bytes] = {}
+    each = TablePendingStore(every)
+    reference = _run(AttributionJoiner(config, each, clock=lambda: 0), events, each.flush)
+    table = ChangelogTable()
+    store = TablePendingStore(table)
+    store.partition = 0
+    handled = 0
+
+    def flush_at_batch_end() -> None:
+        nonlocal handled
+        handled += 1
+        if handled % batch == 0:
+            store.flush()
+
+    joined = _run(AttributionJoiner(config, store, clock=lambda: 0), events, flush_at_batch_end)
+    store.flush()
+    assert joined == reference
+    assert dict(table) == every
+    keys = [key for _, key, _ in table.changelog]
+    if batch == 1_000:  # one batch: each key written once, the ones gone never
+        assert len(keys) == len(set(keys)) == len(every)
+
+
+def test_each_change_goes_to_the_changelog_partition_of_the_record_that_made_it() -> None:
+    """A batch spans records of several partitions; a change is written where
+    faust would have written it, the partition of the record being handled."""
+    table = ChangelogTable({"old": entry("old").to_bytes()})
+    store = TablePendingStore(table)
+    store.partition = 2
+    store.put(PendingRequest(request_id="a", partition=2, deadline=5))
+    store.put_watermark(2, "inference", 9)
+    store.put_handled("logs", 2, 4)
+    store.partition = 0
+    store.delete("old")
+    store.put(entry("b"))
+    store.delete("b")  # put and deleted in the batch: never written
+    store.put_handled("logs", 0, 8)
+    assert table.changelog == []
+    store.flush()
+    assert table.changelog == [
+        (2, "a", table["a"]),
+        (2, "\x00watermark:2:inference", b"9"),
+        (0, "old", None),
+        (2, "\x00offset:logs:2", b"4"),
+        (0, "\x00offset:logs:0", b"8"),
+    ]
+    assert "old" not in table
+    assert "b" not in table
+    assert store.held == 0
