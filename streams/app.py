@@ -44,6 +44,8 @@ from streams import kafka_compat
 
 #: The smallest client-side poll interval (seconds) a faust worker gets: faust's default.
 FAUST_MIN_MAX_POLL_INTERVAL_S = 1000.0
+#: How long a worker's producer lets a request gather records (faust's default: 0).
+PRODUCER_LINGER_S = 0.005
 
 
 def faust_credentials(kafka: KafkaConfig) -> faust.SASLCredentials | faust.SSLCredentials | None:
@@ -123,6 +125,10 @@ def make_app(
         # send a dead letter of any size, fetch any record the topics admit.
         "producer_max_request_size": L.PRODUCER_MAX_REQUEST_BYTES,
         "consumer_max_fetch_size": L.CONSUMER_MAX_PARTITION_FETCH_BYTES,
+        # Let a produce request gather what the agents send for a few ms: with
+        # no linger each request carries the few records sent since the last
+        # one's answer, and the socket writes cost more than the records.
+        "producer_linger": PRODUCER_LINGER_S,
         "topic_partitions": topics.partitions,
         "topic_replication_factor": topics.replication_factor,
         "store": store,
