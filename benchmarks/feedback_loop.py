@@ -18,12 +18,16 @@ starts once every server serves it.
 
 Every feedback event produced in the ``--seconds`` window after a
 ``--warmup`` is measured, except held-out requests (never learned). Its loop,
-in four stages, each ending at the first event that closes it:
+in five stages, each ending at the first event that closes it:
 
 - **join**: feedback produced -> its TrainingExample on ``training-examples``
   (record timestamp);
-- **train**: -> the CheckpointEvent of the first checkpoint whose manifest's
-  consumed offsets cover that example's offset;
+- **training**: -> the last example that checkpoint covers (the newest of
+  the examples just below its manifest's consumed offsets, by record
+  timestamp), where the checkpoint is the first whose consumed offsets
+  cover the example's offset: the wait for the count trigger to fill;
+- **checkpoint**: -> that checkpoint's CheckpointEvent: the trainer reading
+  and learning that last example, the snapshot, the commit and the event;
 - **gateway**: -> the VersionEvent (its ``ts``, when the pointer changed)
   that made that version, or a later one, live;
 - **swap**: -> the first predict answer, at any server, naming that version
@@ -73,7 +77,7 @@ from services.stack import EmbeddedStack
 from services.validation.base import is_held_out
 
 HOLDOUT = 10.0
-STAGES = ("join", "train", "gateway", "swap")
+STAGES = ("join", "training", "checkpoint", "gateway", "swap")
 
 
 def progress(what: str) -> None:
@@ -103,6 +107,10 @@ def loops(
             if v.startswith("loop-"):
                 first_answer[seq(v)] = min(at, first_answer.get(seq(v), at))
     answered = sorted(first_answer)
+    at = {(j.partition, j.offset): j.ts for j in collector.examples.values()}
+    last_covered = [
+        max((at.get((p, o - 1), 0) for p, o in c.offsets.items()), default=0) for c in checkpoints
+    ]
     out: list[dict[str, int]] = []
     open_in = dict.fromkeys(STAGES, 0)
     for rid, sent in traffic.sent.items():
@@ -115,7 +123,7 @@ def loops(
         offsets = by_partition.get(ex.partition, [])
         i = bisect.bisect_right(offsets, ex.offset)
         if i >= len(checkpoints):
-            open_in["train"] += 1
+            open_in["training"] += 1
             continue
         c = checkpoints[i]
         n = seq(c.version)
@@ -131,7 +139,8 @@ def loops(
         out.append(
             {
                 "join": ex.ts - sent,
-                "train": c.ts - ex.ts,
+                "training": max(last_covered[i], ex.ts) - ex.ts,
+                "checkpoint": c.ts - max(last_covered[i], ex.ts),
                 "gateway": change[0] - c.ts,
                 "swap": seen - change[0],
                 "total": seen - sent,
@@ -253,11 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         table += [
             f"loop: p50 {results['p50_s']:.3f} s  p99 {results['p99_s']:.3f} s"
             f"  max {results['max_s']:.3f} s  mean {mean_total:.3f} s",
-            "stage     p50 s   share of mean",
+            "stage       p50 s   share of mean",
         ]
         for s in STAGES:
             st = results["stages"][s]
-            table.append(f"{s:<8} {st['p50_s']:6.3f}   {st['share'] * 100:5.1f} %")
+            table.append(f"{s:<10} {st['p50_s']:6.3f}   {st['share'] * 100:5.1f} %")
     else:
         results |= {"p50_s": None, "ratio_vs_floor": None, "target_met": False}
         table.append("no loop closed within the run")
