@@ -5,8 +5,11 @@ For each shipped example model (river logistic regression, torch hashed FM):
 - ``kafka``: examples/s of the trainer agent (faust, in this process) consuming
   ``training-examples`` from the embedded broker, decoding, test-then-train,
   checkpointing to a local store as configured;
-- ``memory``: the same model (the same ``OnlineTrainer`` code path, in-memory
-  sink) learning in a tight loop on the same examples: the model's limit;
+- ``memory``: the trainer's own work without the broker and faust: the same
+  ``TrainerPool`` handed the same records (their bytes as produced) in
+  chunks of the agent's size on one model thread, as the agent hands them
+  (decode, test-then-train, checkpoints to a local store of their own): the
+  limit of the model thread;
 - ``transport``: a bare kafka-python consumer reading the same topic and
   decoding each value with orjson: the transport's limit.
 
@@ -41,6 +44,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,7 @@ from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
 from services.checkpoints.signing import ensure_default_key
 from services.config import KafkaConfig, TopicsConfig
+from services.deadletters import RawRecord
 from services.kafka import ensure_topics, make_consumer, make_producer
 from services.learning.config import LearningConfig, ModelConfig, example_path, load_config
 from services.learning.pool import TrainerPool, partition_of
@@ -65,6 +70,8 @@ from streams.app import make_app
 from streams.trainer import TrainerAgent
 
 MODELS = {"river": ("river_logreg", "river-logreg"), "torch": ("torch_fm", "torch-fm")}
+#: Records the agent hands the model thread at once (at most), and the memory run too.
+CHUNK = 1000
 
 
 def make_examples(model: str, n: int, *, seed: int = 5) -> list[TrainingExample]:
@@ -103,13 +110,31 @@ def produce(kafka: KafkaConfig, topic: str, model: str, values: list[bytes]) -> 
     producer.close()
 
 
-def memory_rate(config: ModelConfig, examples: list[TrainingExample]) -> float:
-    """Examples/s of OnlineTrainer on the examples in a tight loop (in-memory sink)."""
-    trainer = OnlineTrainer(config, InMemorySink())
-    start = time.perf_counter()
-    for offset, example in enumerate(examples):
-        trainer.process(example, topic="memory", partition=0, offset=offset)
-    return len(examples) / (time.perf_counter() - start)
+def memory_rate(
+    config: ModelConfig, topics: TopicsConfig, values: list[bytes], root: Path
+) -> float:
+    """Examples/s of the agent's work without the broker: a ``TrainerPool`` like the
+    agent's (checkpointing to a store of its own) handed ``values`` as the records
+    of the model's partition, in chunks of :data:`CHUNK`, on one model thread."""
+    store = open_store(
+        ensure_default_key(StoreConfig(root=root / "memory-store")), LearningConfig(model=(config,))
+    )
+    topic = topics.training_examples
+    pool = TrainerPool([config], store, topic=topic, partitions=topics.partitions)
+    part = partition_of(config.name, topics.partitions)
+    key = config.name.encode()
+    records = [RawRecord(topic, part, i, key, value) for i, value in enumerate(values)]
+    chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)]
+    with ThreadPoolExecutor(1, thread_name_prefix="trainer") as model_thread:
+        model_thread.submit(pool.assign, {part}).result()
+        start = time.perf_counter()
+        for chunk in chunks:
+            model_thread.submit(pool.handle, chunk).result()
+        elapsed = time.perf_counter() - start
+        model_thread.submit(pool.shutdown).result()
+        model_thread.submit(pool.close).result()
+    store.close()
+    return len(values) / elapsed
 
 
 def transport_rate(kafka: KafkaConfig, tp: TopicPartition, n: int) -> float:
@@ -140,7 +165,7 @@ async def kafka_rate(
         [config], store, topic=topics.training_examples, partitions=topics.partitions
     )
     app = make_app(f"bench-{uuid.uuid4().hex[:8]}", kafka, datadir=root / "faust", topics=topics)
-    TrainerAgent(app, topics, pool, chunk=1000, chunk_wait_s=0.02)
+    TrainerAgent(app, topics, pool, chunk=CHUNK, chunk_wait_s=0.02)
     await app.start()
     try:
         while pool.stats.records == 0:
@@ -192,7 +217,7 @@ def one_run(
     produce(kafka, topics.training_examples, name, values)
     tp = TopicPartition(topics.training_examples, partition_of(name, topics.partitions))
     transport = transport_rate(kafka, tp, n)
-    memory = memory_rate(config, examples)
+    memory = memory_rate(config, topics, values, root)
     through, extra = asyncio.run(kafka_rate(kafka, topics, config, n, root))
     return {
         "kafka_examples_per_s": round(through, 1),

@@ -41,4 +41,11 @@ def loaded(name: str = "torch") -> bool:
     return name in sys.modules
 
 
+def one_intra_op_thread() -> None:
+    """Give torch one intra-op thread, process-wide (imports torch if nobody has)."""
+    import torch as real
+
+    real.set_num_threads(1)
+
+
 torch = LazyModule("torch")

@@ -29,12 +29,24 @@ accepts is checked per example by :meth:`ModelAdapter.validate` (see
 A batch is learned entirely or not at all. Torch: parameters change only in
 ``optimizer.step()``, after everything that can fail on bad input (encoding,
 forward, loss, backward), so a failing batch leaves the model untouched.
-River: ``learn_one`` runs per example, so :class:`RiverAdapter` deep-copies
-the model before each batch and puts the copy back if ``learn_one`` raises,
-then raises :class:`LearnError` naming the example. Measured on a
-10-feature ``LogisticRegression``: the copy costs about 25 us against about
-190 us for test-then-train of a 32-example batch (see ``benchmarks/train.py``
-for the figure on the shipped example).
+River: ``learn_one`` runs per example, so when it raises, :class:`RiverAdapter`
+rebuilds the pre-batch model and raises :class:`LearnError` naming the
+example. It does not copy the model before every batch (a deep copy of the
+shipped pipeline took about 7 us per example, a tenth of test-then-train):
+it keeps a copy taken at an earlier batch boundary, at most
+:data:`ROLLBACK_HORIZON` examples back, and the examples learned since, and
+on a failure learns those again on the copy, each exactly as it was learned
+the first time (scored first when it was). Learning is deterministic (a
+replay of the input reproduces the model bit for bit, which exactly-once
+recovery rests on), so the rebuilt model is the pre-batch one; a failure costs
+at most ``ROLLBACK_HORIZON`` examples of learning again.
+
+Scoring a river classifier asks the model for its class probabilities once:
+when its ``predict_one`` is river's default (the most probable class of
+``predict_proba_one``, for a pipeline: of its last step, unless the pipeline
+learns unsupervised steps during predict), the predicted class is taken from
+those probabilities, as ``predict_one`` would compute it, instead of
+predicting a second time.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ import hashlib
 import inspect
 import math
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -61,6 +73,8 @@ else:
     from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
 _EPS = 1e-15
+#: River: at most this many examples are learned again to roll a failed batch back.
+ROLLBACK_HORIZON = 1024
 
 
 class Example(Protocol):
@@ -227,6 +241,22 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _default_predict_one(model: Any) -> bool:
+    """Whether ``model.predict_one(x)`` is river's default for classifiers, the most
+    probable class of ``predict_proba_one(x)`` (for a pipeline: of its last step's)."""
+    from river import base, compose
+
+    if isinstance(model, compose.Pipeline):
+        cls = type(model)
+        return (
+            cls.predict_one is compose.Pipeline.predict_one
+            and cls.predict_proba_one is compose.Pipeline.predict_proba_one
+            and bool(model.steps)
+            and _default_predict_one(list(model.steps.values())[-1])
+        )
+    return getattr(type(model), "predict_one", None) is base.Classifier.predict_one
+
+
 class RiverAdapter:
     """A river classifier or regressor (any ``river.base.Estimator`` by dotted path)."""
 
@@ -263,6 +293,11 @@ class RiverAdapter:
         self._accepts_w = "w" in params or any(
             p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()
         )
+        self._class_from_proba = task == "classification" and _default_predict_one(self.model)
+        #: The model at an earlier batch boundary and the examples learned since
+        #: (with whether each was scored first): what a rollback rebuilds from.
+        self._base: Any | None = None
+        self._since_base: list[tuple[Example, bool]] = []
 
     def target(self, example: Example) -> Label:
         if self.binary:
@@ -283,7 +318,13 @@ class RiverAdapter:
         y_true = self.target(example)
         if self.task == "classification":
             proba = self.model.predict_proba_one(x)
-            return _classification_score(y_true, self.model.predict_one(x), proba)
+            if self._class_from_proba and not getattr(
+                self.model, "_LEARN_UNSUPERVISED_DURING_PREDICT", False
+            ):
+                y_pred = max(proba, key=proba.get) if proba else None  # river's predict_one
+            else:
+                y_pred = self.model.predict_one(x)
+            return _classification_score(y_true, y_pred, proba)
         y_pred = float(self.model.predict_one(x))
         err = abs(y_pred - float(y_true))
         return Score(y_true, y_pred, None, err, err)
@@ -296,36 +337,52 @@ class RiverAdapter:
             self.model.learn_one(x, y)
 
     def learn(self, batch: Sequence[Example]) -> None:
-        self._atomically(batch, lambda e: self._learn_one(e, self.target(e)))
+        self._atomically(batch, scored=False)
 
     def test_then_train(self, batch: Sequence[Example]) -> list[Score]:
+        return self._atomically(batch, scored=True)
+
+    def _step(self, example: Example, *, scored: bool) -> Score | None:
+        """Learn one example; ``scored``: score it first (test-then-train) and return that."""
+        if not scored:
+            self._learn_one(example, self.target(example))
+            return None
+        s = self.score(example)
+        self._learn_one(example, s.y_true)
+        return s
+
+    def _atomically(self, batch: Sequence[Example], *, scored: bool) -> list[Score]:
+        """Learn each example of ``batch`` (scored first when ``scored``: their scores
+        are returned); on a failure put the pre-batch model back and raise LearnError
+        naming the example (nothing of the batch is learned)."""
+        if self._base is None or len(self._since_base) + len(batch) > ROLLBACK_HORIZON:
+            self._base, self._since_base = copy.deepcopy(self.model), []
         scores: list[Score] = []
-
-        def one(example: Example) -> None:
-            s = self.score(example)
-            self._learn_one(example, s.y_true)
-            scores.append(s)
-
-        self._atomically(batch, one)
-        return scores
-
-    def _atomically(self, batch: Sequence[Example], step: Callable[[Example], None]) -> None:
-        """Run ``step`` on each example; on a failure put the pre-batch model back
-        and raise LearnError naming the example (nothing of the batch is learned)."""
-        before = copy.deepcopy(self.model)
         for i, example in enumerate(batch):
             try:
-                step(example)
+                s = self._step(example, scored=scored)
             except BaseException as exc:  # model code may raise any (a pyo3 PanicException)
                 if isinstance(exc, SHUTDOWN_EXCEPTIONS):
                     raise
-                self.model = before
+                self._roll_back()
                 raise LearnError(
                     f"{type(exc).__name__}: {exc}",
                     index=i,
                     model=self.name,
                     example_id=example.example_id,
                 ) from exc
+            if s is not None:
+                scores.append(s)
+        self._since_base.extend((example, scored) for example in batch)
+        return scores
+
+    def _roll_back(self) -> None:
+        """Make the model the one of the last batch boundary again: the copy of an
+        earlier boundary, with the examples learned since learned again on it."""
+        self.model, self._base = self._base, None
+        for example, scored in self._since_base:
+            self._step(example, scored=scored)
+        self._since_base = []
 
     def check_features(self, features: Mapping[str, FeatureValue]) -> None:
         check_features(features, numeric_only=self.numeric_features, model=self.name)
@@ -354,6 +411,7 @@ class RiverAdapter:
 
     def load_objects(self, objects: Mapping[str, Any]) -> None:
         self.model = objects["model"]
+        self._base, self._since_base = None, []
 
     def state_digest(self) -> str:
         # Pickle bytes depend on object sharing (a feature-name string shared

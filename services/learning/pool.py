@@ -77,6 +77,7 @@ from schemas.manifest import CheckpointManifest, encode_manifest
 from services.checkpoints.checkpointer import Checkpointer
 from services.checkpoints.store import CheckpointStore
 from services.deadletters import RawRecord, dead_letter, decode_or_dead_letter
+from services.lazy_torch import one_intra_op_thread
 from services.learning.config import ModelConfig
 from services.learning.store_sink import CheckpointerSink
 from services.learning.trainer import CheckpointRecord, OnlineTrainer
@@ -172,6 +173,13 @@ class TrainerPool:
         first checkpoint is a full one. Checkpoints this pool writes are
         restored as usual on later assignments.
 
+    A pool with a torch model gives torch one intra-op thread, process-wide
+    (torch's default is one per core): a micro-batch of the torch example is a
+    few small sparse operations, and splitting each over threads only made
+    them wait for each other. Measured on the shared 2-core machine
+    (``benchmarks.train``'s memory loop, 20,000 examples): 300-600
+    examples/s with the default, 12,000-18,000 with one thread.
+
     Restores fall back: when a model's newest checkpoint does not load
     completely, the newest one that does is restored (each skipped version is
     logged at ERROR and counted in :attr:`PoolStats.fallbacks` /
@@ -202,6 +210,8 @@ class TrainerPool:
             m.name: _Lane(m, partition_of(m.name, partitions), CheckpointerSink(self.checkpointer))
             for m in models
         }
+        if any(lane.config.kind == "torch" for lane in self.lanes.values()):
+            one_intra_op_thread()
         self.assigned: frozenset[int] = frozenset()
         #: Next offset to hand to the trainers, per owned partition with models.
         self.expected: dict[int, int] = {}

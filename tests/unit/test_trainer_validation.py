@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 from river import datasets, linear_model
 
-from services.learning.adapters import RiverAdapter
+from services.learning.adapters import ROLLBACK_HORIZON, RiverAdapter
 from services.learning.config import ModelConfig, parse_config
 from services.learning.sink import InMemorySink
 from services.learning.synthetic import LocalExample, examples_from
@@ -126,3 +126,30 @@ def test_a_learning_failure_rolls_the_batch_back_and_learns_the_rest() -> None:
         x = cast("dict[Hashable, Any]", dict(ex.features))
         reference.learn_one(x, bool(ex.label))
     assert weights(trainer) == dict(reference.weights)
+
+
+@pytest.mark.parametrize("before", [ROLLBACK_HORIZON - 4, ROLLBACK_HORIZON + 76])
+def test_a_rollback_long_after_the_last_copy_restores_the_pre_batch_model(before: int) -> None:
+    """The adapter copies the model only every ROLLBACK_HORIZON examples and learns the
+    examples since again on a failure: the trainer ends exactly where one that learned
+    the same examples without the failing one does (model, metrics, drift, digest)."""
+    good = phishing(before + 12)
+    boom = LocalExample("boom", "m", {**good[0].features, "boom": True}, True)
+    config = river_config(promotion={"holdout_percent": 0})  # every example is learned
+    trainer = OnlineTrainer(config, InMemorySink(), adapter=RiverAdapter(config, model=Choking()))
+    outcomes = run(trainer, [*good[:before], boom, *good[before:]])
+    assert [f.example.example_id for o in outcomes for f in o.failed] == ["boom"]
+    learned = good[: len(good) - trainer.pending]
+    assert trainer.examples_seen == len(learned) > ROLLBACK_HORIZON
+
+    one_by_one = config.model_copy(update={"batch_size": 1})
+    clean = OnlineTrainer(
+        one_by_one, InMemorySink(), adapter=RiverAdapter(one_by_one, model=Choking())
+    )
+    run(clean, learned)
+    assert (trainer.examples_seen, trainer.digest) == (clean.examples_seen, clean.digest)
+    assert weights(trainer) == weights(clean)
+    model, reference = (t.adapter.live_objects()["model"] for t in (trainer, clean))
+    assert model.intercept == reference.intercept
+    assert trainer.metrics.values() == clean.metrics.values()
+    assert trainer.drift.summary() == clean.drift.summary()
