@@ -40,6 +40,7 @@ is not ready 503.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -112,7 +113,7 @@ class ServerContext:
     #: The encoded common fields of inference logs (:func:`services.server.logs.template_for`).
     log_templates: Templates = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def inference_log_topic(self) -> str:
         return self.publisher.topics.name(InferenceLog.topic)
 
@@ -451,17 +452,17 @@ def _request_logs(ctx: ServerContext, model: str) -> RequestLogs | None:
 
 def _publish(ctx: ServerContext, logs: RequestLogs) -> None:
     """Queue a request's logs in one call; what could not be made or queued is counted."""
-    failures = dict(logs.failures)
     if logs.records:
         try:
             ctx.publisher.publish_records(logs.records, InferenceLog)
         except PublishError as exc:
             lost = len(logs.records)
-            failures["publish"] = failures.get("publish", 0) + lost
+            ctx.metrics.log_failures.labels(logs.model, "publish").inc(lost)
             log.warning("model %s: %d inference logs not queued: %s", logs.model, lost, exc)
-    for reason, count in failures.items():
-        ctx.metrics.log_failures.labels(logs.model, reason).inc(count)
-    logs.report()
+    if logs.failures:
+        for reason, count in logs.failures.items():
+            ctx.metrics.log_failures.labels(logs.model, reason).inc(count)
+        logs.report()
 
 
 def _refresh_gauges(ctx: ServerContext) -> None:

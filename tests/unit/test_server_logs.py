@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import orjson
 import pytest
@@ -112,3 +113,25 @@ def test_what_cannot_be_logged_is_counted_by_reason(monkeypatch: pytest.MonkeyPa
     logs.add("v1", "live", "r-6", {"x": 1.0}, 1, None)
     assert logs.failures == {"no_prediction": 1, "invalid": 3, "publish": 1}
     assert [r.key for r in logs.records] == [b"r-6"]
+
+
+def test_event_ids_are_unique_across_requests_and_a_forked_child_gets_its_own_prefix() -> None:
+    ids = set()
+    for _ in range(3):
+        logs = RequestLogs({}, "m", "s1", "t")
+        for i in range(3):
+            logs.add("v1", "live", f"r-{i}", {"x": 1.0}, 1, None)
+        ids |= {decode(InferenceLog, r.value).event_id for r in logs.records}
+    assert len(ids) == 9
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first event id, then out without pytest's teardown
+        child = RequestLogs({}, "m", "s1", "t")
+        child.add("v1", "live", "r", {"x": 1.0}, 1, None)
+        os.write(write, decode(InferenceLog, child.records[0].value).event_id.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 200).decode()
+    os.close(read)
+    assert child_id.split("-")[0] != next(iter(ids)).split("-")[0]
