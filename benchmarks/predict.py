@@ -15,16 +15,24 @@ The server's CPU seconds per request (all its threads, read from the process
 while the clients run) is printed too, and ``log_cpu_cost`` is
 ``1 - (off CPU per request) / (on CPU per request)``: on a machine other work
 shares, it moves less than req/s (which also measures how the scheduler shares
-the cores among server, clients, broker and the rest).
+the cores among server, clients, broker and the rest). So is the broker's
+(the embedded Tansu's) CPU per request meanwhile: the work of ingesting the
+logs, which shares the cores with the server and the clients
+(``broker_cpu_ms_per_request``; with logging off it is what the server's
+pointer follower asks of it).
 
 Anchor: the in-process ``adapter.predict_many`` time alone on the same
 batches (median of ``--calls`` calls, on a worker thread as the server runs
 it; the adapter loaded through the server's loader). The Decision Service
 paper's decisions took 0.2 ms; ``http_p50 / predict_many`` is what HTTP,
 validation, routing and logging add around the model. A second anchor, the
-logging path alone in process (``--log-events`` events): microseconds per
-prediction to build its InferenceLog, to ``publish`` it (what the request
-waits for) and to have it sent to the embedded broker (``flush``).
+server's logging path alone in process (``--log-events`` logs, in requests of
+32, with the example's real predictions): microseconds per prediction to
+encode its log as a request does (:class:`~services.server.logs.RequestLogs`),
+to hand a request's logs to the server's publisher in one ``publish_records``
+call (what the request waits for), and to have them sent to the embedded
+broker (``flush``); plus the CPU per prediction of the whole path, the
+publisher's sender thread and librdkafka's threads included.
 
 Run: ``python -m benchmarks.predict [--duration 2] [--rounds 2] [--clients 2]
 [--threads 2] [--json]`` (about 80 s by default).
@@ -46,6 +54,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psutil  # type: ignore[import-untyped]  # no stubs installed; benchmarks only
+from prometheus_client import CollectorRegistry
+
 from benchmarks._common import emit, pct
 from benchmarks._serving import (
     DriveResult,
@@ -59,8 +70,9 @@ from benchmarks._serving import (
     write_versions,
 )
 from schemas.events import InferenceLog
-from services.publish.spooled import SpooledPublisher
 from services.server.loader import StoreLoader
+from services.server.logs import RequestLogs, Templates, contract_prediction, contract_scores
+from services.server.wiring import make_publisher
 from services.stack import EmbeddedStack
 
 BATCHES = (1, 32)
@@ -87,51 +99,65 @@ def anchor(loader: StoreLoader, example: Example, version: str, calls: int) -> d
     return out
 
 
-def log_path(info: Any, example: Example, workdir: Path, count: int) -> dict[str, float]:
-    """Microseconds per prediction of the logging path alone, in process: building the
-    InferenceLog (pydantic), ``SpooledPublisher.publish`` (route, encode, buffer: what
-    a request waits for) and publish + send to the embedded broker until ``flush``."""
+def log_path(
+    info: Any, loader: StoreLoader, example: Example, version: str, workdir: Path, count: int
+) -> dict[str, float]:
+    """Per prediction, the server's logging path alone, in process, for requests of 32
+    instances: CPU microseconds to encode the request's logs (``RequestLogs.add`` of the
+    example's real predictions) and to hand them to the server's publisher in one
+    ``publish_records`` call (both on the request's thread: what a request pays), the
+    CPU of all threads (sender thread and librdkafka's included) until the broker
+    acknowledged them (``flush``), and the wall time until then."""
     feats = [i["features"] for i in features(example, 32)]
-    start = time.perf_counter()
-    events = [
-        InferenceLog.new(
-            request_id=uuid.uuid4().hex,
-            model=example.model,
-            model_version="bench",
-            features=dict(feats[i % len(feats)]),
-            prediction=0.5,
-            scores={"true": 0.5, "false": 0.5},
-            route="live",
-            server="bench",
-        )
-        for i in range(count)
-    ]
-    build = time.perf_counter() - start
-    publisher = SpooledPublisher.for_kafka(
-        info.kafka_config(), workdir / f"spool-logpath-{example.name}", topics=info.topics
-    )
+    predictions = loader.load(example.model, version).predict_many(feats)
+    made = [(contract_prediction(p.value), contract_scores(p)) for p in predictions]
+    topic = info.topics.name(InferenceLog.topic)
+    templates: Templates = {}
+    requests = max(1, count // len(feats))
+    ids = [[uuid.uuid4().hex for _ in feats] for _ in range(requests)]
+    spool = workdir / f"spool-logpath-{example.name}"
+    publisher = make_publisher(info.kafka_config(), info.topics, spool, CollectorRegistry())
     try:
-        start = time.perf_counter()
-        for event in events:
-            publisher.publish(event)
-        enqueue = time.perf_counter() - start
+        cpu0 = time.process_time()
+        start = time.thread_time()
+        batches = []
+        for rids in ids:
+            logs = RequestLogs(templates, example.model, "bench", topic)
+            for rid, x, (value, scores) in zip(rids, feats, made, strict=True):
+                logs.add(version, "live", rid, x, value, scores)
+            batches.append(logs.records)
+        encode = time.thread_time() - start
+        wall = time.perf_counter()
+        start = time.thread_time()
+        for records in batches:
+            publisher.publish_records(records, InferenceLog)
+        enqueue = time.thread_time() - start
         publisher.flush(120.0)
-        sent = time.perf_counter() - start
+        sent = time.perf_counter() - wall
+        cpu = time.process_time() - cpu0
     finally:
         publisher.close()
+    n = requests * len(feats)
     return {
-        "build_us": build / count * 1e6,
-        "publish_us": enqueue / count * 1e6,
-        "publish_and_send_us": sent / count * 1e6,
+        "encode_cpu_us": encode / n * 1e6,
+        "publish_cpu_us": enqueue / n * 1e6,
+        "total_cpu_us": cpu / n * 1e6,
+        "until_acknowledged_us": sent / n * 1e6,
     }
 
 
 def load(
-    pool: ProcessPoolExecutor, server: ServeProcess, body: bytes, args: argparse.Namespace
-) -> tuple[DriveResult, float, float]:
+    pool: ProcessPoolExecutor,
+    server: ServeProcess,
+    body: bytes,
+    args: argparse.Namespace,
+    broker: psutil.Process,
+) -> tuple[DriveResult, float, float, float]:
     """All clients against ``server`` for ``args.duration`` s: merged result, seconds,
-    and the CPU seconds the server process used meanwhile (all its threads)."""
+    the CPU seconds the server process used meanwhile (all its threads), and those the
+    broker used."""
     cpu0 = server.cpu_seconds()
+    broker0 = _cpu(broker)
     futures = [
         pool.submit(drive, server.url, server.predict_path, body, args.duration, args.threads)
         for _ in range(args.clients)
@@ -140,7 +166,13 @@ def load(
     merged = DriveResult(samples=[s for p in parts for s in p.samples])
     merged.failed = sum(p.failed for p in parts)
     merged.errors = [e for p in parts for e in p.errors][:5]
-    return merged, args.duration, server.cpu_seconds() - cpu0  # each sends for that long
+    # each client sends for args.duration
+    return merged, args.duration, server.cpu_seconds() - cpu0, _cpu(broker) - broker0
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -150,9 +182,10 @@ def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace
     loader = StoreLoader(store, example.learning)
     try:
         anchors = anchor(loader, example, version, args.calls)
+        logging_path = log_path(info, loader, example, version, workdir, args.log_events)
     finally:
         loader.close()
-    logging_path = log_path(info, example, workdir, args.log_events)
+    broker = psutil.Process(info.pids["kafka"])
     servers = {
         mode: ServeProcess(info, example, store, workdir, f"{example.name}-log-{mode}", env)
         for mode, env in MODES.items()
@@ -168,15 +201,16 @@ def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace
             body = predict_body(example, batch)
             rounds: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
             for s in servers.values():  # warm: connections, first requests
-                load(pool, s, body, argparse.Namespace(**{**vars(args), "duration": 0.5}))
+                load(pool, s, body, argparse.Namespace(**{**vars(args), "duration": 0.5}), broker)
             for _ in range(args.rounds):
                 for mode, server in servers.items():
-                    result, elapsed, cpu = load(pool, server, body, args)
+                    result, elapsed, cpu, broker_cpu = load(pool, server, body, args, broker)
                     lat = [lat for _, lat in result.samples]
                     rounds[mode].append(
                         {
                             "requests_per_s": len(lat) / elapsed,
                             "server_cpu_ms_per_request": cpu / max(len(lat), 1) * 1e3,
+                            "broker_cpu_ms_per_request": broker_cpu / max(len(lat), 1) * 1e3,
                             "p50_ms": pct(lat, 0.5) * 1e3,
                             "p99_ms": pct(lat, 0.99) * 1e3,
                             "failed": result.failed,
@@ -193,6 +227,9 @@ def measure(info: Any, example: Example, workdir: Path, args: argparse.Namespace
                     "p99_ms": statistics.median(r["p99_ms"] for r in rs),
                     "server_cpu_ms_per_request": statistics.median(
                         r["server_cpu_ms_per_request"] for r in rs
+                    ),
+                    "broker_cpu_ms_per_request": statistics.median(
+                        r["broker_cpu_ms_per_request"] for r in rs
                     ),
                     "failed": sum(int(r["failed"]) for r in rs),
                 }
@@ -241,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         f"predict over HTTP, {args.clients} clients x {args.threads} threads, closed loop,"
         f" {args.duration:g} s x {args.rounds} rounds (medians)",
         f"{'example':13} {'batch':>5} {'log':>4} {'req/s':>8} {'inst/s':>9} {'p50 ms':>8}"
-        f" {'p99 ms':>8} {'cpu ms/req':>10} {'failed':>6}",
+        f" {'p99 ms':>8} {'cpu ms/req':>10} {'broker ms':>9} {'failed':>6}",
     ]
     for name in names:
         for batch in map(str, BATCHES):
@@ -251,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 table.append(
                     f"{name:13} {batch:>5} {mode:>4} {r['requests_per_s']:8.0f}"
                     f" {r['instances_per_s']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
-                    f" {r['server_cpu_ms_per_request']:10.3f} {r['failed']:>6}"
+                    f" {r['server_cpu_ms_per_request']:10.3f}"
+                    f" {r['broker_cpu_ms_per_request']:9.3f} {r['failed']:>6}"
                 )
             table.append(
                 f"{'':13} {batch:>5}  logging costs {cell['log_cost'] * 100:5.1f}% of req/s"
@@ -260,12 +298,18 @@ def main(argv: list[str] | None = None) -> int:
                 f" HTTP p50 = {cell['http_p50_over_predict_many']:.0f}x that"
                 " (Decision Service: 0.2 ms)"
             )
+            table.append(
+                f"{'':13} {batch:>5}  the broker's CPU per request: on"
+                f" {cell['log_on']['broker_cpu_ms_per_request']:.3f} ms, off"
+                f" {cell['log_off']['broker_cpu_ms_per_request']:.3f} ms"
+            )
     for name in names:
         lp = results[name]["log_path"]
         table.append(
-            f"{name:13} logging path per prediction, in process: InferenceLog build"
-            f" {lp['build_us']:.0f} us, publish (in the request) {lp['publish_us']:.0f} us,"
-            f" publish + send to the broker {lp['publish_and_send_us']:.0f} us"
+            f"{name:13} server logging path per prediction, in process: encode"
+            f" {lp['encode_cpu_us']:.2f} us CPU, publish_records (in the request)"
+            f" {lp['publish_cpu_us']:.2f} us CPU; all threads until acknowledged"
+            f" {lp['total_cpu_us']:.2f} us CPU ({lp['until_acknowledged_us']:.0f} us wall)"
         )
     emit(results, args.json, table)
     return 0

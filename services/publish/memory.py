@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from schemas.codec import decode
@@ -30,6 +31,11 @@ class InMemoryPublisher:
         if kind is None:
             raise PublishError("the in-memory publisher needs the record's event type")
         self.pending.append((record.topic, record.key, decode(kind, record.value)))
+
+    def publish_records(self, records: Sequence[Record], kind: type[Event] | None = None) -> None:
+        """:meth:`publish_record` of each of ``records``, in order."""
+        for record in records:
+            self.publish_record(record, kind)
 
     def flush(self, timeout_s: float | None = None) -> None:
         pending, self.pending = self.pending, []

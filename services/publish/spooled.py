@@ -44,6 +44,7 @@ Metrics (on the ``registry`` given, default a private one in ``.registry``):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -84,25 +85,13 @@ class _Ticket:
     done: threading.Event = field(default_factory=threading.Event)
     dropped: int = 0
 
-    def resolve(self, count: int = 1, *, dropped: bool = False) -> None:
-        self.remaining -= count
+    def resolve(self, *, dropped: bool = False) -> None:
+        """One of its records was acknowledged, spooled or (``dropped``) dropped."""
+        self.remaining -= 1
         if dropped:
-            self.dropped += count
+            self.dropped += 1
         if self.remaining <= 0:
             self.done.set()
-
-
-@dataclass
-class _Entry:
-    record: Record
-    ticket: _Ticket | None = None
-    resolved: bool = False
-
-    def resolve(self, *, dropped: bool = False) -> None:
-        """Tell the waiting caller, once: acknowledged, spooled or dropped."""
-        if self.ticket is not None and not self.resolved:
-            self.ticket.resolve(dropped=dropped)
-        self.resolved = True
 
 
 class _Metrics:
@@ -195,7 +184,12 @@ class SpooledPublisher:
         self.spooled = 0
         self.dropped = 0
         self._factory = sender_factory
-        self._buffer: deque[_Entry] = deque()
+        #: Records waiting in memory, oldest first (a batch in flight stays until settled).
+        self._buffer: deque[Record] = deque()
+        #: The buffered records of :meth:`publish_acked` callers, by ``id``, with their
+        #: ticket; a record leaves when it is resolved (acknowledged, spooled, dropped),
+        #: so each is resolved once, and records of :meth:`publish` cost nothing here.
+        self._tickets: dict[int, tuple[Record, _Ticket]] = {}
         self._spill_gen = 0
         self._spooling = self.spool.pending_records > 0
         self._closing = False
@@ -274,19 +268,27 @@ class SpooledPublisher:
         """:meth:`publish` of an event already routed and encoded (``record``); the
         caller vouches that its value is a valid event within its size limit.
         ``kind`` (the event's type) is not needed here."""
+        self.publish_records((record,), kind)
+
+    def publish_records(self, records: Sequence[Record], kind: type[Event] | None = None) -> None:
+        """:meth:`publish_record` of several records at once, in order (one lock, one
+        wake-up: a model server hands over a request's inference logs in one call)."""
+        if not records:
+            return
         with self._cond:
             self._check_open()
-            if not self._spooling and len(self._buffer) < self.max_buffered:
-                self._buffer.append(_Entry(record))
-                if len(self._buffer) == 1 or len(self._buffer) == self.max_batch:
+            before = len(self._buffer)
+            if not self._spooling and before + len(records) <= self.max_buffered:
+                self._buffer.extend(records)
+                if before == 0 or before < self.max_batch <= len(self._buffer):
                     # The thread waits for the first event, or gathers until a full batch;
                     # otherwise it is busy and looks at the buffer when it is done.
                     self._cond.notify_all()
                 return
             if not self._spooling:
-                self._spill([_Entry(record)], sync=False)
+                self._spill(list(records), sync=False)
             else:
-                self._to_spool([_Entry(record)], sync=False)
+                self._to_spool(list(records), sync=False)
             self._cond.notify_all()
 
     def publish_acked(self, events: Sequence[Event], timeout_s: float) -> None:
@@ -307,20 +309,21 @@ class SpooledPublisher:
         if not records:
             return
         ticket = _Ticket(len(records))
-        entries = [_Entry(r, ticket) for r in records]
         with self._cond:
             self._check_open()
-            if not self._spooling and len(self._buffer) + len(entries) <= self.max_buffered:
-                self._buffer.extend(entries)
+            for r in records:
+                self._tickets[id(r)] = (r, ticket)
+            if not self._spooling and len(self._buffer) + len(records) <= self.max_buffered:
+                self._buffer.extend(records)
             elif not self._spooling:
-                self._spill(entries, sync=True)
+                self._spill(records, sync=True)
             else:
-                self._to_spool(entries, sync=True)
+                self._to_spool(records, sync=True)
             self._cond.notify_all()
         deadline = time.monotonic() + timeout_s
         if not ticket.done.wait(timeout_s / 2):
             with self._cond:
-                if not ticket.done.is_set() and any(e.ticket is ticket for e in self._buffer):
+                if not ticket.done.is_set() and any(id(r) in self._tickets for r in records):
                     self._spill([], sync=True)
         if not ticket.done.wait(max(0.0, deadline - time.monotonic())):
             raise PublishError(
@@ -383,23 +386,33 @@ class SpooledPublisher:
 
     # -- spooling (called with the lock held) --------------------------------------------
 
-    def _spill(self, extra: list[_Entry], *, sync: bool) -> None:
+    def _spill(self, extra: list[Record], *, sync: bool) -> None:
         """Move the buffer, then ``extra``, to the spool; spooling mode from now."""
-        entries = [*self._buffer, *extra]
+        records = [*self._buffer, *extra]
         self._buffer.clear()
         self._spill_gen += 1
         self._spooling = True
-        self._to_spool(entries, sync=sync or any(e.ticket for e in entries))
+        waited = bool(self._tickets) and any(id(r) in self._tickets for r in records)
+        self._to_spool(records, sync=sync or waited)
         self._cond.notify_all()
 
-    def _to_spool(self, entries: list[_Entry], *, sync: bool) -> None:
-        written = self.spool.append([e.record for e in entries], sync=sync)
+    def _to_spool(self, records: list[Record], *, sync: bool) -> None:
+        written = self.spool.append(records, sync=sync)
         self.spooled += written
         self._metrics.spooled.inc(written)
-        for i, entry in enumerate(entries):
-            entry.resolve(dropped=i >= written)
-        if written < len(entries):
-            self._drop(len(entries) - written)
+        self._resolve(records[:written])
+        if written < len(records):
+            self._resolve(records[written:], dropped=True)
+            self._drop(len(records) - written)
+
+    def _resolve(self, records: list[Record], *, dropped: bool = False) -> None:
+        """Tell the :meth:`publish_acked` callers waiting for some of ``records``, once."""
+        if not self._tickets:
+            return  # the common case: nobody waits (inference logs)
+        for record in records:
+            held = self._tickets.pop(id(record), None)
+            if held is not None:
+                held[1].resolve(dropped=dropped)
 
     def _drop(self, count: int) -> None:
         self.dropped += count
@@ -417,11 +430,10 @@ class SpooledPublisher:
             self._last_drop_log = now
             self._drops_unlogged = 0
 
-    def _acked(self, entries: list[_Entry]) -> None:
-        self.sent += len(entries)
-        self._metrics.sent.inc(len(entries))
-        for entry in entries:
-            entry.resolve()
+    def _acked(self, records: list[Record]) -> None:
+        self.sent += len(records)
+        self._metrics.sent.inc(len(records))
+        self._resolve(records)
 
     # -- the background thread -----------------------------------------------------------
 
@@ -440,7 +452,7 @@ class SpooledPublisher:
                         last_sync = time.monotonic()
                     self._gather()
                     spooling, closing = self._spooling, self._closing
-                    batch = list(self._buffer)[: self.max_batch] if not spooling else []
+                    batch = [] if spooling else list(itertools.islice(self._buffer, self.max_batch))
                     gen = self._spill_gen
                 try:
                     if sender is None:
@@ -487,21 +499,20 @@ class SpooledPublisher:
             and not self._spooling
             and not self._closing
             and len(self._buffer) < self.max_batch
-            and not any(e.ticket is not None for e in self._buffer)
+            and not self._tickets
         ):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             self._cond.wait(left)
 
-    def _send_buffer(self, sender: RecordSender, batch: list[_Entry], gen: int) -> None:
-        for entry in batch:
-            sender.send(entry.record)
+    def _send_buffer(self, sender: RecordSender, batch: list[Record], gen: int) -> None:
+        for record in batch:
+            sender.send(record)
         _total, failures = sender.settle(self.settle_timeout_s)
         failed = {id(record) for record, _ in failures}
         with self._cond:
-            acked = [e for e in batch if id(e.record) not in failed]
-            self._acked(acked)
+            self._acked([r for r in batch if id(r) not in failed] if failed else batch)
             if gen == self._spill_gen:
                 for _ in batch:
                     self._buffer.popleft()
@@ -518,7 +529,7 @@ class SpooledPublisher:
                     )
                     rest = list(self._buffer)
                     self._buffer.clear()
-                    self._buffer.extend(e for e in batch if id(e.record) in failed)
+                    self._buffer.extend(r for r in batch if id(r) in failed)
                     self._buffer.extend(rest)
                     self._spill([], sync=False)
             self._cond.notify_all()

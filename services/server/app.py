@@ -9,9 +9,11 @@ Routes (see ARCHITECTURE.md, "Model server HTTP"):
   :func:`~services.server.routing.routes_to_canary`; the shadow version, when
   set, predicts every instance too, and its predictions are logged with
   ``route=shadow`` and never returned. Every prediction is logged as an
-  :class:`~schemas.events.InferenceLog` naming version, route and server through
-  the injected publisher (``publish`` only queues: a bounded, batching producer
-  sends them); a log that cannot be queued is counted, the answer stands;
+  :class:`~schemas.events.InferenceLog` naming version, route and server
+  (encoded in one pass, :mod:`services.server.logs`); a request's logs go to the
+  injected publisher in one ``publish_records`` call, which only queues (a
+  bounded, batching producer sends them); a log that cannot be made or queued
+  is counted, the answer stands;
 - ``POST /v1/feedback``: one FeedbackEvent or a list; 202 once the publisher's
   ``publish_acked`` returned (broker acknowledged or spool fsynced), 503 when it
   raised, 4xx saying what is wrong;
@@ -38,24 +40,20 @@ is not ready 503.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import math
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
-import orjson
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from schemas import limits as L
 from schemas.errors import SchemaError
 from schemas.events import Event, FeedbackEvent, InferenceLog
 from services.config import TopicsConfig
@@ -67,6 +65,7 @@ from services.publish.kafka import Record
 from services.server.config import ServerConfig
 from services.server.follower import PointerFollower
 from services.server.limits import BodyLimit
+from services.server.logs import RequestLogs, Templates, contract_prediction, contract_scores
 from services.server.metrics import ServerMetrics
 from services.server.registry import ModelRegistry, Resident, Serving
 from services.server.routing import routes_to_canary
@@ -87,17 +86,17 @@ log = logging.getLogger(__name__)
 INLINE_INSTANCES = 64
 
 
-#: (model, version, route) -> the common fields of its inference logs, validated once.
-_LogTemplates = dict[tuple[str, str, str], dict[str, Any]]
-
-
 class LogPublisher(DurablePublisher, Protocol):
-    """The server's publisher: also takes inference logs already encoded (the
-    :class:`~services.publish.spooled.SpooledPublisher`, the in-memory one in tests)."""
+    """The server's publisher: also takes inference logs already encoded, a request's
+    at once (the :class:`~services.publish.spooled.SpooledPublisher`, the in-memory
+    one in tests). ``publish_records`` only queues; it raises PublishError when it
+    cannot (closed), and drops, counted, what a full spool has no room for."""
 
     topics: TopicsConfig
 
-    def publish_record(self, record: Record, kind: type[Event] | None = None) -> None: ...
+    def publish_records(
+        self, records: Sequence[Record], kind: type[Event] | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -111,10 +110,10 @@ class ServerContext:
     follower: PointerFollower | None = None
     #: Called in order when the app stops, after the last flush (publisher, store, Redis).
     closers: list[Callable[[], None]] = field(default_factory=list)
-    #: The common fields of inference logs per (model, version, route) (:func:`_log_fields`).
-    log_templates: _LogTemplates = field(default_factory=dict)
+    #: The encoded common fields of inference logs (:func:`services.server.logs.template_for`).
+    log_templates: Templates = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def inference_log_topic(self) -> str:
         return self.publisher.topics.name(InferenceLog.topic)
 
@@ -148,33 +147,6 @@ def _validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def label_key(label: Any) -> str:
-    """How a class label names a score: booleans ``true`` / ``false``, else ``str``."""
-    if isinstance(label, bool):
-        return "true" if label else "false"
-    return str(label)
-
-
-def _scalar(value: Any) -> bool | int | float | str | None:
-    """A prediction as the contract's Scalar (None when it is not one)."""
-    if value is None or isinstance(value, bool | str):
-        return value if not isinstance(value, str) or len(value) <= L.MAX_VALUE_CHARS else None
-    if isinstance(value, int):
-        return value if L.MIN_INT <= value <= L.MAX_INT else float(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return str(value)[: L.MAX_VALUE_CHARS]
-
-
-def _scores(p: Prediction) -> dict[str, float] | None:
-    if p.scores is None:
-        return None
-    scores = {
-        label_key(k)[: L.MAX_SCORE_LABEL_CHARS]: min(max(v, 0.0), 1.0) for k, v in p.scores.items()
-    }
-    return scores if len(scores) <= L.MAX_SCORES else None
 
 
 _UNKNOWN_MODEL: dict[int | str, dict[str, Any]] = {
@@ -367,7 +339,6 @@ def _predict(
     ctx: ServerContext, serving: Serving, live: Resident, instances: Sequence[Instance]
 ) -> PredictResponse:
     ids = [i.request_id or uuid.uuid4().hex for i in instances]
-    log_ids = _LogIds()
     features: list[Mapping[str, FeatureValue]] = [i.features for i in instances]
     canary = serving.canary
     to_canary = [
@@ -386,29 +357,44 @@ def _predict(
             continue
         for i, done in zip(idx, _run(resident, [features[i] for i in idx], idx), strict=True):
             results[i] = done
+    logs = _request_logs(ctx, serving.model)
     out: list[PredictionOut] = []
     for i, maybe in enumerate(results):
         assert maybe is not None  # noqa: S101 - every index was served above; guards no input
         p = maybe
         resident, route = served[i]
+        value, scores = contract_prediction(p.value), contract_scores(p)
         out.append(
             PredictionOut(
                 request_id=ids[i],
                 model_version=resident.version,
                 route=route,
-                prediction=_scalar(p.value),
-                scores=_scores(p),
+                prediction=value,
+                scores=scores,
             )
         )
-        _log(ctx, serving.model, resident.version, route, ids[i], features[i], p, log_ids)
+        if logs is not None:
+            logs.add(resident.version, route, ids[i], features[i], value, scores)
+    canaries = sum(to_canary) if canary is not None else 0
+    _count(ctx, serving.model, "live", live.version, len(instances) - canaries)
+    if canary is not None:
+        _count(ctx, serving.model, "canary", canary.version, canaries)
     if serving.shadow is not None:
-        _shadow(ctx, serving.model, serving.shadow, ids, features, log_ids)
+        _shadow(ctx, serving.model, serving.shadow, ids, features, logs)
+    if logs is not None:
+        _publish(ctx, logs)
     return PredictResponse(
         model=serving.model,
         model_version=live.version if any(r == "live" for _, r in served) else served[0][0].version,
         epoch=serving.epoch,
         predictions=out,
     )
+
+
+def _count(ctx: ServerContext, model: str, route: str, version: str, n: int) -> None:
+    """Count ``n`` predictions of ``version`` on ``route`` (once per request, not per log)."""
+    if n:
+        ctx.metrics.predictions.labels(model, route, version).inc(n)
 
 
 def _run(
@@ -441,7 +427,7 @@ def _shadow(
     shadow: Resident,
     ids: list[str],
     features: list[Mapping[str, FeatureValue]],
-    log_ids: _LogIds,
+    logs: RequestLogs | None,
 ) -> None:
     """Shadow predictions: logged with route=shadow, never returned, never failing the call."""
     try:
@@ -450,97 +436,33 @@ def _shadow(
         ctx.metrics.log_failures.labels(model, "shadow_failed").inc(len(ids))
         log.warning("model %s: shadow %s could not predict: %s", model, shadow.version, exc)
         return
-    for rid, x, p in zip(ids, features, predictions, strict=True):
-        _log(ctx, model, shadow.version, "shadow", rid, x, p, log_ids)
-
-
-class _LogIds:
-    """Event ids for one request's inference logs: one random UUID, then a counter."""
-
-    def __init__(self) -> None:
-        self.base = uuid.uuid4().hex
-        self.n = 0
-
-    def next(self) -> str:
-        self.n += 1
-        return f"{self.base}-{self.n}"
-
-
-_LOG_LIMIT = min(InferenceLog.max_payload_bytes, L.MAX_RECORD_VALUE_BYTES)
-
-
-def _log_fields(ctx: ServerContext, model: str, version: str, route: str) -> dict[str, Any]:
-    """The fields every log of ``(model, version, route)`` shares, validated as an
-    InferenceLog once (pydantic's ValidationError when they are not valid)."""
-    key = (model, version, route)
-    fields = ctx.log_templates.get(key)
-    if fields is None:
-        if len(ctx.log_templates) >= 256:  # versions come and go: keep the recent ones
-            ctx.log_templates.clear()
-        fields = InferenceLog.new(
-            request_id="-",
-            model=model,
-            model_version=version,
-            features={},
-            prediction=0,
-            route=route,
-            server=ctx.config.server_id,
-        ).model_dump()
-        ctx.log_templates[key] = fields
-    return fields
-
-
-def _log(
-    ctx: ServerContext,
-    model: str,
-    version: str,
-    route: str,
-    request_id: str,
-    features: Mapping[str, FeatureValue],
-    p: Prediction,
-    log_ids: _LogIds,
-) -> None:
-    """Queue the InferenceLog of one prediction; a failure is counted, never raised.
-
-    The log is encoded without building a pydantic model (that was most of its
-    cost): its common fields were validated once (:func:`_log_fields`), the
-    request id and features by the request body's model (the same strict
-    ``EventId`` and ``Features`` types), the prediction is a contract
-    :func:`_scalar`, the scores are checked here, and the bytes are what
-    :func:`schemas.codec.encode` writes for the same event (tested: they decode
-    strictly to it). Scores that do not pass go the validating way.
-    """
-    ctx.metrics.predictions.labels(model, route, version).inc()
-    if not ctx.config.log_inferences:
-        return  # DRIFTLOOP_SERVER_LOG_INFERENCES=false
-    value = _scalar(p.value)
-    if value is None:
-        ctx.metrics.log_failures.labels(model, "no_prediction").inc()
+    _count(ctx, model, "shadow", shadow.version, len(predictions))
+    if logs is None:
         return
-    try:
-        scores = _scores(p)
-        fields = dict(_log_fields(ctx, model, version, route))
-        fields |= {
-            "event_id": log_ids.next(),
-            "ts": time.time_ns() // 1_000_000,
-            "request_id": request_id,
-            "features": features if isinstance(features, dict) else dict(features),
-            "prediction": value,
-            "scores": scores,
-        }
-        if scores is not None and not all(k and 0.0 <= v <= 1.0 for k, v in scores.items()):
-            InferenceLog.model_validate(fields)  # raises, naming what is wrong
-        raw = orjson.dumps(fields)
-        if len(raw) > _LOG_LIMIT:
-            raise PublishError(f"InferenceLog encodes to {len(raw)} bytes, over {_LOG_LIMIT}")
-        record = Record(ctx.inference_log_topic, request_id.encode(), raw)
-        ctx.publisher.publish_record(record, InferenceLog)
-    except ValidationError as exc:
-        ctx.metrics.log_failures.labels(model, "invalid").inc()
-        log.warning("model %s: inference log does not validate: %s", model, exc.errors()[:1])
-    except PublishError as exc:
-        ctx.metrics.log_failures.labels(model, "publish").inc()
-        log.warning("model %s: inference log not queued: %s", model, exc)
+    for rid, x, p in zip(ids, features, predictions, strict=True):
+        logs.add(shadow.version, "shadow", rid, x, contract_prediction(p.value), contract_scores(p))
+
+
+def _request_logs(ctx: ServerContext, model: str) -> RequestLogs | None:
+    """A request's inference logs, or None with ``DRIFTLOOP_SERVER_LOG_INFERENCES=false``."""
+    if not ctx.config.log_inferences:
+        return None
+    return RequestLogs(ctx.log_templates, model, ctx.config.server_id, ctx.inference_log_topic)
+
+
+def _publish(ctx: ServerContext, logs: RequestLogs) -> None:
+    """Queue a request's logs in one call; what could not be made or queued is counted."""
+    if logs.records:
+        try:
+            ctx.publisher.publish_records(logs.records, InferenceLog)
+        except PublishError as exc:
+            lost = len(logs.records)
+            ctx.metrics.log_failures.labels(logs.model, "publish").inc(lost)
+            log.warning("model %s: %d inference logs not queued: %s", logs.model, lost, exc)
+    if logs.failures:
+        for reason, count in logs.failures.items():
+            ctx.metrics.log_failures.labels(logs.model, reason).inc(count)
+        logs.report()
 
 
 def _refresh_gauges(ctx: ServerContext) -> None:

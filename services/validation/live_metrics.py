@@ -413,7 +413,7 @@ def _proba(y_true: Label, scores: Mapping[str, float]) -> dict[Label, float]:
 
 
 def _score_name(label: Label) -> str:
-    """The model server's name for class ``label`` (``services.server.app.label_key``)."""
+    """The model server's name for class ``label`` (``services.server.logs.label_key``)."""
     if isinstance(label, bool):
         return "true" if label else "false"
     return str(label)

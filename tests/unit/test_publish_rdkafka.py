@@ -29,7 +29,9 @@ class FakeMessage:
 
 class FakeProducer:
     """Holds produced messages; ``flush`` delivers them, failing keys in ``fail``,
-    keeping keys in ``hold`` unacknowledged; ``purge`` reports held ones as purged."""
+    keeping keys in ``hold`` unacknowledged; ``purge`` reports held ones as purged.
+    As librdkafka does with ``delivery.report.only.error``, only failures are
+    reported (``reported`` counts the successes it was asked to report)."""
 
     made: ClassVar[list[FakeProducer]] = []
 
@@ -38,6 +40,7 @@ class FakeProducer:
         self.fail, self.hold = fail, hold
         self.queued: list[tuple[FakeMessage, Any]] = []
         self.purged = False
+        self.reported = 0
         FakeProducer.made.append(self)
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
@@ -58,7 +61,8 @@ class FakeProducer:
                 left.append((msg, cb))
             elif msg.key() in self.fail:
                 cb(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), msg)
-            else:
+            elif not self.conf.get("delivery.report.only.error"):
+                self.reported += 1
                 cb(None, msg)
         self.queued = left
         return len(left)
@@ -89,6 +93,32 @@ def test_every_record_acknowledged_is_no_failure_and_the_producer_is_kept() -> N
     s.send(records(1)[0])
     assert s.settle(1.0) == (1, [])
     assert len(FakeProducer.made) == 1
+    assert FakeProducer.made[0].reported == 0  # no Python callback per acknowledged record
+
+
+class PartlyPurgingProducer(FakeProducer):
+    """A producer whose purge leaves records without any report (outcome unknown)."""
+
+    def purge(self, in_queue: bool, in_flight: bool) -> None:
+        self.purged = True
+
+    def flush(self, timeout: float) -> int:
+        if self.purged:
+            return len(self.queued)
+        return super().flush(timeout)
+
+
+def test_records_whose_outcome_stays_unknown_all_count_as_failed() -> None:
+    hold = frozenset({b"k1"})
+    s = RdKafkaSender(KAFKA, producer_factory=lambda conf: PartlyPurgingProducer(conf, set(), hold))
+    rs = records(3)
+    for r in rs:
+        s.send(r)
+    total, failures = s.settle(0.05)
+    # k0 and k2 were acknowledged, but nothing says so once k1's fate is unknown: all
+    # three are sent again (at least once; consumers drop repeats by event_id).
+    assert (total, [r for r, _ in failures]) == (3, rs)
+    assert all(isinstance(cause, TimeoutError) for _, cause in failures)
 
 
 def test_failed_records_are_reported_in_send_order_and_the_producer_replaced() -> None:
@@ -136,6 +166,7 @@ def test_settings_are_the_project_producers() -> None:
     assert conf["enable.idempotence"] is True
     assert conf["partitioner"] == "murmur2_random"  # the partition Java / kafka-python pick
     assert conf["linger.ms"] == 20
+    assert conf["delivery.report.only.error"] is True  # settle reads the queue (module notes)
     assert conf["bootstrap.servers"] == "127.0.0.1:9092"
     sasl = KafkaConfig(
         bootstrap="b:1",

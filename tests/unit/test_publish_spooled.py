@@ -15,7 +15,7 @@ from schemas.events import CheckpointEvent, InferenceLog
 from services.config import TopicsConfig
 from services.deadletters import RawRecord, dead_letter
 from services.publish import InMemoryPublisher, PublishError, route
-from services.publish.kafka import Failure, Record
+from services.publish.kafka import Failure, Record, record_of
 from services.publish.spool import SpoolFullError
 from services.publish.spooled import SpooledPublisher
 
@@ -297,3 +297,38 @@ def test_publish_acked_spools_what_a_slow_broker_has_not_acknowledged(tmp_path: 
         wait_until(lambda: pub.spool.pending_records == 0)
     # the batch in flight when the spool took it arrives twice; once by event_id
     assert list(dict.fromkeys(broker.event_ids())) == ["e00000", "e00001"]
+
+
+def test_a_requests_records_handed_over_at_once_keep_their_order_through_an_overflow(
+    tmp_path: Path,
+) -> None:
+    """publish_records (a request's logs in one call): a call that does not fit the
+    buffer goes to the spool after what the buffer held; feedback published meanwhile
+    is fsynced there and acknowledged to its caller; first copies arrive in order."""
+    broker = FakeBroker()
+    gate = threading.Event()
+    real_settle = FakeSender.settle
+
+    def slow_settle(self: FakeSender, timeout_s: float | None = None) -> tuple[int, list[Failure]]:
+        gate.wait(60)
+        return real_settle(self, timeout_s)
+
+    topics = TopicsConfig()
+    FakeSender.settle = slow_settle  # type: ignore[method-assign]
+    try:
+        with publisher(broker, tmp_path, max_buffered=25) as pub:
+            pub.publish_records([record_of(log(i), topics) for i in range(10)])
+            assert not pub.spooling
+            pub.publish_records([record_of(log(i), topics) for i in range(10, 30)])  # 30 > 25
+            assert pub.spooling
+            assert pub.spooled == 30  # the buffer's 10 (one batch in flight), then the 20
+            pub.publish_acked([log(i) for i in range(30, 35)], timeout_s=5.0)
+            assert pub.spool.pending_records == 35
+            assert not pub.spool.unsynced
+            pub.publish_records([record_of(log(i), topics) for i in range(35, 45)])
+            gate.set()
+            wait_until(lambda: len(set(broker.event_ids())) == 45)
+            wait_until(lambda: not pub.spooling)
+    finally:
+        FakeSender.settle = real_settle  # type: ignore[method-assign]
+    assert list(dict.fromkeys(broker.event_ids())) == [f"e{i:05d}" for i in range(45)]

@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -69,13 +70,13 @@ def test_predict_names_the_version_and_logs_every_prediction() -> None:
 def test_inference_logs_are_the_bytes_the_codec_writes_and_decode_strictly() -> None:
     h = harness()
     raws: list[Record] = []
-    publish_record = h.publisher.publish_record
+    publish_records = h.publisher.publish_records
 
-    def keep(record: Record, kind: type[Event] | None = None) -> None:
-        raws.append(record)
-        publish_record(record, kind)  # decodes strictly: a log that is not valid fails here
+    def keep(records: Sequence[Record], kind: type[Event] | None = None) -> None:
+        raws.extend(records)
+        publish_records(records, kind)  # decodes strictly: a log that is not valid fails here
 
-    h.publisher.publish_record = keep  # type: ignore[method-assign]
+    h.publisher.publish_records = keep  # type: ignore[method-assign]
     client = _ready(h)
     features = {"x": 2**70, "s": "a", "b": True, "i": 3}  # 2**70: kept as the nearest float
     body = {"instances": [{"features": features}, {"request_id": "r-9", "features": {"y": 1.5}}]}
