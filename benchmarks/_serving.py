@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +38,7 @@ from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.opener import open_store
 from services.checkpoints.store import CheckpointStore
+from services.learning.adapters import TorchAdapter, build_predictor
 from services.learning.config import LearningConfig, example_path, load_config
 from services.learning.store_sink import CheckpointerSink
 from services.learning.synthetic import examples_from
@@ -75,6 +78,75 @@ class Example:
         path = example_path(name)
         learning = load_config(path)
         return cls(name, path, learning, learning.models[0].name)
+
+    @classmethod
+    def torch_sized(cls, directory: Path, buckets: int, factors: int) -> Example:
+        """The ``torch_fm`` example with ``buckets`` rows and ``factors`` latent
+        dimensions (its shipped file with those two values changed, written to
+        ``directory``): ``buckets x (factors + 1) + 1`` parameters."""
+        text = example_path("torch_fm").read_text(encoding="utf-8")
+        text, rows = re.subn(r"(?m)^buckets = \d+", f"buckets = {buckets}", text)
+        text, dims = re.subn(r"\bfactors = \d+", f"factors = {factors}", text)
+        if rows != 1 or dims != 1:
+            raise SystemExit("torch_fm.toml no longer has one 'buckets =' and one 'factors ='")
+        path = directory / f"torch_fm-{buckets}x{factors}.toml"
+        path.write_text(text, encoding="utf-8")
+        learning = load_config(path)
+        model = learning.models[0]
+        rows_got = model.encoding.buckets if model.encoding else None
+        got = (rows_got, model.factory.params.get("factors"))
+        if got != (buckets, factors):
+            raise SystemExit(f"{path} did not parse to {buckets} buckets x {factors} factors")
+        return cls(f"torch_fm {buckets:,}x{factors}", path, learning, model.name)
+
+    def size(self) -> tuple[int, int]:
+        """(parameters, bytes of parameter tensors) of one version as a server holds it
+        (torch: the module's parameters and buffers; river: the pickled model)."""
+        adapter = build_predictor(self.learning.model(self.model))
+        if isinstance(adapter, TorchAdapter):
+            tensors = [*adapter.module.parameters(), *adapter.module.buffers()]
+            params = sum(t.numel() for t in adapter.module.parameters())
+            return params, sum(t.numel() * t.element_size() for t in tensors)
+        return 0, 0
+
+
+def add_example_options(
+    parser: argparse.ArgumentParser, *, buckets: int = 0, factors: int = 0
+) -> None:
+    """``--example``, and for ``torch_fm`` its size: ``--buckets`` / ``--factors``
+    (0: as shipped; the defaults given here otherwise)."""
+    parser.add_argument("--example", default="torch_fm", choices=["torch_fm", "river_logreg"])
+    parser.add_argument(
+        "--buckets",
+        type=int,
+        default=buckets,
+        help=f"torch_fm: rows of its tables (default {buckets or 'as shipped'}; 0: as shipped)",
+    )
+    parser.add_argument(
+        "--factors",
+        type=int,
+        default=factors,
+        help=f"torch_fm: latent dimensions (default {factors or 'as shipped'}; 0: as shipped)",
+    )
+
+
+def example_of(args: argparse.Namespace, directory: Path) -> Example:
+    """The example ``add_example_options``' options name (a resized copy in ``directory``)."""
+    shipped = Example.of(args.example)
+    if args.example != "torch_fm" or not (args.buckets or args.factors):
+        return shipped
+    config = shipped.learning.model(shipped.model)
+    buckets = args.buckets or (config.encoding.buckets if config.encoding else 0)
+    factors = args.factors or int(config.factory.params.get("factors", 8))
+    return Example.torch_sized(directory, buckets, factors)
+
+
+def size_line(example: Example) -> str:
+    """``"torch_fm 1,048,576x15: 16.8M parameters, 64.0 MiB per version"``."""
+    params, nbytes = example.size()
+    if not params:
+        return f"{example.name}: river model"
+    return f"{example.name}: {params / 1e6:.1f}M parameters, {nbytes / 2**20:.1f} MiB per version"
 
 
 def write_versions(

@@ -1,25 +1,35 @@
 """Rollback convergence: from the pointer change returning until every server answers with it.
 
-Three ``driftloop serve`` processes (the torch example by default: 2.4M
-parameters, 9 MiB of tensors per version; ``--example river_logreg`` for the
-other) follow one Redis pointer on the embedded stack, under steady predict
-load (one load process per server, ``--rate`` batches of 32 per second, every
-response checked). The benchmark alternates ``rollback`` (to the previous
-live version) and ``promote`` (of the other one) ``--rollbacks`` times each,
-through the library call ``driftloop rollback`` / ``promote`` make
-(``RedisPointer.rollback`` / ``promote`` with the store's version check; the
-CLI's process start-up and its relay to ``version-events`` come before and
-after that call and are not timed).
+Three ``driftloop serve`` processes follow one Redis pointer on the embedded
+stack, under steady predict load (one load process per server, ``--rate``
+batches of 32 per second, every response checked). The model, by default, is
+the torch example at 2^20 hash rows x (15 factors + 1): 16.8M parameters,
+64 MiB of float32 per version, so the baseline's load is that of a real model
+(``--buckets 0 --factors 0``: the example as shipped, 2.4M parameters;
+``--example river_logreg`` for the other). Its versions are written by the
+project's trainer and checkpointer, like every benchmark's. The benchmark
+alternates ``rollback`` (to the previous live version) and ``promote`` (of
+the other one) ``--rollbacks`` times each, through the library call
+``driftloop rollback`` / ``promote`` make (``RedisPointer.rollback`` /
+``promote`` with the store's version check; the CLI's process start-up and
+its relay to ``version-events`` come before and after that call and are not
+timed).
 
 Convergence of one change: from the call returning until the *last* of the
-three servers answers a predict request with the new version (a thread per
-server polls its ``:predict`` in a tight loop, single instances; status routes
-are not consulted). A server that answers with the new version before the
-call has returned counts 0. The next change starts once all have converged
-(plus a 20-50 ms pause). Untimed, each server's status then says when it
-applied the epoch (``applied_ms``, its clock, the same machine's): ``applied``
-is from the call returning until the last server applied it, so the rest of
-the convergence is the servers answering with it.
+three servers answers a predict request with the new version (status routes
+are not consulted). Each server has its own poll process
+(:mod:`benchmarks._poll`): from just before the call until every server
+answered with the new version it sends single-instance predicts back to
+back on a keep-alive connection and takes the time as each response has
+been read; between changes it sends one every ``--idle-poll-ms`` (10), still
+checking each answer, so the pollers measure the change without adding
+their own maximal load to the servers' steady one (``--idle-poll-ms 0``:
+back to back all the time). A server that answers with the new version
+before the call has returned counts 0. The next change starts once all have
+converged (plus a 20-50 ms pause). Untimed, each server's status then says
+when it applied the epoch (``applied_ms``, its clock, the same machine's):
+``applied`` is from the call returning until the last server applied it, so
+the rest of the convergence is the servers answering with it.
 
 Baseline, same run, same servers settings but ``DRIFTLOOP_SERVER_RESIDENT_VERSIONS=1``:
 only the live version stays loaded, so every change is a load from the store
@@ -27,12 +37,14 @@ only the live version stays loaded, so every change is a load from the store
 lets servers load what it names gives. ``--baseline-rollbacks`` (default 10)
 of each.
 
-Also counted over the whole run: failed requests (transport errors, non-2xx)
-and half-swapped ones (a batch whose live predictions name different
-versions, or a version that is not one of the two).
+Also counted over the whole run: failed requests (transport errors, non-2xx),
+half-swapped ones (a batch whose live predictions name different versions,
+or a version that is not one of the two) and regressed ones (a server that
+answered the old version after it had answered the new one).
 
 Run: ``python -m benchmarks.rollback [--rollbacks 50] [--baseline-rollbacks 10]
-[--example torch_fm] [--rate 20] [--server-env DRIFTLOOP_X=V ...] [--json]``.
+[--example torch_fm] [--buckets N --factors F] [--rate 20] [--idle-poll-ms 10]
+[--server-env DRIFTLOOP_X=V ...] [--json]``.
 """
 
 from __future__ import annotations
@@ -42,26 +54,28 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import emit, pct
+from benchmarks._poll import Watch
 from benchmarks._serving import (
     Example,
     LoadProcess,
     ServeProcess,
+    add_example_options,
+    example_of,
     open_pointer,
     predict_body,
     server_env,
     serving,
+    size_line,
     write_versions,
 )
 from services.checkpoints.config import StoreConfig
@@ -69,93 +83,9 @@ from services.pointer.redis import RedisPointer
 from services.stack import EmbeddedStack, StackInfo
 
 SERVERS = 3
-
-
-class Watch:
-    """Per-server poll threads: the first time each answers with the armed version."""
-
-    def __init__(self, servers: list[ServeProcess], body: bytes) -> None:
-        self.servers = servers
-        self.body = body
-        self.cond = threading.Condition()
-        self.target: str | None = None
-        self.t0: float | None = None
-        self.first: list[float | None] = [None] * len(servers)
-        self.stop = threading.Event()
-        self.requests = 0
-        self.latencies: list[float] = []
-        self.failed = 0
-        self.regressed = 0
-        self.errors: list[str] = []
-        self.threads = [
-            threading.Thread(target=self._poll, args=(i,), daemon=True) for i in range(len(servers))
-        ]
-
-    def start(self) -> Watch:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def arm(self, version: str) -> None:
-        with self.cond:
-            self.target, self.t0 = version, None
-            self.first = [None] * len(self.servers)
-
-    def returned(self, t0: float) -> None:
-        with self.cond:
-            self.t0 = t0
-            self.cond.notify_all()
-
-    def wait(self, timeout_s: float) -> list[float] | None:
-        """Each server's convergence, seconds after the call returned (0 if before)."""
-        with self.cond:
-            done = self.cond.wait_for(
-                lambda: self.t0 is not None and all(f is not None for f in self.first),
-                timeout_s,
-            )
-            if not done or self.t0 is None:
-                return None
-            t0 = self.t0
-            return [max(0.0, f - t0) for f in self.first if f is not None]
-
-    def _poll(self, i: int) -> None:
-        server = self.servers[i]
-        headers = {"content-type": "application/json"}
-        with httpx.Client(base_url=server.url, timeout=30.0) as client:
-            while not self.stop.is_set():
-                sent = time.monotonic()
-                try:
-                    r = client.post(server.predict_path, content=self.body, headers=headers)
-                except httpx.HTTPError as exc:
-                    self._fail(f"{server.name}: {type(exc).__name__}: {exc}")
-                    continue
-                now = time.monotonic()
-                with self.cond:
-                    self.requests += 1
-                    self.latencies.append(now - sent)
-                if r.status_code != 200:
-                    self._fail(f"{server.name}: HTTP {r.status_code} {r.text[:200]}")
-                    continue
-                version = orjson.loads(r.content)["model_version"]
-                with self.cond:
-                    if self.target is None:
-                        continue
-                    if self.first[i] is None:
-                        if version == self.target:
-                            self.first[i] = now
-                            self.cond.notify_all()
-                    elif version != self.target:
-                        self.regressed += 1  # answered the old version after the new one
-
-    def _fail(self, what: str) -> None:
-        self.failed += 1
-        if len(self.errors) < 5:
-            self.errors.append(what[:300])
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
+#: The default model: torch_fm with 2^20 rows x (15 factors + 1), 16.8M parameters
+#: (64 MiB of float32 per version), so the baseline's load is that of a real model.
+LARGE_BUCKETS, LARGE_FACTORS = 1 << 20, 15
 
 
 def applied_at(client: httpx.Client, path: str, epoch: int) -> float | None:
@@ -180,6 +110,7 @@ def run_mode(
     resident: int,
     rollbacks: int,
     rate: float,
+    idle_s: float,
     extra_env: dict[str, str],
 ) -> dict[str, Any]:
     a, b = versions
@@ -212,7 +143,7 @@ def run_mode(
             for s in servers
             if rate > 0
         ]
-        watch = Watch(servers, body1).start()
+        watch = Watch([s.url for s in servers], servers[0].predict_path, body1, idle_s=idle_s)
         statuses = [httpx.Client(base_url=s.url, timeout=10.0) for s in servers]
         status_path = f"/v1/models/{example.model}"
         applied_lag: list[float] = []
@@ -222,6 +153,7 @@ def run_mode(
         try:
             for load in loads:
                 load.wait_ready()
+            watch.wait_ready()
             time.sleep(1.0)  # load and pollers running
             for i in range(2 * rollbacks):
                 target = a if i % 2 == 0 else b
@@ -237,6 +169,7 @@ def run_mode(
                 if event.live != target:
                     raise SystemExit(f"change {i} made {event.live} live, not {target}")
                 got = watch.wait(60.0)
+                watch.relax()
                 if got is None:
                     timeouts += 1
                 else:
@@ -285,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rollbacks", type=int, default=50, help="rollbacks (and re-promotions)")
     parser.add_argument("--baseline-rollbacks", type=int, default=10)
-    parser.add_argument("--example", default="torch_fm", choices=["torch_fm", "river_logreg"])
+    add_example_options(parser, buckets=LARGE_BUCKETS, factors=LARGE_FACTORS)
     parser.add_argument("--rate", type=float, default=20.0, help="batches/s per server (load)")
+    parser.add_argument(
+        "--idle-poll-ms",
+        type=float,
+        default=10.0,
+        help="poll period between changes (0: back to back all the time)",
+    )
     parser.add_argument(
         "--server-env",
         action="append",
@@ -296,16 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    example = Example.of(args.example)
     workdir = Path(tempfile.mkdtemp(prefix="driftloop-bench-rollback-", dir=args.dir))
     try:
+        example = example_of(args, workdir)
         store, written = write_versions(workdir / "store", example, 2)
         a, b = written
         with EmbeddedStack() as info:
             with open_pointer(info, store, example.learning) as pointer:
                 pointer.promote(example.model, a, actor="bench", reason="benchmark setup")
                 pointer.promote(example.model, b, actor="bench", reason="benchmark setup")
-            common = {"rate": args.rate, "extra_env": server_env(args.server_env)}
+            common = {
+                "rate": args.rate,
+                "idle_s": args.idle_poll_ms / 1e3,
+                "extra_env": server_env(args.server_env),
+            }
             driftloop = run_mode(
                 info, example, store, (a, b), workdir, label="resident",
                 resident=4, rollbacks=args.rollbacks, **common,
@@ -316,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    params, nbytes = example.size()
     results: dict[str, Any] = {
-        "example": args.example,
+        "example": example.name,
+        "parameters": params,
+        "parameter_mib": nbytes / 2**20,
         "servers": SERVERS,
         "driftloop": driftloop,
         "baseline_load_on_change": baseline,
@@ -326,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         d, bl = driftloop[f"{q}_ms"], baseline[f"{q}_ms"]
         results[f"{q}_speedup"] = bl / d if d and bl else None
     table = [
-        f"rollback convergence, {SERVERS} servers ({args.example}), under load"
-        f" ({args.rate:g} batches of 32 /s per server + one poller each)",
+        f"rollback convergence, {SERVERS} servers, under load"
+        f" ({args.rate:g} batches of 32 /s per server + one poll process each)",
+        f"model {size_line(example)}",
         f"{'':24} {'changes':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"
         f" {'failed':>6} {'half':>5} {'regr':>5} {'timeouts':>8} {'poll p50':>8}"
         f" {'applied p50/p99':>15}",

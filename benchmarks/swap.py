@@ -28,7 +28,7 @@ the server with one version.
 
 Run: ``python -m benchmarks.swap [--swaps 5] [--interval 3] [--rate 20]
 [--clients 2] [--batch 32] [--resident 4] [--example torch_fm]
-[--server-env DRIFTLOOP_X=V ...] [--json]``
+[--buckets N --factors F] [--server-env DRIFTLOOP_X=V ...] [--json]``
 (about 90 s by default).
 """
 
@@ -50,10 +50,13 @@ from benchmarks._serving import (
     Example,
     LoadProcess,
     ServeProcess,
+    add_example_options,
+    example_of,
     open_pointer,
     predict_body,
     server_env,
     serving,
+    size_line,
     write_versions,
 )
 from services.checkpoints.config import StoreConfig
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resident", type=int, default=4, help="K for the memory figure")
-    parser.add_argument("--example", default="torch_fm", choices=["torch_fm", "river_logreg"])
+    add_example_options(parser)
     parser.add_argument(
         "--server-env",
         action="append",
@@ -220,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.swaps < 2 or args.resident < 2:
         parser.error("--swaps and --resident must be at least 2")
-    example = Example.of(args.example)
     workdir = Path(tempfile.mkdtemp(prefix="driftloop-bench-swap-", dir=args.dir))
     try:
+        example = example_of(args, workdir)
         store, versions = write_versions(workdir / "store", example, args.swaps + 1)
         with EmbeddedStack() as info:
             with open_pointer(info, store, example.learning) as pointer:
@@ -233,11 +236,20 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results = {"example": args.example, "batch": args.batch, "swap": swaps, "memory": rss}
+    params, nbytes = example.size()
+    results = {
+        "example": example.name,
+        "parameters": params,
+        "parameter_mib": nbytes / 2**20,
+        "batch": args.batch,
+        "swap": swaps,
+        "memory": rss,
+    }
     st = swaps["steady"]
     table = [
-        f"swap under load ({args.example}, {args.clients} clients x {args.rate:g} batches of"
+        f"swap under load ({args.clients} clients x {args.rate:g} batches of"
         f" {args.batch}/s), p99 of requests started in the {WINDOW_S:g} s after each change",
+        f"model {size_line(example)}",
         f"steady state   {st['requests']:>6} requests  p50 {st['p50_ms'] or 0:7.2f} ms"
         f"  p99 {st['p99_ms'] or 0:7.2f} ms",
     ]
