@@ -41,8 +41,7 @@ from services.kafka import ensure_topics
 from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
-from services.pointer.factory import redis_client, references_from_env
-from services.pointer.relay import OutboxRelay
+from services.pointer.factory import references_from_env
 from services.stack.workdirs import WorkDir, remove_stale
 from streams.app import make_app, make_worker
 from streams.trainer import TrainerAgent
@@ -291,6 +290,9 @@ def install_relay(
     A failed relay is logged and retried at the next tick; the entries stay
     in the outbox meanwhile. Returns the timer's function (one relay).
     """
+    from services.pointer.factory import redis_client  # redis: only with a Redis URL
+    from services.pointer.relay import OutboxRelay
+
     relay = OutboxRelay(
         redis_client(redis_config),
         key_prefix=redis_config.key_prefix,

@@ -14,17 +14,22 @@ pointer remembers and what retention keeps.
 
 from __future__ import annotations
 
-import redis
+from typing import TYPE_CHECKING
 
 from services.checkpoints.config import StoreConfig
 from services.config import KafkaConfig, RedisConfig, TopicsConfig
 from services.pointer.base import VersionCheck
-from services.pointer.log import KafkaVersionLog
-from services.pointer.redis import RedisPointer
+
+if TYPE_CHECKING:  # imported where used: a process without a Redis URL never needs redis
+    import redis
+
+    from services.pointer.redis import RedisPointer
 
 
 def redis_client(config: RedisConfig) -> redis.Redis[str]:
     """A client for ``config`` (raises ConfigError when no URL is configured)."""
+    import redis
+
     return redis.Redis.from_url(config.url, **config.client_options())
 
 
@@ -45,6 +50,9 @@ def references_from_env(
     rc = config if config is not None else RedisConfig()
     if not rc.url:
         return None
+    from services.pointer.log import KafkaVersionLog
+    from services.pointer.redis import RedisPointer
+
     log = KafkaVersionLog(
         kafka if kafka is not None else KafkaConfig(),
         (topics if topics is not None else TopicsConfig()).version_events,
@@ -63,6 +71,9 @@ def pointer_for_changes(
     topics: TopicsConfig | None = None,
 ) -> RedisPointer:
     """The pointer a process changes: store check, log of ``version-events``, store's depth."""
+    from services.pointer.log import KafkaVersionLog
+    from services.pointer.redis import RedisPointer
+
     rc = redis_config if redis_config is not None else RedisConfig()
     log = KafkaVersionLog(
         kafka if kafka is not None else KafkaConfig(),

@@ -34,11 +34,18 @@ UNUSED_BY_A_RIVER_TRAINER = (
     "river.tree",
     "river.datasets",
     "river.drift.datasets",
+    "redis",  # without a Redis URL
+    "fsspec",  # a local store
+    "prometheus_client",  # the spooled publisher's metrics
+    "confluent_kafka",  # the spooled publisher's producer
+    "services.cli.pointer_commands",
+    "services.cli.checkpoint_commands",
 )
 
 _PROBE = """
 import sys, orjson
 import services.cli, streams.worker
+services.cli.build_app(["worker_commands"])  # as `driftloop worker` does
 from services.lazy_modules import is_deferred
 from services.learning.config import example_path, load_config
 from services.learning.buildcheck import check_buildable
