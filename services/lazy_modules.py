@@ -5,9 +5,10 @@ import libraries a driftloop model never uses: ``river.linear_model``
 imports ``river.proba`` (for its Bayesian regression), which imports all of
 ``scipy.stats``; ``river.drift`` imports its example data sets, which import
 river's data set readers, which import ``scipy.io``; ``river.metrics``
-imports ``scipy.integrate`` for ROC AUC. Measured with ``python -X importtime``, that was
-more than a third of what a river trainer imports before it starts (see
-``benchmarks.recovery``).
+imports ``scipy.integrate`` for ROC AUC; ``scipy.special``, which river's
+losses use, imports numpy's Fortran wrapper generator and test tools.
+Measured with ``python -X importtime``, that was more than a third of what a
+river trainer imports before it starts (see ``benchmarks.recovery``).
 
 :func:`defer` names modules to defer: from then on, importing one of them
 (``import x``, ``from x import y`` of a submodule, a parent's ``from . import
@@ -52,6 +53,10 @@ RIVER_UNUSED: tuple[str, ...] = (
     "river.tree",  # river.preprocessing, river.feature_extraction
     "river.datasets",  # data set readers: river.stream, scipy.io
     "river.drift.datasets",  # imports river.datasets
+    # scipy.special's array API layer copies numpy's namespace, its lazy submodules too:
+    "numpy.f2py",  # the Fortran wrapper generator
+    "numpy.testing",
+    "numpy.ctypeslib",
 )
 
 _LOADER = "__deferred_loader__"

@@ -123,6 +123,9 @@ class _Lane:
     trained_since_start: bool = False
     #: The last fallback reported (restored version, skipped versions): not repeated.
     reported: tuple[str | None, tuple[str, ...]] | None = None
+    #: The trainer the pre-flight restored, untouched, with the store's versions it
+    #: chose from; the first assignment takes it while those are unchanged.
+    standby: tuple[OnlineTrainer, list[tuple[str, str | None]]] | None = None
 
 
 @dataclass
@@ -226,7 +229,10 @@ class TrainerPool:
 
         Loads each model's newest loadable checkpoint (falling back and
         logging like :meth:`assign`); returns ``{model: version or None}``.
-        Nothing is kept: the assignment restores again.
+        The restored trainers are kept, untouched: the first :meth:`assign`
+        that owns a model's partition takes its trainer instead of restoring
+        again, unless the model's versions in the store (or their damage)
+        changed since; a later assignment restores as usual.
 
         Raises
         ------
@@ -235,9 +241,11 @@ class TrainerPool:
         """
         found: dict[str, str | None] = {}
         for name, lane in self.lanes.items():
+            offered = lane.sink.restore_order(name)  # before: a version added meanwhile differs
             trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
             found[name] = trainer.restore()
             self._report_skipped(lane, trainer)
+            lane.standby = (trainer, offered)
         return found
 
     # -- assignment ------------------------------------------------------------------------
@@ -301,6 +309,7 @@ class TrainerPool:
             self._release(lane)
             if lane.partition in owned:
                 self._restore(lane)
+            lane.standby = None  # only the first assignment may take it
         for part in sorted(owned & self.home_partitions()):
             positions = [t.position(self.topic, part) for _, t in self.active(part)]
             self.expected[part] = min(p or 0 for p in positions)
@@ -319,6 +328,7 @@ class TrainerPool:
         last checkpoint is redone, identically, by the next owner."""
         gone = set(partitions)
         for lane in self.lanes.values():
+            lane.standby = None
             if lane.partition in gone:
                 self._release(lane)
         self.expected = {p: o for p, o in self.expected.items() if p not in gone}
@@ -360,8 +370,12 @@ class TrainerPool:
 
     def _restore(self, lane: _Lane) -> None:
         lane.trained_since_start = False
-        trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
-        version = trainer.restore()
+        trainer = self._take_standby(lane)
+        if trainer is not None:
+            version = trainer.last_version
+        else:
+            trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
+            version = trainer.restore()
         lane.trainer = trainer
         if version is None:
             log.info("model %s: no checkpoint yet, training from scratch", lane.config.name)
@@ -382,6 +396,19 @@ class TrainerPool:
         )
         if manifest is not None:
             self._announce([manifest])
+
+    def _take_standby(self, lane: _Lane) -> OnlineTrainer | None:
+        """The pre-flight's trainer of ``lane`` if the store offers the versions it chose
+        from (nothing committed, removed or damaged since), else None."""
+        standby, lane.standby = lane.standby, None
+        if standby is None:
+            return None
+        trainer, offered = standby
+        if lane.sink.restore_order(lane.config.name) != offered:
+            log.info("model %s: checkpoints changed since the pre-flight", lane.config.name)
+            return None
+        trainer.restart_clock()  # its wall-clock trigger counts from now, as a restore's
+        return trainer
 
     # -- input -----------------------------------------------------------------------------
 

@@ -130,6 +130,11 @@ class CheckpointerSink:
         self.checkpointer.resume_from(model, None)
         return ignored
 
+    def restore_order(self, model: str) -> list[tuple[str, str | None]]:
+        """The versions :meth:`restore_latest` tries for ``model``, newest first,
+        each with why it cannot be tried (damage) or None."""
+        return self._order(model)
+
     def _order(self, model: str) -> list[tuple[str, str | None]]:
         store = self.checkpointer.store
         if isinstance(store, CheckpointStore):

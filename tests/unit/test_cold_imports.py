@@ -34,6 +34,8 @@ UNUSED_BY_A_RIVER_TRAINER = (
     "river.tree",
     "river.datasets",
     "river.drift.datasets",
+    "numpy.f2py",
+    "numpy.testing",
     "redis",  # without a Redis URL
     "fsspec",  # a local store
     "prometheus_client",  # the spooled publisher's metrics
