@@ -81,14 +81,18 @@ class LazyReferences:
         self._pointer: RedisPointer | None = None
         self._lock = threading.Lock()
 
-    def references(self, model: str) -> VersionReferences:
+    def pointer(self) -> RedisPointer:
+        """The pointer (made now if it was not)."""
         with self._lock:
             if self._pointer is None:
                 store, config, kafka, topics = self._args
                 self._pointer = references_from_env(store, config, kafka=kafka, topics=topics)
             pointer = self._pointer
         assert pointer is not None  # noqa: S101 - built only with a Redis URL; guards no input
-        return pointer.references(model)
+        return pointer
+
+    def references(self, model: str) -> VersionReferences:
+        return self.pointer().references(model)
 
 
 def lazy_references_from_env(
