@@ -123,9 +123,10 @@ class _Lane:
     trained_since_start: bool = False
     #: The last fallback reported (restored version, skipped versions): not repeated.
     reported: tuple[str | None, tuple[str, ...]] | None = None
-    #: The trainer the pre-flight restored, untouched, with the store's versions it
-    #: chose from; the first assignment takes it while those are unchanged.
-    standby: tuple[OnlineTrainer, list[tuple[str, str | None]]] | None = None
+    #: The trainer the pre-flight restored, untouched, with what its restore read
+    #: (:meth:`CheckpointerSink.restore_inputs`); the first assignment takes it
+    #: while that is unchanged.
+    standby: tuple[OnlineTrainer, tuple[Any, ...]] | None = None
 
 
 @dataclass
@@ -231,8 +232,10 @@ class TrainerPool:
         logging like :meth:`assign`); returns ``{model: version or None}``.
         The restored trainers are kept, untouched: the first :meth:`assign`
         that owns a model's partition takes its trainer instead of restoring
-        again, unless the model's versions in the store (or their damage)
-        changed since; a later assignment restores as usual.
+        again, unless anything its restore read changed since (a version
+        committed, removed or damaged, a file of the model's directory
+        rewritten: :meth:`CheckpointerSink.restore_inputs`); a later
+        assignment restores as usual.
 
         Raises
         ------
@@ -241,11 +244,12 @@ class TrainerPool:
         """
         found: dict[str, str | None] = {}
         for name, lane in self.lanes.items():
-            offered = lane.sink.restore_order(name)  # before: a version added meanwhile differs
+            read = lane.sink.restore_inputs(name)  # before: a change meanwhile differs
             trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
             found[name] = trainer.restore()
             self._report_skipped(lane, trainer)
-            lane.standby = (trainer, offered)
+            if read is not None:
+                lane.standby = (trainer, read)
         return found
 
     # -- assignment ------------------------------------------------------------------------
@@ -398,13 +402,12 @@ class TrainerPool:
             self._announce([manifest])
 
     def _take_standby(self, lane: _Lane) -> OnlineTrainer | None:
-        """The pre-flight's trainer of ``lane`` if the store offers the versions it chose
-        from (nothing committed, removed or damaged since), else None."""
+        """The pre-flight's trainer of ``lane`` if what its restore read is unchanged, else None."""
         standby, lane.standby = lane.standby, None
         if standby is None:
             return None
-        trainer, offered = standby
-        if lane.sink.restore_order(lane.config.name) != offered:
+        trainer, read = standby
+        if lane.sink.restore_inputs(lane.config.name) != read:
             log.info("model %s: checkpoints changed since the pre-flight", lane.config.name)
             return None
         trainer.restart_clock()  # its wall-clock trigger counts from now, as a restore's

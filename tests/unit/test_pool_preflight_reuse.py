@@ -16,7 +16,7 @@ import pytest
 from schemas.codec import encode
 from services.learning.pool import TrainerPool
 from services.learning.store_sink import CheckpointerSink
-from tests.unit.test_restore_fallback import pool_on, train
+from tests.unit.test_restore_fallback import flip, pool_on, train, version_dir
 from tests.unit.test_worker_pool import example, records
 
 
@@ -126,4 +126,19 @@ def test_an_assignment_without_the_model_drops_the_preflight_trainer(
     loads = count_loads(monkeypatch)
     assert pool.assign([home]) == {home: 24}
     assert loads == ["m"]
+    pool.close()
+
+
+def test_a_file_damaged_after_the_preflight_is_found_by_the_assignment(
+    store_root: Path, home: int
+) -> None:
+    """As a fresh restore would: the damaged newest checkpoint is skipped, loudly."""
+    pool = pool_on(store_root)
+    assert pool.preflight() == {"m": "m-000003"}
+    flip(version_dir(store_root, 3) / "blobs" / "river.pkl")
+    assert pool.assign([home]) == {home: 16}
+    (lane,) = pool.lanes.values()
+    assert lane.trainer is not None
+    assert lane.trainer.last_version == "m-000002"
+    assert pool.stats.restore_failures == 1
     pool.close()
