@@ -41,13 +41,13 @@ from services.kafka import ensure_topics
 from services.learning.buildcheck import check_buildable
 from services.learning.config import LearningConfig, ModelConfig, load_config
 from services.learning.pool import TrainerPool
-from services.pointer.factory import redis_client, references_from_env
-from services.pointer.relay import OutboxRelay
+from services.pointer.factory import lazy_references_from_env
 from services.stack.workdirs import WorkDir, remove_stale
 from streams.app import make_app, make_worker
 from streams.trainer import TrainerAgent
 
 if TYPE_CHECKING:
+    from services.pointer.relay import OutboxRelay, RelayResult
     from streams.gateway import GatewayAgent
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,9 @@ def build(
             raise ConfigError("the model configuration declares no model", path=str(path))
         check_buildable(chosen)  # config errors now, before topics or the group
         store_config = store if store is not None else StoreConfig()
-        references = references_from_env(store_config, redis_config, kafka=kafka, topics=topics)
+        references = lazy_references_from_env(
+            store_config, redis_config, kafka=kafka, topics=topics
+        )
         checkpoint_store = open_store(store_config, learning, references=references)
         checkpoint_store.require_signer()  # a writer without a key refuses to start
         pool = TrainerPool(
@@ -289,18 +291,30 @@ def install_relay(
     """Relay pending pointer changes to ``version-events`` on a faust timer (off the loop).
 
     A failed relay is logged and retried at the next tick; the entries stay
-    in the outbox meanwhile. Returns the timer's function (one relay).
+    in the outbox meanwhile. Returns the timer's function (one relay). The
+    relay and its Redis client are made at the first tick, off the loop: the
+    worker imports redis then, not before it learns.
     """
-    relay = OutboxRelay(
-        redis_client(redis_config),
-        key_prefix=redis_config.key_prefix,
-        kafka=kafka,
-        topic=topics.version_events,
-    )
+    relays: list[OutboxRelay] = []
+
+    def relay_pending() -> RelayResult:
+        if not relays:
+            from services.pointer.factory import redis_client
+            from services.pointer.relay import OutboxRelay
+
+            relays.append(
+                OutboxRelay(
+                    redis_client(redis_config),
+                    key_prefix=redis_config.key_prefix,
+                    kafka=kafka,
+                    topic=topics.version_events,
+                )
+            )
+        return relays[0].relay_pending()
 
     async def relay_pointer_outbox() -> None:
         try:
-            result = await asyncio.to_thread(relay.relay_pending)
+            result = await asyncio.to_thread(relay_pending)
         except DriftloopError as exc:
             log.warning("pointer outbox relay failed (retried in %ss): %s", interval_s, exc)
             return

@@ -40,7 +40,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeAlias
 
-import fsspec
 import numpy
 import orjson
 
@@ -430,6 +429,8 @@ class FsspecStorage:
 
     def __init__(self, url: str) -> None:
         self._url = url
+        import fsspec  # here: a local store never needs it
+
         fs, root = fsspec.core.url_to_fs(url)
         self.fs = fs
         self.root = str(root).rstrip("/")

@@ -22,3 +22,7 @@ The package is plain Python with no faust in it; ``streams/trainer.py`` feeds
 """
 
 from __future__ import annotations
+
+from services.lazy_modules import defer_river_extras
+
+defer_river_extras()  # before river is imported: what a river model does not use waits

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from schemas.errors import ConfigError
+from services.lazy_modules import loaded
 from services.learning.detector_params import DETECTOR_CLASSES, check_detector_params
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -247,7 +248,7 @@ def resolve(path: str) -> Any:
         raise ConfigError("factory path names no importable module", path=path) from None
     except Exception as exc:
         raise ConfigError(f"factory module failed to import: {exc}", path=path) from exc
-    obj = vars(module).get(attr)
+    obj = vars(loaded(module)).get(attr)  # a deferred module runs first
     if obj is None:
         raise ConfigError("factory path names nothing in its module", path=path)
     if _BUILDERS.get(_qualified(obj)) is obj:

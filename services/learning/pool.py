@@ -124,6 +124,10 @@ class _Lane:
     trained_since_start: bool = False
     #: The last fallback reported (restored version, skipped versions): not repeated.
     reported: tuple[str | None, tuple[str, ...]] | None = None
+    #: The trainer the pre-flight restored, untouched, with what its restore read
+    #: (:meth:`CheckpointerSink.restore_inputs`); the first assignment takes it
+    #: while that is unchanged.
+    standby: tuple[OnlineTrainer, tuple[Any, ...]] | None = None
 
 
 @dataclass
@@ -236,7 +240,12 @@ class TrainerPool:
 
         Loads each model's newest loadable checkpoint (falling back and
         logging like :meth:`assign`); returns ``{model: version or None}``.
-        Nothing is kept: the assignment restores again.
+        The restored trainers are kept, untouched: the first :meth:`assign`
+        that owns a model's partition takes its trainer instead of restoring
+        again, unless anything its restore read changed since (a version
+        committed, removed or damaged, a file of the model's directory
+        rewritten: :meth:`CheckpointerSink.restore_inputs`); a later
+        assignment restores as usual.
 
         Raises
         ------
@@ -245,9 +254,12 @@ class TrainerPool:
         """
         found: dict[str, str | None] = {}
         for name, lane in self.lanes.items():
+            read = lane.sink.restore_inputs(name)  # before: a change meanwhile differs
             trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
             found[name] = trainer.restore()
             self._report_skipped(lane, trainer)
+            if read is not None:
+                lane.standby = (trainer, read)
         return found
 
     # -- assignment ------------------------------------------------------------------------
@@ -311,6 +323,7 @@ class TrainerPool:
             self._release(lane)
             if lane.partition in owned:
                 self._restore(lane)
+            lane.standby = None  # only the first assignment may take it
         for part in sorted(owned & self.home_partitions()):
             positions = [t.position(self.topic, part) for _, t in self.active(part)]
             self.expected[part] = min(p or 0 for p in positions)
@@ -329,6 +342,7 @@ class TrainerPool:
         last checkpoint is redone, identically, by the next owner."""
         gone = set(partitions)
         for lane in self.lanes.values():
+            lane.standby = None
             if lane.partition in gone:
                 self._release(lane)
         self.expected = {p: o for p, o in self.expected.items() if p not in gone}
@@ -370,8 +384,12 @@ class TrainerPool:
 
     def _restore(self, lane: _Lane) -> None:
         lane.trained_since_start = False
-        trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
-        version = trainer.restore()
+        trainer = self._take_standby(lane)
+        if trainer is not None:
+            version = trainer.last_version
+        else:
+            trainer = OnlineTrainer(lane.config, lane.sink, clock=self.clock)
+            version = trainer.restore()
         lane.trainer = trainer
         if version is None:
             log.info("model %s: no checkpoint yet, training from scratch", lane.config.name)
@@ -392,6 +410,18 @@ class TrainerPool:
         )
         if manifest is not None:
             self._announce([manifest])
+
+    def _take_standby(self, lane: _Lane) -> OnlineTrainer | None:
+        """The pre-flight's trainer of ``lane`` if what its restore read is unchanged, else None."""
+        standby, lane.standby = lane.standby, None
+        if standby is None:
+            return None
+        trainer, read = standby
+        if lane.sink.restore_inputs(lane.config.name) != read:
+            log.info("model %s: checkpoints changed since the pre-flight", lane.config.name)
+            return None
+        trainer.restart_clock()  # its wall-clock trigger counts from now, as a restore's
+        return trainer
 
     # -- input -----------------------------------------------------------------------------
 

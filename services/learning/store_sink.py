@@ -130,6 +130,28 @@ class CheckpointerSink:
         self.checkpointer.resume_from(model, None)
         return ignored
 
+    def restore_inputs(self, model: str) -> tuple[Any, ...] | None:
+        """What :meth:`restore_latest` of ``model`` would read, to tell whether it changed:
+        the versions it tries (newest first, with their damage) and the path, size
+        and modification time of every file in the model's directory of the hot
+        tier. None when that is not known (not a local :class:`CheckpointStore`, a
+        file gone while listed): then nothing can be taken as unchanged.
+        """
+        store = self.checkpointer.store
+        if not isinstance(store, CheckpointStore):
+            return None
+        base = store.config.root / model
+        try:
+            files = sorted(
+                (str(path.relative_to(base)), stat.st_size, stat.st_mtime_ns)
+                for path in base.rglob("*")
+                if path.is_file()
+                for stat in (path.stat(),)
+            )
+        except OSError:
+            return None
+        return (tuple(self._order(model)), tuple(files))
+
     def _order(self, model: str) -> list[tuple[str, str | None]]:
         store = self.checkpointer.store
         if isinstance(store, CheckpointStore):

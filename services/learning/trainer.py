@@ -657,6 +657,11 @@ class OnlineTrainer:
         self.last_version = restored.version
         return restored.version
 
+    def restart_clock(self) -> None:
+        """Count the wall-clock (interval) trigger from now, as a freshly built
+        trainer does: for a trainer restored earlier and used only now."""
+        self._last_checkpoint_ms = self.clock()
+
     # -- configuration ---------------------------------------------------------
 
     @staticmethod

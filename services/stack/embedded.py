@@ -38,8 +38,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import redis
-
 from schemas.errors import StackError
 from services.config import KafkaConfig, RedisConfig, TopicsConfig, redact_url
 from services.kafka import ensure_topics
@@ -378,6 +376,8 @@ def _wait_ready(child: ChildProcess, probe: Callable[[int], object], deadline: f
 
 
 def _check_external_redis(config: RedisConfig) -> None:
+    import redis  # here: a worker imports this package for its work directories only
+
     client = redis.Redis.from_url(config.url, **config.client_options())
     try:
         client.ping()

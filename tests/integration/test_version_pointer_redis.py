@@ -23,6 +23,7 @@ from services.pointer.base import (
     outbox_key,
     relayed_key,
 )
+from services.pointer.factory import LazyReferences
 from services.pointer.log import KafkaVersionLog, read_records
 from services.pointer.redis import RedisPointer
 from services.pointer.relay import OutboxRelay, relay_pending
@@ -360,8 +361,8 @@ def test_the_workers_gc_keeps_what_the_pointer_names(
         assert sorted(plan.kept) == [versions[i] for i in (0, 1, 2, 5)]
         assert (plan.kept[versions[1]], plan.kept[versions[2]]) == ("live", "shadow")
         # Redis unreachable: the worker's GC stops before deleting anything
-        assert isinstance(worker_store.references, RedisPointer)
-        worker_store.references.client = redis.Redis(host="127.0.0.1", port=1)
+        assert isinstance(worker_store.references, LazyReferences)  # made at the first GC
+        worker_store.references.pointer().client = redis.Redis(host="127.0.0.1", port=1)
         save(worker_store, M, 99)
         with pytest.raises(PointerUnavailableError):
             worker_store.gc(M)
