@@ -92,6 +92,65 @@ def test_a_restarted_process_continues_the_chain_from_the_store(store: Checkpoin
     assert torch.equal(restarted.load("emb").state.groups["model"]["emb.weight"], model.emb.weight)
 
 
+def own_bytes(store: CheckpointStore, model: str, version: str) -> int:
+    """Bytes a checkpoint wrote itself (referenced files and the index excluded)."""
+    manifest = store.open(model, version).manifest
+    return sum(
+        f.size for f in manifest.files if f.ref_version is None and f.name != "state/index.json"
+    )
+
+
+def test_a_full_checkpoint_follows_once_the_chain_wrote_its_share_of_the_base(
+    store: CheckpointStore,
+) -> None:
+    model, opt, adapter = setup()
+    fraction = 0.25
+    config = CheckpointerConfig(async_saves=False, full_every=64, full_after_fraction=fraction)
+    checkpointer = Checkpointer(store, config)
+    for step in range(12):
+        sparse_step(model, opt, rows=ROWS // 10)  # ~10% of the rows per save
+        checkpointer.save("emb", adapter, step=step)
+    manifests = store.manifests("emb")
+    kinds = [m.kind for m in manifests]
+    assert kinds.count("full") >= 3, kinds  # the byte rule, not the cap of 64, ended chains
+    written = 0
+    base = 0
+    for manifest, kind in zip(manifests, kinds, strict=True):
+        if kind == "full":
+            if base:  # a full checkpoint comes only once the chain wrote its share
+                assert written >= fraction * base, (kinds, written, base)
+            base, written = own_bytes(store, "emb", manifest.version), 0
+            continue
+        assert written < fraction * base, (kinds, written, base)  # this delta was allowed
+        written += own_bytes(store, "emb", manifest.version)
+    for manifest in manifests:  # and every one of them loads to its exact state
+        load_state(store, "emb", manifest.version)
+
+
+def test_a_restarted_process_continues_the_chain_s_byte_count(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    model, opt, adapter = setup()
+    config = CheckpointerConfig(async_saves=False, full_after_fraction=0.25)
+    first = Checkpointer(store, config)
+    for step in range(2):
+        sparse_step(model, opt, rows=ROWS // 10)
+        first.save("emb", adapter, step=step)
+    kinds = []
+    for step in range(2, 6):  # a fresh process per save: the count comes from the store
+        sparse_step(model, opt, rows=ROWS // 10)
+        kinds.append(Checkpointer(store, config).save("emb", adapter, step=step).result().kind)
+    other = CheckpointStore(StoreConfig(root=tmp_path / "other", fsync=False, keep_latest=100))
+    uninterrupted = Checkpointer(other, config)
+    model_b, opt_b, adapter_b = setup()  # the same seed: the same updates
+    expected = []
+    for step in range(6):
+        sparse_step(model_b, opt_b, rows=ROWS // 10)
+        expected.append(uninterrupted.save("emb", adapter_b, step=step).result().kind)
+    assert kinds == expected[2:]
+    assert "full" in kinds
+
+
 def test_delta_disabled_writes_full_checkpoints_with_lineage(store: CheckpointStore) -> None:
     model, opt, adapter = setup()
     checkpointer = Checkpointer(store, CheckpointerConfig(async_saves=False, delta=False))
