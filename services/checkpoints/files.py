@@ -17,7 +17,7 @@ from typing import Protocol
 from schemas.errors import CheckpointCorruptError, CheckpointNotFoundError
 from schemas.manifest import CheckpointManifest, FileEntry
 from services.checkpoints.catalog import Tier
-from services.checkpoints.storage import CheckpointStorage, WritableBuffer
+from services.checkpoints.storage import CheckpointStorage, WritableBuffer, read_hashed
 
 
 class ManifestSource(Protocol):
@@ -135,11 +135,12 @@ def read_verified(
     order: list[Tier] = [tier] + [t for t in tiers if t != tier]
     path = f"{tiers[tier].location(model, version)}/{stored_name}"
     data: bytes | WritableBuffer | None = None
+    actual: str | None = None
     for t in order:
         storage = tiers[t]
         try:
-            if buffer:
-                data = storage.read_buffer(model, version, stored_name)
+            if buffer:  # hashed while read where the storage can (one pass over memory)
+                data, actual = read_hashed(storage, model, version, stored_name)
             else:
                 data = storage.read_file(model, version, stored_name)
         except (FileNotFoundError, NotADirectoryError):
@@ -155,7 +156,8 @@ def read_verified(
             expected_sha256=entry.sha256,
             actual_sha256="missing",
         )
-    actual = hashlib.sha256(data).hexdigest()
+    if actual is None:
+        actual = hashlib.sha256(data).hexdigest()
     if actual != entry.sha256 or len(data) != entry.size:
         raise CheckpointCorruptError(
             "file does not match its manifest",

@@ -11,7 +11,7 @@ from schemas.errors import CheckpointCorruptError
 from schemas.manifest import ManifestDraft
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.state.delta import diff_tensor
+from services.checkpoints.state.delta import apply_rows, diff_tensor
 from services.checkpoints.state.reader import load_state
 from services.checkpoints.state.state import CheckpointState, state_digest
 from services.checkpoints.state.torch_state import TorchAdapter
@@ -196,3 +196,18 @@ def test_dense_change_of_a_large_tensor_is_stored_full_and_a_sparse_one_as_rows(
     assert change.mode == "rows"
     assert change.indices is not None
     assert change.indices.tolist() == [999]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8, torch.float64])
+@pytest.mark.parametrize("shape", [(50, 3), (50,), (50, 2, 2)])
+def test_applied_rows_are_exactly_those_index_copy_writes(
+    dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(1)
+    base = (torch.randn(shape) * 50).to(dtype)
+    indices = torch.tensor([0, 7, 49, 13])
+    values = (torch.randn((4, *shape[1:])) * 50).to(dtype)
+    expected = base.clone().index_copy_(0, indices, values)
+    out = apply_rows(base, indices, values)
+    assert out is base
+    assert torch.equal(base.view(torch.uint8), expected.view(torch.uint8))

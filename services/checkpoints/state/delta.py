@@ -148,7 +148,18 @@ def diff_tensor(
 
 
 def apply_rows(base: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Return ``base`` with rows ``indices`` replaced by ``values`` (``base`` is modified)."""
-    if indices.numel():
-        base.index_copy_(0, indices.to(torch.int64), values.to(base.dtype))
+    """Return ``base`` with rows ``indices`` replaced by ``values`` (``base`` is modified).
+
+    The rows are copied as bytes by numpy, on the calling thread: torch's
+    ``index_copy_`` runs an OpenMP parallel region, which on a loaded machine
+    waits for descheduled worker threads (measured: 16 ms against 0.09 ms for
+    2,000 rows of 64 floats, per tensor and chain level).
+    """
+    if not indices.numel():
+        return base
+    values = values.to(base.dtype)
+    index = indices.to(torch.int64)
+    if base.device.type != "cpu" or not base.is_contiguous() or base.dim() == 0:
+        return base.index_copy_(0, index, values)
+    rows_view(base).numpy()[index.numpy()] = rows_view(values).numpy()
     return base
