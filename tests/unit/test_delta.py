@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,27 @@ def test_applied_rows_are_exactly_those_index_copy_writes(
     out = apply_rows(base, indices, values)
     assert out is base
     assert torch.equal(base.view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_a_damaged_base_of_a_chain_is_named_with_both_hashes_on_load(
+    store: CheckpointStore,
+) -> None:
+    model, opt, adapter = setup()
+    checkpointer = Checkpointer(store, CheckpointerConfig(async_saves=False))
+    for step in range(3):
+        sparse_step(model, opt, rows=20)
+        checkpointer.save("emb", adapter, step=step)
+    base, *_, newest = store.manifests("emb")
+    assert (newest.kind, newest.base_version) == ("delta", base.version)
+    entry = base.file("tensors/model/emb.weight.safetensors")
+    assert entry is not None
+    path = store.config.root / "emb" / base.version / entry.name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the last row: one no delta rewrote (20 of 2,000 rows changed)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError) as info:
+        Checkpointer(store).load("emb", newest.version)
+    ctx = info.value.context
+    assert ctx["path"] == str(path)
+    assert ctx["expected_sha256"] == entry.sha256
+    assert ctx["actual_sha256"] == hashlib.sha256(data).hexdigest()
