@@ -55,9 +55,11 @@ class CheckpointerConfig(BaseSettings):
     ``async_saves``: encode and commit on a background thread, at most
     ``max_in_flight`` saves pending whose snapshots hold at most
     ``max_pending_mb`` (a single save may be bigger; it then runs alone).
-    ``delta``: differential saves, a full one every ``full_every`` deltas,
-    rows stored while cheaper than
-    ``delta_max_fraction`` of the tensor. ``int8``: also write the row-wise
+    ``delta``: differential saves; a full one once the deltas since the last
+    full one wrote ``full_after_fraction`` of its bytes, or after
+    ``full_every`` deltas (``full_after_fraction=None``: every
+    ``full_every + 1``-th save; see :mod:`.state.delta`); rows stored while
+    cheaper than ``delta_max_fraction`` of the tensor. ``int8``: also write the row-wise
     int8 variant of ``int8_groups``. ``snapshot``: ``copy`` into reused
     buffers or ``clone``. ``verify_on_load``: check the state digest after a
     load (file hashes are always checked; the digest costs a pass only over
@@ -72,7 +74,8 @@ class CheckpointerConfig(BaseSettings):
     max_in_flight: int = Field(default=64, ge=1)
     max_pending_mb: float = Field(default=64.0, gt=0)
     delta: bool = True
-    full_every: int = Field(default=8, ge=0)
+    full_every: int = Field(default=64, ge=0)
+    full_after_fraction: float | None = Field(default=0.5, gt=0)
     delta_max_fraction: float = Field(default=0.5, gt=0, le=1)
     int8: bool = False
     int8_groups: tuple[str, ...] = ("model",)
@@ -84,6 +87,7 @@ class CheckpointerConfig(BaseSettings):
         return EncodeOptions(
             delta=self.delta,
             full_every=self.full_every,
+            full_after_fraction=self.full_after_fraction,
             delta_max_fraction=self.delta_max_fraction,
             int8=self.int8,
             int8_groups=self.int8_groups,
@@ -439,8 +443,7 @@ class Checkpointer:
                 version,
                 exc_info=True,
             )
-            parent.chain = self.options.full_every  # forces a full save
-            return parent
+            return ParentState.broken(version)
         return ParentState(
             version=manifest.version,
             base_version=manifest.base_version or manifest.version,
@@ -448,6 +451,8 @@ class Checkpointer:
             state=state,
             index=index,
             files={f.name: f for f in manifest.files},
+            base_bytes=int(index.get("base_bytes", 0)),
+            chain_bytes=int(index.get("chain_bytes", 0)),
         )
 
     def _commit(
@@ -469,9 +474,7 @@ class Checkpointer:
                     model,
                     exc_info=True,
                 )
-                parent = ParentState(
-                    parent.version, parent.version, self.options.full_every, parent.state, {}
-                )
+                parent = ParentState.broken(parent.version, parent.state)
                 encoded, manifest = self._encode_and_commit(model, snapshot, meta, parent)
             self.last_bytes_written = encoded.bytes_written
             if self.options.delta:
@@ -484,6 +487,8 @@ class Checkpointer:
                     state=snapshot,
                     index=encoded.index,
                     files={f.name: f for f in manifest.files},
+                    base_bytes=encoded.base_bytes,
+                    chain_bytes=encoded.chain_bytes,
                 )
             else:
                 self._parents[model] = ParentState(

@@ -17,7 +17,7 @@ from typing import Protocol
 from schemas.errors import CheckpointCorruptError, CheckpointNotFoundError
 from schemas.manifest import CheckpointManifest, FileEntry
 from services.checkpoints.catalog import Tier
-from services.checkpoints.storage import CheckpointStorage, WritableBuffer
+from services.checkpoints.storage import CheckpointStorage, WritableBuffer, read_hashed
 
 
 class ManifestSource(Protocol):
@@ -75,7 +75,18 @@ class CheckpointFiles:
         data = self._read(name, buffer=True)
         return data if isinstance(data, bytearray | memoryview) else bytearray(data)
 
-    def _read(self, name: str, *, buffer: bool) -> bytes | WritableBuffer:
+    def read_buffer_unhashed(self, name: str) -> WritableBuffer:
+        """Like :meth:`read_buffer`, checking the size but not the sha256.
+
+        Only for bytes a later check covers anyway: the base value of a tensor a
+        load rebuilds from a delta chain, whose rebuilt bytes are hashed against
+        the state digest (see :mod:`.state.reader`, which reads every file
+        again with its hash checked when that fails, to name the damaged one).
+        """
+        data = self._read(name, buffer=True, hashed=False)
+        return data if isinstance(data, bytearray | memoryview) else bytearray(data)
+
+    def _read(self, name: str, *, buffer: bool, hashed: bool = True) -> bytes | WritableBuffer:
         m = self.manifest
         entry = m.file(name)
         if entry is None:
@@ -85,7 +96,14 @@ class CheckpointFiles:
         if entry.ref_version is None:
             tiers = self._source.tiers()
             return read_verified(
-                tiers, m.model, m.version, self.tier, entry.name, entry, buffer=buffer
+                tiers,
+                m.model,
+                m.version,
+                self.tier,
+                entry.name,
+                entry,
+                buffer=buffer,
+                hashed=hashed,
             )
         if entry.ref_version not in self._holders:
             self._holders[entry.ref_version] = self._source.verified_manifest(
@@ -104,7 +122,14 @@ class CheckpointFiles:
                 expected_sha256=entry.sha256,
             )
         return read_verified(
-            self._source.tiers(), m.model, holder.version, tier, stored.name, entry, buffer=buffer
+            self._source.tiers(),
+            m.model,
+            holder.version,
+            tier,
+            stored.name,
+            entry,
+            buffer=buffer,
+            hashed=hashed,
         )
 
     def verify(self) -> None:
@@ -122,10 +147,12 @@ def read_verified(
     entry: FileEntry,
     *,
     buffer: bool = False,
+    hashed: bool = True,
 ) -> bytes | WritableBuffer:
     """The bytes of ``stored_name`` of ``version`` checked against ``entry``.
 
-    Read from ``tier`` first, then from the other tiers.
+    Read from ``tier`` first, then from the other tiers. ``hashed=False``
+    (buffers only) checks the size alone, for bytes a later check covers.
 
     Raises
     ------
@@ -135,11 +162,14 @@ def read_verified(
     order: list[Tier] = [tier] + [t for t in tiers if t != tier]
     path = f"{tiers[tier].location(model, version)}/{stored_name}"
     data: bytes | WritableBuffer | None = None
+    actual: str | None = None
     for t in order:
         storage = tiers[t]
         try:
-            if buffer:
+            if buffer and not hashed:
                 data = storage.read_buffer(model, version, stored_name)
+            elif buffer:  # hashed while read where the storage can (one pass over memory)
+                data, actual = read_hashed(storage, model, version, stored_name)
             else:
                 data = storage.read_file(model, version, stored_name)
         except (FileNotFoundError, NotADirectoryError):
@@ -155,7 +185,10 @@ def read_verified(
             expected_sha256=entry.sha256,
             actual_sha256="missing",
         )
-    actual = hashlib.sha256(data).hexdigest()
+    if not hashed and len(data) == entry.size:
+        return data
+    if actual is None:
+        actual = hashlib.sha256(data).hexdigest()
     if actual != entry.sha256 or len(data) != entry.size:
         raise CheckpointCorruptError(
             "file does not match its manifest",

@@ -13,7 +13,12 @@ from __future__ import annotations
 import contextlib
 
 from schemas.errors import CheckpointError
-from services.checkpoints.storage import CheckpointStorage, PendingCheckpoint, WritableBuffer
+from services.checkpoints.storage import (
+    CheckpointStorage,
+    PendingCheckpoint,
+    WritableBuffer,
+    read_hashed,
+)
 
 
 class ReadOnlyStorage:
@@ -43,6 +48,9 @@ class ReadOnlyStorage:
 
     def read_buffer(self, model: str, version: str, name: str) -> WritableBuffer:
         return self._storage.read_buffer(model, version, name)
+
+    def read_buffer_hashed(self, model: str, version: str, name: str) -> tuple[WritableBuffer, str]:
+        return read_hashed(self._storage, model, version, name)
 
     def read_manifest(self, model: str, version: str) -> bytes | None:
         return self._storage.read_manifest(model, version)

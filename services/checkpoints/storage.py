@@ -38,7 +38,7 @@ import shutil
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeAlias
+from typing import BinaryIO, Protocol, TypeAlias, runtime_checkable
 
 import numpy
 import orjson
@@ -103,6 +103,25 @@ class PendingCheckpoint(Protocol):
 
     def abort(self) -> None:
         """Remove whatever was written; safe to call after a failed write."""
+
+
+@runtime_checkable
+class HashingStorage(Protocol):
+    """A storage that can hash a file while reading it (see :func:`read_hashed`)."""
+
+    def read_buffer_hashed(self, model: str, version: str, name: str) -> tuple[WritableBuffer, str]:
+        """The bytes of one file in a writable buffer, and their sha256 (hex)."""
+
+
+def read_hashed(
+    storage: CheckpointStorage, model: str, version: str, name: str
+) -> tuple[WritableBuffer, str]:
+    """The bytes of one file in a writable buffer, and their sha256 (hex): in one pass
+    when ``storage`` reads and hashes together, else read, then hashed."""
+    if isinstance(storage, HashingStorage):
+        return storage.read_buffer_hashed(model, version, name)
+    data = storage.read_buffer(model, version, name)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 class CheckpointStorage(Protocol):
@@ -248,6 +267,18 @@ class LocalStorage:
         return (self.root / model / version / check_file_name(name)).read_bytes()
 
     def read_buffer(self, model: str, version: str, name: str) -> WritableBuffer:
+        return self._read_into(model, version, name, None)
+
+    def read_buffer_hashed(self, model: str, version: str, name: str) -> tuple[WritableBuffer, str]:
+        """Like :meth:`read_buffer`, with the sha256 of the bytes read, computed while
+        reading: each :data:`CHUNK` is hashed right after it was read, while it is
+        still in cache, so verifying costs no second pass over memory."""
+        h = hashlib.sha256()
+        return self._read_into(model, version, name, h), h.hexdigest()
+
+    def _read_into(
+        self, model: str, version: str, name: str, h: hashlib._Hash | None
+    ) -> WritableBuffer:
         with open(self.root / model / version / check_file_name(name), "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             # numpy.empty, not bytearray(size): no zero-fill pass over memory
@@ -255,9 +286,11 @@ class LocalStorage:
             view = numpy.empty(size, dtype=numpy.uint8).data
             got = 0
             while got < size:
-                n = fh.readinto(view[got:])
+                n = fh.readinto(view[got : got + CHUNK] if h is not None else view[got:])
                 if not n:
                     break
+                if h is not None:
+                    h.update(view[got : got + n])  # releases the GIL, like readinto
                 got += n
             return view if got == size else view[:got]
 

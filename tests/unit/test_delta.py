@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from schemas.errors import CheckpointCorruptError
 from schemas.manifest import ManifestDraft
 from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
-from services.checkpoints.state.delta import diff_tensor
+from services.checkpoints.state.delta import apply_rows, diff_tensor
 from services.checkpoints.state.reader import load_state
 from services.checkpoints.state.state import CheckpointState, state_digest
 from services.checkpoints.state.torch_state import TorchAdapter
@@ -92,6 +93,65 @@ def test_a_restarted_process_continues_the_chain_from_the_store(store: Checkpoin
     assert torch.equal(restarted.load("emb").state.groups["model"]["emb.weight"], model.emb.weight)
 
 
+def own_bytes(store: CheckpointStore, model: str, version: str) -> int:
+    """Bytes a checkpoint wrote itself (referenced files and the index excluded)."""
+    manifest = store.open(model, version).manifest
+    return sum(
+        f.size for f in manifest.files if f.ref_version is None and f.name != "state/index.json"
+    )
+
+
+def test_a_full_checkpoint_follows_once_the_chain_wrote_its_share_of_the_base(
+    store: CheckpointStore,
+) -> None:
+    model, opt, adapter = setup()
+    fraction = 0.25
+    config = CheckpointerConfig(async_saves=False, full_every=64, full_after_fraction=fraction)
+    checkpointer = Checkpointer(store, config)
+    for step in range(12):
+        sparse_step(model, opt, rows=ROWS // 10)  # ~10% of the rows per save
+        checkpointer.save("emb", adapter, step=step)
+    manifests = store.manifests("emb")
+    kinds = [m.kind for m in manifests]
+    assert kinds.count("full") >= 3, kinds  # the byte rule, not the cap of 64, ended chains
+    written = 0
+    base = 0
+    for manifest, kind in zip(manifests, kinds, strict=True):
+        if kind == "full":
+            if base:  # a full checkpoint comes only once the chain wrote its share
+                assert written >= fraction * base, (kinds, written, base)
+            base, written = own_bytes(store, "emb", manifest.version), 0
+            continue
+        assert written < fraction * base, (kinds, written, base)  # this delta was allowed
+        written += own_bytes(store, "emb", manifest.version)
+    for manifest in manifests:  # and every one of them loads to its exact state
+        load_state(store, "emb", manifest.version)
+
+
+def test_a_restarted_process_continues_the_chain_s_byte_count(
+    store: CheckpointStore, tmp_path: Path
+) -> None:
+    model, opt, adapter = setup()
+    config = CheckpointerConfig(async_saves=False, full_after_fraction=0.25)
+    first = Checkpointer(store, config)
+    for step in range(2):
+        sparse_step(model, opt, rows=ROWS // 10)
+        first.save("emb", adapter, step=step)
+    kinds = []
+    for step in range(2, 6):  # a fresh process per save: the count comes from the store
+        sparse_step(model, opt, rows=ROWS // 10)
+        kinds.append(Checkpointer(store, config).save("emb", adapter, step=step).result().kind)
+    other = CheckpointStore(StoreConfig(root=tmp_path / "other", fsync=False, keep_latest=100))
+    uninterrupted = Checkpointer(other, config)
+    model_b, opt_b, adapter_b = setup()  # the same seed: the same updates
+    expected = []
+    for step in range(6):
+        sparse_step(model_b, opt_b, rows=ROWS // 10)
+        expected.append(uninterrupted.save("emb", adapter_b, step=step).result().kind)
+    assert kinds == expected[2:]
+    assert "full" in kinds
+
+
 def test_delta_disabled_writes_full_checkpoints_with_lineage(store: CheckpointStore) -> None:
     model, opt, adapter = setup()
     checkpointer = Checkpointer(store, CheckpointerConfig(async_saves=False, delta=False))
@@ -137,3 +197,42 @@ def test_dense_change_of_a_large_tensor_is_stored_full_and_a_sparse_one_as_rows(
     assert change.mode == "rows"
     assert change.indices is not None
     assert change.indices.tolist() == [999]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8, torch.float64])
+@pytest.mark.parametrize("shape", [(50, 3), (50,), (50, 2, 2)])
+def test_applied_rows_are_exactly_those_index_copy_writes(
+    dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(1)
+    base = (torch.randn(shape) * 50).to(dtype)
+    indices = torch.tensor([0, 7, 49, 13])
+    values = (torch.randn((4, *shape[1:])) * 50).to(dtype)
+    expected = base.clone().index_copy_(0, indices, values)
+    out = apply_rows(base, indices, values)
+    assert out is base
+    assert torch.equal(base.view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_a_damaged_base_of_a_chain_is_named_with_both_hashes_on_load(
+    store: CheckpointStore,
+) -> None:
+    model, opt, adapter = setup()
+    checkpointer = Checkpointer(store, CheckpointerConfig(async_saves=False))
+    for step in range(3):
+        sparse_step(model, opt, rows=20)
+        checkpointer.save("emb", adapter, step=step)
+    base, *_, newest = store.manifests("emb")
+    assert (newest.kind, newest.base_version) == ("delta", base.version)
+    entry = base.file("tensors/model/emb.weight.safetensors")
+    assert entry is not None
+    path = store.config.root / "emb" / base.version / entry.name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the last row: one no delta rewrote (20 of 2,000 rows changed)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError) as info:
+        Checkpointer(store).load("emb", newest.version)
+    ctx = info.value.context
+    assert ctx["path"] == str(path)
+    assert ctx["expected_sha256"] == entry.sha256
+    assert ctx["actual_sha256"] == hashlib.sha256(data).hexdigest()

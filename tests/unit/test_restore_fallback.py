@@ -19,7 +19,7 @@ import pytest
 from schemas.codec import decode, encode
 from schemas.errors import NoLoadableCheckpointError
 from schemas.events import CheckpointEvent
-from services.checkpoints.checkpointer import Checkpointer
+from services.checkpoints.checkpointer import Checkpointer, CheckpointerConfig
 from services.checkpoints.config import StoreConfig
 from services.checkpoints.health import unloadable
 from services.checkpoints.state.state import CheckpointState
@@ -48,8 +48,16 @@ def pool_on(
     root: Path, *, from_scratch: bool = False, model: ModelConfig | None = None
 ) -> TrainerPool:
     store = CheckpointStore(StoreConfig(root=root, fsync=False, keep_latest=100))
+    # A fixed cadence: the river saves below form delta chains although each delta
+    # rewrites the model's pickle (the byte-driven default would end a chain at once).
+    chains = Checkpointer(store, CheckpointerConfig(full_every=8, full_after_fraction=None))
     return TrainerPool(
-        [model or config()], store, topic=TOPIC, partitions=PARTS, from_scratch=from_scratch
+        [model or config()],
+        store,
+        topic=TOPIC,
+        partitions=PARTS,
+        from_scratch=from_scratch,
+        checkpointer=chains,
     )
 
 

@@ -48,7 +48,9 @@ def rewrite_blob(store: CheckpointStore, m: CheckpointManifest, data: bytes) -> 
 
 
 def test_different_river_states_get_different_digests(tmp_path: Path) -> None:
-    checkpointer = Checkpointer(make_store(tmp_path), CheckpointerConfig(async_saves=False))
+    # A fixed cadence: b's rewritten blob would otherwise end the chain (c full).
+    config = CheckpointerConfig(async_saves=False, full_after_fraction=None)
+    checkpointer = Checkpointer(make_store(tmp_path), config)
     a = checkpointer.save("r", RiverAdapter({"model": trained(10)}), step=1).result()
     b = checkpointer.save("r", RiverAdapter({"model": trained(50)}), step=2).result()
     assert a.state_digest is not None

@@ -17,6 +17,7 @@ from schemas.errors import (
 )
 from schemas.manifest import FileEntry, ManifestDraft
 from services.checkpoints import CheckpointStore, StoreConfig
+from services.checkpoints.storage import CHUNK
 from tests.unit.store_helpers import make_store, save
 
 
@@ -224,3 +225,23 @@ def test_config_comes_from_driftloop_store_env(
 def test_an_unusable_cold_url_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cold tier"):
         CheckpointStore(StoreConfig(root=tmp_path, cold_url="nosuchscheme://bucket/x"))
+
+
+def test_a_buffer_read_hashes_while_reading_and_refuses_damage_in_any_chunk(
+    tmp_path: Path,
+) -> None:
+    store = make_store(tmp_path)
+    data = os.urandom(3 * CHUNK + 7)  # several chunks and a short last one
+    m = store.commit("fraud", {"big.bin": data}, ManifestDraft(step=1))
+    assert bytes(store.open("fraud").read_buffer("big.bin")) == data
+    path = tmp_path / "hot" / "fraud" / m.version / "big.bin"
+    for at in (0, CHUNK, len(data) - 1):  # first, a middle and the last chunk
+        damaged = bytearray(data)
+        damaged[at] ^= 1
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointCorruptError) as info:
+            store.open("fraud").read_buffer("big.bin")
+        ctx = info.value.context
+        assert ctx["path"] == str(path)
+        assert ctx["expected_sha256"] == hashlib.sha256(data).hexdigest()
+        assert ctx["actual_sha256"] == hashlib.sha256(damaged).hexdigest()

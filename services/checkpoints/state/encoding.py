@@ -58,6 +58,10 @@ class StateReader(Protocol):
         """The verified bytes of a file in a writable buffer the caller owns."""
         ...
 
+    def read_buffer_unhashed(self, name: str) -> bytearray | memoryview:
+        """The bytes of a file, size checked but not hashed (for bytes a later hash covers)."""
+        ...
+
 
 def _segment(text: str) -> str:
     """A file-name segment for ``text``: unsafe characters as ``=XX``, long names hashed."""

@@ -23,11 +23,20 @@ the reconstruction. For a full checkpoint that means no tensor byte is hashed
 twice. A blob contributes the sha256 it was verified with. Manifests with an
 older digest are checked their way (``tf1:``: tensors only; bare hex: every
 tensor hashed).
+
+For a rebuilt tensor that holds for the chain too: its base file (the full
+value the rows are applied to) is read with its size checked but not its
+sha256, because hashing the rebuilt tensor covers every byte of it that the
+state keeps. Should the rebuild fail — the digest differs, or the base does
+not decode — the checkpoint is read again with every file's sha256 checked,
+so the error names the damaged file with both hashes, as for a full
+checkpoint. Rows files and blobs are always hashed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +66,8 @@ if TYPE_CHECKING:
 else:
     from services.lazy_torch import torch  # imported at first use (river-only workers never)
 
+log = logging.getLogger(__name__)
+
 #: Longest delta chain a load follows before calling the lineage broken.
 MAX_CHAIN = 1024
 
@@ -65,6 +76,8 @@ MAX_CHAIN = 1024
 #: are still decoded and applied in index order, so the first bad file in
 #: that order is the one reported.
 READ_THREADS = min(4, os.cpu_count() or 1)
+#: Digests composed from per-tensor sha256s (a rebuilt tensor's is hashed on load).
+_HASHED_DIGESTS = (DIGEST_PREFIX, DIGEST_PREFIX_V1)
 
 
 class StateSource(Protocol):
@@ -81,15 +94,22 @@ class _Level:
         self.manifest: CheckpointManifest = reader.manifest
         self.index = read_index(reader)
         self._reads: dict[str, Future[bytearray | memoryview]] = {}
+        #: Files read without their sha256 (a rebuilt tensor's base: the digest covers it).
+        self.unhashed: set[str] = set()
+
+    def _read(self, name: str) -> bytearray | memoryview:
+        if name in self.unhashed:
+            return self.reader.read_buffer_unhashed(name)
+        return self.reader.read_buffer(name)
 
     def prefetch(self, name: str, pool: ThreadPoolExecutor) -> None:
         """Start reading (and verifying) ``name`` on ``pool``."""
         if name not in self._reads:
-            self._reads[name] = pool.submit(self.reader.read_buffer, name)
+            self._reads[name] = pool.submit(self._read, name)
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         read = self._reads.pop(name, None)
-        data = read.result() if read is not None else self.reader.read_buffer(name)
+        data = read.result() if read is not None else self._read(name)
         return decode_tensors(data, name=name, manifest=self.manifest)
 
     def sha256(self, name: str) -> str:
@@ -172,6 +192,35 @@ def load_state(
         state's digest differs from the manifest's ``state_digest``.
     """
     levels = _chain(store, model, version)
+    expected = levels[0].manifest.state_digest
+    if not (verify and expected is not None and expected.startswith(_HASHED_DIGESTS)):
+        return _load(levels, model, verify=verify)
+    # The digest hashes every rebuilt tensor, so its base file is read unhashed: a
+    # damaged base fails the digest. Only then are the files read again, each with
+    # its sha256 checked, so that the error names the damaged file and its hashes.
+    for qualified in levels[0].index.get("tensors", {}):
+        needed = list(_files_needed(levels, qualified))
+        if len(needed) > 1:  # rows above a full file: rebuilt, hence hashed
+            level, base = needed[-1]
+            level.unhashed.add(base)
+    if not any(level.unhashed for level in levels):
+        return _load(levels, model, verify=verify)
+    try:
+        return _load(levels, model, verify=verify)
+    except (CheckpointCorruptError, IndexError, ValueError, RuntimeError) as exc:
+        log.warning(
+            "checkpoint %s/%s did not rebuild (%s); reading it again with every file's"
+            " sha256 checked",
+            model,
+            levels[0].manifest.version,
+            exc,
+        )
+    return _load(_chain(store, model, levels[0].manifest.version), model, verify=verify)
+
+
+def _load(
+    levels: list[_Level], model: str, *, verify: bool
+) -> tuple[CheckpointState, CheckpointManifest, dict[str, Any]]:
     top = levels[0]
     state = CheckpointState(
         documents=dict(top.index.get("documents", {})), rng=dict(top.manifest.rng)
@@ -195,7 +244,7 @@ def load_state(
         state.blobs[name], blob_digests[name] = _read_blob(top.reader, fname)
     expected = top.manifest.state_digest
     if verify and expected is not None:
-        if expected.startswith((DIGEST_PREFIX, DIGEST_PREFIX_V1)):
+        if expected.startswith(_HASHED_DIGESTS):
             tensors = state.tensors()
             # A verified file's sha256 is its tensor's canonical digest; a
             # rebuilt one is hashed, on READ_THREADS threads.

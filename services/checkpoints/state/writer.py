@@ -61,7 +61,11 @@ class EncodeOptions:
     delta:
         Store only what changed since the parent when there is one.
     full_every:
-        A full checkpoint after this many consecutive deltas (bounds a load's chain).
+        At most this many consecutive deltas (caps the manifests a load opens).
+    full_after_fraction:
+        A full checkpoint once the chain's deltas wrote this fraction of its
+        base's bytes (bounds the bytes a load reads: see :mod:`.delta`); None:
+        ``full_every`` alone decides (a fixed cadence).
     delta_max_fraction:
         Store changed rows only while they cost less than this fraction of the full tensor.
     int8:
@@ -69,7 +73,8 @@ class EncodeOptions:
     """
 
     delta: bool = True
-    full_every: int = 8
+    full_every: int = 64
+    full_after_fraction: float | None = 0.5
     delta_max_fraction: float = 0.5
     int8: bool = False
     int8_groups: tuple[str, ...] = ("model",)
@@ -93,6 +98,9 @@ class EncodedSave:
     kind: Literal["full", "delta"]
     base_version: str | None
     chain: int
+    #: Bytes the chain's base wrote, and all its deltas up to this one (0 for a full).
+    base_bytes: int = 0
+    chain_bytes: int = 0
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     tensor_digests: dict[str, str] = field(default_factory=dict)
     digest_files: dict[str, str] = field(default_factory=dict)
@@ -197,11 +205,20 @@ def encode_save(
 ) -> EncodedSave:
     """Encode ``state`` as a full checkpoint, or as a delta against ``parent``.
 
-    A delta is written when ``options.delta``, a parent exists and its chain is
-    shorter than ``options.full_every``; the parent's version then becomes the
-    manifest's ``parent_version`` and its chain's base the ``base_version``.
+    A delta is written when ``options.delta``, a parent exists and its chain
+    may grow (:meth:`ParentState.extends`: fewer than ``full_every`` deltas,
+    which wrote less than ``full_after_fraction`` of the base's bytes); the
+    parent's version then becomes the manifest's ``parent_version`` and its
+    chain's base the ``base_version``. The index records the chain's length
+    and bytes, so a restarted process continues the same policy.
     """
-    as_delta = options.delta and parent is not None and parent.chain < options.full_every
+    as_delta = (
+        options.delta
+        and parent is not None
+        and parent.extends(
+            full_every=options.full_every, full_after_fraction=options.full_after_fraction
+        )
+    )
     out = EncodedSave(
         files={},
         file_refs={},
@@ -270,6 +287,12 @@ def encode_save(
         else:
             out.files[fname] = data
             out.blob_files[name] = fname
+    own = sum(payload_size(b) for b in out.files.values())
+    if as_delta and parent is not None:
+        out.base_bytes, out.chain_bytes = parent.base_bytes, parent.chain_bytes + own
+    else:
+        out.base_bytes, out.chain_bytes = own, 0
+    index["base_bytes"], index["chain_bytes"] = out.base_bytes, out.chain_bytes
     out.index = index
     out.files[INDEX_NAME] = encode_index(index)
     return out
