@@ -208,14 +208,15 @@ class TablePendingStore:
         #: partition of the record being handled); None: a plain mapping.
         self.partition: int | None = None
         self._cache: dict[str, PendingRequest] = {}
-        # key -> (changelog partition, value); an entry is serialised at
-        # flush, None deletes
-        self._writes: dict[str, tuple[int | None, PendingRequest | bytes | None]] = {}
+        # key -> (changelog partition, value; None deletes): the changes of the
+        # records handled (their outputs sent), and of the record being handled
+        self._writes: dict[str, tuple[int | None, bytes | None]] = {}
+        self._record: dict[str, tuple[int | None, bytes | None]] = {}
 
     @property
     def held(self) -> int:
         """How many keys have changes held back."""
-        return len(self._writes)
+        return len(self._writes) + len(self._record)
 
     def get(self, request_id: str) -> PendingRequest | None:
         cached = self._cache.get(request_id)
@@ -229,12 +230,12 @@ class TablePendingStore:
         return entry
 
     def put(self, entry: PendingRequest) -> None:
-        self._writes[entry.request_id] = (self.partition, entry)
+        self._record[entry.request_id] = (self.partition, entry.to_bytes())
         self._cache[entry.request_id] = entry
 
     def delete(self, request_id: str) -> None:
         self._cache.pop(request_id, None)
-        self._writes[request_id] = (self.partition, None)
+        self._record[request_id] = (self.partition, None)
 
     def entries(self, partitions: frozenset[int]) -> Iterator[PendingRequest]:
         self.flush()
@@ -260,7 +261,7 @@ class TablePendingStore:
         return None if raw is None else int(raw)
 
     def put_watermark(self, partition: int, input: str, ts: int) -> None:
-        self._writes[f"{_META}watermark:{partition}:{input}"] = (self.partition, str(ts).encode())
+        self._record[f"{_META}watermark:{partition}:{input}"] = (self.partition, str(ts).encode())
 
     def get_handled(self, topic: str, partition: int) -> int | None:
         """The next offset of input ``topic[partition]`` the table accounts for
@@ -272,21 +273,27 @@ class TablePendingStore:
         """Record that the join handled ``topic[partition]`` up to ``offset``
         (exclusive), with the record's other held-back changes; written last
         at :meth:`flush`, after them."""
-        self._writes[f"{_OFFSET}{topic}:{partition}"] = (self.partition, str(offset).encode())
+        self._record[f"{_OFFSET}{topic}:{partition}"] = (self.partition, str(offset).encode())
 
     def knows_input(self, partition: int, input: str) -> bool:
         """Whether the table holds a watermark of ``input`` on ``partition``,
         which the join writes with the first record it handles there."""
         return self.get_watermark(partition, input) is not None
 
+    def keep(self) -> None:
+        """The record being handled is done (its outputs went to the producer):
+        its changes join the batch's, which :meth:`discard` no longer forgets."""
+        self._writes.update(self._record)
+        self._record.clear()
+
     def flush(self) -> None:
         """Write the held-back changes to the table, so to its changelog;
         handled offsets last, after the state they account for."""
+        self.keep()
         writes = sorted(self._writes.items(), key=lambda item: item[0].startswith(_OFFSET))
         self._writes.clear()
         changelog = getattr(self.table, "send_changelog", None)
-        for key, (partition, change) in writes:
-            value = change.to_bytes() if isinstance(change, PendingRequest) else change
+        for key, (partition, value) in writes:
             if changelog is None or partition is None:  # a plain mapping
                 if value is not None:
                     self.table[key] = value
@@ -299,15 +306,18 @@ class TablePendingStore:
                 changelog(partition, key, None, value_serializer="raw")
                 del self.table.data[key]
 
-    def discard(self) -> None:
-        """Forget the held-back changes (their records will be handled again)."""
-        self._writes.clear()
+    def discard(self, *, batch: bool = False) -> None:
+        """Forget the changes of the record being handled (it will be handled
+        again), and with ``batch`` those of the whole batch too."""
+        self._record.clear()
+        if batch:
+            self._writes.clear()
         self._cache.clear()
 
     def _read(self, key: str) -> bytes | None:
-        if key in self._writes:
-            change = self._writes[key][1]
-            return change.to_bytes() if isinstance(change, PendingRequest) else change
+        change = self._record.get(key) or self._writes.get(key)
+        if change is not None:
+            return change[1]
         raw: bytes | None = self.table.get(key)
         return raw
 
@@ -437,7 +447,7 @@ class JoinerWorker:
                     await self.app.producer.flush()  # before the next owner reads the changelog
             except Exception:
                 log.exception("joiner: writing the batch's state at a revocation failed")
-                self.store.discard()
+                self.store.discard(batch=True)
         self.frontier.clear()
 
     async def on_rebalance(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -528,8 +538,9 @@ class JoinerWorker:
                         for out in self.handle(record, message.headers):
                             await self._deliver(out)
                     except BaseException:
-                        # a send failed: forget the batch's state, which its
-                        # records' replay rebuilds (the table matches Kafka)
+                        # a send failed: forget this record's changes (it is read
+                        # again: the frontier has not passed it); the batch's
+                        # records before it sent their outputs and keep theirs
                         self.store.discard()
                         raise
                     batch_done = queue is None or queue.empty()
@@ -552,6 +563,7 @@ class JoinerWorker:
         known = self.store.get_handled(record.topic, record.partition)
         floor = self.frontier.handled((record.topic, record.partition), record.offset, known)
         self.store.put_handled(record.topic, record.partition, floor)
+        self.store.keep()
         if flush:
             self.flush_state()
 

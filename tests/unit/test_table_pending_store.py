@@ -249,3 +249,25 @@ def test_each_change_goes_to_the_changelog_partition_of_the_record_that_made_it(
     assert "old" not in table
     assert "b" not in table
     assert store.held == 0
+
+
+def test_a_failed_record_forgets_only_its_own_changes_not_the_batchs() -> None:
+    """A send failing for one record of a batch: the records before it sent their
+    outputs, so their held changes must still reach the table; only the failing
+    record's are forgotten (it is read again)."""
+    table = ChangelogTable({"r0": entry("r0").to_bytes()})
+    store = TablePendingStore(table)
+    store.partition = 0
+    store.put(entry("r1"))
+    store.put_handled("logs", 0, 1)
+    store.keep()  # r1's outputs were sent
+    store.put(entry("r2"))
+    store.delete("r0")
+    store.put_handled("logs", 0, 2)
+    store.discard()  # r2's send failed
+    assert store.get("r2") is None
+    assert store.get("r0") is not None
+    assert store.get_handled("logs", 0) == 1
+    store.flush()
+    assert set(table) == {"r0", "r1", "\x00offset:logs:0"}
+    assert table["\x00offset:logs:0"] == b"1"
